@@ -1,0 +1,68 @@
+//! `allot auction open|status`.
+
+use chrono::{DateTime, Utc};
+
+use super::{print_json, Common};
+use crate::wire::{timestamp, AuctionSpec, OpenReply, Reply, StatusReply};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Open an auction (idempotent for the same settings).
+    Open(OpenArgs),
+    /// Show an auction's settings and fill.
+    Status {
+        /// Auction id.
+        auction_id: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct OpenArgs {
+    /// Auction id: 1 to 64 characters of [A-Za-z0-9_-].
+    pub auction_id: String,
+    /// Number of winning slots.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub capacity: u32,
+    /// Smallest winning amount, in minor units.
+    #[arg(long, default_value_t = 0)]
+    pub min_amount: u64,
+    /// When the auction stops taking bids (RFC 3339, e.g. 2026-12-01T12:00:00Z).
+    #[arg(long, value_parser = parse_time)]
+    pub closes_at: Option<DateTime<Utc>>,
+    /// Most slots one bidder may win.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_wins_per_bidder: u32,
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    timestamp::parse(s).map_err(|e| format!("not an RFC 3339 time: {e}"))
+}
+
+pub async fn run(common: Common, command: Command) -> anyhow::Result<()> {
+    let client = common.client().await?;
+    match command {
+        Command::Open(args) => {
+            let spec = AuctionSpec {
+                capacity: args.capacity,
+                min_amount: args.min_amount,
+                closes_at: args.closes_at,
+                max_wins_per_bidder: args.max_wins_per_bidder,
+            };
+            let reply: OpenReply = client.open(&args.auction_id, &spec).await?;
+            finish(&reply)
+        }
+        Command::Status { auction_id } => {
+            let reply: StatusReply = client.status(&auction_id).await?;
+            finish(&reply)
+        }
+    }
+}
+
+/// Prints the reply; an error reply also makes the command fail.
+pub(crate) fn finish<R: Reply>(reply: &R) -> anyhow::Result<()> {
+    print_json(reply);
+    match reply.error() {
+        Some((code, message)) => anyhow::bail!("{message} ({code:?})"),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,91 @@
+//! `allot bid`: place one bid, optionally wait for its outcome.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use super::{print_json, Common};
+use crate::wire::{BidReply, BidRequest};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Auction id.
+    pub auction_id: String,
+    /// Bidder id.
+    #[arg(long)]
+    pub bidder: String,
+    /// Amount in minor units.
+    #[arg(long)]
+    pub amount: u64,
+    /// Bid id; resending the same one is safe. Default: a new random id.
+    #[arg(long)]
+    pub bid_id: Option<String>,
+    /// Also wait for the outcome and print it.
+    #[arg(long)]
+    pub wait: bool,
+    /// Seconds to wait for the reply and the outcome.
+    #[arg(long, default_value_t = 10)]
+    pub timeout: u64,
+}
+
+pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
+    let mut client = common.client().await?;
+    client.timeout = Duration::from_secs(args.timeout);
+    let bid = BidRequest {
+        bid_id: args.bid_id.unwrap_or_else(new_bid_id),
+        bidder_id: args.bidder,
+        amount: args.amount,
+    };
+    // Subscribe before bidding, so a fast outcome is not missed.
+    let mut live = if args.wait {
+        Some(client.live_outcomes(Some(&args.auction_id)).await?)
+    } else {
+        None
+    };
+    let reply = client.bid(&args.auction_id, &bid).await?;
+    super::auction::finish(&reply)?;
+    let (Some(live), BidReply::Accepted { duplicate, .. }) = (live.as_mut(), &reply) else {
+        return Ok(());
+    };
+    let wanted =
+        |o: &crate::wire::OutcomeEvent| o.auction_id == args.auction_id && o.bid_id == bid.bid_id;
+    let wait = async {
+        if *duplicate {
+            // The outcome may be long published: look in the stream.
+            let mut replay = client.replay_outcomes(Some(&args.auction_id)).await?;
+            while let Some(o) = replay.next().await {
+                let o = o?;
+                if wanted(&o) {
+                    return Ok(o);
+                }
+            }
+        }
+        while let Some(o) = live.next().await {
+            if wanted(&o) {
+                return Ok(o);
+            }
+        }
+        anyhow::bail!("outcome subscription ended")
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(args.timeout), wait)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "no outcome for bid {:?} within {} s",
+                bid.bid_id,
+                args.timeout
+            )
+        })??;
+    print_json(&outcome);
+    Ok(())
+}
+
+/// A fresh bid id: the time in nanoseconds and the process id, unique for
+/// one CLI call.
+fn new_bid_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("bid-{nanos:x}-{:x}", std::process::id())
+}

@@ -1,0 +1,63 @@
+//! The command line: one module per command. Each takes the common
+//! options and its own arguments, and returns an error to print.
+
+pub mod auction;
+pub mod bid;
+pub mod demo;
+pub mod serve;
+pub mod watch;
+
+use crate::client::{connect, AllotClient};
+use crate::wire::Subjects;
+
+/// Options every command takes.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Common {
+    /// NATS server URL.
+    #[arg(
+        long,
+        global = true,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+    /// First token of every allot subject (and, upper-cased, of the stream names).
+    #[arg(long, global = true, default_value = "allot", value_parser = parse_prefix)]
+    pub prefix: Subjects,
+}
+
+fn parse_prefix(s: &str) -> Result<Subjects, String> {
+    Subjects::new(s)
+}
+
+impl Common {
+    /// A client for the service at `--nats-url`.
+    pub async fn client(&self) -> anyhow::Result<AllotClient> {
+        let client = connect(&self.nats_url).await?;
+        Ok(AllotClient::new(client, self.prefix.clone()))
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("can install a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Prints a value as one line of JSON.
+pub fn print_json<T: serde::Serialize>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string(value).expect("values serialize")
+    );
+}

@@ -1,0 +1,55 @@
+//! `allot serve`: run the gateway and/or the verifier.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::Common;
+use crate::service::{self, Config, Role};
+use crate::snapshot::Sync;
+use crate::streams::StreamOptions;
+use crate::verifier::VerifierConfig;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Directory of the verifier's SQLite snapshot.
+    #[arg(long, env = "ALLOT_DATA_DIR", default_value = "allot-data")]
+    pub data_dir: PathBuf,
+    /// Which parts to run in this process.
+    #[arg(long, value_enum, default_value_t = Role::All)]
+    pub role: Role,
+    /// Most log events decided per snapshot transaction.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch_size: u32,
+    /// JetStream de-duplication window for new streams, in seconds: a bid
+    /// resent within it gets its original reply.
+    #[arg(long, default_value_t = 120)]
+    pub dedupe_window_secs: u64,
+    /// Commit every snapshot transaction to disk before going on (SQLite synchronous=FULL).
+    #[arg(long)]
+    pub sync_full: bool,
+}
+
+pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
+    let config = Config {
+        nats_url: common.nats_url,
+        subjects: common.prefix,
+        role: args.role,
+        streams: StreamOptions {
+            duplicate_window: Duration::from_secs(args.dedupe_window_secs),
+            ..StreamOptions::default()
+        },
+        verifier: VerifierConfig {
+            data_dir: args.data_dir,
+            batch_size: args.batch_size as usize,
+            sync: if args.sync_full {
+                Sync::Full
+            } else {
+                Sync::Normal
+            },
+            ..VerifierConfig::default()
+        },
+        ..Config::default()
+    };
+    service::run(config, super::shutdown_signal()).await?;
+    Ok(())
+}

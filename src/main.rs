@@ -1,0 +1,56 @@
+//! The `allot` binary: parse arguments, run one command, report errors.
+
+use clap::{Parser, Subcommand};
+
+use allot::cmd::{self, Common};
+
+/// Competitive bidding for N winning slots on NATS JetStream.
+#[derive(Parser)]
+#[command(name = "allot", version, about)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service: gateway and verifier.
+    Serve(cmd::serve::Args),
+    /// Open auctions and show their status.
+    #[command(subcommand)]
+    Auction(cmd::auction::Command),
+    /// Place a bid.
+    Bid(cmd::bid::Args),
+    /// Print outcome events as they happen.
+    Watch(cmd::watch::Args),
+    /// Start a private NATS and the service, run a bidding burst, print a summary.
+    Demo(cmd::demo::Args),
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "allot=info,async_nats=warn".into()),
+        )
+        .init();
+    let result = match cli.command {
+        Command::Serve(args) => cmd::serve::run(cli.common, args).await,
+        Command::Auction(command) => cmd::auction::run(cli.common, command).await,
+        Command::Bid(args) => cmd::bid::run(cli.common, args).await,
+        Command::Watch(args) => cmd::watch::run(cli.common, args).await,
+        Command::Demo(args) => cmd::demo::run(cli.common, args).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("allot: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! A private `nats-server` child process on 127.0.0.1, for `allot demo`
+//! and the tests: a free port, its own store directory, stopped on drop.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Oldest `nats-server` allot supports.
+pub const MIN_VERSION: (u64, u64) = (2, 12);
+
+const INSTALL_HINT: &str =
+    "install it with scripts/install-nats-server, or set NATS_SERVER_BIN to its path";
+
+/// Finds `nats-server`: `NATS_SERVER_BIN`, then `.tools/nats/bin/` in the
+/// current directory, its parents or the project this binary was built
+/// from, then `PATH`.
+pub fn find_binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(Error::new(
+                ErrorKind::NatsServer,
+                format!("NATS_SERVER_BIN={} is not a file", path.display()),
+            ))
+        };
+    }
+    let local = Path::new(".tools/nats/bin/nats-server");
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Ok(cwd) = std::env::current_dir() {
+        roots.extend(cwd.ancestors().map(Path::to_path_buf));
+    }
+    roots.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    if let Some(found) = roots.iter().map(|r| r.join(local)).find(|p| p.is_file()) {
+        return Ok(found);
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("nats-server"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::NatsServer,
+                format!("nats-server not found: {INSTALL_HINT}"),
+            )
+        })
+}
+
+/// Parses `major.minor` out of a version string such as `v2.15.1`.
+pub fn parse_version(text: &str) -> Option<(u64, u64)> {
+    let v = text.trim().trim_start_matches('v');
+    let mut parts = v.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// A running `nats-server` child.
+pub struct NatsServer {
+    child: Option<Child>,
+    /// Client URL, `nats://127.0.0.1:<port>`.
+    url: String,
+    /// JetStream store and log; removed on drop unless kept by the caller.
+    dir: tempfile::TempDir,
+    binary: PathBuf,
+    port: u16,
+}
+
+impl NatsServer {
+    /// Starts a server with JetStream on a free 127.0.0.1 port and a new
+    /// temporary store.
+    pub fn start() -> Result<NatsServer> {
+        let binary = find_binary()?;
+        check_version(&binary)?;
+        let dir = tempfile::Builder::new()
+            .prefix("allot-nats-")
+            .tempdir()
+            .map_err(|e| Error::with_source(ErrorKind::NatsServer, e).context("temp dir"))?;
+        let mut server = NatsServer {
+            child: None,
+            url: String::new(),
+            dir,
+            binary,
+            port: 0,
+        };
+        server.spawn(None)?;
+        Ok(server)
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The store directory, for tests that inspect or damage it.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Kills the server (as a crash would) without removing its store.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and store.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn(Some(self.port))
+    }
+
+    fn spawn(&mut self, port: Option<u16>) -> Result<()> {
+        let ports_dir = self.dir.path().join("ports");
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        std::fs::create_dir_all(&ports_dir)
+            .map_err(|e| Error::with_source(ErrorKind::NatsServer, e).context("ports dir"))?;
+        let log_path = self.dir.path().join("nats-server.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| Error::with_source(ErrorKind::NatsServer, e).context("log file"))?;
+        let port_arg = port.map_or("-1".to_string(), |p| p.to_string());
+        let child = Command::new(&self.binary)
+            .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
+            .arg(self.dir.path().join("store"))
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                log.try_clone()
+                    .map_err(|e| Error::with_source(ErrorKind::NatsServer, e))?,
+            )
+            .spawn()
+            .map_err(|e| {
+                Error::with_source(ErrorKind::NatsServer, e)
+                    .context(self.binary.display().to_string())
+            })?;
+        self.child = Some(child);
+        let port = self.wait_for_port(&ports_dir, &log_path)?;
+        self.port = port;
+        self.url = format!("nats://127.0.0.1:{port}");
+        Ok(())
+    }
+
+    /// Reads the client port from the ports file the server writes once it
+    /// listens.
+    fn wait_for_port(&mut self, ports_dir: &Path, log_path: &Path) -> Result<u16> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(Error::new(
+                        ErrorKind::NatsServer,
+                        format!("nats-server exited ({status}): {}", tail(log_path)),
+                    ));
+                }
+            }
+            let port = std::fs::read_dir(ports_dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .find_map(|entry| {
+                    let text = std::fs::read_to_string(entry.path()).ok()?;
+                    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+                    let url = json["nats"][0].as_str()?.to_string();
+                    url.rsplit(':').next()?.parse::<u16>().ok()
+                });
+            if let Some(port) = port {
+                return Ok(port);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(Error::new(
+            ErrorKind::NatsServer,
+            format!("nats-server did not start within 15 s: {}", tail(log_path)),
+        ))
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn check_version(binary: &Path) -> Result<()> {
+    let output = Command::new(binary)
+        .arg("--version")
+        .output()
+        .map_err(|e| {
+            Error::with_source(ErrorKind::NatsServer, e).context(binary.display().to_string())
+        })?;
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let version = text.split_whitespace().last().unwrap_or_default();
+    match parse_version(version) {
+        Some(v) if v >= MIN_VERSION => Ok(()),
+        _ => Err(Error::new(
+            ErrorKind::NatsServer,
+            format!(
+                "{} reports {:?}; allot needs nats-server {}.{} or newer: {INSTALL_HINT}",
+                binary.display(),
+                text.trim(),
+                MIN_VERSION.0,
+                MIN_VERSION.1
+            ),
+        )),
+    }
+}
+
+/// The end of the server's log, for error messages.
+fn tail(path: &Path) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = f.read_to_string(&mut text);
+    }
+    let lines: Vec<&str> = text.lines().rev().take(5).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}

@@ -1,0 +1,385 @@
+//! Decoding of requests from the outside world. Every failure is a
+//! [`RequestError`] whose message names the field or subject at fault;
+//! nothing here panics, whatever the bytes.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Number, Value};
+
+use crate::wire::{
+    timestamp, valid_id, AuctionSpec, BidRequest, MAX_AMOUNT, MAX_ID_LEN, MAX_REQUEST_BYTES,
+};
+
+/// What kind of request error this is; part of the public error reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The body is not a JSON object.
+    InvalidJson,
+    /// The body is larger than the request limit.
+    TooLarge,
+    /// A field the request does not define.
+    UnknownField,
+    /// A required field is absent.
+    MissingField,
+    /// A field has the wrong type or an out-of-range value.
+    InvalidField,
+    /// The subject is not `<prefix>.<kind>.<auction_id>`.
+    InvalidSubject,
+    /// The id was used before with a different body or settings.
+    Conflict,
+    /// The auction does not exist (status requests).
+    UnknownAuction,
+    /// NATS or the store failed; the request may be retried.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The `Nats-Service-Error-Code` for this error.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::Conflict => 409,
+            ErrorCode::UnknownAuction => 404,
+            ErrorCode::Internal => 500,
+            _ => 400,
+        }
+    }
+}
+
+/// A request that cannot be served, with the reason in words.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RequestError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl RequestError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        RequestError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn field(field: &str, problem: impl std::fmt::Display) -> Self {
+        RequestError::new(
+            ErrorCode::InvalidField,
+            format!("field {field:?} {problem}"),
+        )
+    }
+}
+
+/// Decodes a bid request body for the auction named by the subject.
+pub fn decode_bid(payload: &[u8], auction_id: &str) -> Result<BidRequest, RequestError> {
+    let mut body = object(payload, &["bid_id", "bidder_id", "amount", "auction_id"])?;
+    check_auction_field(&mut body, auction_id)?;
+    Ok(BidRequest {
+        bid_id: required(id(&mut body, "bid_id")?, "bid_id")?,
+        bidder_id: required(id(&mut body, "bidder_id")?, "bidder_id")?,
+        amount: required(amount(&mut body, "amount")?, "amount")?,
+    })
+}
+
+/// Decodes an auction-open request body for the auction named by the subject.
+pub fn decode_open(payload: &[u8], auction_id: &str) -> Result<AuctionSpec, RequestError> {
+    let mut body = object(
+        payload,
+        &[
+            "capacity",
+            "min_amount",
+            "closes_at",
+            "max_wins_per_bidder",
+            "auction_id",
+        ],
+    )?;
+    check_auction_field(&mut body, auction_id)?;
+    let capacity = required(count(&mut body, "capacity")?, "capacity")?;
+    let min_amount = amount(&mut body, "min_amount")?.unwrap_or(0);
+    let max_wins_per_bidder = count(&mut body, "max_wins_per_bidder")?.unwrap_or(1);
+    let closes_at = match body.remove("closes_at") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(timestamp::parse(&s).map_err(|e| {
+            RequestError::field("closes_at", format!("must be an RFC 3339 time: {e}"))
+        })?),
+        Some(other) => {
+            return Err(RequestError::field(
+                "closes_at",
+                format!("must be an RFC 3339 time string, not {}", kind(&other)),
+            ))
+        }
+    };
+    Ok(AuctionSpec {
+        capacity,
+        min_amount,
+        closes_at,
+        max_wins_per_bidder,
+    })
+}
+
+/// Reads a JSON object, refusing oversized bodies, non-objects and fields
+/// not in `allowed`.
+fn object(payload: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, RequestError> {
+    if payload.len() > MAX_REQUEST_BYTES {
+        return Err(RequestError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "request body is {} bytes; the limit is {MAX_REQUEST_BYTES}",
+                payload.len()
+            ),
+        ));
+    }
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        return Err(RequestError::new(
+            ErrorCode::InvalidJson,
+            "request body is empty; expected a JSON object",
+        ));
+    }
+    let value: Value = serde_json::from_slice(payload).map_err(|e| {
+        RequestError::new(
+            ErrorCode::InvalidJson,
+            format!("request body is not valid JSON: {e}"),
+        )
+    })?;
+    let Value::Object(map) = value else {
+        return Err(RequestError::new(
+            ErrorCode::InvalidJson,
+            format!("request body must be a JSON object, not {}", kind(&value)),
+        ));
+    };
+    if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(RequestError::new(
+            ErrorCode::UnknownField,
+            format!(
+                "unknown field {unknown:?}; allowed fields are {}",
+                allowed.join(", ")
+            ),
+        ));
+    }
+    Ok(map)
+}
+
+/// An optional `auction_id` in the body must repeat the subject's.
+fn check_auction_field(
+    body: &mut Map<String, Value>,
+    subject_id: &str,
+) -> Result<(), RequestError> {
+    match id(body, "auction_id")? {
+        Some(given) if given != subject_id => Err(RequestError::field(
+            "auction_id",
+            format!("is {given:?} but the subject names auction {subject_id:?}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn required<T>(value: Option<T>, field: &str) -> Result<T, RequestError> {
+    value.ok_or_else(|| {
+        RequestError::new(ErrorCode::MissingField, format!("missing field {field:?}"))
+    })
+}
+
+fn id(body: &mut Map<String, Value>, field: &str) -> Result<Option<String>, RequestError> {
+    match body.remove(field) {
+        None => Ok(None),
+        Some(Value::String(s)) if valid_id(&s) => Ok(Some(s)),
+        Some(Value::String(s)) => Err(RequestError::field(
+            field,
+            format!(
+                "must be 1 to {MAX_ID_LEN} characters of [A-Za-z0-9_-], got {:?}",
+                truncate(&s)
+            ),
+        )),
+        Some(other) => Err(RequestError::field(
+            field,
+            format!("must be a string, not {}", kind(&other)),
+        )),
+    }
+}
+
+fn amount(body: &mut Map<String, Value>, field: &str) -> Result<Option<u64>, RequestError> {
+    let Some(value) = body.remove(field) else {
+        return Ok(None);
+    };
+    let n = integer(&value, field)?;
+    if n > MAX_AMOUNT {
+        return Err(RequestError::field(
+            field,
+            format!("is {n}; the largest amount is {MAX_AMOUNT} (2^53-1)"),
+        ));
+    }
+    Ok(Some(n))
+}
+
+/// A count that must be at least 1 and fit in 32 bits.
+fn count(body: &mut Map<String, Value>, field: &str) -> Result<Option<u32>, RequestError> {
+    let Some(value) = body.remove(field) else {
+        return Ok(None);
+    };
+    match u32::try_from(integer(&value, field)?) {
+        Ok(n) if n >= 1 => Ok(Some(n)),
+        _ => Err(RequestError::field(
+            field,
+            format!("must be an integer from 1 to {}", u32::MAX),
+        )),
+    }
+}
+
+fn integer(value: &Value, field: &str) -> Result<u64, RequestError> {
+    let Value::Number(n) = value else {
+        return Err(RequestError::field(
+            field,
+            format!("must be a non-negative integer, not {}", kind(value)),
+        ));
+    };
+    if let Some(n) = n.as_u64() {
+        return Ok(n);
+    }
+    Err(RequestError::field(field, number_problem(n)))
+}
+
+fn number_problem(n: &Number) -> String {
+    if n.as_i64().is_some_and(|n| n < 0) {
+        format!("must not be negative, got {n}")
+    } else if n.as_f64().is_some_and(|f| f.fract() != 0.0) {
+        format!("must be a whole number of minor units, got {n}")
+    } else {
+        format!("is out of range: {n}")
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Keeps error messages short when the offending value is huge.
+fn truncate(s: &str) -> String {
+    const SHOWN: usize = 80;
+    match s.char_indices().nth(SHOWN) {
+        Some((at, _)) => format!("{}...", &s[..at]),
+        None => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bid(body: &str) -> Result<BidRequest, RequestError> {
+        decode_bid(body.as_bytes(), "a1")
+    }
+
+    #[test]
+    fn a_valid_bid_decodes() {
+        let b = bid(r#"{"bid_id":"b1","bidder_id":"u-1","amount":5,"auction_id":"a1"}"#).unwrap();
+        assert_eq!(
+            b,
+            BidRequest {
+                bid_id: "b1".into(),
+                bidder_id: "u-1".into(),
+                amount: 5
+            }
+        );
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases = [
+            (
+                r#"{"bidder_id":"u","amount":1}"#,
+                ErrorCode::MissingField,
+                "bid_id",
+            ),
+            (
+                r#"{"bid_id":"b","bidder_id":"u","amount":-1}"#,
+                ErrorCode::InvalidField,
+                "negative",
+            ),
+            (
+                r#"{"bid_id":"b","bidder_id":"u","amount":1.5}"#,
+                ErrorCode::InvalidField,
+                "whole number",
+            ),
+            (
+                r#"{"bid_id":"b","bidder_id":"u","amount":1e300}"#,
+                ErrorCode::InvalidField,
+                "amount",
+            ),
+            (
+                r#"{"bid_id":"b","bidder_id":"u","amount":9007199254740992}"#,
+                ErrorCode::InvalidField,
+                "2^53-1",
+            ),
+            (
+                r#"{"bid_id":"b","bidder_id":"u","amount":"5"}"#,
+                ErrorCode::InvalidField,
+                "amount",
+            ),
+            (
+                r#"{"bid_id":"a.b","bidder_id":"u","amount":1}"#,
+                ErrorCode::InvalidField,
+                "bid_id",
+            ),
+            (
+                r#"{"bid_id":"b","bidder_id":"*","amount":1}"#,
+                ErrorCode::InvalidField,
+                "bidder_id",
+            ),
+            (
+                r#"{"bid_id":"b","bidder_id":"u","amount":1,"x":1}"#,
+                ErrorCode::UnknownField,
+                "\"x\"",
+            ),
+            (
+                r#"{"bid_id":"b","bidder_id":"u","amount":1,"auction_id":"a2"}"#,
+                ErrorCode::InvalidField,
+                "auction_id",
+            ),
+            (r#"[1]"#, ErrorCode::InvalidJson, "object"),
+            (r#""#, ErrorCode::InvalidJson, "empty"),
+            (r#"{"bid_id":"#, ErrorCode::InvalidJson, "JSON"),
+        ];
+        for (body, code, needle) in cases {
+            let err = bid(body).unwrap_err();
+            assert_eq!(err.code, code, "{body}: {err}");
+            assert!(err.message.contains(needle), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_and_huge_bodies_are_refused() {
+        let deep = format!("{}{}", "[".repeat(3000), "]".repeat(3000));
+        assert_eq!(bid(&deep).unwrap_err().code, ErrorCode::TooLarge);
+        let nested = format!("{}{}", "[".repeat(1000), "]".repeat(1000));
+        assert_eq!(bid(&nested).unwrap_err().code, ErrorCode::InvalidJson);
+        assert_eq!(
+            decode_bid(&[0xff, 0xfe, b'{'], "a1").unwrap_err().code,
+            ErrorCode::InvalidJson
+        );
+    }
+
+    #[test]
+    fn open_requests_take_defaults() {
+        let spec = decode_open(br#"{"capacity":3}"#, "a1").unwrap();
+        assert_eq!(spec, AuctionSpec::with_capacity(3));
+        let err = decode_open(br#"{"capacity":0}"#, "a1").unwrap_err();
+        assert!(err.message.contains("capacity"), "{err}");
+        let err = decode_open(br#"{"capacity":1,"closes_at":"soon"}"#, "a1").unwrap_err();
+        assert!(err.message.contains("closes_at"), "{err}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(2000))]
+        #[test]
+        fn any_bytes_decode_or_fail_cleanly(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let _ = decode_bid(&bytes, "a1");
+            let _ = decode_open(&bytes, "a1");
+        }
+    }
+}

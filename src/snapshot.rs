@@ -1,0 +1,287 @@
+//! The verifier's snapshot in SQLite: auctions, every decision with the
+//! exact outcome bytes to publish, and how far the log has been applied and
+//! the outcomes published.
+//!
+//! Blocking code: call it from a blocking thread, never across an `.await`.
+//! Each batch of the log is written in one transaction, so the snapshot is
+//! always the state after some whole batch.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::core::{Ledger, Verdict};
+use crate::wire::{OpenEvent, OutcomeEvent};
+
+/// File name of the snapshot inside the data directory.
+pub const FILE_NAME: &str = "allot.sqlite";
+
+/// A snapshot that could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("cannot create data directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("snapshot {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("snapshot {path} holds a decision that cannot be read ({what}); delete the file to rebuild it from the streams")]
+    Corrupt { path: PathBuf, what: String },
+}
+
+/// One decision as stored: the outcome and its exact published bytes.
+#[derive(Clone, Debug)]
+pub struct StoredOutcome {
+    pub outcome: OutcomeEvent,
+    pub payload: Vec<u8>,
+}
+
+/// Everything one batch of the log changed.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Auctions opened, with the log sequence of their `open` event.
+    pub opens: Vec<(u64, OpenEvent)>,
+    pub decisions: Vec<StoredOutcome>,
+    /// Last log sequence this batch covers.
+    pub last_seq: u64,
+}
+
+/// Where the snapshot stands in the log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Position {
+    /// Every log event up to here is applied.
+    pub last_seq: u64,
+    /// Every outcome of a try up to here is published.
+    pub published_through: u64,
+}
+
+/// An open snapshot database.
+pub struct Snapshot {
+    conn: Connection,
+    /// Kept for error messages.
+    path: PathBuf,
+}
+
+/// Durability of SQLite commits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Sync {
+    /// WAL with `synchronous=NORMAL`: survives a process crash; a power
+    /// loss may lose the last commits, which the verifier then redoes from
+    /// the log.
+    #[default]
+    Normal,
+    /// `synchronous=FULL`: every commit is on disk before it returns.
+    Full,
+}
+
+impl Snapshot {
+    /// Opens (or creates) the snapshot in `dir`.
+    pub fn open(dir: &Path, sync: Sync) -> Result<Snapshot, SnapshotError> {
+        std::fs::create_dir_all(dir).map_err(|source| SnapshotError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join(FILE_NAME);
+        let sql = |source| SnapshotError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(sql)?;
+        let synchronous = match sync {
+            Sync::Normal => "NORMAL",
+            Sync::Full => "FULL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = {synchronous};
+             CREATE TABLE IF NOT EXISTS meta (
+                 key TEXT PRIMARY KEY,
+                 value TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS auctions (
+                 auction_id TEXT PRIMARY KEY,
+                 open_seq INTEGER NOT NULL,
+                 event TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS decisions (
+                 auction_id TEXT NOT NULL,
+                 bid_id TEXT NOT NULL,
+                 try_seq INTEGER NOT NULL,
+                 payload BLOB NOT NULL,
+                 PRIMARY KEY (auction_id, bid_id)
+             ) WITHOUT ROWID;
+             CREATE INDEX IF NOT EXISTS decisions_by_seq ON decisions (try_seq);"
+        ))
+        .map_err(sql)?;
+        Ok(Snapshot { conn, path })
+    }
+
+    fn sql(&self, source: rusqlite::Error) -> SnapshotError {
+        SnapshotError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<String>, SnapshotError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.sql(e))
+    }
+
+    fn meta_u64(&self, key: &str) -> Result<u64, SnapshotError> {
+        Ok(self.meta(key)?.and_then(|v| v.parse().ok()).unwrap_or(0))
+    }
+
+    /// Which log this snapshot was built from (the stream's creation time),
+    /// so that a snapshot is never applied to a different, re-created stream.
+    pub fn log_identity(&self) -> Result<Option<String>, SnapshotError> {
+        self.meta("log_identity")
+    }
+
+    /// Empties the snapshot and ties it to the log `identity`.
+    pub fn reset(&mut self, identity: &str) -> Result<(), SnapshotError> {
+        let result = (|| {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch("DELETE FROM meta; DELETE FROM auctions; DELETE FROM decisions;")?;
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('log_identity', ?1)",
+                [identity],
+            )?;
+            tx.commit()
+        })();
+        result.map_err(|e| self.sql(e))
+    }
+
+    pub fn position(&self) -> Result<Position, SnapshotError> {
+        Ok(Position {
+            last_seq: self.meta_u64("last_seq")?,
+            published_through: self.meta_u64("published_through")?,
+        })
+    }
+
+    /// Rebuilds the ledger, applying opens and decisions in log order so
+    /// that the state equals the one the verifier had.
+    pub fn load(&self) -> Result<Ledger, SnapshotError> {
+        let mut opens: Vec<(u64, OpenEvent)> = Vec::new();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT open_seq, event FROM auctions ORDER BY open_seq")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?)))
+            .map_err(|e| self.sql(e))?;
+        for row in rows {
+            let (seq, json) = row.map_err(|e| self.sql(e))?;
+            let event = serde_json::from_str(&json).map_err(|e| self.corrupt(e))?;
+            opens.push((seq, event));
+        }
+        let mut ledger = Ledger::new();
+        let mut opens = opens.into_iter().peekable();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT try_seq, payload FROM decisions ORDER BY try_seq")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+            .map_err(|e| self.sql(e))?;
+        for row in rows {
+            let (seq, payload) = row.map_err(|e| self.sql(e))?;
+            while let Some((_, open)) = opens.next_if(|(open_seq, _)| *open_seq < seq) {
+                ledger.open(&open);
+            }
+            let o: OutcomeEvent = serde_json::from_slice(&payload).map_err(|e| self.corrupt(e))?;
+            ledger.restore(&o.auction_id, &o.bid_id, &o.bidder_id, verdict(&o)?);
+        }
+        for (_, open) in opens {
+            ledger.open(&open);
+        }
+        Ok(ledger)
+    }
+
+    fn corrupt(&self, e: impl std::fmt::Display) -> SnapshotError {
+        SnapshotError::Corrupt {
+            path: self.path.clone(),
+            what: e.to_string(),
+        }
+    }
+
+    /// Writes one batch in one transaction.
+    pub fn commit(&mut self, batch: &Batch) -> Result<(), SnapshotError> {
+        let result = (|| {
+            let tx = self.conn.transaction()?;
+            {
+                let mut open = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO auctions (auction_id, open_seq, event) VALUES (?1, ?2, ?3)",
+                )?;
+                for (seq, event) in &batch.opens {
+                    let json = serde_json::to_string(event).expect("open events serialize");
+                    open.execute(params![event.auction_id, seq, json])?;
+                }
+                let mut decide = tx.prepare_cached(
+                    "INSERT INTO decisions (auction_id, bid_id, try_seq, payload) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for d in &batch.decisions {
+                    let o = &d.outcome;
+                    decide.execute(params![o.auction_id, o.bid_id, o.try_seq, d.payload])?;
+                }
+                tx.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?1)",
+                    [batch.last_seq.to_string()],
+                )?;
+            }
+            tx.commit()
+        })();
+        result.map_err(|e| self.sql(e))
+    }
+
+    /// Records that every outcome of a try up to `seq` is published.
+    pub fn mark_published(&mut self, seq: u64) -> Result<(), SnapshotError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('published_through', ?1)",
+                [seq.to_string()],
+            )
+            .map(drop)
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Number of decisions stored.
+    pub fn decision_count(&self) -> Result<u64, SnapshotError> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM decisions", [], |r| r.get(0))
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Decisions whose publication is not confirmed, in log order.
+    pub fn unpublished(&self) -> Result<Vec<StoredOutcome>, SnapshotError> {
+        let through = self.meta_u64("published_through")?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT payload FROM decisions WHERE try_seq > ?1 ORDER BY try_seq")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([through], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(|e| self.sql(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let payload = row.map_err(|e| self.sql(e))?;
+            let outcome = serde_json::from_slice(&payload).map_err(|e| self.corrupt(e))?;
+            out.push(StoredOutcome { outcome, payload });
+        }
+        Ok(out)
+    }
+}
+
+/// The verdict an outcome event records.
+fn verdict(o: &OutcomeEvent) -> Result<Verdict, SnapshotError> {
+    Verdict::of(o).ok_or_else(|| SnapshotError::Corrupt {
+        path: PathBuf::new(),
+        what: format!("confirmed outcome for bid {:?} has no rank", o.bid_id),
+    })
+}

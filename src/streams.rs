@@ -1,0 +1,116 @@
+//! The JetStream resources allot runs on, created when missing: the log
+//! stream (tries and auction events), the outcome stream, and the status
+//! bucket the verifier fills for the gateway's fast rejects.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+
+use crate::error::{Error, ErrorKind};
+use crate::wire::Subjects;
+
+/// How the streams are created. Existing streams are used as they are.
+#[derive(Clone, Debug)]
+pub struct StreamOptions {
+    /// JetStream's de-duplication window for tries and outcomes: a bid
+    /// resent within it gets its original reply. Past it, the verifier still
+    /// gives each bid one outcome.
+    pub duplicate_window: Duration,
+    /// Replicas per stream (1 on a single server).
+    pub replicas: usize,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions {
+            duplicate_window: Duration::from_secs(120),
+            replicas: 1,
+        }
+    }
+}
+
+/// Handles on everything allot reads and writes in JetStream.
+#[derive(Clone)]
+pub struct Streams {
+    pub js: jetstream::Context,
+    pub subjects: Subjects,
+    /// The ordered log: `<prefix>.try.*` and `<prefix>.auction.*`.
+    pub log: stream::Stream,
+    /// Outcome events: `<prefix>.outcome.*.*`.
+    pub outcomes: stream::Stream,
+    /// Auction id -> [`crate::wire::AuctionView`], written by the verifier.
+    pub status: kv::Store,
+}
+
+impl Streams {
+    /// Creates the streams and the bucket if missing.
+    pub async fn ensure(
+        js: jetstream::Context,
+        subjects: Subjects,
+        options: &StreamOptions,
+    ) -> Result<Streams, Error> {
+        let log = js
+            .get_or_create_stream(stream::Config {
+                name: subjects.tries_stream(),
+                description: Some("allot: the ordered log of auction events and bid tries".into()),
+                subjects: subjects.log_subjects(),
+                storage: stream::StorageType::File,
+                duplicate_window: options.duplicate_window,
+                num_replicas: options.replicas,
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                Error::with_source(ErrorKind::Setup, e).context(subjects.tries_stream())
+            })?;
+        let outcomes = js
+            .get_or_create_stream(stream::Config {
+                name: subjects.outcomes_stream(),
+                description: Some("allot: one confirmed or cancelled event per try".into()),
+                subjects: vec![subjects.outcomes(None)],
+                storage: stream::StorageType::File,
+                duplicate_window: options.duplicate_window,
+                num_replicas: options.replicas,
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                Error::with_source(ErrorKind::Setup, e).context(subjects.outcomes_stream())
+            })?;
+        let status = js
+            .create_or_update_key_value(kv::Config {
+                bucket: subjects.status_bucket(),
+                description: "allot: auction fill for the gateway's fast rejects".into(),
+                history: 1,
+                storage: stream::StorageType::File,
+                num_replicas: options.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                Error::with_source(ErrorKind::Setup, e).context(subjects.status_bucket())
+            })?;
+        Ok(Streams {
+            js,
+            subjects,
+            log,
+            outcomes,
+            status,
+        })
+    }
+
+    /// Number of messages stored on each subject matching `filter`, summed.
+    pub async fn count(stream: &stream::Stream, filter: &str) -> Result<u64, Error> {
+        use futures::TryStreamExt;
+        let stream = stream.clone();
+        let info = stream
+            .info_with_subjects(filter)
+            .await
+            .map_err(|e| Error::with_source(ErrorKind::Nats, e))?;
+        info.try_fold(0u64, |sum, (_, n)| async move { Ok(sum + n as u64) })
+            .await
+            .map_err(|e| Error::with_source(ErrorKind::Nats, e))
+    }
+}

@@ -1,0 +1,504 @@
+//! The verifier: a durable JetStream consumer that folds the log through
+//! the decision core and publishes exactly one outcome per try.
+//!
+//! Per batch of the log, in this order:
+//! 1. decide every new event with [`Ledger`] (pure, in memory);
+//! 2. commit the batch to the SQLite snapshot (decisions with their exact
+//!    outcome bytes, and the last applied sequence) in one transaction;
+//! 3. publish the outcomes, pipelined, each with its deterministic
+//!    `Nats-Msg-Id`, and wait for every ack;
+//! 4. record them as published, then ack the batch's tries.
+//!
+//! A crash anywhere leaves a state the next start repairs: decided but
+//! unpublished outcomes are published again (JetStream drops the copies it
+//! already has), unacked tries already in the snapshot are skipped, and the
+//! consumer is re-aligned to the snapshot's position. With the snapshot lost,
+//! the log is decided again from the start; since the core is deterministic
+//! the decisions are the same, and those already in the outcome stream are
+//! taken from there rather than published twice.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::Message;
+use futures::StreamExt;
+
+use crate::core::{Ledger, Step, Verdict};
+use crate::error::{Error, ErrorKind, Result};
+use crate::snapshot::{Batch, Position, Snapshot, StoredOutcome, Sync};
+use crate::streams::Streams;
+use crate::wire::{timestamp, valid_id, AuctionView, LogEvent, OutcomeEvent, OutcomeKind};
+
+/// Verifier settings.
+#[derive(Clone, Debug)]
+pub struct VerifierConfig {
+    /// Where the SQLite snapshot lives.
+    pub data_dir: PathBuf,
+    /// Durable consumer name on the log stream.
+    pub consumer: String,
+    /// Most log events decided per SQLite transaction.
+    pub batch_size: usize,
+    /// SQLite durability.
+    pub sync: Sync,
+    /// How long JetStream waits for an ack before redelivering.
+    pub ack_wait: Duration,
+}
+
+impl Default for VerifierConfig {
+    fn default() -> Self {
+        VerifierConfig {
+            data_dir: PathBuf::from("allot-data"),
+            consumer: "allot-verifier".into(),
+            batch_size: 512,
+            sync: Sync::Normal,
+            ack_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Runs the verifier until `shutdown` completes. A failure (NATS gone, a
+/// snapshot write refused) drops all in-memory state and starts over from
+/// the snapshot, as a restart would; nothing is acked that is not durably
+/// decided.
+pub async fn run(
+    streams: Streams,
+    config: VerifierConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let started = tokio::time::Instant::now();
+        match run_once(&streams, &config, &mut shutdown).await {
+            Ok(()) => {
+                tracing::info!("verifier stopped");
+                return Ok(());
+            }
+            Err(e) => {
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff = Duration::from_millis(200);
+                }
+                tracing::error!(error = %e, retry_in = ?backoff, "verifier failed; recovering from the snapshot");
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// The verifier's working state between batches.
+struct Verifier<'a> {
+    streams: &'a Streams,
+    /// `None` only while a blocking snapshot call has it.
+    snapshot: Option<Snapshot>,
+    ledger: Ledger,
+    position: Position,
+    /// Outcomes found in the outcome stream for tries the snapshot has not
+    /// applied: after a snapshot loss, these are reused, not published again.
+    already_published: HashMap<(String, String), bytes::Bytes>,
+}
+
+async fn run_once(
+    streams: &Streams,
+    config: &VerifierConfig,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<()> {
+    let mut v = Verifier::start(streams, config).await?;
+    let consumer = align_consumer(streams, v.position.last_seq, config).await?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(config.batch_size)
+        .heartbeat(Duration::from_secs(5))
+        .messages()
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::Nats, e).context("verifier consumer"))?
+        .ready_chunks(config.batch_size);
+    tracing::info!(last_seq = v.position.last_seq, "verifier following the log");
+    loop {
+        let chunk = tokio::select! {
+            _ = &mut *shutdown => return Ok(()),
+            chunk = messages.next() => chunk,
+        };
+        let Some(chunk) = chunk else {
+            return Err(Error::new(ErrorKind::Nats, "verifier consumer ended"));
+        };
+        let chunk = chunk
+            .into_iter()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::with_source(ErrorKind::Nats, e).context("verifier consumer"))?;
+        v.process(&chunk).await?;
+    }
+}
+
+impl<'a> Verifier<'a> {
+    /// Loads the snapshot and publishes what it decided but may not have
+    /// published.
+    async fn start(streams: &'a Streams, config: &VerifierConfig) -> Result<Verifier<'a>> {
+        let identity = log_identity(streams).await?;
+        let dir = config.data_dir.clone();
+        let sync = config.sync;
+        let (snapshot, ledger, position, unpublished, decided) =
+            blocking(move || -> Result<_> {
+                let mut snapshot = Snapshot::open(&dir, sync)?;
+                match snapshot.log_identity()? {
+                    Some(known) if known == identity => {}
+                    Some(known) => {
+                        tracing::warn!(snapshot = %known, log = %identity, "snapshot belongs to an earlier log; starting over");
+                        snapshot.reset(&identity)?;
+                    }
+                    None => snapshot.reset(&identity)?,
+                }
+                let ledger = snapshot.load()?;
+                let position = snapshot.position()?;
+                let unpublished = snapshot.unpublished()?;
+                let decided = snapshot.decision_count()?;
+                Ok((snapshot, ledger, position, unpublished, decided))
+            })
+            .await?;
+        let mut v = Verifier {
+            streams,
+            snapshot: Some(snapshot),
+            ledger,
+            position,
+            already_published: HashMap::new(),
+        };
+        if !unpublished.is_empty() {
+            tracing::info!(
+                count = unpublished.len(),
+                "publishing outcomes decided before a stop"
+            );
+            publish(streams, &unpublished).await?;
+            announce_sold_out(streams, &v.ledger, unpublished.iter().map(|d| &d.outcome)).await?;
+        }
+        if v.position.published_through < v.position.last_seq {
+            let last = v.position.last_seq;
+            v.with_snapshot(move |s| s.mark_published(last)).await?;
+            v.position.published_through = last;
+        }
+        let published = Streams::count(&streams.outcomes, &streams.subjects.outcomes(None)).await?;
+        if published > decided {
+            v.already_published = published_after(streams, v.position.last_seq).await?;
+            tracing::warn!(
+                snapshot_decisions = decided,
+                published,
+                "snapshot is behind the outcome stream; deciding the log again from sequence {}",
+                v.position.last_seq + 1
+            );
+        }
+        Ok(v)
+    }
+
+    /// Decides, commits, publishes and acks one batch of the log.
+    async fn process(&mut self, chunk: &[Message]) -> Result<()> {
+        let Some(last) = chunk.last() else {
+            return Ok(());
+        };
+        let mut batch = Batch {
+            last_seq: self.position.last_seq,
+            ..Batch::default()
+        };
+        let mut fresh: Vec<StoredOutcome> = Vec::new();
+        for message in chunk {
+            let seq = message
+                .info()
+                .map_err(|e| Error::with_source(ErrorKind::Protocol, e))?
+                .stream_sequence;
+            if seq <= batch.last_seq {
+                continue; // redelivered: already in the snapshot
+            }
+            batch.last_seq = seq;
+            let event = match self.read_event(message) {
+                Ok(event) => event,
+                Err(problem) => {
+                    tracing::warn!(seq, subject = %message.subject, problem, "skipping an unreadable log entry");
+                    continue;
+                }
+            };
+            match (&event, self.ledger.apply(&event)) {
+                (LogEvent::Open(open), Step::Opened) => batch.opens.push((seq, open.clone())),
+                (LogEvent::Try(t), Step::Decided(verdict)) => {
+                    let key = (t.auction_id.clone(), t.bid_id.clone());
+                    let decision = match self.already_published.remove(&key) {
+                        Some(payload) => reuse(payload, verdict)?,
+                        None => {
+                            let d = decide(t.clone(), seq, verdict);
+                            fresh.push(d.clone());
+                            d
+                        }
+                    };
+                    batch.decisions.push(decision);
+                }
+                (_, Step::Duplicate) => {
+                    tracing::info!(seq, "try for an already decided bid; it keeps its outcome")
+                }
+                _ => {}
+            }
+        }
+        let last_seq = batch.last_seq;
+        if last_seq > self.position.last_seq {
+            self.with_snapshot(move |s| s.commit(&batch)).await?;
+            self.position.last_seq = last_seq;
+            publish(self.streams, &fresh).await?;
+            announce_sold_out(self.streams, &self.ledger, fresh.iter().map(|d| &d.outcome)).await?;
+            self.with_snapshot(move |s| s.mark_published(last_seq))
+                .await?;
+            self.position.published_through = last_seq;
+        }
+        // Acks every delivery up to and including this one.
+        last.ack()
+            .await
+            .map_err(|e| Error::with_source(ErrorKind::Nats, e).context("ack"))
+    }
+
+    /// Parses a log entry and checks that it is what its subject says.
+    fn read_event(&self, message: &Message) -> std::result::Result<LogEvent, String> {
+        let event: LogEvent =
+            serde_json::from_slice(&message.payload).map_err(|e| format!("not an event: {e}"))?;
+        let (kind, auction_id) = self
+            .streams
+            .subjects
+            .parse_log_subject(&message.subject)
+            .ok_or("unexpected subject")?;
+        let ok = match &event {
+            LogEvent::Open(o) => {
+                kind == "auction" && o.auction_id == auction_id && valid_id(auction_id)
+            }
+            LogEvent::Try(t) => {
+                kind == "try"
+                    && t.auction_id == auction_id
+                    && valid_id(auction_id)
+                    && valid_id(&t.bid_id)
+                    && valid_id(&t.bidder_id)
+            }
+        };
+        if ok {
+            Ok(event)
+        } else {
+            Err("event does not match its subject or has invalid ids".into())
+        }
+    }
+
+    /// Runs snapshot work on a blocking thread.
+    async fn with_snapshot<T: Send + 'static>(
+        &mut self,
+        work: impl FnOnce(&mut Snapshot) -> std::result::Result<T, crate::snapshot::SnapshotError>
+            + Send
+            + 'static,
+    ) -> Result<T> {
+        let mut snapshot = self
+            .snapshot
+            .take()
+            .expect("snapshot is present between batches");
+        let (snapshot, result) = blocking(move || {
+            let result = work(&mut snapshot);
+            Ok((snapshot, result))
+        })
+        .await?;
+        self.snapshot = Some(snapshot);
+        Ok(result?)
+    }
+}
+
+/// Publishes outcomes pipelined and waits for every ack.
+async fn publish(streams: &Streams, outcomes: &[StoredOutcome]) -> Result<()> {
+    let subjects = &streams.subjects;
+    let nats = || Error::wrap(ErrorKind::Nats, "publish outcome");
+    let mut acks = Vec::with_capacity(outcomes.len());
+    for d in outcomes {
+        let o = &d.outcome;
+        let ack = streams
+            .js
+            .send_publish(
+                subjects.outcome(&o.auction_id, o.kind),
+                PublishMessage::build()
+                    .message_id(OutcomeEvent::msg_id(&o.auction_id, &o.bid_id))
+                    .payload(d.payload.clone().into()),
+            )
+            .await
+            .map_err(nats())?;
+        acks.push(ack);
+    }
+    let acks = acks.into_iter().map(std::future::IntoFuture::into_future);
+    for ack in futures::future::join_all(acks).await {
+        ack.map_err(nats())?;
+    }
+    Ok(())
+}
+
+/// Tells the gateways which auctions these confirmations filled.
+async fn announce_sold_out<'o>(
+    streams: &Streams,
+    ledger: &Ledger,
+    outcomes: impl Iterator<Item = &'o OutcomeEvent>,
+) -> Result<()> {
+    for o in outcomes {
+        let Some(fill) = ledger.fill(&o.auction_id) else {
+            continue;
+        };
+        if o.rank.is_some_and(|rank| rank >= fill.capacity) {
+            let view = AuctionView {
+                confirmed: fill.confirmed,
+                sold_out: fill.sold_out(),
+            };
+            streams
+                .status
+                .put(
+                    &o.auction_id,
+                    serde_json::to_vec(&view).expect("views serialize").into(),
+                )
+                .await
+                .map_err(|e| Error::with_source(ErrorKind::Nats, e).context("status bucket"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes the durable consumer deliver from just after the snapshot's
+/// position. The snapshot, not the consumer, is the record of progress:
+/// a consumer that is ahead (snapshot lost) or holds unacked deliveries
+/// (crash before ack) is re-created at the right sequence, so recovery
+/// does not wait for redelivery timeouts.
+async fn align_consumer(
+    streams: &Streams,
+    last_seq: u64,
+    config: &VerifierConfig,
+) -> Result<PullConsumer> {
+    let log = &streams.log;
+    let name = config.consumer.as_str();
+    if let Ok(info) = log.consumer_info(name).await {
+        let aligned = info.ack_floor.stream_sequence == last_seq && info.num_ack_pending == 0;
+        if aligned {
+            return log
+                .get_consumer(name)
+                .await
+                .map_err(Error::wrap(ErrorKind::Setup, format!("consumer {name}")));
+        }
+        tracing::info!(
+            consumer_ack_floor = info.ack_floor.stream_sequence,
+            snapshot_last_seq = last_seq,
+            "re-aligning the verifier consumer with the snapshot"
+        );
+        log.delete_consumer(name)
+            .await
+            .map_err(Error::wrap(ErrorKind::Setup, format!("consumer {name}")))?;
+    }
+    let deliver_policy = match last_seq {
+        0 => DeliverPolicy::All,
+        seq => DeliverPolicy::ByStartSequence {
+            start_sequence: seq + 1,
+        },
+    };
+    log.create_consumer(pull::Config {
+        durable_name: Some(name.to_string()),
+        description: Some("allot verifier: decides every try in log order".into()),
+        deliver_policy,
+        ack_policy: AckPolicy::All,
+        ack_wait: config.ack_wait,
+        max_ack_pending: (config.batch_size * 8) as i64,
+        ..Default::default()
+    })
+    .await
+    .map_err(Error::wrap(ErrorKind::Setup, format!("consumer {name}")))
+}
+
+/// The outcome event for a fresh decision.
+fn decide(t: crate::wire::TryEvent, try_seq: u64, verdict: Verdict) -> StoredOutcome {
+    let (kind, rank, reason) = match verdict {
+        Verdict::Confirmed { rank } => (OutcomeKind::Confirmed, Some(rank), None),
+        Verdict::Cancelled { reason } => (OutcomeKind::Cancelled, None, Some(reason)),
+    };
+    let outcome = OutcomeEvent {
+        kind,
+        bid_id: t.bid_id,
+        auction_id: t.auction_id,
+        bidder_id: t.bidder_id,
+        amount: t.amount,
+        try_seq,
+        tried_at: t.tried_at,
+        decided_at: timestamp::now(),
+        rank,
+        reason,
+    };
+    let payload = serde_json::to_vec(&outcome).expect("outcomes serialize");
+    StoredOutcome { outcome, payload }
+}
+
+/// An outcome already in the stream, taken as this try's decision. The
+/// core decided it again; a difference would mean the log was not replayed
+/// faithfully, which must not pass silently.
+fn reuse(payload: bytes::Bytes, verdict: Verdict) -> Result<StoredOutcome> {
+    let outcome: OutcomeEvent = serde_json::from_slice(&payload)
+        .map_err(|e| Error::with_source(ErrorKind::Protocol, e).context("published outcome"))?;
+    if Verdict::of(&outcome) != Some(verdict) {
+        tracing::error!(bid_id = %outcome.bid_id, auction_id = %outcome.auction_id, published = ?outcome.kind, replayed = ?verdict, "replay disagrees with a published outcome; keeping the published one");
+    }
+    Ok(StoredOutcome {
+        outcome,
+        payload: payload.to_vec(),
+    })
+}
+
+/// Outcomes in the stream for tries after `last_seq`, keyed by bid.
+async fn published_after(
+    streams: &Streams,
+    last_seq: u64,
+) -> Result<HashMap<(String, String), bytes::Bytes>> {
+    let total = Streams::count(&streams.outcomes, &streams.subjects.outcomes(None)).await?;
+    let consumer = streams
+        .outcomes
+        .create_consumer(pull::OrderedConfig {
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(Error::wrap(ErrorKind::Nats, "reading the outcome stream"))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(Error::wrap(ErrorKind::Nats, "reading the outcome stream"))?;
+    let mut found = HashMap::new();
+    let mut read = 0u64;
+    while read < total {
+        let Some(message) = messages.next().await else {
+            break;
+        };
+        let message =
+            message.map_err(Error::wrap(ErrorKind::Nats, "reading the outcome stream"))?;
+        read += 1;
+        if let Ok(o) = serde_json::from_slice::<OutcomeEvent>(&message.payload) {
+            if o.try_seq > last_seq {
+                found.insert((o.auction_id, o.bid_id), message.payload.clone());
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Names the log stream incarnation: its creation time.
+async fn log_identity(streams: &Streams) -> Result<String> {
+    let mut log = streams.log.clone();
+    let info = log
+        .info()
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::Setup, e).context("log stream info"))?;
+    Ok(format!(
+        "{}@{}",
+        info.config.name,
+        info.created.to_rfc3339()
+    ))
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::Snapshot, e).context("snapshot thread"))?
+}

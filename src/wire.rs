@@ -1,0 +1,501 @@
+//! The wire contract: every subject and every JSON message, exactly as in
+//! `schemas/`. Requests from the outside are decoded field by field, so that
+//! each error names the field at fault; events written by allot itself are
+//! read tolerantly (unknown fields are ignored) so that older readers survive
+//! newer writers.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub use crate::request::{decode_bid, decode_open, ErrorCode, RequestError};
+
+/// Longest `auction_id`, `bid_id` or `bidder_id`.
+pub const MAX_ID_LEN: usize = 64;
+/// Largest amount: integers above 2^53-1 cannot round-trip through JSON
+/// numbers in most languages.
+pub const MAX_AMOUNT: u64 = (1 << 53) - 1;
+/// Largest request body. A bid is well under 300 bytes; anything much larger
+/// is a mistake or an attack, and is refused before it is parsed.
+pub const MAX_REQUEST_BYTES: usize = 4096;
+
+/// Header carrying the JetStream de-duplication id.
+pub const MSG_ID: &str = "Nats-Msg-Id";
+/// NATS micro error headers, set on every error reply.
+pub const SERVICE_ERROR: &str = "Nats-Service-Error";
+pub const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
+
+/// True when `s` is a valid id: 1 to 64 characters of `[A-Za-z0-9_-]`.
+/// This also makes every id a single, wildcard-free NATS subject token.
+pub fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_ID_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// All subject and stream names, derived from one configurable prefix.
+#[derive(Clone, Debug)]
+pub struct Subjects {
+    /// First subject token, `allot` by default.
+    prefix: String,
+}
+
+impl Default for Subjects {
+    fn default() -> Self {
+        Subjects {
+            prefix: "allot".into(),
+        }
+    }
+}
+
+impl Subjects {
+    /// Subjects under `prefix`, which must itself be a valid id.
+    pub fn new(prefix: &str) -> Result<Self, String> {
+        if !valid_id(prefix) {
+            return Err(format!(
+                "invalid subject prefix {prefix:?}: use 1 to 64 characters of [A-Za-z0-9_-]"
+            ));
+        }
+        Ok(Subjects {
+            prefix: prefix.to_string(),
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Bid requests: `<prefix>.bid.<auction_id>`.
+    pub fn bid(&self, auction_id: &str) -> String {
+        format!("{}.bid.{auction_id}", self.prefix)
+    }
+
+    /// Auction-open requests (admin): `<prefix>.admin.open.<auction_id>`.
+    pub fn open_request(&self, auction_id: &str) -> String {
+        format!("{}.admin.open.{auction_id}", self.prefix)
+    }
+
+    /// Auction status requests: `<prefix>.status.<auction_id>`.
+    pub fn status_request(&self, auction_id: &str) -> String {
+        format!("{}.status.{auction_id}", self.prefix)
+    }
+
+    /// Try events in the log: `<prefix>.try.<auction_id>`.
+    pub fn try_event(&self, auction_id: &str) -> String {
+        format!("{}.try.{auction_id}", self.prefix)
+    }
+
+    /// Auction lifecycle events (`open`) in the log: `<prefix>.auction.<auction_id>`.
+    pub fn auction_event(&self, auction_id: &str) -> String {
+        format!("{}.auction.{auction_id}", self.prefix)
+    }
+
+    /// One outcome subject: `<prefix>.outcome.<auction_id>.confirmed|cancelled`.
+    pub fn outcome(&self, auction_id: &str, kind: OutcomeKind) -> String {
+        format!("{}.outcome.{auction_id}.{}", self.prefix, kind.as_str())
+    }
+
+    /// Every outcome of one auction, or of all auctions.
+    pub fn outcomes(&self, auction_id: Option<&str>) -> String {
+        format!("{}.outcome.{}.*", self.prefix, auction_id.unwrap_or("*"))
+    }
+
+    /// The wildcard a request handler listens on, for one request kind
+    /// (`bid`, `admin.open`, `status`). `>` rather than `*`, so that a
+    /// subject with extra tokens reaches the handler and gets a clear error
+    /// instead of silence.
+    pub fn request_wildcard(&self, kind: &str) -> String {
+        format!("{}.{kind}.>", self.prefix)
+    }
+
+    /// The auction id in a request subject of the given kind.
+    pub fn auction_in<'a>(&self, subject: &'a str, kind: &str) -> Result<&'a str, RequestError> {
+        let token = subject
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix('.'))
+            .and_then(|rest| rest.strip_prefix(kind))
+            .and_then(|rest| rest.strip_prefix('.'))
+            .unwrap_or("");
+        if token.contains('.') || !valid_id(token) {
+            return Err(RequestError::new(
+                ErrorCode::InvalidSubject,
+                format!(
+                    "subject {subject:?} must be {}.{kind}.<auction_id>, with an auction_id of 1 to 64 characters of [A-Za-z0-9_-]",
+                    self.prefix
+                ),
+            ));
+        }
+        Ok(token)
+    }
+
+    /// Stream of tries and auction events (the ordered log).
+    pub fn tries_stream(&self) -> String {
+        format!("{}_TRIES", self.prefix.to_uppercase())
+    }
+
+    /// Stream of outcome events.
+    pub fn outcomes_stream(&self) -> String {
+        format!("{}_OUTCOMES", self.prefix.to_uppercase())
+    }
+
+    /// KV bucket holding the verifier's view of each auction for the gateway.
+    pub fn status_bucket(&self) -> String {
+        format!("{}_STATUS", self.prefix.to_uppercase())
+    }
+
+    /// Every subject the log stream captures.
+    pub fn log_subjects(&self) -> Vec<String> {
+        vec![
+            format!("{}.try.*", self.prefix),
+            format!("{}.auction.*", self.prefix),
+        ]
+    }
+
+    /// The auction id and kind of an event subject in the log.
+    pub fn parse_log_subject<'a>(&self, subject: &'a str) -> Option<(&'a str, &'a str)> {
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix('.')?;
+        let (kind, auction_id) = rest.split_once('.')?;
+        Some((kind, auction_id))
+    }
+}
+
+/// Timestamps are RFC 3339 UTC with microseconds, always with the fraction.
+/// Events are created truncated to microseconds, so a timestamp read back
+/// equals the one written, which keeps replay exact.
+pub mod timestamp {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn now() -> DateTime<Utc> {
+        let now = Utc::now();
+        DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+    }
+
+    pub fn format(t: &DateTime<Utc>) -> String {
+        t.to_rfc3339_opts(SecondsFormat::Micros, true)
+    }
+
+    pub fn parse(s: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
+        DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc))
+    }
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).map_err(serde::de::Error::custom)
+    }
+
+    pub mod option {
+        use super::*;
+        use serde::Serialize;
+
+        pub fn serialize<S: Serializer>(
+            t: &Option<DateTime<Utc>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            t.as_ref().map(super::format).serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<DateTime<Utc>>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|s| super::parse(&s).map_err(serde::de::Error::custom))
+                .transpose()
+        }
+    }
+}
+
+/// The rules an auction is opened with. Immutable once opened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuctionSpec {
+    /// Number of winning slots, N >= 1.
+    pub capacity: u32,
+    /// Smallest amount that can win, in minor units.
+    #[serde(default)]
+    pub min_amount: u64,
+    /// Tries with `tried_at` at or after this instant are cancelled.
+    #[serde(
+        default,
+        with = "timestamp::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub closes_at: Option<DateTime<Utc>>,
+    /// Most slots one bidder may win.
+    #[serde(default = "one")]
+    pub max_wins_per_bidder: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl AuctionSpec {
+    /// An auction with `capacity` slots and default rules.
+    pub fn with_capacity(capacity: u32) -> Self {
+        AuctionSpec {
+            capacity,
+            min_amount: 0,
+            closes_at: None,
+            max_wins_per_bidder: 1,
+        }
+    }
+
+    /// True when a try at `at` is too late.
+    pub fn is_closed_at(&self, at: DateTime<Utc>) -> bool {
+        self.closes_at.is_some_and(|closes| at >= closes)
+    }
+}
+
+/// A bid command, as decoded from `<prefix>.bid.<auction_id>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BidRequest {
+    pub bid_id: String,
+    pub bidder_id: String,
+    pub amount: u64,
+}
+
+/// Why the gateway refused a bid without writing a try.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    UnknownAuction,
+    AuctionClosed,
+    SoldOut,
+    BelowMinimum,
+}
+
+/// The reply to a bid request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum BidReply {
+    /// The try is in the log at `try_seq`; its outcome follows on the
+    /// outcome subjects.
+    Accepted {
+        bid_id: String,
+        auction_id: String,
+        try_seq: u64,
+        /// Set when this `bid_id` had already been accepted; the reply is
+        /// the original one.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        duplicate: bool,
+    },
+    /// Refused before any try was written.
+    Rejected {
+        bid_id: String,
+        auction_id: String,
+        reason: RejectReason,
+    },
+    Error {
+        error: ErrorCode,
+        message: String,
+    },
+}
+
+/// An auction-open request, as decoded from `<prefix>.admin.open.<auction_id>`.
+pub type OpenRequest = AuctionSpec;
+
+/// The reply to an auction-open request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum OpenReply {
+    Opened {
+        auction_id: String,
+        #[serde(flatten)]
+        spec: AuctionSpec,
+        /// Sequence of the `open` event in the log.
+        open_seq: u64,
+        /// Set when the auction was already open with these settings.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        duplicate: bool,
+    },
+    Error {
+        error: ErrorCode,
+        message: String,
+    },
+}
+
+/// Whether an auction still takes bids, as the status reply shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuctionState {
+    Open,
+    Closed,
+    SoldOut,
+}
+
+/// The reply to a status request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum StatusReply {
+    Ok {
+        auction_id: String,
+        #[serde(flatten)]
+        spec: AuctionSpec,
+        state: AuctionState,
+        /// Tries in the log.
+        tries: u64,
+        confirmed: u64,
+        cancelled: u64,
+        /// Tries not decided yet.
+        pending: u64,
+    },
+    Error {
+        error: ErrorCode,
+        message: String,
+    },
+}
+
+/// An event in the ordered log (stream `<PREFIX>_TRIES`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LogEvent {
+    Open(OpenEvent),
+    Try(TryEvent),
+}
+
+/// An auction was opened. Written once per auction: the append expects no
+/// earlier event on the auction's subject.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenEvent {
+    pub auction_id: String,
+    #[serde(flatten)]
+    pub spec: AuctionSpec,
+    #[serde(with = "timestamp")]
+    pub opened_at: DateTime<Utc>,
+}
+
+/// A bid's tentative reservation. Appended with no lock and no sequence
+/// check; the log's order decides.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TryEvent {
+    pub bid_id: String,
+    pub auction_id: String,
+    pub bidder_id: String,
+    pub amount: u64,
+    #[serde(with = "timestamp")]
+    pub tried_at: DateTime<Utc>,
+}
+
+impl TryEvent {
+    /// JetStream de-duplication id: one try per (auction, bid).
+    pub fn msg_id(auction_id: &str, bid_id: &str) -> String {
+        format!("try:{auction_id}:{bid_id}")
+    }
+
+    /// True when `request` is the same bid as this try.
+    pub fn matches(&self, request: &BidRequest) -> bool {
+        self.bid_id == request.bid_id
+            && self.bidder_id == request.bidder_id
+            && self.amount == request.amount
+    }
+}
+
+/// Confirmed or cancelled: the two final states of a try.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeKind {
+    Confirmed,
+    Cancelled,
+}
+
+impl OutcomeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeKind::Confirmed => "confirmed",
+            OutcomeKind::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Why the verifier cancelled a try.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelReason {
+    /// All N slots were already confirmed.
+    CapacityFull,
+    /// `tried_at` was at or after the auction's `closes_at`.
+    AuctionClosed,
+    /// The amount was below the auction's `min_amount`.
+    BelowMinimum,
+    /// The bidder already held `max_wins_per_bidder` slots.
+    BidderLimit,
+    /// No `open` event preceded the try in the log.
+    UnknownAuction,
+    /// The try event could not be read (hand-written garbage in the log).
+    InvalidEvent,
+}
+
+/// The one final decision on one try (stream `<PREFIX>_OUTCOMES`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutcomeEvent {
+    #[serde(rename = "type")]
+    pub kind: OutcomeKind,
+    pub bid_id: String,
+    pub auction_id: String,
+    pub bidder_id: String,
+    pub amount: u64,
+    pub try_seq: u64,
+    #[serde(with = "timestamp")]
+    pub tried_at: DateTime<Utc>,
+    #[serde(with = "timestamp")]
+    pub decided_at: DateTime<Utc>,
+    /// 1..N in order of confirmation; only on `confirmed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<u32>,
+    /// Only on `cancelled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<CancelReason>,
+}
+
+impl OutcomeEvent {
+    /// JetStream de-duplication id: one outcome per (auction, bid).
+    pub fn msg_id(auction_id: &str, bid_id: &str) -> String {
+        format!("outcome:{auction_id}:{bid_id}")
+    }
+}
+
+/// The verifier's view of an auction that the gateway needs for fast
+/// rejects, kept in the status KV bucket under the auction id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuctionView {
+    pub confirmed: u32,
+    pub sold_out: bool,
+}
+
+/// A request's reply: serializable, built from a [`RequestError`], and able
+/// to say whether it is an error (for the micro error headers).
+pub trait Reply: Serialize + From<RequestError> {
+    fn error(&self) -> Option<(ErrorCode, &str)>;
+}
+
+macro_rules! reply {
+    ($reply:ident) => {
+        impl From<RequestError> for $reply {
+            fn from(e: RequestError) -> Self {
+                $reply::Error {
+                    error: e.code,
+                    message: e.message,
+                }
+            }
+        }
+
+        impl Reply for $reply {
+            fn error(&self) -> Option<(ErrorCode, &str)> {
+                match self {
+                    $reply::Error { error, message } => Some((*error, message)),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+reply!(BidReply);
+reply!(OpenReply);
+reply!(StatusReply);
