@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::{Client, HeaderMap, Message, Subject};
 use futures::StreamExt;
 use tokio::sync::Semaphore;
@@ -20,8 +21,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::streams::Streams;
 use crate::wire::{
     self, decode_bid, decode_open, timestamp, AuctionSpec, AuctionState, AuctionView, BidReply,
-    BidRequest, ErrorCode, LogEvent, OpenEvent, OpenReply, OutcomeKind, RejectReason, Reply,
-    RequestError, StatusReply, TryEvent,
+    BidRequest, ErrorCode, LogEvent, OpenEvent, OpenReply, OutcomeEvent, OutcomeKind, RejectReason,
+    Reply, RequestError, StatusReply, Subjects, TryEvent,
 };
 
 /// Queue group shared by every gateway, so each request is served once.
@@ -32,12 +33,16 @@ pub const QUEUE_GROUP: &str = "allot-gateway";
 pub struct GatewayConfig {
     /// Requests served at once; more wait in the subscription buffer.
     pub max_in_flight: usize,
+    /// The verifier's durable consumer, whose ack floor tells how far the
+    /// log is decided.
+    pub verifier_consumer: String,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             max_in_flight: 4096,
+            verifier_consumer: crate::verifier::CONSUMER.into(),
         }
     }
 }
@@ -51,11 +56,15 @@ struct View {
     /// Auctions the verifier has reported sold out. In first-come, first-N
     /// allocation a sold-out auction stays sold out.
     sold_out: RwLock<HashSet<String>>,
+    /// Sold-out or closed auctions whose every try the verifier has
+    /// decided: a bid id missing from the bids bucket is then provably new.
+    settled: RwLock<HashSet<String>>,
 }
 
 struct Gateway {
     client: Client,
     streams: Streams,
+    config: GatewayConfig,
     view: View,
 }
 
@@ -70,6 +79,7 @@ pub async fn run(
     let gateway = Arc::new(Gateway {
         client: client.clone(),
         streams,
+        config: config.clone(),
         view: View::default(),
     });
     let watcher = tokio::spawn(watch_fill(gateway.clone()));
@@ -209,11 +219,17 @@ impl Gateway {
         };
         if let Some(reason) = blocked {
             // The bid may be a resend of one accepted before the auction
-            // filled or closed; that one gets its original reply.
-            return match self.find_try(auction_id, &request.bid_id).await? {
-                Some(try_seq) => self.duplicate(auction_id, &request, try_seq).await,
-                None => Ok(reject(reason)),
-            };
+            // filled or closed: that one gets its original reply. Once the
+            // verifier has decided all of the auction's tries, the bids
+            // bucket knows every such bid. Until then the bid cannot be
+            // proven new, and takes the normal path below: JetStream's
+            // de-duplication and the verifier give it the right answer.
+            if self.settled(auction_id).await? {
+                return match self.decided(auction_id, &request.bid_id).await? {
+                    Some(o) => resend(auction_id, &request, o.try_seq, &o.bidder_id, o.amount),
+                    None => Ok(reject(reason)),
+                };
+            }
         }
         let event = LogEvent::Try(TryEvent {
             bid_id: request.bid_id.clone(),
@@ -246,8 +262,7 @@ impl Gateway {
         })
     }
 
-    /// The reply to a bid id already in the log at `try_seq`: the original
-    /// acceptance if the body is the same, a conflict if not.
+    /// The reply to a bid id already in the log at `try_seq`.
     async fn duplicate(
         &self,
         auction_id: &str,
@@ -261,19 +276,7 @@ impl Gateway {
             .await
             .map_err(internal)?;
         match serde_json::from_slice::<LogEvent>(&stored.payload) {
-            Ok(LogEvent::Try(original)) if original.matches(request) => Ok(BidReply::Accepted {
-                bid_id: request.bid_id.clone(),
-                auction_id: auction_id.to_string(),
-                try_seq,
-                duplicate: true,
-            }),
-            Ok(LogEvent::Try(original)) => Err(RequestError::new(
-                ErrorCode::Conflict,
-                format!(
-                    "bid_id {:?} was already used in auction {auction_id:?} with bidder_id {:?} and amount {}; use a new bid_id for a different bid",
-                    request.bid_id, original.bidder_id, original.amount
-                ),
-            )),
+            Ok(LogEvent::Try(t)) => resend(auction_id, request, try_seq, &t.bidder_id, t.amount),
             _ => Err(RequestError::new(
                 ErrorCode::Internal,
                 format!("log entry {try_seq} is not a try"),
@@ -281,35 +284,50 @@ impl Gateway {
         }
     }
 
-    /// Asks JetStream whether a try for this bid id is in the log, without
-    /// writing anything: the publish carries the try's de-duplication id and
-    /// an expected last sequence that never matches. The server checks the
-    /// id first and answers a known one with its sequence; for an unknown
-    /// one the impossible expectation refuses the write.
-    async fn find_try(&self, auction_id: &str, bid_id: &str) -> Result<Option<u64>, RequestError> {
-        let subjects = &self.streams.subjects;
-        let result = self
-            .streams
-            .js
-            .send_publish(
-                subjects.try_event(auction_id),
-                PublishMessage::build()
-                    .message_id(TryEvent::msg_id(auction_id, bid_id))
-                    .expected_last_sequence(i64::MAX as u64)
-                    .payload(bytes::Bytes::new()),
-            )
-            .await
-            .map_err(internal)?
-            .await;
-        match result {
-            Ok(ack) if ack.duplicate => Ok(Some(ack.sequence)),
-            Ok(ack) => Err(RequestError::new(
-                ErrorCode::Internal,
-                format!("duplicate probe was stored at {}", ack.sequence),
-            )),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(None),
-            Err(e) => Err(internal(e)),
+    /// The outcome of a decided bid, from the bids bucket.
+    async fn decided(
+        &self,
+        auction_id: &str,
+        bid_id: &str,
+    ) -> Result<Option<OutcomeEvent>, RequestError> {
+        let key = Subjects::bid_key(auction_id, bid_id);
+        match self.streams.bids.get(key).await.map_err(internal)? {
+            Some(value) => serde_json::from_slice(&value).map(Some).map_err(internal),
+            None => Ok(None),
         }
+    }
+
+    /// True once the verifier has decided every try of this auction. Asked
+    /// only of sold-out or closed auctions, which take no new tries, so the
+    /// answer stays true and is cached.
+    async fn settled(&self, auction_id: &str) -> Result<bool, RequestError> {
+        if self.view.settled.read().unwrap().contains(auction_id) {
+            return Ok(true);
+        }
+        let log = &self.streams.log;
+        let subject = self.streams.subjects.try_event(auction_id);
+        let last_try = match log.direct_get_last_for_subject(subject).await {
+            Ok(m) => m.sequence,
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => 0,
+            Err(e) => return Err(internal(e)),
+        };
+        // The verifier acks a try only after its outcome and bids-bucket
+        // entry are stored. Give it a moment to catch up.
+        for _ in 0..25 {
+            let Ok(info) = log.consumer_info(&self.config.verifier_consumer).await else {
+                return Ok(false);
+            };
+            if info.ack_floor.stream_sequence >= last_try {
+                self.view
+                    .settled
+                    .write()
+                    .unwrap()
+                    .insert(auction_id.to_string());
+                return Ok(true);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Ok(false)
     }
 
     /// An auction's spec: from the cache, else from its `open` event.
@@ -320,9 +338,7 @@ impl Gateway {
         let subject = self.streams.subjects.auction_event(auction_id);
         let stored = match self.streams.log.direct_get_last_for_subject(subject).await {
             Ok(stored) => stored,
-            Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => {
-                return Ok(None)
-            }
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(internal(e)),
         };
         let LogEvent::Open(open) = serde_json::from_slice(&stored.payload).map_err(internal)?
@@ -447,6 +463,32 @@ impl Gateway {
             pending: tries.saturating_sub(confirmed + cancelled),
         })
     }
+}
+
+/// The reply to a resent bid id whose first try is at `try_seq`: the
+/// original acceptance if the body is the same, a conflict if not.
+fn resend(
+    auction_id: &str,
+    request: &BidRequest,
+    try_seq: u64,
+    bidder_id: &str,
+    amount: u64,
+) -> Result<BidReply, RequestError> {
+    if request.bidder_id != bidder_id || request.amount != amount {
+        return Err(RequestError::new(
+            ErrorCode::Conflict,
+            format!(
+                "bid_id {:?} was already used in auction {auction_id:?} with bidder_id {bidder_id:?} and amount {amount}; use a new bid_id for a different bid",
+                request.bid_id
+            ),
+        ));
+    }
+    Ok(BidReply::Accepted {
+        bid_id: request.bid_id.clone(),
+        auction_id: auction_id.to_string(),
+        try_seq,
+        duplicate: true,
+    })
 }
 
 fn internal(e: impl std::fmt::Display) -> RequestError {

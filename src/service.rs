@@ -48,7 +48,9 @@ impl Default for Config {
 
 /// Runs the service until `shutdown` completes, then stops taking bids,
 /// finishes in-flight work, flushes and closes the snapshot.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+    // The gateway watches the verifier's progress through its consumer.
+    config.gateway.verifier_consumer = config.verifier.consumer.clone();
     let client = connect(&config.nats_url).await?;
     let js = async_nats::jetstream::new(client.clone());
     let streams = Streams::ensure(js, config.subjects.clone(), &config.streams).await?;

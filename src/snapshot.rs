@@ -37,7 +37,7 @@ pub enum SnapshotError {
 #[derive(Clone, Debug)]
 pub struct StoredOutcome {
     pub outcome: OutcomeEvent,
-    pub payload: Vec<u8>,
+    pub payload: bytes::Bytes,
 }
 
 /// Everything one batch of the log changed.
@@ -228,7 +228,12 @@ impl Snapshot {
                 )?;
                 for d in &batch.decisions {
                     let o = &d.outcome;
-                    decide.execute(params![o.auction_id, o.bid_id, o.try_seq, d.payload])?;
+                    decide.execute(params![
+                        o.auction_id,
+                        o.bid_id,
+                        o.try_seq,
+                        d.payload.as_ref()
+                    ])?;
                 }
                 tx.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?1)",
@@ -272,7 +277,10 @@ impl Snapshot {
         for row in rows {
             let payload = row.map_err(|e| self.sql(e))?;
             let outcome = serde_json::from_slice(&payload).map_err(|e| self.corrupt(e))?;
-            out.push(StoredOutcome { outcome, payload });
+            out.push(StoredOutcome {
+                outcome,
+                payload: payload.into(),
+            });
         }
         Ok(out)
     }

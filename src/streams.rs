@@ -40,6 +40,10 @@ pub struct Streams {
     pub outcomes: stream::Stream,
     /// Auction id -> [`crate::wire::AuctionView`], written by the verifier.
     pub status: kv::Store,
+    /// `<auction_id>.<bid_id>` -> outcome event, written by the verifier
+    /// with each outcome: lets the gateway answer a resent bid after its
+    /// auction filled or closed, however long ago it was first sent.
+    pub bids: kv::Store,
 }
 
 impl Streams {
@@ -92,12 +96,25 @@ impl Streams {
             .map_err(|e| {
                 Error::with_source(ErrorKind::Setup, e).context(subjects.status_bucket())
             })?;
+        let bids = js
+            .create_or_update_key_value(kv::Config {
+                bucket: subjects.bids_bucket(),
+                description: "allot: the outcome of every decided bid, by auction and bid id"
+                    .into(),
+                history: 1,
+                storage: stream::StorageType::File,
+                num_replicas: options.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::with_source(ErrorKind::Setup, e).context(subjects.bids_bucket()))?;
         Ok(Streams {
             js,
             subjects,
             log,
             outcomes,
             status,
+            bids,
         })
     }
 

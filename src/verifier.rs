@@ -33,6 +33,9 @@ use crate::snapshot::{Batch, Position, Snapshot, StoredOutcome, Sync};
 use crate::streams::Streams;
 use crate::wire::{timestamp, valid_id, AuctionView, LogEvent, OutcomeEvent, OutcomeKind};
 
+/// Default name of the verifier's durable consumer.
+pub const CONSUMER: &str = "allot-verifier";
+
 /// Verifier settings.
 #[derive(Clone, Debug)]
 pub struct VerifierConfig {
@@ -52,7 +55,7 @@ impl Default for VerifierConfig {
     fn default() -> Self {
         VerifierConfig {
             data_dir: PathBuf::from("allot-data"),
-            consumer: "allot-verifier".into(),
+            consumer: CONSUMER.into(),
             batch_size: 512,
             sync: Sync::Normal,
             ack_wait: Duration::from_secs(30),
@@ -306,24 +309,35 @@ impl<'a> Verifier<'a> {
     }
 }
 
-/// Publishes outcomes pipelined and waits for every ack.
+/// Publishes outcomes, and their entries in the bids bucket, pipelined;
+/// waits for every ack.
 async fn publish(streams: &Streams, outcomes: &[StoredOutcome]) -> Result<()> {
     let subjects = &streams.subjects;
     let nats = || Error::wrap(ErrorKind::Nats, "publish outcome");
-    let mut acks = Vec::with_capacity(outcomes.len());
+    let mut acks = Vec::with_capacity(outcomes.len() * 2);
     for d in outcomes {
         let o = &d.outcome;
-        let ack = streams
-            .js
-            .send_publish(
-                subjects.outcome(&o.auction_id, o.kind),
-                PublishMessage::build()
-                    .message_id(OutcomeEvent::msg_id(&o.auction_id, &o.bid_id))
-                    .payload(d.payload.clone().into()),
-            )
-            .await
-            .map_err(nats())?;
-        acks.push(ack);
+        let payload = d.payload.clone();
+        let outcome = PublishMessage::build()
+            .message_id(OutcomeEvent::msg_id(&o.auction_id, &o.bid_id))
+            .payload(payload.clone());
+        let subject = subjects.outcome(&o.auction_id, o.kind);
+        acks.push(
+            streams
+                .js
+                .send_publish(subject, outcome)
+                .await
+                .map_err(nats())?,
+        );
+        let index = PublishMessage::build().payload(payload);
+        let subject = subjects.bid_index_subject(&o.auction_id, &o.bid_id);
+        acks.push(
+            streams
+                .js
+                .send_publish(subject, index)
+                .await
+                .map_err(nats())?,
+        );
     }
     let acks = acks.into_iter().map(std::future::IntoFuture::into_future);
     for ack in futures::future::join_all(acks).await {
@@ -426,7 +440,9 @@ fn decide(t: crate::wire::TryEvent, try_seq: u64, verdict: Verdict) -> StoredOut
         rank,
         reason,
     };
-    let payload = serde_json::to_vec(&outcome).expect("outcomes serialize");
+    let payload = serde_json::to_vec(&outcome)
+        .expect("outcomes serialize")
+        .into();
     StoredOutcome { outcome, payload }
 }
 
@@ -439,10 +455,7 @@ fn reuse(payload: bytes::Bytes, verdict: Verdict) -> Result<StoredOutcome> {
     if Verdict::of(&outcome) != Some(verdict) {
         tracing::error!(bid_id = %outcome.bid_id, auction_id = %outcome.auction_id, published = ?outcome.kind, replayed = ?verdict, "replay disagrees with a published outcome; keeping the published one");
     }
-    Ok(StoredOutcome {
-        outcome,
-        payload: payload.to_vec(),
-    })
+    Ok(StoredOutcome { outcome, payload })
 }
 
 /// Outcomes in the stream for tries after `last_seq`, keyed by bid.

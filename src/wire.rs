@@ -143,6 +143,26 @@ impl Subjects {
         format!("{}_STATUS", self.prefix.to_uppercase())
     }
 
+    /// KV bucket indexing every decided bid: key `<auction_id>.<bid_id>`,
+    /// value the bid's outcome event.
+    pub fn bids_bucket(&self) -> String {
+        format!("{}_BIDS", self.prefix.to_uppercase())
+    }
+
+    /// A bid's key in the bids bucket.
+    pub fn bid_key(auction_id: &str, bid_id: &str) -> String {
+        format!("{auction_id}.{bid_id}")
+    }
+
+    /// The subject a bids-bucket entry is written on.
+    pub fn bid_index_subject(&self, auction_id: &str, bid_id: &str) -> String {
+        format!(
+            "$KV.{}.{}",
+            self.bids_bucket(),
+            Subjects::bid_key(auction_id, bid_id)
+        )
+    }
+
     /// Every subject the log stream captures.
     pub fn log_subjects(&self) -> Vec<String> {
         vec![
@@ -386,13 +406,6 @@ impl TryEvent {
     /// JetStream de-duplication id: one try per (auction, bid).
     pub fn msg_id(auction_id: &str, bid_id: &str) -> String {
         format!("try:{auction_id}:{bid_id}")
-    }
-
-    /// True when `request` is the same bid as this try.
-    pub fn matches(&self, request: &BidRequest) -> bool {
-        self.bid_id == request.bid_id
-            && self.bidder_id == request.bidder_id
-            && self.amount == request.amount
     }
 }
 

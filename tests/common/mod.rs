@@ -1,0 +1,239 @@
+//! Test harness: a real `nats-server` per test (free 127.0.0.1 port, own
+//! temporary store, killed on drop) and the real service running in-process
+//! against it, with a oneshot as its shutdown signal.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use allot::client::{connect, AllotClient};
+use allot::nats_server::NatsServer;
+use allot::service::{self, Config, Role};
+use allot::verifier::VerifierConfig;
+use allot::wire::{AuctionSpec, LogEvent, OpenReply, OutcomeEvent, Subjects, TryEvent};
+use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
+use futures::StreamExt;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub struct Harness {
+    pub server: NatsServer,
+    pub client: AllotClient,
+    pub js: jetstream::Context,
+    /// The verifier's data directory.
+    pub data: tempfile::TempDir,
+    service: Option<(oneshot::Sender<()>, JoinHandle<allot::Result<()>>)>,
+}
+
+impl Harness {
+    /// A server and a running service.
+    pub async fn start() -> Harness {
+        let mut h = Harness::server_only().await;
+        h.start_service().await;
+        h
+    }
+
+    /// A server, no service yet.
+    pub async fn server_only() -> Harness {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "allot=warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let server = NatsServer::start().expect("nats-server starts");
+        let nats = connect(server.url()).await.expect("connects");
+        Harness {
+            client: AllotClient::new(nats.clone(), Subjects::default()),
+            js: jetstream::new(nats),
+            server,
+            data: tempfile::tempdir().unwrap(),
+            service: None,
+        }
+    }
+
+    pub fn config(&self) -> Config {
+        Config {
+            nats_url: self.server.url().to_string(),
+            role: Role::All,
+            verifier: VerifierConfig {
+                data_dir: self.data.path().to_path_buf(),
+                ..VerifierConfig::default()
+            },
+            ..Config::default()
+        }
+    }
+
+    /// Starts the service in-process and waits until it answers.
+    pub async fn start_service(&mut self) {
+        assert!(self.service.is_none(), "service already running");
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(service::run(self.config(), async {
+            let _ = stopped.await;
+        }));
+        self.service = Some((stop, task));
+        self.wait_until_serving().await;
+    }
+
+    /// Waits until a gateway answers status requests.
+    pub async fn wait_until_serving(&self) {
+        for _ in 0..200 {
+            let probe: allot::Result<serde_json::Value> = self
+                .client
+                .request(self.client.subjects.status_request("probe"), Vec::new())
+                .await;
+            if probe.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("service did not start serving");
+    }
+
+    /// Stops the service cleanly and waits for it.
+    pub async fn stop_service(&mut self) {
+        let (stop, task) = self.service.take().expect("service running");
+        let _ = stop.send(());
+        task.await.unwrap().expect("service stops cleanly");
+    }
+
+    pub fn snapshot_files(&self) -> Vec<PathBuf> {
+        ["allot.sqlite", "allot.sqlite-wal", "allot.sqlite-shm"]
+            .iter()
+            .map(|f| self.data.path().join(f))
+            .collect()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    pub async fn open(&self, auction_id: &str, spec: AuctionSpec) {
+        match self.client.open(auction_id, &spec).await.unwrap() {
+            OpenReply::Opened { .. } => {}
+            other => panic!("open failed: {other:?}"),
+        }
+    }
+
+    /// Every message on `filter` in `stream`, in stream order, with its
+    /// sequence.
+    pub async fn read_stream(&self, stream: &str, filter: &str) -> Vec<(u64, bytes::Bytes)> {
+        let stream = self.js.get_stream(stream).await.unwrap();
+        let total = allot::streams::Streams::count(&stream, filter)
+            .await
+            .unwrap();
+        if total == 0 {
+            return Vec::new();
+        }
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: filter.to_string(),
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut messages = consumer.messages().await.unwrap();
+        let mut out = Vec::new();
+        while (out.len() as u64) < total {
+            let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
+                .await
+                .expect("stream read in time")
+                .unwrap()
+                .unwrap();
+            out.push((m.info().unwrap().stream_sequence, m.payload.clone()));
+        }
+        out
+    }
+
+    /// The tries of one auction, in log order.
+    pub async fn tries(&self, auction_id: &str) -> Vec<(u64, TryEvent)> {
+        let s = &self.client.subjects;
+        self.read_stream(&s.tries_stream(), &s.try_event(auction_id))
+            .await
+            .into_iter()
+            .map(
+                |(seq, payload)| match serde_json::from_slice(&payload).unwrap() {
+                    LogEvent::Try(t) => (seq, t),
+                    other => panic!("not a try: {other:?}"),
+                },
+            )
+            .collect()
+    }
+
+    /// The outcomes of one auction (or all), in stream order.
+    pub async fn outcomes(&self, auction_id: Option<&str>) -> Vec<OutcomeEvent> {
+        let s = &self.client.subjects;
+        self.read_stream(&s.outcomes_stream(), &s.outcomes(auction_id))
+            .await
+            .into_iter()
+            .map(|(_, payload)| serde_json::from_slice(&payload).unwrap())
+            .collect()
+    }
+
+    /// Waits until the outcome stream holds at least `n` outcomes for the
+    /// auction, then returns them all.
+    pub async fn wait_for_outcomes(&self, auction_id: &str, n: usize) -> Vec<OutcomeEvent> {
+        let s = &self.client.subjects;
+        let stream = self.js.get_stream(s.outcomes_stream()).await.unwrap();
+        for _ in 0..600 {
+            let count = allot::streams::Streams::count(&stream, &s.outcomes(Some(auction_id)))
+                .await
+                .unwrap();
+            if count as usize >= n {
+                return self.outcomes(Some(auction_id)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "expected {n} outcomes for {auction_id}, have {}",
+            self.outcomes(Some(auction_id)).await.len()
+        );
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some((stop, task)) = self.service.take() {
+            let _ = stop.send(());
+            task.abort();
+        }
+    }
+}
+
+/// Asserts one outcome per bid id, and returns them keyed by bid id.
+pub fn one_outcome_per_bid(outcomes: &[OutcomeEvent]) -> HashMap<String, OutcomeEvent> {
+    let mut by_bid = HashMap::new();
+    for o in outcomes {
+        let previous = by_bid.insert(o.bid_id.clone(), o.clone());
+        assert!(previous.is_none(), "bid {} has two outcomes", o.bid_id);
+    }
+    by_bid
+}
+
+/// A JSON Schema validator for one file in `schemas/`.
+pub fn schema(name: &str) -> jsonschema::Validator {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("schemas")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    jsonschema::validator_for(&json).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// Asserts that `instance` (JSON bytes) matches the schema file `name`.
+pub fn assert_matches(name: &str, instance: &[u8]) {
+    let json: serde_json::Value = serde_json::from_slice(instance).unwrap();
+    let validator = schema(name);
+    let errors: Vec<String> = validator
+        .iter_errors(&json)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{json} does not match {name}: {errors:?}"
+    );
+}
