@@ -99,6 +99,24 @@ impl AllotClient {
             .map_err(|e| Error::with_source(ErrorKind::Protocol, e).context(subject))
     }
 
+    /// A decided bid's outcome, from the bids bucket; `None` while undecided.
+    pub async fn outcome_of(&self, auction_id: &str, bid_id: &str) -> Result<Option<OutcomeEvent>> {
+        let js = async_nats::jetstream::new(self.client.clone());
+        let bucket = self.subjects.bids_bucket();
+        let bids = js
+            .get_key_value(&bucket)
+            .await
+            .map_err(Error::wrap(ErrorKind::Nats, bucket.clone()))?;
+        let value = bids
+            .get(Subjects::bid_key(auction_id, bid_id))
+            .await
+            .map_err(Error::wrap(ErrorKind::Nats, bucket))?;
+        value
+            .map(|v| serde_json::from_slice(&v))
+            .transpose()
+            .map_err(Error::wrap(ErrorKind::Protocol, "outcome event"))
+    }
+
     /// Outcome events as they are published, for one auction or all.
     pub async fn live_outcomes(
         &self,

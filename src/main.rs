@@ -49,7 +49,7 @@ async fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("allot: {e:#}");
+            eprintln!("allot: {e}");
             std::process::ExitCode::FAILURE
         }
     }

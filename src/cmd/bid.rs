@@ -1,4 +1,5 @@
-//! `allot bid`: place one bid, optionally wait for its outcome.
+//! `allot bid`: place one bid, optionally wait for its outcome. Exits 0
+//! when the bid was accepted, whatever its outcome.
 
 use std::time::Duration;
 
@@ -44,24 +45,20 @@ pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
     };
     let reply = client.bid(&args.auction_id, &bid).await?;
     super::auction::finish(&reply)?;
-    let (Some(live), BidReply::Accepted { duplicate, .. }) = (live.as_mut(), &reply) else {
+    if let BidReply::Rejected { reason, .. } = &reply {
+        anyhow::bail!("bid rejected: {}", serde_json::to_value(reason)?);
+    }
+    let (Some(live), BidReply::Accepted { .. }) = (live.as_mut(), &reply) else {
         return Ok(());
     };
-    let wanted =
-        |o: &crate::wire::OutcomeEvent| o.auction_id == args.auction_id && o.bid_id == bid.bid_id;
     let wait = async {
-        if *duplicate {
-            // The outcome may be long published: look in the stream.
-            let mut replay = client.replay_outcomes(Some(&args.auction_id)).await?;
-            while let Some(o) = replay.next().await {
-                let o = o?;
-                if wanted(&o) {
-                    return Ok(o);
-                }
-            }
+        // Already decided (a resend, or a fast verifier): it is in the bids
+        // bucket. Otherwise it arrives on the live subscription.
+        if let Some(o) = client.outcome_of(&args.auction_id, &bid.bid_id).await? {
+            return Ok(o);
         }
         while let Some(o) = live.next().await {
-            if wanted(&o) {
+            if o.bid_id == bid.bid_id {
                 return Ok(o);
             }
         }

@@ -237,3 +237,35 @@ pub fn assert_matches(name: &str, instance: &[u8]) {
         "{json} does not match {name}: {errors:?}"
     );
 }
+
+/// Decides the whole log again offline with the pure core, and asserts
+/// that every published outcome is exactly what the replay decides, and
+/// that every decided try has a published outcome.
+pub async fn assert_replay_matches_outcomes(h: &Harness) {
+    use allot::core::{Ledger, Step, Verdict};
+    let s = &h.client.subjects;
+    let log = h.read_stream(&s.tries_stream(), ">").await;
+    let mut ledger = Ledger::new();
+    let mut decided = HashMap::new();
+    for (_, payload) in &log {
+        let event: LogEvent = serde_json::from_slice(payload).unwrap();
+        if let (LogEvent::Try(t), Step::Decided(v)) = (&event, ledger.apply(&event)) {
+            decided.insert((t.auction_id.clone(), t.bid_id.clone()), v);
+        }
+    }
+    let outcomes = h.outcomes(None).await;
+    let mut published = HashMap::new();
+    for o in &outcomes {
+        let key = (o.auction_id.clone(), o.bid_id.clone());
+        assert!(
+            published
+                .insert(key.clone(), Verdict::of(o).unwrap())
+                .is_none(),
+            "two outcomes for {key:?}"
+        );
+    }
+    assert_eq!(
+        published, decided,
+        "published outcomes equal an offline replay of the log"
+    );
+}

@@ -1,0 +1,135 @@
+//! The `allot` binary's commands against a running service.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+
+use common::{assert_matches, Harness};
+
+fn allot(h: &Harness, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_allot"))
+        .args(args)
+        .env("NATS_URL", h.server.url())
+        .output()
+        .expect("allot runs")
+}
+
+fn stdout_lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+// Multi-threaded: the commands block one thread while the service runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_bid_wait_status_and_watch() {
+    let h = Harness::start().await;
+    let out = allot(
+        &h,
+        &[
+            "auction",
+            "open",
+            "cli",
+            "--capacity",
+            "1",
+            "--min-amount",
+            "5",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_matches("auction-open-reply.schema.json", &out.stdout);
+
+    let out = allot(
+        &h,
+        &[
+            "bid", "cli", "--bidder", "u1", "--amount", "5", "--bid-id", "first", "--wait",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = stdout_lines(&out);
+    assert_eq!(lines[0]["status"], "accepted");
+    assert_eq!(lines[1]["type"], "confirmed");
+    assert_eq!(lines[1]["rank"], 1);
+
+    // A resend waits on the stored outcome rather than a new one.
+    let out = allot(
+        &h,
+        &[
+            "bid", "cli", "--bidder", "u1", "--amount", "5", "--bid-id", "first", "--wait",
+        ],
+    );
+    let lines = stdout_lines(&out);
+    assert_eq!(lines[0]["duplicate"], true);
+    assert_eq!(lines[1]["bid_id"], "first");
+
+    // A fast reject prints the reply and fails.
+    let out = allot(&h, &["bid", "cli", "--bidder", "u2", "--amount", "4"]);
+    assert!(!out.status.success());
+    assert_eq!(stdout_lines(&out)[0]["reason"], "below_minimum");
+
+    let out = allot(&h, &["auction", "status", "cli"]);
+    assert!(out.status.success());
+    let status = &stdout_lines(&out)[0];
+    assert_eq!(
+        (status["confirmed"].as_u64(), status["state"].as_str()),
+        (Some(1), Some("sold_out"))
+    );
+
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_allot"))
+        .args(["watch", "cli", "--from-start"])
+        .env("NATS_URL", h.server.url())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(watch.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+    let event: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(event["bid_id"], "first");
+}
+
+#[test]
+fn unreachable_nats_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_allot"))
+        .args([
+            "bid",
+            "a",
+            "--bidder",
+            "u",
+            "--amount",
+            "1",
+            "--nats-url",
+            "nats://127.0.0.1:1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot reach NATS (nats://127.0.0.1:1)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_arguments_are_refused_before_connecting() {
+    let out = Command::new(env!("CARGO_BIN_EXE_allot"))
+        .args(["auction", "open", "a", "--capacity", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("capacity"));
+}

@@ -1,0 +1,203 @@
+//! Restarts: with the snapshot, without it, and after `kill -9` of a real
+//! `allot serve` process in the middle of a bidding run.
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use allot::wire::{AuctionSpec, BidReply, BidRequest, OutcomeKind};
+use common::{assert_replay_matches_outcomes, one_outcome_per_bid, Harness};
+
+fn bid(bid_id: String, bidder: String) -> BidRequest {
+    BidRequest {
+        bid_id,
+        bidder_id: bidder,
+        amount: 10,
+    }
+}
+
+/// Places one bid per bidder; returns how many were accepted (once the
+/// auction is sold out, the gateway may refuse the rest).
+async fn place(h: &Harness, auction: &str, range: std::ops::Range<u32>) -> usize {
+    let mut accepted = 0;
+    for i in range {
+        let reply = h
+            .client
+            .bid(auction, &bid(format!("b{i}"), format!("u{i}")))
+            .await
+            .unwrap();
+        match reply {
+            BidReply::Accepted { .. } => accepted += 1,
+            BidReply::Rejected {
+                reason: allot::wire::RejectReason::SoldOut,
+                ..
+            } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    accepted
+}
+
+fn ranks(outcomes: &[allot::wire::OutcomeEvent]) -> Vec<u32> {
+    let mut ranks: Vec<u32> = outcomes.iter().filter_map(|o| o.rank).collect();
+    ranks.sort_unstable();
+    ranks
+}
+
+#[tokio::test]
+async fn restart_resumes_from_the_snapshot() {
+    let mut h = Harness::start().await;
+    h.open("r", AuctionSpec::with_capacity(10)).await;
+    place(&h, "r", 0..6).await;
+    h.wait_for_outcomes("r", 6).await;
+    h.stop_service().await;
+    assert!(h.snapshot_files()[0].exists(), "snapshot written");
+
+    h.start_service().await;
+    let total = 6 + place(&h, "r", 6..14).await;
+    let outcomes = h.wait_for_outcomes("r", total).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let outcomes_later = h.outcomes(Some("r")).await;
+    assert_eq!(outcomes_later.len(), total, "nothing published twice");
+    one_outcome_per_bid(&outcomes);
+    assert_eq!(ranks(&outcomes), (1..=10).collect::<Vec<_>>());
+    assert_replay_matches_outcomes(&h).await;
+}
+
+#[tokio::test]
+async fn a_lost_snapshot_is_rebuilt_from_the_streams_without_duplicates() {
+    let mut h = Harness::start().await;
+    h.open("r", AuctionSpec::with_capacity(10)).await;
+    place(&h, "r", 0..6).await;
+    h.wait_for_outcomes("r", 6).await;
+    h.stop_service().await;
+    for file in h.snapshot_files() {
+        let _ = std::fs::remove_file(file);
+    }
+
+    h.start_service().await;
+    let total = 6 + place(&h, "r", 6..14).await;
+    let outcomes = h.wait_for_outcomes("r", total).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        h.outcomes(Some("r")).await.len(),
+        total,
+        "old outcomes not republished"
+    );
+    one_outcome_per_bid(&outcomes);
+    // The rebuilt state knew 6 slots were taken: the next ones are 7..10.
+    assert_eq!(ranks(&outcomes), (1..=10).collect::<Vec<_>>());
+    assert_replay_matches_outcomes(&h).await;
+
+    // And the rebuilt snapshot is complete: a plain restart changes nothing.
+    h.stop_service().await;
+    h.start_service().await;
+    let more = place(&h, "r", 14..15).await;
+    h.wait_for_outcomes("r", total + more).await;
+    assert_eq!(h.outcomes(Some("r")).await.len(), total + more);
+    assert_replay_matches_outcomes(&h).await;
+}
+
+/// Starts the real `allot serve` binary.
+fn serve(h: &Harness) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_allot"))
+        .args(["serve", "--nats-url", h.server.url(), "--data-dir"])
+        .arg(h.data_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("allot serve starts")
+}
+
+#[tokio::test]
+async fn kill_9_mid_run_leaves_every_accepted_bid_with_one_outcome() {
+    let h = Harness::server_only().await;
+    let mut child = serve(&h);
+    h.wait_until_serving().await;
+    h.open(
+        "k",
+        AuctionSpec {
+            max_wins_per_bidder: 2,
+            ..AuctionSpec::with_capacity(300)
+        },
+    )
+    .await;
+
+    // Eight bidders send bids without pause. A bid that gets no answer (the
+    // service is down) is resent with the same bid id until it does.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for worker in 0..8u32 {
+        let mut client = h.client.clone();
+        client.timeout = Duration::from_secs(2);
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let request = bid(
+                    format!("w{worker}-{i}"),
+                    format!("u{}", (worker * 7 + i) % 400),
+                );
+                loop {
+                    match client.bid("k", &request).await {
+                        Ok(BidReply::Accepted { .. }) => {
+                            accepted.push(request.bid_id.clone());
+                            break;
+                        }
+                        Ok(BidReply::Rejected { .. }) => break,
+                        Ok(BidReply::Error { message, .. }) => panic!("error reply: {message}"),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+                i += 1;
+            }
+            accepted
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    child.kill().expect("kill -9");
+    child.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut child = serve(&h);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut accepted = HashSet::new();
+    for task in tasks {
+        accepted.extend(task.await.unwrap());
+    }
+    assert!(
+        accepted.len() > 50,
+        "the run placed bids ({})",
+        accepted.len()
+    );
+
+    let outcomes = h.wait_for_outcomes("k", accepted.len()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let outcomes = {
+        let later = h.outcomes(Some("k")).await;
+        assert_eq!(later.len(), outcomes.len(), "no outcome published twice");
+        later
+    };
+    let by_bid = one_outcome_per_bid(&outcomes);
+    for bid_id in &accepted {
+        assert!(
+            by_bid.contains_key(bid_id),
+            "accepted bid {bid_id} has no outcome"
+        );
+    }
+    let confirmed = outcomes
+        .iter()
+        .filter(|o| o.kind == OutcomeKind::Confirmed)
+        .count();
+    assert!(confirmed <= 300);
+    assert_eq!(ranks(&outcomes), (1..=confirmed as u32).collect::<Vec<_>>());
+    assert_replay_matches_outcomes(&h).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
