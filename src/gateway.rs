@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
@@ -59,6 +59,58 @@ struct View {
     /// Sold-out or closed auctions whose every try the verifier has
     /// decided: a bid id missing from the bids bucket is then provably new.
     settled: RwLock<HashSet<String>>,
+    /// Try appends in progress in this gateway, per auction.
+    appends: Appends,
+}
+
+/// Counts the try appends in progress per auction, so that a resend that
+/// finds its auction sold out or closed first waits for the appends that
+/// began before: one of them may be its own original.
+#[derive(Default)]
+struct Appends(Mutex<HashMap<String, usize>>);
+
+/// One append in progress; counted until dropped.
+struct Appending<'a> {
+    appends: &'a Appends,
+    auction_id: String,
+}
+
+impl Appends {
+    fn start(&self, auction_id: &str) -> Appending<'_> {
+        *self
+            .0
+            .lock()
+            .unwrap()
+            .entry(auction_id.to_string())
+            .or_default() += 1;
+        Appending {
+            appends: self,
+            auction_id: auction_id.to_string(),
+        }
+    }
+
+    /// Waits until no append is in progress for the auction (bounded: an
+    /// append ends with its ack or its timeout).
+    async fn drained(&self, auction_id: &str) {
+        for _ in 0..5000 {
+            if !self.0.lock().unwrap().contains_key(auction_id) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+}
+
+impl Drop for Appending<'_> {
+    fn drop(&mut self) {
+        let mut counts = self.appends.0.lock().unwrap();
+        if let Some(n) = counts.get_mut(&self.auction_id) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.auction_id);
+            }
+        }
+    }
 }
 
 struct Gateway {
@@ -209,6 +261,9 @@ impl Gateway {
         if request.amount < spec.min_amount {
             return Ok(reject(RejectReason::BelowMinimum));
         }
+        // Counted before the fill and close checks, so that a resend seeing
+        // the auction sold out or closed can wait for this append.
+        let mut appending = self.view.appends.start(auction_id);
         let now = timestamp::now();
         let blocked = if spec.is_closed_at(now) {
             Some(RejectReason::AuctionClosed)
@@ -224,12 +279,15 @@ impl Gateway {
             // bucket knows every such bid. Until then the bid cannot be
             // proven new, and takes the normal path below: JetStream's
             // de-duplication and the verifier give it the right answer.
+            drop(appending);
+            self.view.appends.drained(auction_id).await;
             if self.settled(auction_id).await? {
                 return match self.decided(auction_id, &request.bid_id).await? {
                     Some(o) => resend(auction_id, &request, o.try_seq, &o.bidder_id, o.amount),
                     None => Ok(reject(reason)),
                 };
             }
+            appending = self.view.appends.start(auction_id);
         }
         let event = LogEvent::Try(TryEvent {
             bid_id: request.bid_id.clone(),
@@ -251,6 +309,7 @@ impl Gateway {
             .map_err(internal)?
             .await
             .map_err(internal)?;
+        drop(appending);
         if ack.duplicate {
             return self.duplicate(auction_id, &request, ack.sequence).await;
         }

@@ -24,6 +24,15 @@ pub const MSG_ID: &str = "Nats-Msg-Id";
 pub const SERVICE_ERROR: &str = "Nats-Service-Error";
 pub const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
 
+/// The JSON name of a unit enum value (`sold_out`, `capacity_full`, ...),
+/// for human-readable output.
+pub fn label<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => "unknown".into(),
+    }
+}
+
 /// True when `s` is a valid id: 1 to 64 characters of `[A-Za-z0-9_-]`.
 /// This also makes every id a single, wildcard-free NATS subject token.
 pub fn valid_id(s: &str) -> bool {

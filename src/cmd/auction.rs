@@ -62,7 +62,7 @@ pub async fn run(common: Common, command: Command) -> anyhow::Result<()> {
 pub(crate) fn finish<R: Reply>(reply: &R) -> anyhow::Result<()> {
     print_json(reply);
     match reply.error() {
-        Some((code, message)) => anyhow::bail!("{message} ({code:?})"),
+        Some((code, message)) => anyhow::bail!("{message} ({})", crate::wire::label(&code)),
         None => Ok(()),
     }
 }

@@ -46,7 +46,7 @@ pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
     let reply = client.bid(&args.auction_id, &bid).await?;
     super::auction::finish(&reply)?;
     if let BidReply::Rejected { reason, .. } = &reply {
-        anyhow::bail!("bid rejected: {}", serde_json::to_value(reason)?);
+        anyhow::bail!("bid rejected: {}", crate::wire::label(reason));
     }
     let (Some(live), BidReply::Accepted { .. }) = (live.as_mut(), &reply) else {
         return Ok(());

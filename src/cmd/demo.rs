@@ -13,7 +13,7 @@ use crate::client::{connect, AllotClient};
 use crate::nats_server::NatsServer;
 use crate::service::{self, Config};
 use crate::verifier::VerifierConfig;
-use crate::wire::{AuctionSpec, BidReply, BidRequest, OpenReply, OutcomeKind};
+use crate::wire::{label, AuctionSpec, BidReply, BidRequest, OpenReply, OutcomeKind};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -164,12 +164,4 @@ async fn open_when_ready(client: &AllotClient, spec: &AuctionSpec) -> anyhow::Re
             Err(e) => return Err(e.into()),
         }
     }
-}
-
-/// The wire name of a reason, as in the JSON.
-fn label<T: serde::Serialize>(reason: &T) -> String {
-    serde_json::to_value(reason)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_else(|| "unknown".into())
 }
