@@ -10,7 +10,7 @@
 //!                     from the fill view  <--status bucket--    snapshot.rs (SQLite)
 //! ```
 //!
-//! - [`wire`] and [`request`]: subjects and JSON messages, the public
+//! - [`wire`]: subjects, JSON messages and request decoding, the public
 //!   contract (mirrored by `schemas/`).
 //! - [`core`]: the pure, deterministic decision state machine.
 //! - [`gateway`]: validates bids, refuses early what can never win, appends
@@ -27,7 +27,6 @@ pub mod core;
 pub mod error;
 pub mod gateway;
 pub mod nats_server;
-pub mod request;
 pub mod service;
 pub mod snapshot;
 pub mod streams;

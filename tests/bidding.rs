@@ -59,10 +59,15 @@ async fn five_slots_fifty_concurrent_bids() {
     requests.push(br#"{"bid_id":"x4","bidder_id":"u1","amount":1,"price":2}"#.to_vec());
     assert_eq!(requests.len(), 50);
 
+    // Five client connections, all requests in flight at once.
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(async_nats::connect(h.server.url()).await.unwrap());
+    }
     let subject = h.client.subjects.bid("drop");
     let replies: Vec<async_nats::Message> =
-        futures::future::join_all(requests.iter().map(|body| {
-            let client = h.client.client.clone();
+        futures::future::join_all(requests.iter().enumerate().map(|(i, body)| {
+            let client = clients[i % clients.len()].clone();
             let subject = subject.clone();
             let body = body.clone();
             async move { client.request(subject, body.into()).await.unwrap() }
@@ -235,6 +240,10 @@ async fn fast_rejects_write_nothing_and_resends_keep_their_reply() {
         reject(h.client.bid("nope", &bid("b1", "u1", 10)).await.unwrap()),
         RejectReason::UnknownAuction
     );
+    let body = serde_json::to_vec(&bid("b1", "u1", 10)).unwrap();
+    let reply = raw(&h, h.client.subjects.bid("nope"), &body).await;
+    assert_matches("bid-reply.schema.json", &reply.payload);
+    assert!(reply.headers.is_none(), "a reject is not an error");
     assert_eq!(
         reject(h.client.bid("one", &bid("b1", "u1", 9)).await.unwrap()),
         RejectReason::BelowMinimum

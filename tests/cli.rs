@@ -133,3 +133,28 @@ fn bad_arguments_are_refused_before_connecting() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("capacity"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_stops_cleanly_on_sigterm() {
+    let h = Harness::server_only().await;
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_allot"))
+        .args(["serve", "--nats-url", h.server.url(), "--data-dir"])
+        .arg(h.data_dir())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    h.wait_until_serving().await;
+    let term = Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = serve.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(
+        log.contains("verifier stopped") && log.contains("gateway stopped"),
+        "{log}"
+    );
+}

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
 
-use crate::wire::{
+use super::{
     timestamp, valid_id, AuctionSpec, BidRequest, MAX_AMOUNT, MAX_ID_LEN, MAX_REQUEST_BYTES,
 };
 

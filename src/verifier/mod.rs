@@ -17,13 +17,14 @@
 //! the decisions are the same, and those already in the outcome stream are
 //! taken from there rather than published twice.
 
+mod outcomes;
+mod recovery;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
-use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::Message;
 use futures::StreamExt;
 
@@ -31,7 +32,9 @@ use crate::core::{Ledger, Step, Verdict};
 use crate::error::{Error, ErrorKind, Result};
 use crate::snapshot::{Batch, Position, Snapshot, StoredOutcome, Sync};
 use crate::streams::Streams;
-use crate::wire::{timestamp, valid_id, AuctionView, LogEvent, OutcomeEvent, OutcomeKind};
+use crate::wire::{timestamp, valid_id, LogEvent, OutcomeEvent, OutcomeKind};
+use outcomes::{announce_sold_out, publish};
+use recovery::align_consumer;
 
 /// Default name of the verifier's durable consumer.
 pub const CONSUMER: &str = "allot-verifier";
@@ -140,64 +143,7 @@ async fn run_once(
     }
 }
 
-impl<'a> Verifier<'a> {
-    /// Loads the snapshot and publishes what it decided but may not have
-    /// published.
-    async fn start(streams: &'a Streams, config: &VerifierConfig) -> Result<Verifier<'a>> {
-        let identity = log_identity(streams).await?;
-        let dir = config.data_dir.clone();
-        let sync = config.sync;
-        let (snapshot, ledger, position, unpublished, decided) =
-            blocking(move || -> Result<_> {
-                let mut snapshot = Snapshot::open(&dir, sync)?;
-                match snapshot.log_identity()? {
-                    Some(known) if known == identity => {}
-                    Some(known) => {
-                        tracing::warn!(snapshot = %known, log = %identity, "snapshot belongs to an earlier log; starting over");
-                        snapshot.reset(&identity)?;
-                    }
-                    None => snapshot.reset(&identity)?,
-                }
-                let ledger = snapshot.load()?;
-                let position = snapshot.position()?;
-                let unpublished = snapshot.unpublished()?;
-                let decided = snapshot.decision_count()?;
-                Ok((snapshot, ledger, position, unpublished, decided))
-            })
-            .await?;
-        let mut v = Verifier {
-            streams,
-            snapshot: Some(snapshot),
-            ledger,
-            position,
-            already_published: HashMap::new(),
-        };
-        if !unpublished.is_empty() {
-            tracing::info!(
-                count = unpublished.len(),
-                "publishing outcomes decided before a stop"
-            );
-            publish(streams, &unpublished).await?;
-            announce_sold_out(streams, &v.ledger, unpublished.iter().map(|d| &d.outcome)).await?;
-        }
-        if v.position.published_through < v.position.last_seq {
-            let last = v.position.last_seq;
-            v.with_snapshot(move |s| s.mark_published(last)).await?;
-            v.position.published_through = last;
-        }
-        let published = Streams::count(&streams.outcomes, &streams.subjects.outcomes(None)).await?;
-        if published > decided {
-            v.already_published = published_after(streams, v.position.last_seq).await?;
-            tracing::warn!(
-                snapshot_decisions = decided,
-                published,
-                "snapshot is behind the outcome stream; deciding the log again from sequence {}",
-                v.position.last_seq + 1
-            );
-        }
-        Ok(v)
-    }
-
+impl Verifier<'_> {
     /// Decides, commits, publishes and acks one batch of the log.
     async fn process(&mut self, chunk: &[Message]) -> Result<()> {
         let Some(last) = chunk.last() else {
@@ -309,119 +255,6 @@ impl<'a> Verifier<'a> {
     }
 }
 
-/// Publishes outcomes, and their entries in the bids bucket, pipelined;
-/// waits for every ack.
-async fn publish(streams: &Streams, outcomes: &[StoredOutcome]) -> Result<()> {
-    let subjects = &streams.subjects;
-    let nats = || Error::wrap(ErrorKind::Nats, "publish outcome");
-    let mut acks = Vec::with_capacity(outcomes.len() * 2);
-    for d in outcomes {
-        let o = &d.outcome;
-        let payload = d.payload.clone();
-        let outcome = PublishMessage::build()
-            .message_id(OutcomeEvent::msg_id(&o.auction_id, &o.bid_id))
-            .payload(payload.clone());
-        let subject = subjects.outcome(&o.auction_id, o.kind);
-        acks.push(
-            streams
-                .js
-                .send_publish(subject, outcome)
-                .await
-                .map_err(nats())?,
-        );
-        let index = PublishMessage::build().payload(payload);
-        let subject = subjects.bid_index_subject(&o.auction_id, &o.bid_id);
-        acks.push(
-            streams
-                .js
-                .send_publish(subject, index)
-                .await
-                .map_err(nats())?,
-        );
-    }
-    let acks = acks.into_iter().map(std::future::IntoFuture::into_future);
-    for ack in futures::future::join_all(acks).await {
-        ack.map_err(nats())?;
-    }
-    Ok(())
-}
-
-/// Tells the gateways which auctions these confirmations filled.
-async fn announce_sold_out<'o>(
-    streams: &Streams,
-    ledger: &Ledger,
-    outcomes: impl Iterator<Item = &'o OutcomeEvent>,
-) -> Result<()> {
-    for o in outcomes {
-        let Some(fill) = ledger.fill(&o.auction_id) else {
-            continue;
-        };
-        if o.rank.is_some_and(|rank| rank >= fill.capacity) {
-            let view = AuctionView {
-                confirmed: fill.confirmed,
-                sold_out: fill.sold_out(),
-            };
-            streams
-                .status
-                .put(
-                    &o.auction_id,
-                    serde_json::to_vec(&view).expect("views serialize").into(),
-                )
-                .await
-                .map_err(|e| Error::with_source(ErrorKind::Nats, e).context("status bucket"))?;
-        }
-    }
-    Ok(())
-}
-
-/// Makes the durable consumer deliver from just after the snapshot's
-/// position. The snapshot, not the consumer, is the record of progress:
-/// a consumer that is ahead (snapshot lost) or holds unacked deliveries
-/// (crash before ack) is re-created at the right sequence, so recovery
-/// does not wait for redelivery timeouts.
-async fn align_consumer(
-    streams: &Streams,
-    last_seq: u64,
-    config: &VerifierConfig,
-) -> Result<PullConsumer> {
-    let log = &streams.log;
-    let name = config.consumer.as_str();
-    if let Ok(info) = log.consumer_info(name).await {
-        let aligned = info.ack_floor.stream_sequence == last_seq && info.num_ack_pending == 0;
-        if aligned {
-            return log
-                .get_consumer(name)
-                .await
-                .map_err(Error::wrap(ErrorKind::Setup, format!("consumer {name}")));
-        }
-        tracing::info!(
-            consumer_ack_floor = info.ack_floor.stream_sequence,
-            snapshot_last_seq = last_seq,
-            "re-aligning the verifier consumer with the snapshot"
-        );
-        log.delete_consumer(name)
-            .await
-            .map_err(Error::wrap(ErrorKind::Setup, format!("consumer {name}")))?;
-    }
-    let deliver_policy = match last_seq {
-        0 => DeliverPolicy::All,
-        seq => DeliverPolicy::ByStartSequence {
-            start_sequence: seq + 1,
-        },
-    };
-    log.create_consumer(pull::Config {
-        durable_name: Some(name.to_string()),
-        description: Some("allot verifier: decides every try in log order".into()),
-        deliver_policy,
-        ack_policy: AckPolicy::All,
-        ack_wait: config.ack_wait,
-        max_ack_pending: (config.batch_size * 8) as i64,
-        ..Default::default()
-    })
-    .await
-    .map_err(Error::wrap(ErrorKind::Setup, format!("consumer {name}")))
-}
-
 /// The outcome event for a fresh decision.
 fn decide(t: crate::wire::TryEvent, try_seq: u64, verdict: Verdict) -> StoredOutcome {
     let (kind, rank, reason) = match verdict {
@@ -456,56 +289,6 @@ fn reuse(payload: bytes::Bytes, verdict: Verdict) -> Result<StoredOutcome> {
         tracing::error!(bid_id = %outcome.bid_id, auction_id = %outcome.auction_id, published = ?outcome.kind, replayed = ?verdict, "replay disagrees with a published outcome; keeping the published one");
     }
     Ok(StoredOutcome { outcome, payload })
-}
-
-/// Outcomes in the stream for tries after `last_seq`, keyed by bid.
-async fn published_after(
-    streams: &Streams,
-    last_seq: u64,
-) -> Result<HashMap<(String, String), bytes::Bytes>> {
-    let total = Streams::count(&streams.outcomes, &streams.subjects.outcomes(None)).await?;
-    let consumer = streams
-        .outcomes
-        .create_consumer(pull::OrderedConfig {
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .map_err(Error::wrap(ErrorKind::Nats, "reading the outcome stream"))?;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(Error::wrap(ErrorKind::Nats, "reading the outcome stream"))?;
-    let mut found = HashMap::new();
-    let mut read = 0u64;
-    while read < total {
-        let Some(message) = messages.next().await else {
-            break;
-        };
-        let message =
-            message.map_err(Error::wrap(ErrorKind::Nats, "reading the outcome stream"))?;
-        read += 1;
-        if let Ok(o) = serde_json::from_slice::<OutcomeEvent>(&message.payload) {
-            if o.try_seq > last_seq {
-                found.insert((o.auction_id, o.bid_id), message.payload.clone());
-            }
-        }
-    }
-    Ok(found)
-}
-
-/// Names the log stream incarnation: its creation time.
-async fn log_identity(streams: &Streams) -> Result<String> {
-    let mut log = streams.log.clone();
-    let info = log
-        .info()
-        .await
-        .map_err(|e| Error::with_source(ErrorKind::Setup, e).context("log stream info"))?;
-    Ok(format!(
-        "{}@{}",
-        info.config.name,
-        info.created.to_rfc3339()
-    ))
 }
 
 async fn blocking<T: Send + 'static>(

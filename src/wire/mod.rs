@@ -7,7 +7,12 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use crate::request::{decode_bid, decode_open, ErrorCode, RequestError};
+mod request;
+mod subjects;
+pub mod timestamp;
+
+pub use request::{decode_bid, decode_open, ErrorCode, RequestError};
+pub use subjects::Subjects;
 
 /// Longest `auction_id`, `bid_id` or `bidder_id`.
 pub const MAX_ID_LEN: usize = 64;
@@ -18,8 +23,6 @@ pub const MAX_AMOUNT: u64 = (1 << 53) - 1;
 /// is a mistake or an attack, and is refused before it is parsed.
 pub const MAX_REQUEST_BYTES: usize = 4096;
 
-/// Header carrying the JetStream de-duplication id.
-pub const MSG_ID: &str = "Nats-Msg-Id";
 /// NATS micro error headers, set on every error reply.
 pub const SERVICE_ERROR: &str = "Nats-Service-Error";
 pub const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
@@ -40,204 +43,6 @@ pub fn valid_id(s: &str) -> bool {
         && s.len() <= MAX_ID_LEN
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
-/// All subject and stream names, derived from one configurable prefix.
-#[derive(Clone, Debug)]
-pub struct Subjects {
-    /// First subject token, `allot` by default.
-    prefix: String,
-}
-
-impl Default for Subjects {
-    fn default() -> Self {
-        Subjects {
-            prefix: "allot".into(),
-        }
-    }
-}
-
-impl Subjects {
-    /// Subjects under `prefix`, which must itself be a valid id.
-    pub fn new(prefix: &str) -> Result<Self, String> {
-        if !valid_id(prefix) {
-            return Err(format!(
-                "invalid subject prefix {prefix:?}: use 1 to 64 characters of [A-Za-z0-9_-]"
-            ));
-        }
-        Ok(Subjects {
-            prefix: prefix.to_string(),
-        })
-    }
-
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    /// Bid requests: `<prefix>.bid.<auction_id>`.
-    pub fn bid(&self, auction_id: &str) -> String {
-        format!("{}.bid.{auction_id}", self.prefix)
-    }
-
-    /// Auction-open requests (admin): `<prefix>.admin.open.<auction_id>`.
-    pub fn open_request(&self, auction_id: &str) -> String {
-        format!("{}.admin.open.{auction_id}", self.prefix)
-    }
-
-    /// Auction status requests: `<prefix>.status.<auction_id>`.
-    pub fn status_request(&self, auction_id: &str) -> String {
-        format!("{}.status.{auction_id}", self.prefix)
-    }
-
-    /// Try events in the log: `<prefix>.try.<auction_id>`.
-    pub fn try_event(&self, auction_id: &str) -> String {
-        format!("{}.try.{auction_id}", self.prefix)
-    }
-
-    /// Auction lifecycle events (`open`) in the log: `<prefix>.auction.<auction_id>`.
-    pub fn auction_event(&self, auction_id: &str) -> String {
-        format!("{}.auction.{auction_id}", self.prefix)
-    }
-
-    /// One outcome subject: `<prefix>.outcome.<auction_id>.confirmed|cancelled`.
-    pub fn outcome(&self, auction_id: &str, kind: OutcomeKind) -> String {
-        format!("{}.outcome.{auction_id}.{}", self.prefix, kind.as_str())
-    }
-
-    /// Every outcome of one auction, or of all auctions.
-    pub fn outcomes(&self, auction_id: Option<&str>) -> String {
-        format!("{}.outcome.{}.*", self.prefix, auction_id.unwrap_or("*"))
-    }
-
-    /// The wildcard a request handler listens on, for one request kind
-    /// (`bid`, `admin.open`, `status`). `>` rather than `*`, so that a
-    /// subject with extra tokens reaches the handler and gets a clear error
-    /// instead of silence.
-    pub fn request_wildcard(&self, kind: &str) -> String {
-        format!("{}.{kind}.>", self.prefix)
-    }
-
-    /// The auction id in a request subject of the given kind.
-    pub fn auction_in<'a>(&self, subject: &'a str, kind: &str) -> Result<&'a str, RequestError> {
-        let token = subject
-            .strip_prefix(self.prefix.as_str())
-            .and_then(|rest| rest.strip_prefix('.'))
-            .and_then(|rest| rest.strip_prefix(kind))
-            .and_then(|rest| rest.strip_prefix('.'))
-            .unwrap_or("");
-        if token.contains('.') || !valid_id(token) {
-            return Err(RequestError::new(
-                ErrorCode::InvalidSubject,
-                format!(
-                    "subject {subject:?} must be {}.{kind}.<auction_id>, with an auction_id of 1 to 64 characters of [A-Za-z0-9_-]",
-                    self.prefix
-                ),
-            ));
-        }
-        Ok(token)
-    }
-
-    /// Stream of tries and auction events (the ordered log).
-    pub fn tries_stream(&self) -> String {
-        format!("{}_TRIES", self.prefix.to_uppercase())
-    }
-
-    /// Stream of outcome events.
-    pub fn outcomes_stream(&self) -> String {
-        format!("{}_OUTCOMES", self.prefix.to_uppercase())
-    }
-
-    /// KV bucket holding the verifier's view of each auction for the gateway.
-    pub fn status_bucket(&self) -> String {
-        format!("{}_STATUS", self.prefix.to_uppercase())
-    }
-
-    /// KV bucket indexing every decided bid: key `<auction_id>.<bid_id>`,
-    /// value the bid's outcome event.
-    pub fn bids_bucket(&self) -> String {
-        format!("{}_BIDS", self.prefix.to_uppercase())
-    }
-
-    /// A bid's key in the bids bucket.
-    pub fn bid_key(auction_id: &str, bid_id: &str) -> String {
-        format!("{auction_id}.{bid_id}")
-    }
-
-    /// The subject a bids-bucket entry is written on.
-    pub fn bid_index_subject(&self, auction_id: &str, bid_id: &str) -> String {
-        format!(
-            "$KV.{}.{}",
-            self.bids_bucket(),
-            Subjects::bid_key(auction_id, bid_id)
-        )
-    }
-
-    /// Every subject the log stream captures.
-    pub fn log_subjects(&self) -> Vec<String> {
-        vec![
-            format!("{}.try.*", self.prefix),
-            format!("{}.auction.*", self.prefix),
-        ]
-    }
-
-    /// The auction id and kind of an event subject in the log.
-    pub fn parse_log_subject<'a>(&self, subject: &'a str) -> Option<(&'a str, &'a str)> {
-        let rest = subject
-            .strip_prefix(self.prefix.as_str())?
-            .strip_prefix('.')?;
-        let (kind, auction_id) = rest.split_once('.')?;
-        Some((kind, auction_id))
-    }
-}
-
-/// Timestamps are RFC 3339 UTC with microseconds, always with the fraction.
-/// Events are created truncated to microseconds, so a timestamp read back
-/// equals the one written, which keeps replay exact.
-pub mod timestamp {
-    use chrono::{DateTime, SecondsFormat, Utc};
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn now() -> DateTime<Utc> {
-        let now = Utc::now();
-        DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
-    }
-
-    pub fn format(t: &DateTime<Utc>) -> String {
-        t.to_rfc3339_opts(SecondsFormat::Micros, true)
-    }
-
-    pub fn parse(s: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
-        DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc))
-    }
-
-    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format(t))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
-        let s = String::deserialize(d)?;
-        parse(&s).map_err(serde::de::Error::custom)
-    }
-
-    pub mod option {
-        use super::*;
-        use serde::Serialize;
-
-        pub fn serialize<S: Serializer>(
-            t: &Option<DateTime<Utc>>,
-            s: S,
-        ) -> Result<S::Ok, S::Error> {
-            t.as_ref().map(super::format).serialize(s)
-        }
-
-        pub fn deserialize<'de, D: Deserializer<'de>>(
-            d: D,
-        ) -> Result<Option<DateTime<Utc>>, D::Error> {
-            Option::<String>::deserialize(d)?
-                .map(|s| super::parse(&s).map_err(serde::de::Error::custom))
-                .transpose()
-        }
-    }
 }
 
 /// The rules an auction is opened with. Immutable once opened.

@@ -1,0 +1,186 @@
+//! The bid path: validate, refuse early what can never win, else append
+//! the try; and give a resent bid its original reply.
+
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::Message;
+
+use super::{internal, Gateway};
+use crate::wire::{
+    decode_bid, timestamp, BidReply, BidRequest, ErrorCode, LogEvent, OutcomeEvent, RejectReason,
+    RequestError, Subjects, TryEvent,
+};
+
+impl Gateway {
+    /// A bid: validate, maybe refuse early, else append its try.
+    pub(super) async fn bid(&self, message: &Message) -> Result<BidReply, RequestError> {
+        let subjects = &self.streams.subjects;
+        let auction_id = subjects.auction_in(&message.subject, "bid")?;
+        let request = decode_bid(&message.payload, auction_id)?;
+        let reject = |reason| BidReply::Rejected {
+            bid_id: request.bid_id.clone(),
+            auction_id: auction_id.to_string(),
+            reason,
+        };
+        let Some(spec) = self.spec(auction_id).await? else {
+            return Ok(reject(RejectReason::UnknownAuction));
+        };
+        // An accepted bid always met the minimum, so a resend below it
+        // cannot be an earlier accepted bid.
+        if request.amount < spec.min_amount {
+            return Ok(reject(RejectReason::BelowMinimum));
+        }
+        // Counted before the fill and close checks, so that a resend seeing
+        // the auction sold out or closed can wait for this append.
+        let mut appending = self.view.appends.start(auction_id);
+        let now = timestamp::now();
+        let blocked = if spec.is_closed_at(now) {
+            Some(RejectReason::AuctionClosed)
+        } else if self.view.sold_out.read().unwrap().contains(auction_id) {
+            Some(RejectReason::SoldOut)
+        } else {
+            None
+        };
+        if let Some(reason) = blocked {
+            // The bid may be a resend of one accepted before the auction
+            // filled or closed: that one gets its original reply. Once the
+            // verifier has decided all of the auction's tries, the bids
+            // bucket knows every such bid. Until then the bid cannot be
+            // proven new, and takes the normal path below: JetStream's
+            // de-duplication and the verifier give it the right answer.
+            drop(appending);
+            self.view.appends.drained(auction_id).await;
+            if self.settled(auction_id).await? {
+                return match self.decided(auction_id, &request.bid_id).await? {
+                    Some(o) => resend(auction_id, &request, o.try_seq, &o.bidder_id, o.amount),
+                    None => Ok(reject(reason)),
+                };
+            }
+            appending = self.view.appends.start(auction_id);
+        }
+        let event = LogEvent::Try(TryEvent {
+            bid_id: request.bid_id.clone(),
+            auction_id: auction_id.to_string(),
+            bidder_id: request.bidder_id.clone(),
+            amount: request.amount,
+            tried_at: now,
+        });
+        let ack = self
+            .streams
+            .js
+            .send_publish(
+                subjects.try_event(auction_id),
+                PublishMessage::build()
+                    .message_id(TryEvent::msg_id(auction_id, &request.bid_id))
+                    .payload(serde_json::to_vec(&event).expect("events serialize").into()),
+            )
+            .await
+            .map_err(internal)?
+            .await
+            .map_err(internal)?;
+        drop(appending);
+        if ack.duplicate {
+            return self.duplicate(auction_id, &request, ack.sequence).await;
+        }
+        Ok(BidReply::Accepted {
+            bid_id: request.bid_id,
+            auction_id: auction_id.to_string(),
+            try_seq: ack.sequence,
+            duplicate: false,
+        })
+    }
+
+    /// The reply to a bid id already in the log at `try_seq`.
+    pub(super) async fn duplicate(
+        &self,
+        auction_id: &str,
+        request: &BidRequest,
+        try_seq: u64,
+    ) -> Result<BidReply, RequestError> {
+        let stored = self
+            .streams
+            .log
+            .direct_get(try_seq)
+            .await
+            .map_err(internal)?;
+        match serde_json::from_slice::<LogEvent>(&stored.payload) {
+            Ok(LogEvent::Try(t)) => resend(auction_id, request, try_seq, &t.bidder_id, t.amount),
+            _ => Err(RequestError::new(
+                ErrorCode::Internal,
+                format!("log entry {try_seq} is not a try"),
+            )),
+        }
+    }
+
+    /// The outcome of a decided bid, from the bids bucket.
+    pub(super) async fn decided(
+        &self,
+        auction_id: &str,
+        bid_id: &str,
+    ) -> Result<Option<OutcomeEvent>, RequestError> {
+        let key = Subjects::bid_key(auction_id, bid_id);
+        match self.streams.bids.get(key).await.map_err(internal)? {
+            Some(value) => serde_json::from_slice(&value).map(Some).map_err(internal),
+            None => Ok(None),
+        }
+    }
+
+    /// True once the verifier has decided every try of this auction. Asked
+    /// only of sold-out or closed auctions, which take no new tries, so the
+    /// answer stays true and is cached.
+    pub(super) async fn settled(&self, auction_id: &str) -> Result<bool, RequestError> {
+        if self.view.settled.read().unwrap().contains(auction_id) {
+            return Ok(true);
+        }
+        let log = &self.streams.log;
+        let subject = self.streams.subjects.try_event(auction_id);
+        let last_try = match log.direct_get_last_for_subject(subject).await {
+            Ok(m) => m.sequence,
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => 0,
+            Err(e) => return Err(internal(e)),
+        };
+        // The verifier acks a try only after its outcome and bids-bucket
+        // entry are stored. Give it a moment to catch up.
+        for _ in 0..25 {
+            let Ok(info) = log.consumer_info(&self.config.verifier_consumer).await else {
+                return Ok(false);
+            };
+            if info.ack_floor.stream_sequence >= last_try {
+                self.view
+                    .settled
+                    .write()
+                    .unwrap()
+                    .insert(auction_id.to_string());
+                return Ok(true);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Ok(false)
+    }
+}
+
+/// The reply to a resent bid id whose first try is at `try_seq`: the
+/// original acceptance if the body is the same, a conflict if not.
+fn resend(
+    auction_id: &str,
+    request: &BidRequest,
+    try_seq: u64,
+    bidder_id: &str,
+    amount: u64,
+) -> Result<BidReply, RequestError> {
+    if request.bidder_id != bidder_id || request.amount != amount {
+        return Err(RequestError::new(
+            ErrorCode::Conflict,
+            format!(
+                "bid_id {:?} was already used in auction {auction_id:?} with bidder_id {bidder_id:?} and amount {amount}; use a new bid_id for a different bid",
+                request.bid_id
+            ),
+        ));
+    }
+    Ok(BidReply::Accepted {
+        bid_id: request.bid_id.clone(),
+        auction_id: auction_id.to_string(),
+        try_seq,
+        duplicate: true,
+    })
+}

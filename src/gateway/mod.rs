@@ -1,0 +1,199 @@
+//! The gateway: turns bid requests into try events, and answers auction
+//! open and status requests.
+//!
+//! A try is appended with no lock and no sequence check, so concurrent bids
+//! never conflict; the log's order decides. The gateway only refuses early
+//! what can provably never win (unknown auction, below the minimum, closed,
+//! sold out), from a view of each auction that the verifier keeps current.
+
+//!
+//! - `bid.rs`: the bid path, including resends and fast rejects;
+//! - `admin.rs`: opening auctions and reporting their status;
+//! - `view.rs`: what the gateway knows of each auction.
+
+mod admin;
+mod bid;
+mod view;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::{Client, HeaderMap, Message, Subject};
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::streams::Streams;
+use crate::wire::{self, AuctionSpec, ErrorCode, LogEvent, Reply, RequestError};
+use view::View;
+
+/// Queue group shared by every gateway, so each request is served once.
+pub const QUEUE_GROUP: &str = "allot-gateway";
+
+/// Gateway settings.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// Requests served at once; more wait in the subscription buffer.
+    pub max_in_flight: usize,
+    /// The verifier's durable consumer, whose ack floor tells how far the
+    /// log is decided.
+    pub verifier_consumer: String,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            max_in_flight: 4096,
+            verifier_consumer: crate::verifier::CONSUMER.into(),
+        }
+    }
+}
+
+struct Gateway {
+    client: Client,
+    streams: Streams,
+    config: GatewayConfig,
+    view: View,
+}
+
+/// Serves requests until `shutdown` completes, then stops taking new ones,
+/// answers those already received, and returns.
+pub async fn run(
+    client: Client,
+    streams: Streams,
+    config: GatewayConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let gateway = Arc::new(Gateway {
+        client: client.clone(),
+        streams,
+        config: config.clone(),
+        view: View::default(),
+    });
+    let watcher = tokio::spawn(view::watch_fill(gateway.clone()));
+    let subjects = gateway.streams.subjects.clone();
+    let mut requests = futures::stream::SelectAll::new();
+    for kind in ["bid", "admin.open", "status"] {
+        let subject = subjects.request_wildcard(kind);
+        let sub = client
+            .queue_subscribe(subject.clone(), QUEUE_GROUP.into())
+            .await
+            .map_err(|e| Error::with_source(ErrorKind::Nats, e).context(subject))?;
+        requests.push(sub);
+    }
+    tracing::info!(prefix = subjects.prefix(), "gateway serving requests");
+
+    let permits = Arc::new(Semaphore::new(config.max_in_flight));
+    tokio::pin!(shutdown);
+    let mut draining = false;
+    loop {
+        let message = tokio::select! {
+            _ = &mut shutdown, if !draining => {
+                // Stop new deliveries; what is already buffered is still served.
+                for sub in requests.iter_mut() {
+                    let _ = sub.drain().await;
+                }
+                draining = true;
+                continue;
+            }
+            message = requests.next() => message,
+        };
+        let Some(message) = message else { break };
+        let permit = permits.clone().acquire_owned().await.expect("never closed");
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            gateway.handle(message).await;
+            drop(permit);
+        });
+    }
+    let _ = permits.acquire_many(config.max_in_flight as u32).await;
+    watcher.abort();
+    client
+        .flush()
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::Nats, e))?;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+impl Gateway {
+    async fn handle(&self, message: Message) {
+        let Some(reply_to) = message.reply.clone() else {
+            tracing::debug!(subject = %message.subject, "request without a reply subject ignored");
+            return;
+        };
+        let prefix = self.streams.subjects.prefix();
+        let kind = message
+            .subject
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .unwrap_or_default();
+        if kind.starts_with("bid.") {
+            self.respond(reply_to, self.bid(&message).await).await
+        } else if kind.starts_with("admin.open.") {
+            self.respond(reply_to, self.open(&message).await).await
+        } else {
+            self.respond(reply_to, self.status(&message).await).await
+        }
+    }
+
+    /// Sends a reply; error replies also carry the NATS micro error headers.
+    async fn respond<R: Reply>(&self, reply_to: Subject, result: Result<R, RequestError>) {
+        let reply = result.unwrap_or_else(R::from);
+        let body = serde_json::to_vec(&reply)
+            .expect("replies serialize")
+            .into();
+        let sent = match reply.error() {
+            None => self.client.publish(reply_to, body).await,
+            Some((code, text)) => {
+                let mut headers = HeaderMap::new();
+                headers.insert(wire::SERVICE_ERROR, one_line(text).as_str());
+                headers.insert(wire::SERVICE_ERROR_CODE, code.status().to_string().as_str());
+                self.client
+                    .publish_with_headers(reply_to, headers, body)
+                    .await
+            }
+        };
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "cannot send reply");
+        }
+    }
+
+    /// An auction's spec: from the cache, else from its `open` event.
+    async fn spec(&self, auction_id: &str) -> Result<Option<Arc<AuctionSpec>>, RequestError> {
+        if let Some(spec) = self.view.specs.read().unwrap().get(auction_id) {
+            return Ok(Some(spec.clone()));
+        }
+        let subject = self.streams.subjects.auction_event(auction_id);
+        let stored = match self.streams.log.direct_get_last_for_subject(subject).await {
+            Ok(stored) => stored,
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(internal(e)),
+        };
+        let LogEvent::Open(open) = serde_json::from_slice(&stored.payload).map_err(internal)?
+        else {
+            return Err(RequestError::new(
+                ErrorCode::Internal,
+                format!("auction event for {auction_id:?} is not an open event"),
+            ));
+        };
+        let spec = Arc::new(open.spec);
+        self.view
+            .specs
+            .write()
+            .unwrap()
+            .insert(auction_id.to_string(), spec.clone());
+        Ok(Some(spec))
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> RequestError {
+    tracing::error!(error = %e, "request failed");
+    RequestError::new(ErrorCode::Internal, format!("internal error: {e}"))
+}
+
+/// Header values cannot hold line breaks.
+fn one_line(text: &str) -> String {
+    text.replace(['\r', '\n'], " ")
+}

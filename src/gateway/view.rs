@@ -1,0 +1,96 @@
+//! What the gateway knows about auctions: their specs, which are sold out,
+//! which are settled, and its own appends in progress.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+
+use futures::StreamExt;
+
+use super::Gateway;
+use crate::wire::{AuctionSpec, AuctionView};
+
+/// What the gateway knows about auctions, for fast rejects.
+#[derive(Default)]
+pub(super) struct View {
+    /// Specs of auctions seen open. Specs never change once opened, so a
+    /// cached one is never stale; auctions not found are not cached.
+    pub(super) specs: RwLock<HashMap<String, Arc<AuctionSpec>>>,
+    /// Auctions the verifier has reported sold out. In first-come, first-N
+    /// allocation a sold-out auction stays sold out.
+    pub(super) sold_out: RwLock<HashSet<String>>,
+    /// Sold-out or closed auctions whose every try the verifier has
+    /// decided: a bid id missing from the bids bucket is then provably new.
+    pub(super) settled: RwLock<HashSet<String>>,
+    /// Try appends in progress in this gateway, per auction.
+    pub(super) appends: Appends,
+}
+
+/// Counts the try appends in progress per auction, so that a resend that
+/// finds its auction sold out or closed first waits for the appends that
+/// began before: one of them may be its own original.
+#[derive(Default)]
+pub(super) struct Appends(Mutex<HashMap<String, usize>>);
+
+/// One append in progress; counted until dropped.
+pub(super) struct Appending<'a> {
+    pub(super) appends: &'a Appends,
+    auction_id: String,
+}
+
+impl Appends {
+    pub(super) fn start(&self, auction_id: &str) -> Appending<'_> {
+        *self
+            .0
+            .lock()
+            .unwrap()
+            .entry(auction_id.to_string())
+            .or_default() += 1;
+        Appending {
+            appends: self,
+            auction_id: auction_id.to_string(),
+        }
+    }
+
+    /// Waits until no append is in progress for the auction (bounded: an
+    /// append ends with its ack or its timeout).
+    pub(super) async fn drained(&self, auction_id: &str) {
+        for _ in 0..5000 {
+            if !self.0.lock().unwrap().contains_key(auction_id) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+}
+
+impl Drop for Appending<'_> {
+    fn drop(&mut self) {
+        let mut counts = self.appends.0.lock().unwrap();
+        if let Some(n) = counts.get_mut(&self.auction_id) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.auction_id);
+            }
+        }
+    }
+}
+
+/// Follows the status bucket, so fast rejects see what the verifier decided.
+pub(super) async fn watch_fill(gateway: Arc<Gateway>) {
+    loop {
+        match gateway.streams.status.watch_with_history(">").await {
+            Ok(mut entries) => {
+                while let Some(entry) = entries.next().await {
+                    let Ok(entry) = entry else { break };
+                    if let Ok(view) = serde_json::from_slice::<AuctionView>(&entry.value) {
+                        if view.sold_out {
+                            gateway.view.sold_out.write().unwrap().insert(entry.key);
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot watch the status bucket; retrying"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}

@@ -1,0 +1,151 @@
+//! Subject, stream and bucket names, all derived from one prefix.
+
+use super::{valid_id, ErrorCode, OutcomeKind, RequestError};
+
+/// All subject and stream names, derived from one configurable prefix.
+#[derive(Clone, Debug)]
+pub struct Subjects {
+    /// First subject token, `allot` by default.
+    prefix: String,
+}
+
+impl Default for Subjects {
+    fn default() -> Self {
+        Subjects {
+            prefix: "allot".into(),
+        }
+    }
+}
+
+impl Subjects {
+    /// Subjects under `prefix`, which must itself be a valid id.
+    pub fn new(prefix: &str) -> Result<Self, String> {
+        if !valid_id(prefix) {
+            return Err(format!(
+                "invalid subject prefix {prefix:?}: use 1 to 64 characters of [A-Za-z0-9_-]"
+            ));
+        }
+        Ok(Subjects {
+            prefix: prefix.to_string(),
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Bid requests: `<prefix>.bid.<auction_id>`.
+    pub fn bid(&self, auction_id: &str) -> String {
+        format!("{}.bid.{auction_id}", self.prefix)
+    }
+
+    /// Auction-open requests (admin): `<prefix>.admin.open.<auction_id>`.
+    pub fn open_request(&self, auction_id: &str) -> String {
+        format!("{}.admin.open.{auction_id}", self.prefix)
+    }
+
+    /// Auction status requests: `<prefix>.status.<auction_id>`.
+    pub fn status_request(&self, auction_id: &str) -> String {
+        format!("{}.status.{auction_id}", self.prefix)
+    }
+
+    /// Try events in the log: `<prefix>.try.<auction_id>`.
+    pub fn try_event(&self, auction_id: &str) -> String {
+        format!("{}.try.{auction_id}", self.prefix)
+    }
+
+    /// Auction lifecycle events (`open`) in the log: `<prefix>.auction.<auction_id>`.
+    pub fn auction_event(&self, auction_id: &str) -> String {
+        format!("{}.auction.{auction_id}", self.prefix)
+    }
+
+    /// One outcome subject: `<prefix>.outcome.<auction_id>.confirmed|cancelled`.
+    pub fn outcome(&self, auction_id: &str, kind: OutcomeKind) -> String {
+        format!("{}.outcome.{auction_id}.{}", self.prefix, kind.as_str())
+    }
+
+    /// Every outcome of one auction, or of all auctions.
+    pub fn outcomes(&self, auction_id: Option<&str>) -> String {
+        format!("{}.outcome.{}.*", self.prefix, auction_id.unwrap_or("*"))
+    }
+
+    /// The wildcard a request handler listens on, for one request kind
+    /// (`bid`, `admin.open`, `status`). `>` rather than `*`, so that a
+    /// subject with extra tokens reaches the handler and gets a clear error
+    /// instead of silence.
+    pub fn request_wildcard(&self, kind: &str) -> String {
+        format!("{}.{kind}.>", self.prefix)
+    }
+
+    /// The auction id in a request subject of the given kind.
+    pub fn auction_in<'a>(&self, subject: &'a str, kind: &str) -> Result<&'a str, RequestError> {
+        let token = subject
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix('.'))
+            .and_then(|rest| rest.strip_prefix(kind))
+            .and_then(|rest| rest.strip_prefix('.'))
+            .unwrap_or("");
+        if token.contains('.') || !valid_id(token) {
+            return Err(RequestError::new(
+                ErrorCode::InvalidSubject,
+                format!(
+                    "subject {subject:?} must be {}.{kind}.<auction_id>, with an auction_id of 1 to 64 characters of [A-Za-z0-9_-]",
+                    self.prefix
+                ),
+            ));
+        }
+        Ok(token)
+    }
+
+    /// Stream of tries and auction events (the ordered log).
+    pub fn tries_stream(&self) -> String {
+        format!("{}_TRIES", self.prefix.to_uppercase())
+    }
+
+    /// Stream of outcome events.
+    pub fn outcomes_stream(&self) -> String {
+        format!("{}_OUTCOMES", self.prefix.to_uppercase())
+    }
+
+    /// KV bucket holding the verifier's view of each auction for the gateway.
+    pub fn status_bucket(&self) -> String {
+        format!("{}_STATUS", self.prefix.to_uppercase())
+    }
+
+    /// KV bucket indexing every decided bid: key `<auction_id>.<bid_id>`,
+    /// value the bid's outcome event.
+    pub fn bids_bucket(&self) -> String {
+        format!("{}_BIDS", self.prefix.to_uppercase())
+    }
+
+    /// A bid's key in the bids bucket.
+    pub fn bid_key(auction_id: &str, bid_id: &str) -> String {
+        format!("{auction_id}.{bid_id}")
+    }
+
+    /// The subject a bids-bucket entry is written on.
+    pub fn bid_index_subject(&self, auction_id: &str, bid_id: &str) -> String {
+        format!(
+            "$KV.{}.{}",
+            self.bids_bucket(),
+            Subjects::bid_key(auction_id, bid_id)
+        )
+    }
+
+    /// Every subject the log stream captures.
+    pub fn log_subjects(&self) -> Vec<String> {
+        vec![
+            format!("{}.try.*", self.prefix),
+            format!("{}.auction.*", self.prefix),
+        ]
+    }
+
+    /// The auction id and kind of an event subject in the log.
+    pub fn parse_log_subject<'a>(&self, subject: &'a str) -> Option<(&'a str, &'a str)> {
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix('.')?;
+        let (kind, auction_id) = rest.split_once('.')?;
+        Some((kind, auction_id))
+    }
+}
