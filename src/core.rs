@@ -220,65 +220,70 @@ mod tests {
         Step::Decided(Verdict::Cancelled { reason })
     }
 
+    fn confirmed(rank: u32) -> Step {
+        Step::Decided(Verdict::Confirmed { rank })
+    }
+
+    /// Applies each event in order and checks the step it gives.
+    fn check(ledger: &mut Ledger, script: &[(LogEvent, Step)]) {
+        for (i, (event, expected)) in script.iter().enumerate() {
+            assert_eq!(ledger.apply(event), *expected, "event {i}: {event:?}");
+        }
+    }
+
     #[test]
     fn first_n_eligible_tries_win_in_log_order() {
         let mut l = Ledger::new();
-        assert_eq!(
-            l.apply(&open("a", AuctionSpec::with_capacity(2))),
-            Step::Opened
-        );
-        assert_eq!(
-            l.apply(&try_("a", "b1", "u1", 10, 1)),
-            Step::Decided(Verdict::Confirmed { rank: 1 })
-        );
-        assert_eq!(
-            l.apply(&try_("a", "b2", "u1", 10, 2)),
-            cancelled(CancelReason::BidderLimit)
-        );
-        assert_eq!(
-            l.apply(&try_("a", "b3", "u2", 10, 3)),
-            Step::Decided(Verdict::Confirmed { rank: 2 })
-        );
-        assert_eq!(
-            l.apply(&try_("a", "b4", "u3", 10, 4)),
-            cancelled(CancelReason::CapacityFull)
+        check(
+            &mut l,
+            &[
+                (open("a", AuctionSpec::with_capacity(2)), Step::Opened),
+                (try_("a", "b1", "u1", 10, 1), confirmed(1)),
+                (
+                    try_("a", "b2", "u1", 10, 2),
+                    cancelled(CancelReason::BidderLimit),
+                ),
+                (try_("a", "b3", "u2", 10, 3), confirmed(2)),
+                (
+                    try_("a", "b4", "u3", 10, 4),
+                    cancelled(CancelReason::CapacityFull),
+                ),
+            ],
         );
         assert!(l.fill("a").unwrap().sold_out());
     }
 
     #[test]
     fn every_rule_is_checked_from_the_event_alone() {
-        let mut l = Ledger::new();
         let spec = AuctionSpec {
             capacity: 5,
             min_amount: 100,
             closes_at: Some(t0() + Duration::seconds(60)),
             max_wins_per_bidder: 2,
         };
-        l.apply(&open("a", spec));
-        assert_eq!(
-            l.apply(&try_("a", "b1", "u1", 99, 1)),
-            cancelled(CancelReason::BelowMinimum)
-        );
-        assert_eq!(
-            l.apply(&try_("a", "b2", "u1", 100, 60)),
-            cancelled(CancelReason::AuctionClosed)
-        );
-        assert_eq!(
-            l.apply(&try_("a", "b3", "u1", 100, 59)),
-            Step::Decided(Verdict::Confirmed { rank: 1 })
-        );
-        assert_eq!(
-            l.apply(&try_("a", "b4", "u1", 100, 59)),
-            Step::Decided(Verdict::Confirmed { rank: 2 })
-        );
-        assert_eq!(
-            l.apply(&try_("a", "b5", "u1", 100, 59)),
-            cancelled(CancelReason::BidderLimit)
-        );
-        assert_eq!(
-            l.apply(&try_("x", "b1", "u1", 100, 1)),
-            cancelled(CancelReason::UnknownAuction)
+        check(
+            &mut Ledger::new(),
+            &[
+                (open("a", spec), Step::Opened),
+                (
+                    try_("a", "b1", "u1", 99, 1),
+                    cancelled(CancelReason::BelowMinimum),
+                ),
+                (
+                    try_("a", "b2", "u1", 100, 60),
+                    cancelled(CancelReason::AuctionClosed),
+                ),
+                (try_("a", "b3", "u1", 100, 59), confirmed(1)),
+                (try_("a", "b4", "u1", 100, 59), confirmed(2)),
+                (
+                    try_("a", "b5", "u1", 100, 59),
+                    cancelled(CancelReason::BidderLimit),
+                ),
+                (
+                    try_("x", "b1", "u1", 100, 1),
+                    cancelled(CancelReason::UnknownAuction),
+                ),
+            ],
         );
     }
 

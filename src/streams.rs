@@ -47,67 +47,58 @@ pub struct Streams {
 }
 
 impl Streams {
-    /// Creates the streams and the bucket if missing.
+    /// Creates the streams and the buckets if missing.
     pub async fn ensure(
         js: jetstream::Context,
         subjects: Subjects,
         options: &StreamOptions,
     ) -> Result<Streams, Error> {
+        let stream = |name: String, description: &str, subjects: Vec<String>| stream::Config {
+            name,
+            description: Some(format!("allot: {description}")),
+            subjects,
+            storage: stream::StorageType::File,
+            duplicate_window: options.duplicate_window,
+            num_replicas: options.replicas,
+            allow_direct: true,
+            ..Default::default()
+        };
+        let bucket = |bucket: String, description: &str| kv::Config {
+            bucket,
+            description: format!("allot: {description}"),
+            history: 1,
+            storage: stream::StorageType::File,
+            num_replicas: options.replicas,
+            ..Default::default()
+        };
+        let name = subjects.tries_stream();
         let log = js
-            .get_or_create_stream(stream::Config {
-                name: subjects.tries_stream(),
-                description: Some("allot: the ordered log of auction events and bid tries".into()),
-                subjects: subjects.log_subjects(),
-                storage: stream::StorageType::File,
-                duplicate_window: options.duplicate_window,
-                num_replicas: options.replicas,
-                allow_direct: true,
-                ..Default::default()
-            })
+            .get_or_create_stream(stream(
+                name.clone(),
+                "the ordered log of auction events and bid tries",
+                subjects.log_subjects(),
+            ))
             .await
-            .map_err(|e| {
-                Error::with_source(ErrorKind::Setup, e).context(subjects.tries_stream())
-            })?;
+            .map_err(Error::wrap(ErrorKind::Setup, name))?;
+        let name = subjects.outcomes_stream();
         let outcomes = js
-            .get_or_create_stream(stream::Config {
-                name: subjects.outcomes_stream(),
-                description: Some("allot: one confirmed or cancelled event per try".into()),
-                subjects: vec![subjects.outcomes(None)],
-                storage: stream::StorageType::File,
-                duplicate_window: options.duplicate_window,
-                num_replicas: options.replicas,
-                allow_direct: true,
-                ..Default::default()
-            })
+            .get_or_create_stream(stream(
+                name.clone(),
+                "one confirmed or cancelled event per try",
+                vec![subjects.outcomes(None)],
+            ))
             .await
-            .map_err(|e| {
-                Error::with_source(ErrorKind::Setup, e).context(subjects.outcomes_stream())
-            })?;
+            .map_err(Error::wrap(ErrorKind::Setup, name))?;
+        let name = subjects.status_bucket();
         let status = js
-            .create_or_update_key_value(kv::Config {
-                bucket: subjects.status_bucket(),
-                description: "allot: auction fill for the gateway's fast rejects".into(),
-                history: 1,
-                storage: stream::StorageType::File,
-                num_replicas: options.replicas,
-                ..Default::default()
-            })
+            .create_or_update_key_value(bucket(name.clone(), "auction fill for fast rejects"))
             .await
-            .map_err(|e| {
-                Error::with_source(ErrorKind::Setup, e).context(subjects.status_bucket())
-            })?;
+            .map_err(Error::wrap(ErrorKind::Setup, name))?;
+        let name = subjects.bids_bucket();
         let bids = js
-            .create_or_update_key_value(kv::Config {
-                bucket: subjects.bids_bucket(),
-                description: "allot: the outcome of every decided bid, by auction and bid id"
-                    .into(),
-                history: 1,
-                storage: stream::StorageType::File,
-                num_replicas: options.replicas,
-                ..Default::default()
-            })
+            .create_or_update_key_value(bucket(name.clone(), "the outcome of every decided bid"))
             .await
-            .map_err(|e| Error::with_source(ErrorKind::Setup, e).context(subjects.bids_bucket()))?;
+            .map_err(Error::wrap(ErrorKind::Setup, name))?;
         Ok(Streams {
             js,
             subjects,
