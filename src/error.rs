@@ -22,6 +22,8 @@ pub enum ErrorKind {
     NatsServer,
     /// Bad configuration or arguments.
     Config,
+    /// The log and the published outcomes disagree.
+    Integrity,
 }
 
 impl fmt::Display for ErrorKind {
@@ -35,6 +37,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Timeout => "timed out",
             ErrorKind::NatsServer => "cannot run nats-server",
             ErrorKind::Config => "invalid configuration",
+            ErrorKind::Integrity => "log and outcomes disagree",
         })
     }
 }

@@ -25,6 +25,7 @@ pub mod client;
 pub mod cmd;
 pub mod core;
 pub mod error;
+pub mod faults;
 pub mod gateway;
 pub mod nats_server;
 pub mod service;

@@ -57,6 +57,10 @@ pub struct Position {
     pub last_seq: u64,
     /// Every outcome of a try up to here is published.
     pub published_through: u64,
+    /// The outcome stream's last sequence when that was recorded: outcomes
+    /// after it may be ones this snapshot decided but did not record as
+    /// published.
+    pub outcomes_seq: u64,
 }
 
 /// An open snapshot database.
@@ -162,6 +166,7 @@ impl Snapshot {
         Ok(Position {
             last_seq: self.meta_u64("last_seq")?,
             published_through: self.meta_u64("published_through")?,
+            outcomes_seq: self.meta_u64("outcomes_seq")?,
         })
     }
 
@@ -245,15 +250,19 @@ impl Snapshot {
         result.map_err(|e| self.sql(e))
     }
 
-    /// Records that every outcome of a try up to `seq` is published.
-    pub fn mark_published(&mut self, seq: u64) -> Result<(), SnapshotError> {
-        self.conn
-            .execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('published_through', ?1)",
-                [seq.to_string()],
-            )
-            .map(drop)
-            .map_err(|e| self.sql(e))
+    /// Records that every outcome of a try up to `seq` is published, and
+    /// the outcome stream's last sequence at that point.
+    pub fn mark_published(&mut self, seq: u64, outcomes_seq: u64) -> Result<(), SnapshotError> {
+        let result = (|| {
+            let tx = self.conn.transaction()?;
+            let mut set =
+                tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?;
+            set.execute(["published_through", &seq.to_string()])?;
+            set.execute(["outcomes_seq", &outcomes_seq.to_string()])?;
+            drop(set);
+            tx.commit()
+        })();
+        result.map_err(|e| self.sql(e))
     }
 
     /// Number of decisions stored.

@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,7 +59,7 @@ async fn restart_resumes_from_the_snapshot() {
     h.start_service().await;
     let total = 6 + place(&h, "r", 6..14).await;
     let outcomes = h.wait_for_outcomes("r", total).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    h.wait_until_decided().await;
     let outcomes_later = h.outcomes(Some("r")).await;
     assert_eq!(outcomes_later.len(), total, "nothing published twice");
     one_outcome_per_bid(&outcomes);
@@ -82,7 +81,7 @@ async fn a_lost_snapshot_is_rebuilt_from_the_streams_without_duplicates() {
     h.start_service().await;
     let total = 6 + place(&h, "r", 6..14).await;
     let outcomes = h.wait_for_outcomes("r", total).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    h.wait_until_decided().await;
     assert_eq!(
         h.outcomes(Some("r")).await.len(),
         total,
@@ -102,15 +101,8 @@ async fn a_lost_snapshot_is_rebuilt_from_the_streams_without_duplicates() {
     assert_replay_matches_outcomes(&h).await;
 }
 
-/// Starts the real `allot serve` binary.
-fn serve(h: &Harness) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_allot"))
-        .args(["serve", "--nats-url", h.server.url(), "--data-dir"])
-        .arg(h.data_dir())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("allot serve starts")
+fn serve(h: &Harness) -> std::process::Child {
+    common::serve_process(h, &[], &[])
 }
 
 #[tokio::test]
@@ -178,7 +170,7 @@ async fn kill_9_mid_run_leaves_every_accepted_bid_with_one_outcome() {
     );
 
     let outcomes = h.wait_for_outcomes("k", accepted.len()).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.wait_until_decided().await;
     let outcomes = {
         let later = h.outcomes(Some("k")).await;
         assert_eq!(later.len(), outcomes.len(), "no outcome published twice");
@@ -200,4 +192,45 @@ async fn kill_9_mid_run_leaves_every_accepted_bid_with_one_outcome() {
     assert_replay_matches_outcomes(&h).await;
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// A crash right after each step of a batch (snapshot commit, outcome
+/// publish, publish recorded) and a restart after JetStream's
+/// de-duplication window has passed: every accepted bid still has exactly
+/// one outcome, so recovery does not lean on de-duplication.
+#[tokio::test]
+async fn a_crash_after_each_step_of_a_batch_neither_loses_nor_doubles() {
+    for point in ["after_commit", "after_publish", "before_ack"] {
+        let h = Harness::server_only().await;
+        // A gateway alone takes the first bids, so that the verifier's
+        // first batch holds decisions.
+        let mut gateway =
+            common::serve_process(&h, &["--role", "gateway", "--dedupe-window-secs", "1"], &[]);
+        h.wait_until_serving().await;
+        h.open("c", AuctionSpec::with_capacity(3)).await;
+        assert_eq!(place(&h, "c", 0..2).await, 2);
+
+        let mut verifier = common::serve_process(
+            &h,
+            &["--role", "verifier"],
+            &[(allot::faults::CRASH_AT, point)],
+        );
+        let status = common::wait_exit(&mut verifier, 20).await;
+        assert!(!status.success(), "{point}: crashed ({status})");
+        // Past the de-duplication window, a second publish would be stored.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+
+        let mut verifier = common::serve_process(&h, &["--role", "verifier"], &[]);
+        let accepted = 2 + place(&h, "c", 2..6).await;
+        let outcomes = h.wait_for_outcomes("c", accepted).await;
+        h.wait_until_decided().await;
+        assert_eq!(h.outcomes(Some("c")).await.len(), outcomes.len(), "{point}");
+        one_outcome_per_bid(&outcomes);
+        assert_eq!(ranks(&outcomes), vec![1, 2, 3], "{point}");
+        assert_replay_matches_outcomes(&h).await;
+        for child in [&mut gateway, &mut verifier] {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
 }

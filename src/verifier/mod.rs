@@ -20,7 +20,7 @@
 mod outcomes;
 mod recovery;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -30,6 +30,7 @@ use futures::StreamExt;
 
 use crate::core::{Ledger, Step, Verdict};
 use crate::error::{Error, ErrorKind, Result};
+use crate::faults::crash_point;
 use crate::snapshot::{Batch, Position, Snapshot, StoredOutcome, Sync};
 use crate::streams::Streams;
 use crate::wire::{timestamp, valid_id, LogEvent, OutcomeEvent, OutcomeKind};
@@ -66,10 +67,14 @@ impl Default for VerifierConfig {
     }
 }
 
-/// Runs the verifier until `shutdown` completes. A failure (NATS gone, a
-/// snapshot write refused) drops all in-memory state and starts over from
-/// the snapshot, as a restart would; nothing is acked that is not durably
-/// decided.
+/// Runs the verifier until `shutdown` completes.
+///
+/// A failure to start at all (an unusable data directory, a corrupt
+/// snapshot, streams that do not belong together) is returned: retrying
+/// would not help. A later failure (NATS gone, a snapshot write refused)
+/// drops all in-memory state and starts over from the snapshot, as a
+/// restart would; nothing is acked that is not durably decided. A replay
+/// that disagrees with a published outcome always stops the verifier.
 pub async fn run(
     streams: Streams,
     config: VerifierConfig,
@@ -77,14 +82,17 @@ pub async fn run(
 ) -> Result<()> {
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(200);
+    let mut first = true;
     loop {
         let started = tokio::time::Instant::now();
-        match run_once(&streams, &config, &mut shutdown).await {
+        match run_once(&streams, &config, &mut shutdown, first).await {
             Ok(()) => {
                 tracing::info!("verifier stopped");
                 return Ok(());
             }
-            Err(e) => {
+            Err(Failure::Fatal(e)) => return Err(e),
+            Err(Failure::Transient(e)) => {
+                first = false;
                 if started.elapsed() > Duration::from_secs(30) {
                     backoff = Duration::from_millis(200);
                 }
@@ -108,16 +116,42 @@ struct Verifier<'a> {
     position: Position,
     /// Outcomes found in the outcome stream for tries the snapshot has not
     /// applied: after a snapshot loss, these are reused, not published again.
-    already_published: HashMap<(String, String), bytes::Bytes>,
+    already_published: HashMap<(String, String), StoredOutcome>,
+}
+
+/// How a verifier run ended badly.
+enum Failure {
+    /// Stop the verifier and report.
+    Fatal(Error),
+    /// Start over from the snapshot.
+    Transient(Error),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        match e.kind() {
+            ErrorKind::Integrity => Failure::Fatal(e),
+            _ => Failure::Transient(e),
+        }
+    }
 }
 
 async fn run_once(
     streams: &Streams,
     config: &VerifierConfig,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-) -> Result<()> {
-    let mut v = Verifier::start(streams, config).await?;
-    let consumer = align_consumer(streams, v.position.last_seq, config).await?;
+    first: bool,
+) -> std::result::Result<(), Failure> {
+    let started = async {
+        let v = Verifier::start(streams, config).await?;
+        let consumer = align_consumer(streams, v.position.last_seq, config).await?;
+        Ok::<_, Error>((v, consumer))
+    };
+    let (mut v, consumer) = match started.await {
+        Ok(started) => started,
+        Err(e) if first => return Err(Failure::Fatal(e)),
+        Err(e) => return Err(e.into()),
+    };
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(config.batch_size)
@@ -133,7 +167,7 @@ async fn run_once(
             chunk = messages.next() => chunk,
         };
         let Some(chunk) = chunk else {
-            return Err(Error::new(ErrorKind::Nats, "verifier consumer ended"));
+            return Err(Error::new(ErrorKind::Nats, "verifier consumer ended").into());
         };
         let chunk = chunk
             .into_iter()
@@ -175,7 +209,7 @@ impl Verifier<'_> {
                 (LogEvent::Try(t), Step::Decided(verdict)) => {
                     let key = (t.auction_id.clone(), t.bid_id.clone());
                     let decision = match self.already_published.remove(&key) {
-                        Some(payload) => reuse(payload, verdict)?,
+                        Some(published) => reuse(published, verdict)?,
                         None => {
                             let d = decide(t.clone(), seq, verdict);
                             fresh.push(d.clone());
@@ -193,12 +227,17 @@ impl Verifier<'_> {
         let last_seq = batch.last_seq;
         if last_seq > self.position.last_seq {
             self.with_snapshot(move |s| s.commit(&batch)).await?;
+            crash_point("after_commit");
             self.position.last_seq = last_seq;
-            publish(self.streams, &fresh).await?;
+            let acked = publish(self.streams, &fresh, &HashSet::new()).await?;
             announce_sold_out(self.streams, &self.ledger, fresh.iter().map(|d| &d.outcome)).await?;
-            self.with_snapshot(move |s| s.mark_published(last_seq))
+            crash_point("after_publish");
+            let outcomes_seq = acked.max(self.position.outcomes_seq);
+            self.with_snapshot(move |s| s.mark_published(last_seq, outcomes_seq))
                 .await?;
             self.position.published_through = last_seq;
+            self.position.outcomes_seq = outcomes_seq;
+            crash_point("before_ack");
         }
         // Acks every delivery up to and including this one.
         last.ack()
@@ -280,15 +319,20 @@ fn decide(t: crate::wire::TryEvent, try_seq: u64, verdict: Verdict) -> StoredOut
 }
 
 /// An outcome already in the stream, taken as this try's decision. The
-/// core decided it again; a difference would mean the log was not replayed
-/// faithfully, which must not pass silently.
-fn reuse(payload: bytes::Bytes, verdict: Verdict) -> Result<StoredOutcome> {
-    let outcome: OutcomeEvent = serde_json::from_slice(&payload)
-        .map_err(|e| Error::with_source(ErrorKind::Protocol, e).context("published outcome"))?;
-    if Verdict::of(&outcome) != Some(verdict) {
-        tracing::error!(bid_id = %outcome.bid_id, auction_id = %outcome.auction_id, published = ?outcome.kind, replayed = ?verdict, "replay disagrees with a published outcome; keeping the published one");
+/// core decided it again; a difference means the log was not replayed
+/// faithfully, and the verifier stops rather than build on it.
+fn reuse(published: StoredOutcome, verdict: Verdict) -> Result<StoredOutcome> {
+    let o = &published.outcome;
+    if Verdict::of(o) != Some(verdict) {
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            format!(
+                "bid {:?} in auction {:?} was published as {:?} but the log decides {verdict:?}",
+                o.bid_id, o.auction_id, o.kind
+            ),
+        ));
     }
-    Ok(StoredOutcome { outcome, payload })
+    Ok(published)
 }
 
 async fn blocking<T: Send + 'static>(

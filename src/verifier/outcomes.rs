@@ -1,6 +1,9 @@
 //! Publishing decisions: outcome events and bids-bucket entries, and the
 //! sold-out notices the gateways read.
 
+use std::collections::HashSet;
+use std::future::IntoFuture;
+
 use async_nats::jetstream::message::PublishMessage;
 
 use crate::core::Ledger;
@@ -9,41 +12,47 @@ use crate::snapshot::StoredOutcome;
 use crate::streams::Streams;
 use crate::wire::{AuctionView, OutcomeEvent};
 
-/// Publishes outcomes, and their entries in the bids bucket, pipelined;
-/// waits for every ack.
-pub(super) async fn publish(streams: &Streams, outcomes: &[StoredOutcome]) -> Result<()> {
+/// Publishes outcomes and their entries in the bids bucket, pipelined,
+/// and waits for every ack. Outcomes in `published` are already in the
+/// outcome stream and only get their bids-bucket entry (a put of the same
+/// value is harmless). Returns the highest outcome-stream sequence acked.
+pub(super) async fn publish(
+    streams: &Streams,
+    outcomes: &[StoredOutcome],
+    published: &HashSet<(String, String)>,
+) -> Result<u64> {
     let subjects = &streams.subjects;
     let nats = || Error::wrap(ErrorKind::Nats, "publish outcome");
-    let mut acks = Vec::with_capacity(outcomes.len() * 2);
+    let mut outcome_acks = Vec::with_capacity(outcomes.len());
+    let mut index_acks = Vec::with_capacity(outcomes.len());
     for d in outcomes {
         let o = &d.outcome;
-        let payload = d.payload.clone();
-        let outcome = PublishMessage::build()
-            .message_id(OutcomeEvent::msg_id(&o.auction_id, &o.bid_id))
-            .payload(payload.clone());
-        let subject = subjects.outcome(&o.auction_id, o.kind);
-        acks.push(
-            streams
-                .js
-                .send_publish(subject, outcome)
-                .await
-                .map_err(nats())?,
-        );
-        let index = PublishMessage::build().payload(payload);
+        if !published.contains(&(o.auction_id.clone(), o.bid_id.clone())) {
+            let outcome = PublishMessage::build()
+                .message_id(OutcomeEvent::msg_id(&o.auction_id, &o.bid_id))
+                .payload(d.payload.clone());
+            let subject = subjects.outcome(&o.auction_id, o.kind);
+            let ack = streams.js.send_publish(subject, outcome).await;
+            outcome_acks.push(ack.map_err(nats())?.into_future());
+        }
+        let index = PublishMessage::build().payload(d.payload.clone());
         let subject = subjects.bid_index_subject(&o.auction_id, &o.bid_id);
-        acks.push(
-            streams
-                .js
-                .send_publish(subject, index)
-                .await
-                .map_err(nats())?,
-        );
+        let ack = streams.js.send_publish(subject, index).await;
+        index_acks.push(ack.map_err(nats())?.into_future());
     }
-    let acks = acks.into_iter().map(std::future::IntoFuture::into_future);
-    for ack in futures::future::join_all(acks).await {
+    let (outcome_acks, index_acks) = futures::future::join(
+        futures::future::join_all(outcome_acks),
+        futures::future::join_all(index_acks),
+    )
+    .await;
+    let mut last = 0;
+    for ack in outcome_acks {
+        last = last.max(ack.map_err(nats())?.sequence);
+    }
+    for ack in index_acks {
         ack.map_err(nats())?;
     }
-    Ok(())
+    Ok(last)
 }
 
 /// Tells the gateways which auctions these confirmations filled.

@@ -269,3 +269,49 @@ pub async fn assert_replay_matches_outcomes(h: &Harness) {
         "published outcomes equal an offline replay of the log"
     );
 }
+
+impl Harness {
+    /// Waits until the verifier has decided, published and acked every
+    /// event in the log: after this, no further outcome can appear for
+    /// what is in the log now.
+    pub async fn wait_until_decided(&self) {
+        let s = &self.client.subjects;
+        let mut log = self.js.get_stream(s.tries_stream()).await.unwrap();
+        let last = log.info().await.unwrap().state.last_sequence;
+        for _ in 0..600 {
+            if let Ok(info) = log.consumer_info(allot::verifier::CONSUMER).await {
+                if info.ack_floor.stream_sequence >= last {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the verifier did not decide the log up to {last}");
+    }
+}
+
+/// Starts the real `allot serve` binary against the harness's server, with
+/// extra arguments and environment.
+pub fn serve_process(h: &Harness, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_allot"))
+        .args(["serve", "--nats-url", h.server.url(), "--data-dir"])
+        .arg(h.data_dir())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("allot serve starts")
+}
+
+/// Waits for a child process to exit, failing the test after `secs`.
+pub async fn wait_exit(child: &mut std::process::Child, secs: u64) -> std::process::ExitStatus {
+    for _ in 0..secs * 20 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    panic!("process did not exit within {secs} s");
+}
