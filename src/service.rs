@@ -56,38 +56,50 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
     let streams = Streams::ensure(js, config.subjects.clone(), &config.streams).await?;
     tracing::info!(url = %config.nats_url, role = ?config.role, "allot serving");
 
-    // One shutdown signal, seen by both halves.
+    // One shutdown signal, seen by both halves. It fires on `shutdown`, or
+    // when either half fails, so that the other half stops too and the
+    // process exits with the error instead of running on half-alive.
     let (stop, stopped) = tokio::sync::watch::channel(());
     let signal = |mut rx: tokio::sync::watch::Receiver<()>| async move {
         let _ = rx.changed().await;
+    };
+    let stop_on_error = |result: Result<()>| {
+        if result.is_err() {
+            let _ = stop.send(());
+        }
+        result
     };
     let gateway = async {
         if config.role == Role::Verifier {
             return Ok(());
         }
-        gateway::run(
+        let gateway = gateway::run(
             client.clone(),
             streams.clone(),
             config.gateway.clone(),
             signal(stopped.clone()),
-        )
-        .await
+        );
+        stop_on_error(gateway.await)
     };
     let verifier = async {
         if config.role == Role::Gateway {
             return Ok(());
         }
-        verifier::run(
+        let verifier = verifier::run(
             streams.clone(),
             config.verifier.clone(),
             signal(stopped.clone()),
-        )
-        .await
+        );
+        stop_on_error(verifier.await)
     };
     let trigger = async {
-        shutdown.await;
-        tracing::info!("shutting down");
-        let _ = stop.send(());
+        tokio::select! {
+            _ = shutdown => {
+                tracing::info!("shutting down");
+                let _ = stop.send(());
+            }
+            _ = signal(stopped.clone()) => {}
+        }
     };
     let (_, gateway, verifier) = tokio::join!(trigger, gateway, verifier);
     let flushed = client.flush().await;

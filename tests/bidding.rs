@@ -138,7 +138,7 @@ async fn five_slots_fifty_concurrent_bids() {
     }
 
     let outcomes = h.wait_for_outcomes("drop", n).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.wait_until_decided().await;
     let outcomes_after = h.outcomes(Some("drop")).await;
     assert_eq!(outcomes_after.len(), n, "no outcome beyond one per bid");
     let by_bid = one_outcome_per_bid(&outcomes);

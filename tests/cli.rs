@@ -91,10 +91,18 @@ async fn open_bid_wait_status_and_watch() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut first = String::new();
-    BufReader::new(watch.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let first = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).map(|_| line)
+        }),
+    )
+    .await
+    .expect("watch prints an outcome in time")
+    .unwrap()
+    .unwrap();
     watch.kill().unwrap();
     watch.wait().unwrap();
     let event: serde_json::Value = serde_json::from_str(&first).unwrap();
@@ -140,6 +148,7 @@ async fn serve_stops_cleanly_on_sigterm() {
     let mut serve = Command::new(env!("CARGO_BIN_EXE_allot"))
         .args(["serve", "--nats-url", h.server.url(), "--data-dir"])
         .arg(h.data_dir())
+        .env("RUST_LOG", "allot=info")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -149,7 +158,7 @@ async fn serve_stops_cleanly_on_sigterm() {
         .status()
         .unwrap();
     assert!(term.success());
-    let status = serve.wait().unwrap();
+    let status = common::wait_exit(&mut serve, 20).await;
     assert!(status.success(), "exit status {status}");
     let mut log = String::new();
     std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut log).unwrap();
@@ -157,4 +166,22 @@ async fn serve_stops_cleanly_on_sigterm() {
         log.contains("verifier stopped") && log.contains("gateway stopped"),
         "{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_exits_with_a_clear_error_when_it_cannot_start() {
+    let h = Harness::server_only().await;
+    let not_a_dir = h.data_dir().join("file");
+    std::fs::write(&not_a_dir, b"").unwrap();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_allot"))
+        .args(["serve", "--nats-url", h.server.url(), "--data-dir"])
+        .arg(&not_a_dir)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = common::wait_exit(&mut serve, 20).await;
+    assert!(!status.success());
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(log.contains("cannot create data directory"), "{log}");
 }

@@ -25,10 +25,14 @@ impl Gateway {
         let Some(spec) = self.spec(auction_id).await? else {
             return Ok(reject(RejectReason::UnknownAuction));
         };
-        // An accepted bid always met the minimum, so a resend below it
-        // cannot be an earlier accepted bid.
+        // An accepted bid met the minimum, so this is no resend of one, but
+        // its id may have been used with another amount: a conflict. (Seen
+        // once that bid is decided; until then the reply is below_minimum.)
         if request.amount < spec.min_amount {
-            return Ok(reject(RejectReason::BelowMinimum));
+            return match self.decided(auction_id, &request.bid_id).await? {
+                Some(o) => resend(auction_id, &request, o.try_seq, &o.bidder_id, o.amount),
+                None => Ok(reject(RejectReason::BelowMinimum)),
+            };
         }
         // Counted before the fill and close checks, so that a resend seeing
         // the auction sold out or closed can wait for this append.
@@ -125,35 +129,28 @@ impl Gateway {
         }
     }
 
-    /// True once the verifier has decided every try of this auction. Asked
-    /// only of sold-out or closed auctions, which take no new tries, so the
-    /// answer stays true and is cached.
+    /// True when the verifier has decided every try of this auction now in
+    /// the log, so that a bid id missing from the bids bucket is new. Waits
+    /// a little for the verifier to catch up; false if it does not.
     pub(super) async fn settled(&self, auction_id: &str) -> Result<bool, RequestError> {
-        if self.view.settled.read().unwrap().contains(auction_id) {
-            return Ok(true);
-        }
-        let log = &self.streams.log;
         let subject = self.streams.subjects.try_event(auction_id);
-        let last_try = match log.direct_get_last_for_subject(subject).await {
+        let last_try = match self.streams.log.direct_get_last_for_subject(subject).await {
             Ok(m) => m.sequence,
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => 0,
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(true),
             Err(e) => return Err(internal(e)),
         };
         // The verifier acks a try only after its outcome and bids-bucket
-        // entry are stored. Give it a moment to catch up.
+        // entry are stored, so its ack floor tells what is decided.
         for _ in 0..25 {
-            let Ok(info) = log.consumer_info(&self.config.verifier_consumer).await else {
-                return Ok(false);
-            };
-            if info.ack_floor.stream_sequence >= last_try {
-                self.view
-                    .settled
-                    .write()
-                    .unwrap()
-                    .insert(auction_id.to_string());
-                return Ok(true);
+            match self
+                .view
+                .decided_through(&self.streams.log, &self.config.verifier_consumer)
+                .await
+            {
+                Some(floor) if floor >= last_try => return Ok(true),
+                Some(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                None => return Ok(false),
             }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         Ok(false)
     }

@@ -1,8 +1,11 @@
 //! What the gateway knows about auctions: their specs, which are sold out,
-//! which are settled, and its own appends in progress.
+//! how far the verifier has decided, and its own appends in progress.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::stream;
 
 use futures::StreamExt;
 
@@ -18,9 +21,10 @@ pub(super) struct View {
     /// Auctions the verifier has reported sold out. In first-come, first-N
     /// allocation a sold-out auction stays sold out.
     pub(super) sold_out: RwLock<HashSet<String>>,
-    /// Sold-out or closed auctions whose every try the verifier has
-    /// decided: a bid id missing from the bids bucket is then provably new.
-    pub(super) settled: RwLock<HashSet<String>>,
+    /// The verifier consumer's ack floor and when it was read. Shared by
+    /// all requests, so that a burst of bids on a sold-out auction costs
+    /// JetStream at most one consumer-info request per interval.
+    ack_floor: Mutex<Option<(Instant, u64)>>,
     /// Try appends in progress in this gateway, per auction.
     pub(super) appends: Appends,
 }
@@ -72,6 +76,31 @@ impl Drop for Appending<'_> {
                 counts.remove(&self.auction_id);
             }
         }
+    }
+}
+
+impl View {
+    /// How far the verifier has decided the log; `None` when its consumer
+    /// cannot be read (no verifier yet).
+    pub(super) async fn decided_through(
+        &self,
+        log: &stream::Stream,
+        consumer: &str,
+    ) -> Option<u64> {
+        const FRESH: Duration = Duration::from_millis(10);
+        if let Some((at, floor)) = *self.ack_floor.lock().unwrap() {
+            if at.elapsed() < FRESH {
+                return Some(floor);
+            }
+        }
+        let floor = log
+            .consumer_info(consumer)
+            .await
+            .ok()?
+            .ack_floor
+            .stream_sequence;
+        *self.ack_floor.lock().unwrap() = Some((Instant::now(), floor));
+        Some(floor)
     }
 }
 

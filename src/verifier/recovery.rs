@@ -195,7 +195,7 @@ async fn log_info(streams: &Streams) -> Result<stream::Info> {
     let mut log = streams.log.clone();
     log.info()
         .await
-        .map(|info| info.clone())
+        .cloned()
         .map_err(Error::wrap(ErrorKind::Setup, "log stream info"))
 }
 

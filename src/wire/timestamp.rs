@@ -1,21 +1,28 @@
 //! Timestamps are RFC 3339 UTC with microseconds, always with the fraction.
-//! Events are created truncated to microseconds, so a timestamp read back
-//! equals the one written, which keeps replay exact.
+//! Every timestamp allot creates or reads is truncated to microseconds, so
+//! a timestamp read back equals the one written, which keeps replay and
+//! settings comparisons exact.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serializer};
 
+/// The current time, truncated to microseconds.
 pub fn now() -> DateTime<Utc> {
-    let now = Utc::now();
-    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+    micros(Utc::now())
+}
+
+/// `t` without its sub-microsecond part.
+pub fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
 }
 
 pub fn format(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// Parses any RFC 3339 time, to UTC microseconds.
 pub fn parse(s: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
-    DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(s).map(|t| micros(t.with_timezone(&Utc)))
 }
 
 pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
