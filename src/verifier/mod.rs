@@ -33,7 +33,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::faults::crash_point;
 use crate::snapshot::{Batch, Position, Snapshot, StoredOutcome, Sync};
 use crate::streams::Streams;
-use crate::wire::{timestamp, valid_id, LogEvent, OutcomeEvent, OutcomeKind};
+use crate::wire::{timestamp, LogEntry, LogEvent, OutcomeEvent, OutcomeKind};
 use outcomes::{announce_sold_out, publish};
 use recovery::align_consumer;
 
@@ -189,37 +189,45 @@ impl Verifier<'_> {
         };
         let mut fresh: Vec<StoredOutcome> = Vec::new();
         for message in chunk {
-            let seq = message
+            let info = message
                 .info()
-                .map_err(|e| Error::with_source(ErrorKind::Protocol, e))?
-                .stream_sequence;
+                .map_err(|e| Error::with_source(ErrorKind::Protocol, e))?;
+            let seq = info.stream_sequence;
             if seq <= batch.last_seq {
                 continue; // redelivered: already in the snapshot
             }
             batch.last_seq = seq;
-            let event = match self.read_event(message) {
-                Ok(event) => event,
-                Err(problem) => {
-                    tracing::warn!(seq, subject = %message.subject, problem, "skipping an unreadable log entry");
-                    continue;
+            let entry = LogEntry::read(
+                &self.streams.subjects,
+                &message.subject,
+                &message.payload,
+                info.published,
+            );
+            let step = self.ledger.apply_entry(&entry);
+            match (entry, step) {
+                (LogEntry::Event(LogEvent::Open(open)), Some(Step::Opened)) => {
+                    batch.opens.push((seq, open))
                 }
-            };
-            match (&event, self.ledger.apply(&event)) {
-                (LogEvent::Open(open), Step::Opened) => batch.opens.push((seq, open.clone())),
-                (LogEvent::Try(t), Step::Decided(verdict)) => {
+                (
+                    LogEntry::Event(LogEvent::Try(t)) | LogEntry::InvalidTry(t),
+                    Some(Step::Decided(verdict)),
+                ) => {
                     let key = (t.auction_id.clone(), t.bid_id.clone());
                     let decision = match self.already_published.remove(&key) {
                         Some(published) => reuse(published, verdict)?,
                         None => {
-                            let d = decide(t.clone(), seq, verdict);
+                            let d = decide(t, seq, verdict);
                             fresh.push(d.clone());
                             d
                         }
                     };
                     batch.decisions.push(decision);
                 }
-                (_, Step::Duplicate) => {
+                (_, Some(Step::Duplicate)) => {
                     tracing::info!(seq, "try for an already decided bid; it keeps its outcome")
+                }
+                (LogEntry::Unreadable(problem), _) => {
+                    tracing::warn!(seq, subject = %message.subject, problem, "skipping a log entry with nothing to decide")
                 }
                 _ => {}
             }
@@ -243,34 +251,6 @@ impl Verifier<'_> {
         last.ack()
             .await
             .map_err(|e| Error::with_source(ErrorKind::Nats, e).context("ack"))
-    }
-
-    /// Parses a log entry and checks that it is what its subject says.
-    fn read_event(&self, message: &Message) -> std::result::Result<LogEvent, String> {
-        let event: LogEvent =
-            serde_json::from_slice(&message.payload).map_err(|e| format!("not an event: {e}"))?;
-        let (kind, auction_id) = self
-            .streams
-            .subjects
-            .parse_log_subject(&message.subject)
-            .ok_or("unexpected subject")?;
-        let ok = match &event {
-            LogEvent::Open(o) => {
-                kind == "auction" && o.auction_id == auction_id && valid_id(auction_id)
-            }
-            LogEvent::Try(t) => {
-                kind == "try"
-                    && t.auction_id == auction_id
-                    && valid_id(auction_id)
-                    && valid_id(&t.bid_id)
-                    && valid_id(&t.bidder_id)
-            }
-        };
-        if ok {
-            Ok(event)
-        } else {
-            Err("event does not match its subject or has invalid ids".into())
-        }
     }
 
     /// Runs snapshot work on a blocking thread.

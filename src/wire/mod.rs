@@ -193,6 +193,79 @@ pub enum LogEvent {
     Try(TryEvent),
 }
 
+/// One entry of the log, as the verifier reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogEntry {
+    /// A well-formed event on its own subject.
+    Event(LogEvent),
+    /// An entry on a try subject that is not a valid try but names a valid
+    /// bid id (hand-written, or from a buggy client with stream access).
+    /// It is decided like any try, as cancelled `invalid_event`, so the bid
+    /// still gets exactly one outcome and the auction is never blocked.
+    /// Missing or invalid fields are filled in: bidder `unknown`, amount 0,
+    /// the entry's storage time as `tried_at`.
+    InvalidTry(TryEvent),
+    /// Nothing to decide: no bid id to give an outcome to.
+    Unreadable(String),
+}
+
+impl LogEntry {
+    /// Reads a log entry from its subject, payload and storage time. Pure:
+    /// the verifier and any replay of the log read entries the same way.
+    pub fn read(
+        subjects: &Subjects,
+        subject: &str,
+        payload: &[u8],
+        stored_at: DateTime<Utc>,
+    ) -> LogEntry {
+        let Some((kind, auction_id)) = subjects
+            .parse_log_subject(subject)
+            .filter(|(_, auction_id)| valid_id(auction_id))
+        else {
+            return LogEntry::Unreadable(format!("unexpected subject {subject:?}"));
+        };
+        let problem = match serde_json::from_slice::<LogEvent>(payload) {
+            Ok(LogEvent::Open(o)) if kind == "auction" && o.auction_id == auction_id => {
+                return LogEntry::Event(LogEvent::Open(o))
+            }
+            Ok(LogEvent::Try(t))
+                if kind == "try"
+                    && t.auction_id == auction_id
+                    && valid_id(&t.bid_id)
+                    && valid_id(&t.bidder_id)
+                    && t.amount <= MAX_AMOUNT =>
+            {
+                return LogEntry::Event(LogEvent::Try(t))
+            }
+            Ok(_) => "event does not match its subject, or has invalid fields".to_string(),
+            Err(e) => format!("not an event: {e}"),
+        };
+        if kind != "try" {
+            return LogEntry::Unreadable(problem);
+        }
+        let body: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+        let field = |name: &str| {
+            body.get(name)
+                .and_then(|v| v.as_str())
+                .filter(|s| valid_id(s))
+        };
+        let Some(bid_id) = field("bid_id") else {
+            return LogEntry::Unreadable(problem);
+        };
+        LogEntry::InvalidTry(TryEvent {
+            bid_id: bid_id.to_string(),
+            auction_id: auction_id.to_string(),
+            bidder_id: field("bidder_id").unwrap_or("unknown").to_string(),
+            amount: body
+                .get("amount")
+                .and_then(|v| v.as_u64())
+                .filter(|a| *a <= MAX_AMOUNT)
+                .unwrap_or(0),
+            tried_at: timestamp::micros(stored_at),
+        })
+    }
+}
+
 /// An auction was opened. Written once per auction: the append expects no
 /// earlier event on the auction's subject.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

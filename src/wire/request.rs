@@ -374,12 +374,64 @@ mod tests {
         assert!(err.message.contains("closes_at"), "{err}");
     }
 
-    proptest::proptest! {
-        #![proptest_config(proptest::test_runner::Config::with_cases(2000))]
+    use proptest::prelude::*;
+
+    /// JSON values of every type, with strings that are often valid ids.
+    fn arb_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "[A-Za-z0-9_-]{0,70}".prop_map(Value::from),
+            ".{0,10}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z_]{1,8}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Request-like objects: mostly the real field names, some strangers.
+    fn arb_request() -> impl Strategy<Value = Vec<u8>> {
+        let key = prop_oneof![
+            Just("bid_id".to_string()),
+            Just("bidder_id".to_string()),
+            Just("amount".to_string()),
+            Just("auction_id".to_string()),
+            Just("capacity".to_string()),
+            Just("closes_at".to_string()),
+            "[a-z]{1,6}",
+        ];
+        prop::collection::btree_map(key, arb_value(), 0..6)
+            .prop_map(|m| serde_json::to_vec(&Value::Object(m.into_iter().collect())).unwrap())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
         #[test]
-        fn any_bytes_decode_or_fail_cleanly(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+        fn any_bytes_decode_or_fail_cleanly(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
             let _ = decode_bid(&bytes, "a1");
             let _ = decode_open(&bytes, "a1");
+        }
+
+        #[test]
+        fn any_object_decodes_to_a_valid_bid_or_a_named_error(body in arb_request()) {
+            match decode_bid(&body, "a1") {
+                Ok(bid) => {
+                    prop_assert!(valid_id(&bid.bid_id) && valid_id(&bid.bidder_id));
+                    prop_assert!(bid.amount <= MAX_AMOUNT);
+                }
+                Err(e) => prop_assert!(!e.message.is_empty()),
+            }
+            if let Ok(spec) = decode_open(&body, "a1") {
+                prop_assert!(spec.capacity >= 1 && spec.max_wins_per_bidder >= 1);
+            }
         }
     }
 }

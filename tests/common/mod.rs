@@ -12,11 +12,19 @@ use allot::client::{connect, AllotClient};
 use allot::nats_server::NatsServer;
 use allot::service::{self, Config, Role};
 use allot::verifier::VerifierConfig;
-use allot::wire::{AuctionSpec, LogEvent, OpenReply, OutcomeEvent, Subjects, TryEvent};
+use allot::wire::{AuctionSpec, LogEntry, LogEvent, OpenReply, OutcomeEvent, Subjects, TryEvent};
 use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
 use futures::StreamExt;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+/// A message read back from a stream.
+pub struct Stored {
+    pub seq: u64,
+    pub subject: String,
+    pub payload: bytes::Bytes,
+    pub time: chrono::DateTime<chrono::Utc>,
+}
 
 pub struct Harness {
     pub server: NatsServer,
@@ -118,9 +126,8 @@ impl Harness {
         }
     }
 
-    /// Every message on `filter` in `stream`, in stream order, with its
-    /// sequence.
-    pub async fn read_stream(&self, stream: &str, filter: &str) -> Vec<(u64, bytes::Bytes)> {
+    /// Every message on `filter` in `stream`, in stream order.
+    pub async fn read_stream(&self, stream: &str, filter: &str) -> Vec<Stored> {
         let stream = self.js.get_stream(stream).await.unwrap();
         let total = allot::streams::Streams::count(&stream, filter)
             .await
@@ -144,7 +151,13 @@ impl Harness {
                 .expect("stream read in time")
                 .unwrap()
                 .unwrap();
-            out.push((m.info().unwrap().stream_sequence, m.payload.clone()));
+            let info = m.info().unwrap();
+            out.push(Stored {
+                seq: info.stream_sequence,
+                subject: m.subject.to_string(),
+                payload: m.payload.clone(),
+                time: info.published,
+            });
         }
         out
     }
@@ -155,12 +168,10 @@ impl Harness {
         self.read_stream(&s.tries_stream(), &s.try_event(auction_id))
             .await
             .into_iter()
-            .map(
-                |(seq, payload)| match serde_json::from_slice(&payload).unwrap() {
-                    LogEvent::Try(t) => (seq, t),
-                    other => panic!("not a try: {other:?}"),
-                },
-            )
+            .map(|m| match serde_json::from_slice(&m.payload).unwrap() {
+                LogEvent::Try(t) => (m.seq, t),
+                other => panic!("not a try: {other:?}"),
+            })
             .collect()
     }
 
@@ -170,7 +181,7 @@ impl Harness {
         self.read_stream(&s.outcomes_stream(), &s.outcomes(auction_id))
             .await
             .into_iter()
-            .map(|(_, payload)| serde_json::from_slice(&payload).unwrap())
+            .map(|m| serde_json::from_slice(&m.payload).unwrap())
             .collect()
     }
 
@@ -247,10 +258,16 @@ pub async fn assert_replay_matches_outcomes(h: &Harness) {
     let log = h.read_stream(&s.tries_stream(), ">").await;
     let mut ledger = Ledger::new();
     let mut decided = HashMap::new();
-    for (_, payload) in &log {
-        let event: LogEvent = serde_json::from_slice(payload).unwrap();
-        if let (LogEvent::Try(t), Step::Decided(v)) = (&event, ledger.apply(&event)) {
-            decided.insert((t.auction_id.clone(), t.bid_id.clone()), v);
+    for m in &log {
+        let entry = LogEntry::read(s, &m.subject, &m.payload, m.time);
+        match (&entry, ledger.apply_entry(&entry)) {
+            (
+                LogEntry::Event(LogEvent::Try(t)) | LogEntry::InvalidTry(t),
+                Some(Step::Decided(v)),
+            ) => {
+                decided.insert((t.auction_id.clone(), t.bid_id.clone()), v);
+            }
+            _ => {}
         }
     }
     let outcomes = h.outcomes(None).await;
