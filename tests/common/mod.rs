@@ -260,14 +260,12 @@ pub async fn assert_replay_matches_outcomes(h: &Harness) {
     let mut decided = HashMap::new();
     for m in &log {
         let entry = LogEntry::read(s, &m.subject, &m.payload, m.time);
-        match (&entry, ledger.apply_entry(&entry)) {
-            (
-                LogEntry::Event(LogEvent::Try(t)) | LogEntry::InvalidTry(t),
-                Some(Step::Decided(v)),
-            ) => {
-                decided.insert((t.auction_id.clone(), t.bid_id.clone()), v);
-            }
-            _ => {}
+        if let (
+            LogEntry::Event(LogEvent::Try(t)) | LogEntry::InvalidTry(t),
+            Some(Step::Decided(v)),
+        ) = (&entry, ledger.apply_entry(&entry))
+        {
+            decided.insert((t.auction_id.clone(), t.bid_id.clone()), v);
         }
     }
     let outcomes = h.outcomes(None).await;
