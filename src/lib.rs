@@ -4,22 +4,26 @@
 //! The flow, and who owns each step:
 //!
 //! ```text
-//! bidder --request--> gateway --try event--> log stream --> verifier --outcome--> outcome stream
-//!  allot.bid.<a>     (gateway.rs)  allot.try.<a>  ALLOT_TRIES   (verifier.rs)  allot.outcome.<a>.confirmed
-//!                     fast reject                               core.rs decides            .cancelled
-//!                     from the fill view  <--status bucket--    snapshot.rs (SQLite)
+//! bidder ──allot.bid.<a>──► gateway ──allot.try.<a>──► ALLOT_TRIES ──► verifier ──► ALLOT_OUTCOMES
+//!                           gateway/                   (the log)       verifier/    allot.outcome.<a>.confirmed
+//!                           fast rejects                               core.rs      allot.outcome.<a>.cancelled
+//!                             ▲                                        snapshot.rs
+//!                             └── ALLOT_STATUS (fill), ALLOT_BIDS (outcome per bid) ◄──┘
 //! ```
 //!
-//! - [`wire`]: subjects, JSON messages and request decoding, the public
-//!   contract (mirrored by `schemas/`).
+//! - [`wire`]: subjects, JSON messages, request decoding and reading log
+//!   entries: the public contract (mirrored by `schemas/`).
 //! - [`core`]: the pure, deterministic decision state machine.
 //! - [`gateway`]: validates bids, refuses early what can never win, appends
-//!   tries without a lock; also opens auctions and reports status.
+//!   tries without a lock, answers resends; also opens auctions and reports
+//!   their status.
 //! - [`verifier`]: folds the log through the core, keeps the SQLite
-//!   [`snapshot`], publishes one outcome per try.
-//! - [`streams`]: the JetStream streams and bucket; [`service`] runs it all.
+//!   [`snapshot`], publishes one outcome per try, recovers after a crash.
+//! - [`streams`]: the JetStream streams and buckets; [`service`] runs the
+//!   gateway and the verifier until shutdown.
 //! - [`client`]: a typed client; [`nats_server`]: a private server for the
-//!   demo and tests; [`cmd`]: one module per CLI command.
+//!   demo and tests; [`faults`]: crash points for fault tests; [`cmd`]: one
+//!   module per CLI command.
 
 pub mod client;
 pub mod cmd;

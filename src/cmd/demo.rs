@@ -35,7 +35,9 @@ const AUCTION: &str = "demo";
 
 pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
     eprintln!("starting a private nats-server on 127.0.0.1 ...");
-    let server = NatsServer::start()?;
+    // Starting the server waits on the child process: keep that off the
+    // async threads.
+    let server = tokio::task::spawn_blocking(NatsServer::start).await??;
     let data_dir = tempfile::Builder::new().prefix("allot-demo-").tempdir()?;
     let config = Config {
         nats_url: server.url().to_string(),

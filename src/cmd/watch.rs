@@ -1,8 +1,10 @@
 //! `allot watch`: print outcome events as JSON lines.
 
+use futures::stream::BoxStream;
 use futures::StreamExt;
 
 use super::{print_json, Common};
+use crate::wire::OutcomeEvent;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -16,27 +18,25 @@ pub struct Args {
 pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
     let client = common.client().await?;
     let auction = args.auction_id.as_deref();
-    if args.from_start {
-        let mut outcomes = client.replay_outcomes(auction).await?;
-        loop {
-            tokio::select! {
-                _ = super::shutdown_signal() => return Ok(()),
-                o = outcomes.next() => match o {
-                    Some(o) => print_json(&o?),
-                    None => return Ok(()),
-                },
-            }
-        }
+    let mut outcomes: BoxStream<'static, anyhow::Result<OutcomeEvent>> = if args.from_start {
+        client
+            .replay_outcomes(auction)
+            .await?
+            .map(|o| o.map_err(anyhow::Error::from))
+            .boxed()
     } else {
-        let mut outcomes = client.live_outcomes(auction).await?;
-        loop {
-            tokio::select! {
-                _ = super::shutdown_signal() => return Ok(()),
-                o = outcomes.next() => match o {
-                    Some(o) => print_json(&o),
-                    None => return Ok(()),
-                },
-            }
+        client.live_outcomes(auction).await?.map(Ok).boxed()
+    };
+    // One signal future for the whole run, so no signal falls between two.
+    let stop = super::shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            o = outcomes.next() => match o {
+                Some(o) => print_json(&o?),
+                None => return Ok(()),
+            },
         }
     }
 }
