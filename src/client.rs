@@ -39,7 +39,9 @@ pub async fn connect(url: &str) -> Result<Client> {
 /// Requests to a running allot service.
 #[derive(Clone)]
 pub struct AllotClient {
+    /// The NATS connection; clone it freely.
     pub client: Client,
+    /// Where the service listens.
     pub subjects: Subjects,
     /// How long to wait for a reply.
     pub timeout: Duration,

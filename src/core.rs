@@ -56,6 +56,7 @@ pub enum Step {
 /// One auction's state: only what future decisions need.
 #[derive(Clone, Debug)]
 struct Auction {
+    /// The rules, from the auction's `open` event.
     spec: AuctionSpec,
     /// Confirmed slots so far; the next confirmation gets rank `confirmed + 1`.
     confirmed: u32,
@@ -69,6 +70,7 @@ struct Auction {
 /// The state of every auction, built by folding the log.
 #[derive(Clone, Debug, Default)]
 pub struct Ledger {
+    /// Open auctions by id.
     auctions: HashMap<String, Auction>,
     /// Tries for auctions that were never opened. They are decided
     /// (cancelled) once each too.
@@ -78,7 +80,9 @@ pub struct Ledger {
 /// A read-only view of one auction, for status and fast rejects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fill {
+    /// Winning slots.
     pub capacity: u32,
+    /// Slots confirmed so far.
     pub confirmed: u32,
 }
 

@@ -47,9 +47,11 @@ type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// An error with its kind, the thing it concerns, and its cause.
 #[derive(Debug)]
 pub struct Error {
+    /// What went wrong, for callers that branch on it.
     kind: ErrorKind,
     /// What the failing operation was about (a URL, a stream, a file).
     context: Option<String>,
+    /// The underlying error, if any.
     source: Option<Source>,
 }
 

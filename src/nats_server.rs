@@ -60,12 +60,15 @@ pub fn parse_version(text: &str) -> Option<(u64, u64)> {
 
 /// A running `nats-server` child.
 pub struct NatsServer {
+    /// The running server; `None` after [`NatsServer::kill`].
     child: Option<Child>,
     /// Client URL, `nats://127.0.0.1:<port>`.
     url: String,
     /// JetStream store and log; removed on drop unless kept by the caller.
     dir: tempfile::TempDir,
+    /// The `nats-server` executable, kept for restarts.
     binary: PathBuf,
+    /// Client port, kept so a restart listens where clients reconnect.
     port: u16,
 }
 

@@ -25,11 +25,17 @@ pub enum Role {
 /// Everything `allot serve` needs. Plain data with defaults.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// Where NATS is.
     pub nats_url: String,
+    /// Subject prefix, stream and bucket names.
     pub subjects: Subjects,
+    /// Gateway, verifier, or both.
     pub role: Role,
+    /// How missing streams are created.
     pub streams: StreamOptions,
+    /// Gateway settings.
     pub gateway: GatewayConfig,
+    /// Verifier settings.
     pub verifier: VerifierConfig,
 }
 

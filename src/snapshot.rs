@@ -36,7 +36,9 @@ pub enum SnapshotError {
 /// One decision as stored: the outcome and its exact published bytes.
 #[derive(Clone, Debug)]
 pub struct StoredOutcome {
+    /// The decision.
     pub outcome: OutcomeEvent,
+    /// Its JSON exactly as published, so a republish is byte-identical.
     pub payload: bytes::Bytes,
 }
 
@@ -45,6 +47,7 @@ pub struct StoredOutcome {
 pub struct Batch {
     /// Auctions opened, with the log sequence of their `open` event.
     pub opens: Vec<(u64, OpenEvent)>,
+    /// Tries decided.
     pub decisions: Vec<StoredOutcome>,
     /// Last log sequence this batch covers.
     pub last_seq: u64,
@@ -65,6 +68,7 @@ pub struct Position {
 
 /// An open snapshot database.
 pub struct Snapshot {
+    /// The one connection; never shared across threads at once.
     conn: Connection,
     /// Kept for error messages.
     path: PathBuf,

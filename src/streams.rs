@@ -32,7 +32,9 @@ impl Default for StreamOptions {
 /// Handles on everything allot reads and writes in JetStream.
 #[derive(Clone)]
 pub struct Streams {
+    /// The JetStream context everything is published through.
     pub js: jetstream::Context,
+    /// Subject and stream names.
     pub subjects: Subjects,
     /// The ordered log: `<prefix>.try.*` and `<prefix>.auction.*`.
     pub log: stream::Stream,

@@ -5,7 +5,6 @@
 //! never conflict; the log's order decides. The gateway only refuses early
 //! what can provably never win (unknown auction, below the minimum, closed,
 //! sold out), from a view of each auction that the verifier keeps current.
-
 //!
 //! - `bid.rs`: the bid path, including resends and fast rejects;
 //! - `admin.rs`: opening auctions and reporting their status;
@@ -50,10 +49,15 @@ impl Default for GatewayConfig {
     }
 }
 
+/// One gateway: shared by every request task.
 struct Gateway {
+    /// For replies.
     client: Client,
+    /// For appends and lookups.
     streams: Streams,
+    /// Settings, as given.
     config: GatewayConfig,
+    /// What this gateway knows of each auction.
     view: View,
 }
 

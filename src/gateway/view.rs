@@ -37,7 +37,9 @@ pub(super) struct Appends(Mutex<HashMap<String, usize>>);
 
 /// One append in progress; counted until dropped.
 pub(super) struct Appending<'a> {
+    /// The counts this append is part of.
     pub(super) appends: &'a Appends,
+    /// Whose count to decrement on drop.
     auction_id: String,
 }
 

@@ -109,10 +109,13 @@ pub async fn run(
 
 /// The verifier's working state between batches.
 struct Verifier<'a> {
+    /// Where the log, outcomes and buckets are.
     streams: &'a Streams,
     /// `None` only while a blocking snapshot call has it.
     snapshot: Option<Snapshot>,
+    /// The decision state, equal to the snapshot's after each batch.
     ledger: Ledger,
+    /// Where the snapshot stands in the log and the outcome stream.
     position: Position,
     /// Outcomes found in the outcome stream for tries the snapshot has not
     /// applied: after a snapshot loss, these are reused, not published again.

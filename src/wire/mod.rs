@@ -364,7 +364,9 @@ impl OutcomeEvent {
 /// rejects, kept in the status KV bucket under the auction id.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuctionView {
+    /// Slots confirmed.
     pub confirmed: u32,
+    /// True once every slot is confirmed.
     pub sold_out: bool,
 }
 

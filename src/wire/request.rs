@@ -49,7 +49,9 @@ impl ErrorCode {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct RequestError {
+    /// The error code of the reply.
     pub code: ErrorCode,
+    /// What is wrong, naming the field or subject.
     pub message: String,
 }
 
