@@ -330,3 +330,21 @@ pub async fn wait_exit(child: &mut std::process::Child, secs: u64) -> std::proce
     let _ = child.kill();
     panic!("process did not exit within {secs} s");
 }
+
+/// A bid request.
+pub fn bid(bid_id: &str, bidder: &str, amount: u64) -> allot::wire::BidRequest {
+    allot::wire::BidRequest {
+        bid_id: bid_id.into(),
+        bidder_id: bidder.into(),
+        amount,
+    }
+}
+
+/// Sends raw bytes as a request and returns the reply message.
+pub async fn raw(h: &Harness, subject: String, body: &[u8]) -> async_nats::Message {
+    h.client
+        .client
+        .request(subject, body.to_vec().into())
+        .await
+        .expect("a reply")
+}

@@ -1,0 +1,164 @@
+//! Resent bids, conflicts and fast rejects: nothing written twice, and a
+//! resend always gets its original reply.
+
+mod common;
+
+use std::time::Duration;
+
+use allot::wire::{AuctionSpec, AuctionState, BidReply, RejectReason, StatusReply};
+use chrono::Utc;
+use common::{assert_matches, bid, raw, Harness};
+
+#[tokio::test]
+async fn fast_rejects_write_nothing_and_resends_keep_their_reply() {
+    let h = Harness::start().await;
+    h.open(
+        "one",
+        AuctionSpec {
+            min_amount: 10,
+            ..AuctionSpec::with_capacity(1)
+        },
+    )
+    .await;
+    h.open(
+        "past",
+        AuctionSpec {
+            closes_at: Some(Utc::now() - chrono::Duration::seconds(1)),
+            ..AuctionSpec::with_capacity(1)
+        },
+    )
+    .await;
+
+    let reject = |reply: BidReply| match reply {
+        BidReply::Rejected { reason, .. } => reason,
+        other => panic!("expected a reject, got {other:?}"),
+    };
+    assert_eq!(
+        reject(h.client.bid("nope", &bid("b1", "u1", 10)).await.unwrap()),
+        RejectReason::UnknownAuction
+    );
+    let body = serde_json::to_vec(&bid("b1", "u1", 10)).unwrap();
+    let reply = raw(&h, h.client.subjects.bid("nope"), &body).await;
+    assert_matches("bid-reply.schema.json", &reply.payload);
+    assert!(reply.headers.is_none(), "a reject is not an error");
+    assert_eq!(
+        reject(h.client.bid("one", &bid("b1", "u1", 9)).await.unwrap()),
+        RejectReason::BelowMinimum
+    );
+    assert_eq!(
+        reject(h.client.bid("past", &bid("b1", "u1", 10)).await.unwrap()),
+        RejectReason::AuctionClosed
+    );
+    assert!(h.tries("one").await.is_empty(), "rejects write no try");
+    assert!(h.tries("past").await.is_empty(), "rejects write no try");
+
+    let BidReply::Accepted { try_seq, .. } =
+        h.client.bid("one", &bid("win", "u1", 10)).await.unwrap()
+    else {
+        panic!("first bid accepted");
+    };
+    h.wait_for_outcomes("one", 1).await;
+    // The verifier reports the auction sold out; the gateway then refuses
+    // new bids without writing them.
+    let mut sold_out = false;
+    for i in 0..100 {
+        match h
+            .client
+            .bid("one", &bid(&format!("late{i}"), "u2", 10))
+            .await
+            .unwrap()
+        {
+            BidReply::Rejected {
+                reason: RejectReason::SoldOut,
+                ..
+            } => {
+                sold_out = true;
+                break;
+            }
+            BidReply::Accepted { .. } => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(sold_out, "gateway learns the auction is sold out");
+    let tries_before = h.tries("one").await.len();
+
+    // The winner resending its bid gets the original acceptance, not a reject.
+    assert_eq!(
+        h.client.bid("one", &bid("win", "u1", 10)).await.unwrap(),
+        BidReply::Accepted {
+            bid_id: "win".into(),
+            auction_id: "one".into(),
+            try_seq,
+            duplicate: true
+        }
+    );
+    // The same bid id with another body is a conflict.
+    let reply = raw(
+        &h,
+        h.client.subjects.bid("one"),
+        &serde_json::to_vec(&bid("win", "u1", 11)).unwrap(),
+    )
+    .await;
+    assert_matches("bid-reply.schema.json", &reply.payload);
+    assert_eq!(
+        reply
+            .headers
+            .unwrap()
+            .get("Nats-Service-Error-Code")
+            .unwrap()
+            .as_str(),
+        "409"
+    );
+    assert_eq!(
+        h.tries("one").await.len(),
+        tries_before,
+        "no try written by the resends"
+    );
+
+    let StatusReply::Ok {
+        state, confirmed, ..
+    } = h.client.status("one").await.unwrap()
+    else {
+        panic!("status");
+    };
+    assert_eq!((state, confirmed), (AuctionState::SoldOut, 1));
+}
+
+#[tokio::test]
+async fn same_bid_id_with_another_body_is_a_conflict() {
+    let h = Harness::start().await;
+    h.open("a", AuctionSpec::with_capacity(3)).await;
+    let first = h.client.bid("a", &bid("b1", "u1", 5)).await.unwrap();
+    assert!(matches!(
+        first,
+        BidReply::Accepted {
+            duplicate: false,
+            ..
+        }
+    ));
+    let again = h.client.bid("a", &bid("b1", "u1", 5)).await.unwrap();
+    assert!(matches!(
+        again,
+        BidReply::Accepted {
+            duplicate: true,
+            ..
+        }
+    ));
+    match h.client.bid("a", &bid("b1", "u2", 5)).await.unwrap() {
+        BidReply::Error { error, message } => {
+            assert_eq!(error, allot::wire::ErrorCode::Conflict);
+            assert!(message.contains("b1"), "{message}");
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    // The same bid id in another auction is another bid.
+    h.open("b", AuctionSpec::with_capacity(3)).await;
+    assert!(matches!(
+        h.client.bid("b", &bid("b1", "u2", 5)).await.unwrap(),
+        BidReply::Accepted {
+            duplicate: false,
+            ..
+        }
+    ));
+    assert_eq!(h.tries("a").await.len(), 1);
+}
