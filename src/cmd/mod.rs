@@ -27,7 +27,7 @@ pub struct Common {
 }
 
 fn parse_prefix(s: &str) -> Result<Subjects, String> {
-    Subjects::new(s)
+    Subjects::new(s).map_err(|e| e.to_string())
 }
 
 impl Common {

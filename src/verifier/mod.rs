@@ -150,7 +150,12 @@ async fn run_once(
         let consumer = align_consumer(streams, v.position.last_seq, config).await?;
         Ok::<_, Error>((v, consumer))
     };
-    let (mut v, consumer) = match started.await {
+    // Loading a large snapshot takes a while; a shutdown meanwhile wins.
+    let started = tokio::select! {
+        _ = &mut *shutdown => return Ok(()),
+        started = started => started,
+    };
+    let (mut v, consumer) = match started {
         Ok(started) => started,
         Err(e) if first => return Err(Failure::Fatal(e)),
         Err(e) => return Err(e.into()),

@@ -1,6 +1,7 @@
 //! Subject, stream and bucket names, all derived from one prefix.
 
 use super::{valid_id, ErrorCode, OutcomeKind, RequestError};
+use crate::error::{Error, ErrorKind};
 
 /// All subject and stream names, derived from one configurable prefix.
 #[derive(Clone, Debug)]
@@ -19,10 +20,11 @@ impl Default for Subjects {
 
 impl Subjects {
     /// Subjects under `prefix`, which must itself be a valid id.
-    pub fn new(prefix: &str) -> Result<Self, String> {
+    pub fn new(prefix: &str) -> Result<Self, Error> {
         if !valid_id(prefix) {
-            return Err(format!(
-                "invalid subject prefix {prefix:?}: use 1 to 64 characters of [A-Za-z0-9_-]"
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("subject prefix {prefix:?}: use 1 to 64 characters of [A-Za-z0-9_-]"),
             ));
         }
         Ok(Subjects {
