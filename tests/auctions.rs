@@ -37,15 +37,7 @@ async fn opening_is_idempotent_and_conflicting_settings_are_refused() {
     )
     .await;
     assert_matches("auction-open-reply.schema.json", &reply.payload);
-    assert_eq!(
-        reply
-            .headers
-            .unwrap()
-            .get("Nats-Service-Error-Code")
-            .unwrap()
-            .as_str(),
-        "409"
-    );
+    assert_eq!(common::error_code(&reply), Some("409"));
 
     // The log holds one open event, and it matches its schema.
     let s = &h.client.subjects;
@@ -59,13 +51,5 @@ async fn opening_is_idempotent_and_conflicting_settings_are_refused() {
     assert_matches("auction-status-reply.schema.json", &status.payload);
     let unknown = raw(&h, s.status_request("nope"), b"").await;
     assert_matches("auction-status-reply.schema.json", &unknown.payload);
-    assert_eq!(
-        unknown
-            .headers
-            .unwrap()
-            .get("Nats-Service-Error-Code")
-            .unwrap()
-            .as_str(),
-        "404"
-    );
+    assert_eq!(common::error_code(&unknown), Some("404"));
 }

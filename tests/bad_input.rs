@@ -73,11 +73,7 @@ async fn malformed_requests_get_clear_errors_and_the_service_keeps_serving() {
             message.contains(needle),
             "{subject}: {message:?} should mention {needle:?}"
         );
-        let headers = reply.headers.expect("error headers");
-        assert_eq!(
-            headers.get("Nats-Service-Error-Code").unwrap().as_str(),
-            "400"
-        );
+        assert_eq!(common::error_code(&reply), Some("400"), "{subject}");
         let schema = if subject.contains(".admin.open.") {
             "auction-open-reply.schema.json"
         } else {

@@ -87,11 +87,8 @@ async fn five_slots_fifty_concurrent_bids() {
             }
             BidReply::Error { error, message } => {
                 errors += 1;
+                assert_eq!(common::error_code(reply), Some("400"));
                 let headers = reply.headers.as_ref().expect("error headers");
-                assert_eq!(
-                    headers.get("Nats-Service-Error-Code").unwrap().as_str(),
-                    "400"
-                );
                 assert_eq!(headers.get("Nats-Service-Error").unwrap().as_str(), message);
                 assert!(
                     !message.is_empty(),

@@ -100,15 +100,7 @@ async fn fast_rejects_write_nothing_and_resends_keep_their_reply() {
     )
     .await;
     assert_matches("bid-reply.schema.json", &reply.payload);
-    assert_eq!(
-        reply
-            .headers
-            .unwrap()
-            .get("Nats-Service-Error-Code")
-            .unwrap()
-            .as_str(),
-        "409"
-    );
+    assert_eq!(common::error_code(&reply), Some("409"));
     assert_eq!(
         h.tries("one").await.len(),
         tries_before,

@@ -348,3 +348,12 @@ pub async fn raw(h: &Harness, subject: String, body: &[u8]) -> async_nats::Messa
         .await
         .expect("a reply")
 }
+
+/// The `Nats-Service-Error-Code` header of a reply, if any.
+pub fn error_code(reply: &async_nats::Message) -> Option<&str> {
+    reply
+        .headers
+        .as_ref()?
+        .get("Nats-Service-Error-Code")
+        .map(|v| v.as_str())
+}
