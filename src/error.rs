@@ -94,9 +94,10 @@ impl Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.kind)?;
-        if let Some(context) = &self.context {
-            write!(f, " ({context})")?;
+        match (&self.kind, &self.context) {
+            (ErrorKind::Connect, Some(url)) => write!(f, "cannot reach NATS at {url}")?,
+            (kind, Some(context)) => write!(f, "{kind} ({context})")?,
+            (kind, None) => write!(f, "{kind}")?,
         }
         if let Some(source) = &self.source {
             write!(f, ": {source}")?;

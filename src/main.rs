@@ -32,12 +32,17 @@ enum Command {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // The demo prints its own summary; the service's logs would drown it.
+    let default_filter = match cli.command {
+        Command::Demo(_) => "allot=warn,async_nats=error",
+        _ => "allot=info,async_nats=warn",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "allot=info,async_nats=warn".into()),
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .init();
     let result = match cli.command {

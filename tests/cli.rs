@@ -127,7 +127,7 @@ fn unreachable_nats_is_a_clear_error() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("cannot reach NATS (nats://127.0.0.1:1)"),
+        stderr.contains("cannot reach NATS at nats://127.0.0.1:1: "),
         "{stderr}"
     );
 }
