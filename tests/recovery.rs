@@ -249,3 +249,42 @@ async fn a_crash_after_each_step_of_a_batch_neither_loses_nor_doubles() {
         }
     }
 }
+
+/// The snapshot is lost, and the rebuild from the log is itself cut short
+/// by a crash; the next start, after the de-duplication window, must still
+/// find the outcomes published before and not publish them again.
+#[tokio::test]
+async fn an_interrupted_rebuild_publishes_nothing_twice() {
+    let h = Harness::server_only().await;
+    let mut first = common::serve_process(&h, &["--dedupe-window-secs", "1"], &[]);
+    h.wait_until_serving().await;
+    h.open("i", AuctionSpec::with_capacity(5)).await;
+    let accepted = place(&h, "i", 0..20).await;
+    h.wait_for_outcomes("i", accepted).await;
+    h.wait_until_decided().await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+    for file in h.snapshot_files() {
+        let _ = std::fs::remove_file(file);
+    }
+
+    // Rebuild in small batches, crashing after the first one is committed.
+    let mut rebuild = common::serve_process(
+        &h,
+        &["--role", "verifier", "--batch-size", "4"],
+        &[(allot::faults::CRASH_AT, "after_commit")],
+    );
+    let status = common::wait_exit(&mut rebuild, 20).await;
+    assert!(!status.success(), "the rebuild crashed ({status})");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let mut verifier = common::serve_process(&h, &["--role", "verifier", "--batch-size", "4"], &[]);
+    h.wait_until_decided().await;
+    // Wait until the rebuild has gone through the whole log again.
+    let outcomes = h.outcomes(Some("i")).await;
+    assert_eq!(outcomes.len(), accepted, "nothing published twice");
+    one_outcome_per_bid(&outcomes);
+    assert_replay_matches_outcomes(&h).await;
+    verifier.kill().unwrap();
+    verifier.wait().unwrap();
+}

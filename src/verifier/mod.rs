@@ -20,11 +20,12 @@
 mod outcomes;
 mod recovery;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::jetstream::Message;
 use futures::StreamExt;
 
@@ -35,7 +36,7 @@ use crate::snapshot::{Batch, Position, Snapshot, StoredOutcome, Sync};
 use crate::streams::Streams;
 use crate::wire::{timestamp, LogEntry, LogEvent, OutcomeEvent, OutcomeKind};
 use outcomes::{announce_sold_out, publish};
-use recovery::align_consumer;
+use recovery::{align_consumer, Published};
 
 /// Default name of the verifier's durable consumer.
 pub const CONSUMER: &str = "allot-verifier";
@@ -119,7 +120,7 @@ struct Verifier<'a> {
     position: Position,
     /// Outcomes found in the outcome stream for tries the snapshot has not
     /// applied: after a snapshot loss, these are reused, not published again.
-    already_published: HashMap<(String, String), StoredOutcome>,
+    already_published: Published,
 }
 
 /// How a verifier run ended badly.
@@ -195,7 +196,10 @@ impl Verifier<'_> {
             last_seq: self.position.last_seq,
             ..Batch::default()
         };
-        let mut fresh: Vec<StoredOutcome> = Vec::new();
+        // Decisions to publish; those taken from the outcome stream only
+        // need their bids-bucket entry and sold-out notice.
+        let mut decided: Vec<StoredOutcome> = Vec::new();
+        let mut reused: HashSet<(String, String)> = HashSet::new();
         for message in chunk {
             let info = message
                 .info()
@@ -203,6 +207,9 @@ impl Verifier<'_> {
             let seq = info.stream_sequence;
             if seq <= batch.last_seq {
                 continue; // redelivered: already in the snapshot
+            }
+            if seq > batch.last_seq + 1 {
+                check_gap(self.streams, batch.last_seq + 1).await?;
             }
             batch.last_seq = seq;
             let entry = LogEntry::read(
@@ -221,14 +228,14 @@ impl Verifier<'_> {
                     Some(Step::Decided(verdict)),
                 ) => {
                     let key = (t.auction_id.clone(), t.bid_id.clone());
-                    let decision = match self.already_published.remove(&key) {
-                        Some(published) => reuse(published, verdict)?,
-                        None => {
-                            let d = decide(t, seq, verdict);
-                            fresh.push(d.clone());
-                            d
+                    let decision = match self.already_published.take(&key) {
+                        Some(published) => {
+                            reused.insert(key);
+                            reuse(published, verdict)?
                         }
+                        None => decide(t, seq, verdict),
                     };
+                    decided.push(decision.clone());
                     batch.decisions.push(decision);
                 }
                 (_, Some(Step::Duplicate)) => {
@@ -245,10 +252,12 @@ impl Verifier<'_> {
             self.with_snapshot(move |s| s.commit(&batch)).await?;
             crash_point("after_commit");
             self.position.last_seq = last_seq;
-            let acked = publish(self.streams, &fresh, &HashSet::new()).await?;
-            announce_sold_out(self.streams, &self.ledger, fresh.iter().map(|d| &d.outcome)).await?;
+            let acked = publish(self.streams, &decided, &reused).await?;
+            self.already_published.stored_through(acked);
+            let outcomes = decided.iter().map(|d| &d.outcome);
+            announce_sold_out(self.streams, &self.ledger, outcomes).await?;
             crash_point("after_publish");
-            let outcomes_seq = acked.max(self.position.outcomes_seq);
+            let outcomes_seq = self.already_published.safe_position();
             self.with_snapshot(move |s| s.mark_published(last_seq, outcomes_seq))
                 .await?;
             self.position.published_through = last_seq;
@@ -279,6 +288,20 @@ impl Verifier<'_> {
         .await?;
         self.snapshot = Some(snapshot);
         Ok(result?)
+    }
+}
+
+/// A delivery skipped log sequence `seq`: fine if the entry was deleted
+/// from the stream, but if it is there, a delivery was lost and the
+/// consumer must be re-aligned rather than the entry skipped.
+async fn check_gap(streams: &Streams, seq: u64) -> Result<()> {
+    match streams.log.direct_get(seq).await {
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::with_source(ErrorKind::Nats, e).context("log gap check")),
+        Ok(_) => Err(Error::new(
+            ErrorKind::Nats,
+            format!("log entry {seq} was not delivered; re-aligning the consumer"),
+        )),
     }
 }
 

@@ -2,7 +2,7 @@
 //! have published, notice when it is behind the outcome stream, and align
 //! the durable consumer with it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::stream;
@@ -43,49 +43,158 @@ impl<'a> Verifier<'a> {
             Ok((snapshot, ledger, position, unpublished))
         })
         .await?;
+
+        // Outcomes the snapshot does not know to be published: a crash came
+        // between publishing and recording it, or the snapshot was lost (or
+        // a rebuild after that was interrupted). JetStream's de-duplication
+        // only covers a recent window, so look.
+        let mut found = Published::read(streams, position.outcomes_seq).await?;
+        let last = position.last_seq;
         let mut v = Verifier {
             streams,
             snapshot: Some(snapshot),
             ledger,
             position,
-            already_published: HashMap::new(),
+            already_published: Published::default(),
         };
-
-        // Outcomes the snapshot does not know to be published: a crash came
-        // between publishing and recording it, or the snapshot was lost.
-        // JetStream's de-duplication only covers a recent window, so look.
-        let (mut found, outcomes_seq) = published_after(streams, position.outcomes_seq).await?;
         if !unpublished.is_empty() {
             let published: HashSet<(String, String)> = unpublished
                 .iter()
                 .map(|d| key(&d.outcome))
-                .filter(|k| found.contains_key(k))
+                .filter(|k| found.take(k).is_some())
                 .collect();
             tracing::info!(
                 decided = unpublished.len(),
                 already_published = published.len(),
                 "publishing outcomes decided before a stop"
             );
-            publish(streams, &unpublished, &published).await?;
+            let acked = publish(streams, &unpublished, &published).await?;
+            found.stored_through(acked);
             announce_sold_out(streams, &v.ledger, unpublished.iter().map(|d| &d.outcome)).await?;
         }
-        let last = position.last_seq;
-        let outcomes_seq = outcomes_seq.max(position.outcomes_seq);
-        v.with_snapshot(move |s| s.mark_published(last, outcomes_seq))
-            .await?;
-        v.position.published_through = last;
-        v.position.outcomes_seq = outcomes_seq;
-
-        found.retain(|_, d| d.outcome.try_seq > last);
+        // Outcomes of tries the snapshot has applied are settled; the rest
+        // will be matched as the log is decided again.
+        found.forget_through(last);
         if !found.is_empty() {
             tracing::warn!(
-                published = found.len(),
+                published = found.by_bid.len(),
                 "the snapshot is behind the outcome stream; deciding the log again from sequence {}",
                 last + 1
             );
         }
+        let outcomes_seq = found.safe_position();
+        v.with_snapshot(move |s| s.mark_published(last, outcomes_seq))
+            .await?;
+        v.position.published_through = last;
+        v.position.outcomes_seq = outcomes_seq;
         v.already_published = found;
         Ok(v)
+    }
+}
+
+/// Outcomes in the outcome stream that the snapshot does not account for,
+/// and how far the outcome stream can be recorded as accounted for.
+#[derive(Default)]
+pub(super) struct Published {
+    /// By bid: the outcome and its outcome-stream sequence.
+    by_bid: HashMap<(String, String), (u64, StoredOutcome)>,
+    /// Outcome-stream sequences of the outcomes not matched to a try yet.
+    unmatched: BTreeSet<u64>,
+    /// Highest outcome-stream sequence known to be stored.
+    high: u64,
+}
+
+impl Published {
+    /// Outcomes stored after outcome-stream sequence `after`.
+    async fn read(streams: &Streams, after: u64) -> Result<Published> {
+        const READING: &str = "reading the outcome stream";
+        let mut found = Published {
+            high: after,
+            ..Published::default()
+        };
+        let mut outcomes = streams.outcomes.clone();
+        let state = outcomes
+            .info()
+            .await
+            .map_err(Error::wrap(ErrorKind::Nats, READING))?
+            .state
+            .clone();
+        found.high = found.high.max(state.last_sequence);
+        if state.messages == 0 || state.last_sequence <= after {
+            return Ok(found);
+        }
+        let consumer = streams
+            .outcomes
+            .create_consumer(pull::OrderedConfig {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: after + 1,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(Error::wrap(ErrorKind::Nats, READING))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(Error::wrap(ErrorKind::Nats, READING))?;
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(Error::wrap(ErrorKind::Nats, READING))?;
+            let info = message
+                .info()
+                .map_err(Error::wrap(ErrorKind::Nats, READING))?;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            if let Ok(outcome) = serde_json::from_slice::<OutcomeEvent>(&message.payload) {
+                let payload = message.payload.clone();
+                found.unmatched.insert(seq);
+                let stored = StoredOutcome { outcome, payload };
+                if let Some((earlier, _)) = found.by_bid.insert(key(&stored.outcome), (seq, stored))
+                {
+                    found.unmatched.remove(&earlier);
+                }
+            }
+            if pending == 0 {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    /// The published outcome of a bid, if one was found; it is then matched.
+    pub(super) fn take(&mut self, key: &(String, String)) -> Option<StoredOutcome> {
+        let (seq, stored) = self.by_bid.remove(key)?;
+        self.unmatched.remove(&seq);
+        Some(stored)
+    }
+
+    /// Drops the outcomes of tries up to `last_seq`: the snapshot has them.
+    fn forget_through(&mut self, last_seq: u64) {
+        let unmatched = &mut self.unmatched;
+        self.by_bid.retain(|_, (seq, stored)| {
+            let keep = stored.outcome.try_seq > last_seq;
+            if !keep {
+                unmatched.remove(seq);
+            }
+            keep
+        });
+    }
+
+    /// Notes that the outcome stream holds everything up to `seq`.
+    pub(super) fn stored_through(&mut self, seq: u64) {
+        self.high = self.high.max(seq);
+    }
+
+    /// The outcome-stream position that may be recorded: below every found
+    /// outcome not yet matched to its try, so that a restart in the middle
+    /// of a rebuild finds them again instead of publishing them twice.
+    pub(super) fn safe_position(&self) -> u64 {
+        match self.unmatched.first() {
+            Some(first) => first - 1,
+            None => self.high,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_bid.is_empty()
     }
 }
 
@@ -139,55 +248,6 @@ pub(super) async fn align_consumer(
     })
     .await
     .map_err(Error::wrap(ErrorKind::Setup, format!("consumer {name}")))
-}
-
-/// Outcomes in the stream after sequence `after`, keyed by bid, and the
-/// stream's last sequence.
-async fn published_after(
-    streams: &Streams,
-    after: u64,
-) -> Result<(HashMap<(String, String), StoredOutcome>, u64)> {
-    const READING: &str = "reading the outcome stream";
-    let mut outcomes = streams.outcomes.clone();
-    let last = outcomes
-        .info()
-        .await
-        .map_err(Error::wrap(ErrorKind::Nats, READING))?
-        .state
-        .last_sequence;
-    let mut found = HashMap::new();
-    if last <= after {
-        return Ok((found, last));
-    }
-    let consumer = streams
-        .outcomes
-        .create_consumer(pull::OrderedConfig {
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: after + 1,
-            },
-            ..Default::default()
-        })
-        .await
-        .map_err(Error::wrap(ErrorKind::Nats, READING))?;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(Error::wrap(ErrorKind::Nats, READING))?;
-    while let Some(message) = messages.next().await {
-        let message = message.map_err(Error::wrap(ErrorKind::Nats, READING))?;
-        let seq = message
-            .info()
-            .map_err(Error::wrap(ErrorKind::Nats, READING))?
-            .stream_sequence;
-        if let Ok(outcome) = serde_json::from_slice::<OutcomeEvent>(&message.payload) {
-            let payload = message.payload.clone();
-            found.insert(key(&outcome), StoredOutcome { outcome, payload });
-        }
-        if seq >= last {
-            break;
-        }
-    }
-    Ok((found, last))
 }
 
 /// The log stream's info.
