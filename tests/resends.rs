@@ -154,3 +154,68 @@ async fn same_bid_id_with_another_body_is_a_conflict() {
     ));
     assert_eq!(h.tries("a").await.len(), 1);
 }
+
+/// Every bid is sent twice at the same moment while a one-slot auction
+/// sells out: the two replies always agree, and each accepted bid has
+/// exactly one outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bid_and_its_resend_sent_together_get_the_same_reply() {
+    let h = Harness::start().await;
+    h.open("race", AuctionSpec::with_capacity(1)).await;
+    let requests = (0..150).flat_map(|i| {
+        let request = bid(&format!("b{i}"), &format!("u{i}"), 5);
+        [request.clone(), request]
+    });
+    let replies = futures::future::join_all(requests.map(|request| {
+        let client = h.client.clone();
+        async move {
+            (
+                request.bid_id.clone(),
+                client.bid("race", &request).await.unwrap(),
+            )
+        }
+    }))
+    .await;
+    let mut by_bid: std::collections::HashMap<String, Vec<BidReply>> = Default::default();
+    for (bid_id, reply) in replies {
+        by_bid.entry(bid_id).or_default().push(reply);
+    }
+    let mut accepted = 0;
+    for (bid_id, replies) in &by_bid {
+        let strip = |r: &BidReply| match r {
+            BidReply::Accepted { try_seq, .. } => Ok(*try_seq),
+            BidReply::Rejected { reason, .. } => Err(*reason),
+            other => panic!("{bid_id}: {other:?}"),
+        };
+        assert_eq!(
+            strip(&replies[0]),
+            strip(&replies[1]),
+            "{bid_id}: {replies:?}"
+        );
+        if let BidReply::Accepted { .. } = replies[0] {
+            accepted += 1;
+            let originals = replies
+                .iter()
+                .filter(|r| {
+                    matches!(
+                        r,
+                        BidReply::Accepted {
+                            duplicate: false,
+                            ..
+                        }
+                    )
+                })
+                .count();
+            assert_eq!(originals, 1, "{bid_id}: {replies:?}");
+        }
+    }
+    let outcomes = h.wait_for_outcomes("race", accepted).await;
+    h.wait_until_decided().await;
+    assert_eq!(h.outcomes(Some("race")).await.len(), accepted);
+    common::one_outcome_per_bid(&outcomes);
+    assert_eq!(
+        h.tries("race").await.len(),
+        accepted,
+        "one try per accepted bid"
+    );
+}

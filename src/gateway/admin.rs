@@ -44,7 +44,7 @@ impl Gateway {
                 let stored = self
                     .streams
                     .log
-                    .direct_get_last_for_subject(subjects.auction_event(auction_id))
+                    .direct_get_first_for_subject(subjects.auction_event(auction_id))
                     .await
                     .map_err(internal)?;
                 let Ok(LogEvent::Open(existing)) = serde_json::from_slice(&stored.payload) else {

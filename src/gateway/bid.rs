@@ -22,6 +22,7 @@ impl Gateway {
             auction_id: auction_id.to_string(),
             reason,
         };
+        let _handling = self.view.bids.handle(auction_id, &request.bid_id).await;
         let Some(spec) = self.spec(auction_id).await? else {
             return Ok(reject(RejectReason::UnknownAuction));
         };
@@ -52,9 +53,10 @@ impl Gateway {
             // bucket knows every such bid. Until then the bid cannot be
             // proven new, and takes the normal path below: JetStream's
             // de-duplication and the verifier give it the right answer.
+            let ticket = appending.ticket;
             drop(appending);
-            self.view.appends.drained(auction_id).await;
-            if self.settled(auction_id).await? {
+            let drained = self.view.appends.drained(auction_id, ticket).await;
+            if drained && self.settled(auction_id).await? {
                 return match self.decided(auction_id, &request.bid_id).await? {
                     Some(o) => resend(auction_id, &request, o.try_seq, &o.bidder_id, o.amount),
                     None => Ok(reject(reason)),

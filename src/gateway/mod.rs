@@ -164,13 +164,14 @@ impl Gateway {
         }
     }
 
-    /// An auction's spec: from the cache, else from its `open` event.
+    /// An auction's spec: from the cache, else from its `open` event (the
+    /// first on its subject, as for the verifier).
     async fn spec(&self, auction_id: &str) -> Result<Option<Arc<AuctionSpec>>, RequestError> {
         if let Some(spec) = self.view.specs.read().unwrap().get(auction_id) {
             return Ok(Some(spec.clone()));
         }
         let subject = self.streams.subjects.auction_event(auction_id);
-        let stored = match self.streams.log.direct_get_last_for_subject(subject).await {
+        let stored = match self.streams.log.direct_get_first_for_subject(subject).await {
             Ok(stored) => stored,
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(internal(e)),

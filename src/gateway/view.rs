@@ -1,13 +1,13 @@
 //! What the gateway knows about auctions: their specs, which are sold out,
 //! how far the verifier has decided, and its own appends in progress.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::stream;
-
 use futures::StreamExt;
+use tokio::sync::Notify;
 
 use super::Gateway;
 use crate::wire::{AuctionSpec, AuctionView};
@@ -21,63 +21,129 @@ pub(super) struct View {
     /// Auctions the verifier has reported sold out. In first-come, first-N
     /// allocation a sold-out auction stays sold out.
     pub(super) sold_out: RwLock<HashSet<String>>,
-    /// The verifier consumer's ack floor and when it was read. Shared by
-    /// all requests, so that a burst of bids on a sold-out auction costs
-    /// JetStream at most one consumer-info request per interval.
-    ack_floor: Mutex<Option<(Instant, u64)>>,
+    /// The verifier consumer's ack floor and when it was read. An async
+    /// lock, held across the read, so that concurrent requests share one
+    /// consumer-info request per interval instead of each sending its own.
+    ack_floor: tokio::sync::Mutex<Option<(Instant, u64)>>,
     /// Try appends in progress in this gateway, per auction.
     pub(super) appends: Appends,
+    /// Bids being handled, by auction and bid id.
+    pub(super) bids: OneAtATime,
 }
 
-/// Counts the try appends in progress per auction, so that a resend that
-/// finds its auction sold out or closed first waits for the appends that
-/// began before: one of them may be its own original.
+/// Lets one request at a time handle a given (auction, bid id) in this
+/// gateway, so that a bid and its resend, arriving together, get the same
+/// answer. Different bids never wait for each other.
 #[derive(Default)]
-pub(super) struct Appends(Mutex<HashMap<String, usize>>);
+pub(super) struct OneAtATime {
+    busy: Mutex<HashSet<(String, String)>>,
+    /// Woken whenever a bid is released.
+    released: Notify,
+}
 
-/// One append in progress; counted until dropped.
+/// A bid being handled, until dropped.
+pub(super) struct Handling<'a> {
+    owner: &'a OneAtATime,
+    key: (String, String),
+}
+
+impl OneAtATime {
+    pub(super) async fn handle(&self, auction_id: &str, bid_id: &str) -> Handling<'_> {
+        let key = (auction_id.to_string(), bid_id.to_string());
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if self.busy.lock().unwrap().insert(key.clone()) {
+                return Handling { owner: self, key };
+            }
+            released.await;
+        }
+    }
+}
+
+impl Drop for Handling<'_> {
+    fn drop(&mut self) {
+        self.owner.busy.lock().unwrap().remove(&self.key);
+        self.owner.released.notify_waiters();
+    }
+}
+
+/// The try appends in progress per auction, each with a ticket in the order
+/// they began, so that a resend that finds its auction sold out or closed
+/// can wait for the appends that began before it: one of them may be its
+/// own original.
+#[derive(Default)]
+pub(super) struct Appends {
+    /// Per auction: the next ticket, and the tickets still appending.
+    tickets: Mutex<HashMap<String, (u64, BTreeSet<u64>)>>,
+    /// Woken whenever an append ends.
+    ended: Notify,
+}
+
+/// One append in progress, until dropped.
 pub(super) struct Appending<'a> {
-    /// The counts this append is part of.
-    pub(super) appends: &'a Appends,
-    /// Whose count to decrement on drop.
+    /// The appends this one is part of.
+    appends: &'a Appends,
+    /// Its auction.
     auction_id: String,
+    /// Its place in the order appends began.
+    pub(super) ticket: u64,
 }
 
 impl Appends {
     pub(super) fn start(&self, auction_id: &str) -> Appending<'_> {
-        *self
-            .0
-            .lock()
-            .unwrap()
-            .entry(auction_id.to_string())
-            .or_default() += 1;
+        let mut tickets = self.tickets.lock().unwrap();
+        let (next, in_flight) = tickets.entry(auction_id.to_string()).or_default();
+        let ticket = *next;
+        *next += 1;
+        in_flight.insert(ticket);
         Appending {
             appends: self,
             auction_id: auction_id.to_string(),
+            ticket,
         }
     }
 
-    /// Waits until no append is in progress for the auction (bounded: an
-    /// append ends with its ack or its timeout).
-    pub(super) async fn drained(&self, auction_id: &str) {
-        for _ in 0..5000 {
-            if !self.0.lock().unwrap().contains_key(auction_id) {
-                return;
+    /// Waits until every append on the auction that began before `ticket`
+    /// has ended. False if that takes too long (an append ends with its ack
+    /// or its timeout, so this is a safety net).
+    pub(super) async fn drained(&self, auction_id: &str, ticket: u64) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            // Registered before the check, so an end in between still wakes us.
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            let earlier = self
+                .tickets
+                .lock()
+                .unwrap()
+                .get(auction_id)
+                .and_then(|(_, in_flight)| in_flight.first().copied())
+                .is_some_and(|first| first < ticket);
+            if !earlier {
+                return true;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                return false;
+            }
         }
     }
 }
 
 impl Drop for Appending<'_> {
     fn drop(&mut self) {
-        let mut counts = self.appends.0.lock().unwrap();
-        if let Some(n) = counts.get_mut(&self.auction_id) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.auction_id);
-            }
+        if let Some((_, in_flight)) = self
+            .appends
+            .tickets
+            .lock()
+            .unwrap()
+            .get_mut(&self.auction_id)
+        {
+            in_flight.remove(&self.ticket);
         }
+        self.appends.ended.notify_waiters();
     }
 }
 
@@ -90,7 +156,8 @@ impl View {
         consumer: &str,
     ) -> Option<u64> {
         const FRESH: Duration = Duration::from_millis(10);
-        if let Some((at, floor)) = *self.ack_floor.lock().unwrap() {
+        let mut cached = self.ack_floor.lock().await;
+        if let Some((at, floor)) = *cached {
             if at.elapsed() < FRESH {
                 return Some(floor);
             }
@@ -101,7 +168,7 @@ impl View {
             .ok()?
             .ack_floor
             .stream_sequence;
-        *self.ack_floor.lock().unwrap() = Some((Instant::now(), floor));
+        *cached = Some((Instant::now(), floor));
         Some(floor)
     }
 }
