@@ -18,6 +18,9 @@ pub struct StreamOptions {
     pub duplicate_window: Duration,
     /// Replicas per stream (1 on a single server).
     pub replicas: usize,
+    /// How long a verifier's lease lasts unrenewed: how long a successor
+    /// waits after a verifier dies without releasing it.
+    pub lease_ttl: Duration,
 }
 
 impl Default for StreamOptions {
@@ -25,6 +28,7 @@ impl Default for StreamOptions {
         StreamOptions {
             duplicate_window: Duration::from_secs(120),
             replicas: 1,
+            lease_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -46,6 +50,10 @@ pub struct Streams {
     /// with each outcome: lets the gateway answer a resent bid after its
     /// auction filled or closed, however long ago it was first sent.
     pub bids: kv::Store,
+    /// The verifier's lease; entries age out after `lease_ttl`.
+    pub leases: kv::Store,
+    /// How long an unrenewed lease lasts.
+    pub lease_ttl: Duration,
 }
 
 impl Streams {
@@ -101,6 +109,14 @@ impl Streams {
             .create_or_update_key_value(bucket(name.clone(), "the outcome of every decided bid"))
             .await
             .map_err(Error::wrap(ErrorKind::Setup, name))?;
+        let name = subjects.leases_bucket();
+        let leases = js
+            .create_or_update_key_value(kv::Config {
+                max_age: options.lease_ttl,
+                ..bucket(name.clone(), "the verifier's lease")
+            })
+            .await
+            .map_err(Error::wrap(ErrorKind::Setup, name))?;
         Ok(Streams {
             js,
             subjects,
@@ -108,6 +124,8 @@ impl Streams {
             outcomes,
             status,
             bids,
+            leases,
+            lease_ttl: options.lease_ttl,
         })
     }
 

@@ -288,3 +288,49 @@ async fn an_interrupted_rebuild_publishes_nothing_twice() {
     verifier.kill().unwrap();
     verifier.wait().unwrap();
 }
+
+/// A second verifier on the same log (another data directory, as on
+/// another machine) is refused while the first holds its lease, and takes
+/// over when the first dies.
+#[tokio::test]
+async fn a_second_verifier_waits_for_the_lease() {
+    let h = Harness::server_only().await;
+    let mut first = common::serve_process(&h, &["--lease-secs", "2"], &[]);
+    h.wait_until_serving().await;
+    h.open("l", AuctionSpec::with_capacity(3)).await;
+    let before = place(&h, "l", 0..2).await;
+    h.wait_for_outcomes("l", before).await;
+
+    let other = tempfile::tempdir().unwrap();
+    let second = |dir: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_allot"))
+            .args(["serve", "--nats-url", h.server.url(), "--lease-secs", "2"])
+            .arg("--data-dir")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut refused = second(other.path());
+    let status = common::wait_exit(&mut refused, 30).await;
+    assert!(!status.success());
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut refused.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(log.contains("another verifier holds the lease"), "{log}");
+
+    // The first dies; the second takes over and rebuilds from the log.
+    let mut takeover = second(other.path());
+    first.kill().unwrap();
+    first.wait().unwrap();
+    h.wait_until_serving().await;
+    let after = place(&h, "l", 2..6).await;
+    let outcomes = h.wait_for_outcomes("l", before + after).await;
+    h.wait_until_decided().await;
+    assert_eq!(h.outcomes(Some("l")).await.len(), before + after);
+    one_outcome_per_bid(&outcomes);
+    assert_eq!(ranks(&outcomes), vec![1, 2, 3]);
+    assert_replay_matches_outcomes(&h).await;
+    takeover.kill().unwrap();
+    takeover.wait().unwrap();
+}

@@ -27,6 +27,10 @@ pub struct Args {
     /// Commit every snapshot transaction to disk before going on (SQLite synchronous=FULL).
     #[arg(long)]
     pub sync_full: bool,
+    /// Seconds a verifier's lease lasts unrenewed: after a crash, another
+    /// verifier takes over this long after the last renewal.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub lease_secs: u64,
 }
 
 pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
@@ -36,6 +40,7 @@ pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
         role: args.role,
         streams: StreamOptions {
             duplicate_window: Duration::from_secs(args.dedupe_window_secs),
+            lease_ttl: Duration::from_secs(args.lease_secs),
             ..StreamOptions::default()
         },
         verifier: VerifierConfig {

@@ -17,6 +17,7 @@
 //! the decisions are the same, and those already in the outcome stream are
 //! taken from there rather than published twice.
 
+mod lease;
 mod outcomes;
 mod recovery;
 
@@ -35,6 +36,7 @@ use crate::faults::crash_point;
 use crate::snapshot::{Batch, Position, Snapshot, StoredOutcome, Sync};
 use crate::streams::Streams;
 use crate::wire::{timestamp, LogEntry, LogEvent, OutcomeEvent, OutcomeKind};
+use lease::{DirLock, Lease};
 use outcomes::{announce_sold_out, publish};
 use recovery::{align_consumer, Published};
 
@@ -82,11 +84,28 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     tokio::pin!(shutdown);
+    let _dir = DirLock::acquire(&config.data_dir)?;
+    let lease = tokio::select! {
+        _ = &mut shutdown => return Ok(()),
+        lease = Lease::acquire(streams.leases.clone(), &config.data_dir, streams.lease_ttl) => lease?,
+    };
+    let result = follow(&streams, &config, &lease, &mut shutdown).await;
+    lease.release().await;
+    result
+}
+
+/// Runs and restarts the verifier until shutdown or a fatal error.
+async fn follow(
+    streams: &Streams,
+    config: &VerifierConfig,
+    lease: &Lease,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<()> {
     let mut backoff = Duration::from_millis(200);
     let mut first = true;
     loop {
         let started = tokio::time::Instant::now();
-        match run_once(&streams, &config, &mut shutdown, first).await {
+        match run_once(streams, config, lease, shutdown, first).await {
             Ok(()) => {
                 tracing::info!("verifier stopped");
                 return Ok(());
@@ -99,7 +118,7 @@ pub async fn run(
                 }
                 tracing::error!(error = %e, retry_in = ?backoff, "verifier failed; recovering from the snapshot");
                 tokio::select! {
-                    _ = &mut shutdown => return Ok(()),
+                    _ = &mut *shutdown => return Ok(()),
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -112,6 +131,8 @@ pub async fn run(
 struct Verifier<'a> {
     /// Where the log, outcomes and buckets are.
     streams: &'a Streams,
+    /// Checked before each batch: only the lease holder decides.
+    lease: &'a Lease,
     /// `None` only while a blocking snapshot call has it.
     snapshot: Option<Snapshot>,
     /// The decision state, equal to the snapshot's after each batch.
@@ -143,11 +164,12 @@ impl From<Error> for Failure {
 async fn run_once(
     streams: &Streams,
     config: &VerifierConfig,
+    lease: &Lease,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
     first: bool,
 ) -> std::result::Result<(), Failure> {
     let started = async {
-        let v = Verifier::start(streams, config).await?;
+        let v = Verifier::start(streams, lease, config).await?;
         let consumer = align_consumer(streams, v.position.last_seq, config).await?;
         Ok::<_, Error>((v, consumer))
     };
@@ -249,6 +271,7 @@ impl Verifier<'_> {
         }
         let last_seq = batch.last_seq;
         if last_seq > self.position.last_seq {
+            self.lease.check()?;
             self.with_snapshot(move |s| s.commit(&batch)).await?;
             crash_point("after_commit");
             self.position.last_seq = last_seq;

@@ -8,6 +8,7 @@ use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsum
 use async_nats::jetstream::stream;
 use futures::StreamExt;
 
+use super::lease::Lease;
 use super::outcomes::{announce_sold_out, publish};
 use super::{blocking, Verifier, VerifierConfig};
 use crate::error::{Error, ErrorKind, Result};
@@ -20,6 +21,7 @@ impl<'a> Verifier<'a> {
     /// published exactly once.
     pub(super) async fn start(
         streams: &'a Streams,
+        lease: &'a Lease,
         config: &VerifierConfig,
     ) -> Result<Verifier<'a>> {
         let log = log_info(streams).await?;
@@ -52,6 +54,7 @@ impl<'a> Verifier<'a> {
         let last = position.last_seq;
         let mut v = Verifier {
             streams,
+            lease,
             snapshot: Some(snapshot),
             ledger,
             position,

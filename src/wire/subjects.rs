@@ -120,6 +120,11 @@ impl Subjects {
         format!("{}_BIDS", self.prefix.to_uppercase())
     }
 
+    /// KV bucket of leases: which verifier decides the log.
+    pub fn leases_bucket(&self) -> String {
+        format!("{}_LEASES", self.prefix.to_uppercase())
+    }
+
     /// A bid's key in the bids bucket.
     pub fn bid_key(auction_id: &str, bid_id: &str) -> String {
         format!("{auction_id}.{bid_id}")

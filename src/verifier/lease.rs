@@ -1,0 +1,213 @@
+//! One verifier at a time per log.
+//!
+//! Two verifiers folding the same log would each see part of it and could
+//! confirm more than N bids. So a verifier holds a lease: an entry in the
+//! leases bucket, whose `max_age` is the lease time, renewed with a
+//! compare-and-set well within it. The server ages out the entry of a
+//! verifier that died, and its successor then takes the lease. A verifier
+//! that cannot renew stops deciding before its lease can lapse, and one
+//! that finds its lease taken stops for good.
+//!
+//! A restart of the same verifier (same host, same data directory, which a
+//! file lock keeps to one process) takes its own lease over at once.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::kv::{self, CreateErrorKind, UpdateErrorKind};
+use tokio::time::Instant;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// The key of the verifier's lease in the leases bucket.
+const KEY: &str = "verifier";
+
+/// Holds the data directory for this process alone, until dropped.
+pub(super) struct DirLock {
+    /// Locked with an OS file lock, released by the OS even on `kill -9`.
+    _file: File,
+}
+
+impl DirLock {
+    pub(super) fn acquire(dir: &Path) -> Result<DirLock> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::with_source(ErrorKind::Config, e)
+                .context(format!("cannot create data directory {}", dir.display()))
+        })?;
+        let path = dir.join("allot.lock");
+        let file = File::create(&path).map_err(|e| {
+            Error::with_source(ErrorKind::Config, e).context(path.display().to_string())
+        })?;
+        match file.try_lock() {
+            Ok(()) => Ok(DirLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "data directory {} is in use by another allot process",
+                    dir.display()
+                ),
+            )),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(Error::with_source(ErrorKind::Config, e).context(path.display().to_string()))
+            }
+        }
+    }
+}
+
+/// A held lease, renewed in the background until released.
+pub(super) struct Lease {
+    bucket: kv::Store,
+    /// Who holds it: host and data directory.
+    owner: String,
+    /// How long an unrenewed lease lasts.
+    ttl: Duration,
+    state: Arc<Mutex<State>>,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+struct State {
+    /// Revision of our lease entry, for the next compare-and-set.
+    revision: u64,
+    /// Until when deciding is safe: well before the entry can age out.
+    valid_until: Instant,
+    /// Another verifier took the lease.
+    lost: bool,
+}
+
+impl Lease {
+    /// Takes the lease, waiting up to twice its time for a previous holder's
+    /// to lapse.
+    pub(super) async fn acquire(
+        bucket: kv::Store,
+        data_dir: &Path,
+        ttl: Duration,
+    ) -> Result<Lease> {
+        let owner = owner(data_dir);
+        let deadline = Instant::now() + ttl * 2;
+        let revision = loop {
+            match bucket.create(KEY, owner.clone().into()).await {
+                Ok(revision) => break revision,
+                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(Error::with_source(ErrorKind::Nats, e).context("verifier lease"))
+                }
+            }
+            let entry = bucket
+                .entry(KEY)
+                .await
+                .map_err(Error::wrap(ErrorKind::Nats, "verifier lease"))?;
+            if let Some(entry) = entry {
+                if entry.value == owner.as_bytes() {
+                    // Our own earlier run: take it over at once.
+                    match bucket
+                        .update(KEY, owner.clone().into(), entry.revision)
+                        .await
+                    {
+                        Ok(revision) => break revision,
+                        Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
+                        Err(e) => {
+                            return Err(
+                                Error::with_source(ErrorKind::Nats, e).context("verifier lease")
+                            )
+                        }
+                    }
+                }
+                let holder = String::from_utf8_lossy(&entry.value).to_string();
+                if Instant::now() >= deadline {
+                    return Err(Error::new(
+                        ErrorKind::Config,
+                        format!("another verifier holds the lease on this log ({holder}); run one verifier per prefix"),
+                    ));
+                }
+                tracing::warn!(
+                    holder,
+                    "another verifier holds the lease; waiting for it to lapse"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        let state = Arc::new(Mutex::new(State {
+            revision,
+            valid_until: Instant::now() + ttl / 2,
+            lost: false,
+        }));
+        let renewer = tokio::spawn(renew(bucket.clone(), owner.clone(), ttl, state.clone()));
+        tracing::info!(owner, "verifier lease taken");
+        Ok(Lease {
+            bucket,
+            owner,
+            ttl,
+            state,
+            renewer,
+        })
+    }
+
+    /// Ok while deciding is safe. A lost lease is an integrity error (stop
+    /// for good); an expired one a transient error (start over, which takes
+    /// the lease again).
+    pub(super) fn check(&self) -> Result<()> {
+        let state = self.state.lock().unwrap();
+        if state.lost {
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                "another verifier took the lease on this log; stopping",
+            ));
+        }
+        if Instant::now() >= state.valid_until {
+            return Err(Error::new(
+                ErrorKind::Nats,
+                format!("verifier lease not renewed within {:?}", self.ttl / 2),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Gives the lease up, so a successor need not wait for it to lapse.
+    pub(super) async fn release(self) {
+        self.renewer.abort();
+        let revision = self.state.lock().unwrap().revision;
+        if let Err(e) = self
+            .bucket
+            .delete_expect_revision(KEY, Some(revision))
+            .await
+        {
+            tracing::warn!(error = %e, owner = self.owner, "cannot release the verifier lease; it will lapse");
+        }
+    }
+}
+
+/// Renews the lease every third of its time.
+async fn renew(bucket: kv::Store, owner: String, ttl: Duration, state: Arc<Mutex<State>>) {
+    loop {
+        tokio::time::sleep(ttl / 3).await;
+        let revision = state.lock().unwrap().revision;
+        let started = Instant::now();
+        match bucket.update(KEY, owner.clone().into(), revision).await {
+            Ok(revision) => {
+                let mut state = state.lock().unwrap();
+                state.revision = revision;
+                state.valid_until = started + ttl / 2;
+            }
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+                tracing::error!("the verifier lease was taken by another verifier");
+                state.lock().unwrap().lost = true;
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot renew the verifier lease; retrying"),
+        }
+    }
+}
+
+/// Names this verifier: host and data directory.
+fn owner(data_dir: &Path) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    let dir = data_dir
+        .canonicalize()
+        .unwrap_or_else(|_| data_dir.to_path_buf());
+    format!("{host}:{}", dir.display())
+}
