@@ -31,6 +31,23 @@ pub enum SnapshotError {
     },
     #[error("snapshot {path} holds a decision that cannot be read ({what}); delete the file to rebuild it from the streams")]
     Corrupt { path: PathBuf, what: String },
+    #[error("snapshot {path} is damaged ({source}); stop allot, delete the file, and restart: the verifier rebuilds it from the streams")]
+    Damaged {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+}
+
+impl SnapshotError {
+    /// A SQLite error, told apart: a damaged file needs the operator.
+    fn sqlite(path: &Path, source: rusqlite::Error) -> SnapshotError {
+        use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+        let path = path.to_path_buf();
+        match source.sqlite_error_code() {
+            Some(NotADatabase | DatabaseCorrupt) => SnapshotError::Damaged { path, source },
+            _ => SnapshotError::Sqlite { path, source },
+        }
+    }
 }
 
 /// One decision as stored: the outcome and its exact published bytes.
@@ -94,10 +111,7 @@ impl Snapshot {
             source,
         })?;
         let path = dir.join(FILE_NAME);
-        let sql = |source| SnapshotError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let sql = |source| SnapshotError::sqlite(&path, source);
         let conn = Connection::open(&path).map_err(sql)?;
         let synchronous = match sync {
             Sync::Normal => "NORMAL",
@@ -129,10 +143,7 @@ impl Snapshot {
     }
 
     fn sql(&self, source: rusqlite::Error) -> SnapshotError {
-        SnapshotError::Sqlite {
-            path: self.path.clone(),
-            source,
-        }
+        SnapshotError::sqlite(&self.path, source)
     }
 
     fn meta(&self, key: &str) -> Result<Option<String>, SnapshotError> {

@@ -334,3 +334,46 @@ async fn a_second_verifier_waits_for_the_lease() {
     takeover.kill().unwrap();
     takeover.wait().unwrap();
 }
+
+/// A damaged snapshot file stops `allot serve` with an error that says what
+/// to do; doing it (deleting the file) rebuilds the snapshot with nothing
+/// published twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_snapshot_stops_serve_with_what_to_do() {
+    let mut h = Harness::start().await;
+    h.open("d", AuctionSpec::with_capacity(2)).await;
+    let accepted = place(&h, "d", 0..4).await;
+    h.wait_for_outcomes("d", accepted).await;
+    h.stop_service().await;
+    let files = h.snapshot_files();
+    std::fs::write(&files[0], vec![0x5a; 8192]).unwrap();
+    for file in &files[1..] {
+        let _ = std::fs::remove_file(file);
+    }
+
+    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_allot"))
+        .args(["serve", "--nats-url", h.server.url(), "--data-dir"])
+        .arg(h.data_dir())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = common::wait_exit(&mut serve, 20).await;
+    assert!(!status.success());
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(
+        log.contains("is damaged") && log.contains("delete the file"),
+        "{log}"
+    );
+
+    std::fs::remove_file(&files[0]).unwrap();
+    h.start_service().await;
+    // A new auction's bid is decided after the whole log before it, so its
+    // outcome shows the rebuild is done.
+    h.open("after", AuctionSpec::with_capacity(1)).await;
+    place(&h, "after", 0..1).await;
+    h.wait_for_outcomes("after", 1).await;
+    h.wait_until_decided().await;
+    assert_eq!(h.outcomes(Some("d")).await.len(), accepted);
+    assert_replay_matches_outcomes(&h).await;
+}
