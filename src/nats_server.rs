@@ -64,12 +64,10 @@ pub struct NatsServer {
     child: Option<Child>,
     /// Client URL, `nats://127.0.0.1:<port>`.
     url: String,
-    /// JetStream store and log; removed on drop unless kept by the caller.
+    /// JetStream store, ports file and log; removed on drop.
     dir: tempfile::TempDir,
-    /// The `nats-server` executable, kept for restarts.
+    /// The `nats-server` executable.
     binary: PathBuf,
-    /// Client port, kept so a restart listens where clients reconnect.
-    port: u16,
 }
 
 impl NatsServer {
@@ -87,19 +85,13 @@ impl NatsServer {
             url: String::new(),
             dir,
             binary,
-            port: 0,
         };
-        server.spawn(None)?;
+        server.spawn()?;
         Ok(server)
     }
 
     pub fn url(&self) -> &str {
         &self.url
-    }
-
-    /// The store directory, for tests that inspect or damage it.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 
     /// Kills the server (as a crash would) without removing its store.
@@ -110,13 +102,7 @@ impl NatsServer {
         }
     }
 
-    /// Starts the server again on the same port and store.
-    pub fn restart(&mut self) -> Result<()> {
-        self.kill();
-        self.spawn(Some(self.port))
-    }
-
-    fn spawn(&mut self, port: Option<u16>) -> Result<()> {
+    fn spawn(&mut self) -> Result<()> {
         let ports_dir = self.dir.path().join("ports");
         let _ = std::fs::remove_dir_all(&ports_dir);
         std::fs::create_dir_all(&ports_dir)
@@ -127,9 +113,8 @@ impl NatsServer {
             .append(true)
             .open(&log_path)
             .map_err(|e| Error::with_source(ErrorKind::NatsServer, e).context("log file"))?;
-        let port_arg = port.map_or("-1".to_string(), |p| p.to_string());
         let child = Command::new(&self.binary)
-            .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
+            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
             .arg(self.dir.path().join("store"))
             .arg("--ports_file_dir")
             .arg(&ports_dir)
@@ -146,7 +131,6 @@ impl NatsServer {
             })?;
         self.child = Some(child);
         let port = self.wait_for_port(&ports_dir, &log_path)?;
-        self.port = port;
         self.url = format!("nats://127.0.0.1:{port}");
         Ok(())
     }

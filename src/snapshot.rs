@@ -280,13 +280,6 @@ impl Snapshot {
         result.map_err(|e| self.sql(e))
     }
 
-    /// Number of decisions stored.
-    pub fn decision_count(&self) -> Result<u64, SnapshotError> {
-        self.conn
-            .query_row("SELECT COUNT(*) FROM decisions", [], |r| r.get(0))
-            .map_err(|e| self.sql(e))
-    }
-
     /// Decisions whose publication is not confirmed, in log order.
     pub fn unpublished(&self) -> Result<Vec<StoredOutcome>, SnapshotError> {
         let through = self.meta_u64("published_through")?;

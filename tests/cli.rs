@@ -173,15 +173,6 @@ async fn serve_exits_with_a_clear_error_when_it_cannot_start() {
     let h = Harness::server_only().await;
     let not_a_dir = h.data_dir().join("file");
     std::fs::write(&not_a_dir, b"").unwrap();
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_allot"))
-        .args(["serve", "--nats-url", h.server.url(), "--data-dir"])
-        .arg(&not_a_dir)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = common::wait_exit(&mut serve, 20).await;
-    assert!(!status.success());
-    let mut log = String::new();
-    std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut log).unwrap();
+    let log = common::serve_failure(&h, &not_a_dir, &[]).await;
     assert!(log.contains("cannot create data directory"), "{log}");
 }

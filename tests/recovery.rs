@@ -302,25 +302,11 @@ async fn a_second_verifier_waits_for_the_lease() {
     h.wait_for_outcomes("l", before).await;
 
     let other = tempfile::tempdir().unwrap();
-    let second = |dir: &std::path::Path| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_allot"))
-            .args(["serve", "--nats-url", h.server.url(), "--lease-secs", "2"])
-            .arg("--data-dir")
-            .arg(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let mut refused = second(other.path());
-    let status = common::wait_exit(&mut refused, 30).await;
-    assert!(!status.success());
-    let mut log = String::new();
-    std::io::Read::read_to_string(&mut refused.stderr.take().unwrap(), &mut log).unwrap();
+    let log = common::serve_failure(&h, other.path(), &["--lease-secs", "2"]).await;
     assert!(log.contains("another verifier holds the lease"), "{log}");
 
     // The first dies; the second takes over and rebuilds from the log.
-    let mut takeover = second(other.path());
+    let mut takeover = common::serve_process_in(&h, other.path(), &["--lease-secs", "2"], &[]);
     first.kill().unwrap();
     first.wait().unwrap();
     h.wait_until_serving().await;
@@ -351,16 +337,7 @@ async fn a_damaged_snapshot_stops_serve_with_what_to_do() {
         let _ = std::fs::remove_file(file);
     }
 
-    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_allot"))
-        .args(["serve", "--nats-url", h.server.url(), "--data-dir"])
-        .arg(h.data_dir())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = common::wait_exit(&mut serve, 20).await;
-    assert!(!status.success());
-    let mut log = String::new();
-    std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut log).unwrap();
+    let log = common::serve_failure(&h, h.data_dir(), &[]).await;
     assert!(
         log.contains("is damaged") && log.contains("delete the file"),
         "{log}"

@@ -305,18 +305,54 @@ impl Harness {
     }
 }
 
-/// Starts the real `allot serve` binary against the harness's server, with
-/// extra arguments and environment.
-pub fn serve_process(h: &Harness, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_allot"))
+/// The real `allot serve` binary against the harness's server, with a data
+/// directory, extra arguments and environment; stdout discarded.
+fn serve_command(
+    h: &Harness,
+    data_dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_allot"));
+    command
         .args(["serve", "--nats-url", h.server.url(), "--data-dir"])
-        .arg(h.data_dir())
+        .arg(data_dir)
         .args(args)
         .envs(env.iter().copied())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    command
+}
+
+/// Starts `allot serve` on the harness's data directory, stderr discarded.
+pub fn serve_process(h: &Harness, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    serve_process_in(h, h.data_dir(), args, env)
+}
+
+/// Starts `allot serve` on another data directory, stderr discarded.
+pub fn serve_process_in(
+    h: &Harness,
+    data_dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Child {
+    serve_command(h, data_dir, args, env)
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("allot serve starts")
+}
+
+/// Runs `allot serve` with `data_dir` and `args`, expects it to fail, and
+/// returns what it printed on stderr.
+pub async fn serve_failure(h: &Harness, data_dir: &Path, args: &[&str]) -> String {
+    let mut serve = serve_command(h, data_dir, args, &[])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("allot serve starts");
+    let status = wait_exit(&mut serve, 30).await;
+    assert!(!status.success(), "allot serve should fail");
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut log).unwrap();
+    log
 }
 
 /// Waits for a child process to exit, failing the test after `secs`.
