@@ -126,16 +126,30 @@ impl Ledger {
 
     /// Decides a try: first-come, first-N, re-checking every rule.
     pub fn decide(&mut self, t: &TryEvent) -> Step {
-        let Some(auction) = self.auctions.get_mut(&t.auction_id) else {
-            let seen = self.orphans.entry(t.auction_id.clone()).or_default();
-            if !seen.insert(t.bid_id.as_str().into()) {
+        let step = self.judge(t);
+        if let Step::Decided(verdict) = step {
+            self.record(&t.auction_id, &t.bid_id, &t.bidder_id, verdict);
+        }
+        step
+    }
+
+    /// What [`Ledger::decide`] would make of a try, without recording it.
+    /// The optimistic and locking strategies decide on a read of the
+    /// aggregate and record only what their append made durable.
+    pub fn judge(&self, t: &TryEvent) -> Step {
+        let Some(auction) = self.auctions.get(&t.auction_id) else {
+            let seen = self
+                .orphans
+                .get(&t.auction_id)
+                .is_some_and(|s| s.contains(t.bid_id.as_str()));
+            if seen {
                 return Step::Duplicate;
             }
             return Step::Decided(Verdict::Cancelled {
                 reason: CancelReason::UnknownAuction,
             });
         };
-        if !auction.decided.insert(t.bid_id.as_str().into()) {
+        if auction.decided.contains(t.bid_id.as_str()) {
             return Step::Duplicate;
         }
         let spec = &auction.spec;
@@ -151,13 +165,11 @@ impl Ledger {
         } else {
             None
         };
-        if let Some(reason) = reason {
-            return Step::Decided(Verdict::Cancelled { reason });
-        }
-        auction.confirmed += 1;
-        *auction.wins.entry(t.bidder_id.as_str().into()).or_insert(0) += 1;
-        Step::Decided(Verdict::Confirmed {
-            rank: auction.confirmed,
+        Step::Decided(match reason {
+            Some(reason) => Verdict::Cancelled { reason },
+            None => Verdict::Confirmed {
+                rank: auction.confirmed + 1,
+            },
         })
     }
 
@@ -186,9 +198,13 @@ impl Ledger {
         }
     }
 
-    /// Re-enters a decision read back from a snapshot, without deciding
-    /// again. Used when loading state from disk.
+    /// Re-enters a decision read back from a snapshot (or from an
+    /// aggregate's events), without deciding again.
     pub fn restore(&mut self, auction_id: &str, bid_id: &str, bidder_id: &str, verdict: Verdict) {
+        self.record(auction_id, bid_id, bidder_id, verdict);
+    }
+
+    fn record(&mut self, auction_id: &str, bid_id: &str, bidder_id: &str, verdict: Verdict) {
         let Some(auction) = self.auctions.get_mut(auction_id) else {
             self.orphans
                 .entry(auction_id.to_string())
