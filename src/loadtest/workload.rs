@@ -1,0 +1,195 @@
+//! The bidding workload: which bid goes where, derived from a seed so that
+//! every strategy in one run sees exactly the same bids in the same order.
+
+use serde::{Deserialize, Serialize};
+
+use crate::wire::{AuctionSpec, BidRequest};
+
+/// The knobs of a load test.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Workload {
+    /// Auctions to spread bids over.
+    pub auctions: u32,
+    /// Winning slots per auction.
+    pub capacity: u32,
+    /// Smallest amount that can win; amounts drawn are 1..=1000.
+    pub min_amount: u64,
+    /// Most slots one bidder may win per auction.
+    pub max_wins_per_bidder: u32,
+    /// Distinct bidders.
+    pub bidders: u32,
+    /// Bid requests to send (duplicates included); `None` with a duration.
+    pub requests: Option<u64>,
+    /// Send for this long instead of a count.
+    pub duration_secs: Option<f64>,
+    /// Requests in flight at once (closed loop), or at most (open loop).
+    pub concurrency: usize,
+    /// Open loop: requests per second, on a fixed schedule.
+    pub rate: Option<f64>,
+    /// Fraction of requests that resend an earlier, recent bid (same
+    /// `bid_id`, same content), as a client retrying would.
+    pub duplicates: f64,
+    /// Fraction of requests that go to the first auction (the hot one); the
+    /// rest spread uniformly over all of them.
+    pub hot: f64,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Prefix of this run's auction ids, so runs never share an auction.
+    pub run_id: String,
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Workload {
+            auctions: 10,
+            capacity: 100,
+            min_amount: 0,
+            max_wins_per_bidder: 1,
+            bidders: 10_000,
+            requests: Some(20_000),
+            duration_secs: None,
+            concurrency: 256,
+            rate: None,
+            duplicates: 0.01,
+            hot: 0.0,
+            seed: 1,
+            run_id: "lt".into(),
+        }
+    }
+}
+
+/// One bid request of the plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Planned {
+    /// Index of the bid: for a duplicate, the index of the bid it resends.
+    pub bid: u64,
+    /// True when this request resends an earlier bid.
+    pub duplicate: bool,
+    pub auction: u32,
+    pub bidder: u32,
+    pub amount: u64,
+}
+
+impl Workload {
+    /// The auction id of auction `i`.
+    pub fn auction_id(&self, i: u32) -> String {
+        format!("{}-a{i}", self.run_id)
+    }
+
+    /// The auction index of an auction id of this run.
+    pub fn auction_index(&self, auction_id: &str) -> Option<u32> {
+        auction_id
+            .strip_prefix(self.run_id.as_str())?
+            .strip_prefix("-a")?
+            .parse()
+            .ok()
+            .filter(|&i| i < self.auctions)
+    }
+
+    /// The rules every auction of the run is opened with.
+    pub fn spec(&self) -> AuctionSpec {
+        AuctionSpec {
+            capacity: self.capacity,
+            min_amount: self.min_amount,
+            closes_at: None,
+            max_wins_per_bidder: self.max_wins_per_bidder,
+        }
+    }
+
+    /// The `n`th request. Pure: the same `n` always gives the same request.
+    pub fn request(&self, n: u64) -> Planned {
+        let h = mix(self.seed, n);
+        if n > 0 && unit(h) < self.duplicates {
+            // Resend one of the last 64 bids: recent enough that it is
+            // often still in flight, which is the case that matters.
+            let back = 1 + mix(h, 1) % n.min(64);
+            let mut original = self.request(n - back);
+            original.duplicate = true;
+            return original;
+        }
+        let pick = mix(h, 2);
+        let auction = if unit(mix(h, 3)) < self.hot {
+            0
+        } else {
+            (pick % u64::from(self.auctions.max(1))) as u32
+        };
+        Planned {
+            bid: n,
+            duplicate: false,
+            auction,
+            bidder: (mix(h, 4) % u64::from(self.bidders.max(1))) as u32,
+            amount: 1 + mix(h, 5) % 1000,
+        }
+    }
+
+    /// The wire form of a planned request.
+    pub fn bid_request(&self, p: &Planned) -> BidRequest {
+        BidRequest {
+            bid_id: bid_id(p.bid),
+            bidder_id: format!("u{}", p.bidder),
+            amount: p.amount,
+        }
+    }
+}
+
+/// The bid id of bid `i`.
+pub fn bid_id(i: u64) -> String {
+    format!("b{i}")
+}
+
+/// The bid index of a bid id.
+pub fn bid_index(bid_id: &str) -> Option<u64> {
+    bid_id.strip_prefix('b')?.parse().ok()
+}
+
+/// splitmix64 of `a` and `b`: cheap, well mixed, no state.
+fn mix(a: u64, b: u64) -> u64 {
+    let mut z = a
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .wrapping_add(b)
+        .wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn unit(h: u64) -> f64 {
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_are_deterministic_and_follow_the_knobs() {
+        let w = Workload {
+            auctions: 10,
+            duplicates: 0.1,
+            hot: 0.5,
+            ..Workload::default()
+        };
+        let plan: Vec<_> = (0..10_000).map(|n| w.request(n)).collect();
+        assert_eq!(plan, (0..10_000).map(|n| w.request(n)).collect::<Vec<_>>());
+        let dups = plan.iter().filter(|p| p.duplicate).count();
+        assert!((800..1200).contains(&dups), "about 10% duplicates: {dups}");
+        for (n, p) in plan.iter().enumerate() {
+            if p.duplicate {
+                let original = &plan[p.bid as usize];
+                assert!(!original.duplicate && p.bid < n as u64);
+                assert_eq!(
+                    (original.auction, original.bidder, original.amount),
+                    (p.auction, p.bidder, p.amount)
+                );
+            }
+        }
+        let hot = plan.iter().filter(|p| p.auction == 0).count();
+        assert!(
+            (5000..6000).contains(&hot),
+            "half plus a tenth on the hot auction: {hot}"
+        );
+        assert_eq!(w.auction_index(&w.auction_id(7)), Some(7));
+        assert_eq!(w.auction_index("other-a1"), None);
+        assert_eq!(bid_index(&bid_id(42)), Some(42));
+    }
+}
