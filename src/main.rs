@@ -27,6 +27,8 @@ enum Command {
     Watch(cmd::watch::Args),
     /// Start a private NATS and the service, run a bidding burst, print a summary.
     Demo(cmd::demo::Args),
+    /// Drive a bidding workload, measure it, and check the invariants.
+    Loadtest(cmd::loadtest::Args),
 }
 
 #[tokio::main]
@@ -34,7 +36,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The demo prints its own summary; the service's logs would drown it.
     let default_filter = match cli.command {
-        Command::Demo(_) => "allot=warn,async_nats=error",
+        Command::Demo(_) | Command::Loadtest(_) => "allot=warn,async_nats=error",
         _ => "allot=info,async_nats=warn",
     };
     tracing_subscriber::fmt()
@@ -51,6 +53,7 @@ async fn main() -> std::process::ExitCode {
         Command::Bid(args) => cmd::bid::run(cli.common, args).await,
         Command::Watch(args) => cmd::watch::run(cli.common, args).await,
         Command::Demo(args) => cmd::demo::run(cli.common, args).await,
+        Command::Loadtest(args) => cmd::loadtest::run(cli.common, args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -8,11 +8,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
+use super::embedded::Embedded;
 use super::Common;
-use crate::client::{connect, AllotClient};
-use crate::nats_server::NatsServer;
-use crate::service::{self, Config};
-use crate::verifier::VerifierConfig;
+use crate::client::AllotClient;
 use crate::wire::{label, AuctionSpec, BidReply, BidRequest, OpenReply, OutcomeKind};
 
 #[derive(Debug, clap::Args)]
@@ -34,29 +32,9 @@ pub struct Args {
 const AUCTION: &str = "demo";
 
 pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
-    eprintln!("starting a private nats-server on 127.0.0.1 ...");
-    // Starting the server waits on the child process: keep that off the
-    // async threads.
-    let server = tokio::task::spawn_blocking(NatsServer::start).await??;
-    let data_dir = tempfile::Builder::new().prefix("allot-demo-").tempdir()?;
-    let config = Config {
-        nats_url: server.url().to_string(),
-        subjects: common.prefix.clone(),
-        verifier: VerifierConfig {
-            data_dir: data_dir.path().to_path_buf(),
-            ..VerifierConfig::default()
-        },
-        ..Config::default()
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let service = tokio::spawn(service::run(config, async {
-        let _ = stopped.await;
-    }));
-    let client = AllotClient::new(connect(server.url()).await?, common.prefix);
-    let result = burst(&client, &args).await;
-    let _ = stop.send(());
-    service.await??;
-    drop(server);
+    let embedded = Embedded::start(common.prefix).await?;
+    let result = burst(&embedded.client, &args).await;
+    embedded.stop().await?;
     let summary = result?;
     println!("{summary}");
     Ok(())

@@ -4,6 +4,8 @@
 pub mod auction;
 pub mod bid;
 pub mod demo;
+pub mod embedded;
+pub mod loadtest;
 pub mod serve;
 pub mod watch;
 

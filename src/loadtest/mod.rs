@@ -1,7 +1,21 @@
 //! `allot loadtest`: drives a bidding workload through one of three
-//! strategies, measures it, and checks the invariants.
+//! strategies (allot's TCC, optimistic concurrency, a lock), measures it,
+//! and checks the invariants on what came out.
+//!
+//! One run of one strategy: open the run's auctions, start reading the
+//! outcome stream, send the bids (closed loop: `concurrency` in flight;
+//! open loop: on a fixed schedule, latency counted from each bid's due
+//! time so that queueing is not hidden), wait until every accepted bid has
+//! its outcome and the stream has been read to its end, then check.
 
+mod baseline;
 pub mod check;
+mod engine;
 pub mod html;
+mod progress;
 pub mod report;
+mod run;
 pub mod workload;
+
+pub use engine::Strategy;
+pub use run::{run, Options, Outcome};

@@ -95,9 +95,9 @@ impl Aggregates {
         })
     }
 
-    /// The stream holding the aggregates.
-    pub fn stream(&self) -> &stream::Stream {
-        &self.stream
+    /// The name of the stream holding the aggregates.
+    pub fn stream_name(&self) -> String {
+        self.stream.cached_info().config.name.clone()
     }
 
     /// The wildcard subject of every aggregate.
