@@ -159,6 +159,9 @@ pub fn duration(us: u64) -> String {
     }
 }
 
+/// How one row of the table shows a report.
+type Cell = Box<dyn Fn(&Report) -> String>;
+
 /// The human-readable summary.
 fn table(outcome: &Outcome) -> String {
     let mut out = String::new();
@@ -196,7 +199,7 @@ fn table(outcome: &Outcome) -> String {
             duration(l.max_us)
         )
     };
-    let rows: Vec<(&str, Box<dyn Fn(&Report) -> String>)> = vec![
+    let rows: Vec<(&str, Cell)> = vec![
         (
             "bids/s replied",
             Box::new(|r| format!("{:.0}", r.replied_per_sec)),

@@ -43,8 +43,8 @@ pub enum Engine {
     /// Requests to a running allot gateway.
     Tcc(AllotClient),
     /// Handlers in this process, on this process's NATS connection.
-    Occ(Optimistic),
-    Lock(Locking),
+    Occ(Box<Optimistic>),
+    Lock(Box<Locking>),
 }
 
 impl Engine {
@@ -53,10 +53,12 @@ impl Engine {
         let subjects = &client.subjects;
         Ok(match strategy {
             Strategy::Tcc => Engine::Tcc(client.clone()),
-            Strategy::Occ => {
-                Engine::Occ(Optimistic::new(nats, subjects, Default::default()).await?)
-            }
-            Strategy::Lock => Engine::Lock(Locking::new(nats, subjects, Default::default()).await?),
+            Strategy::Occ => Engine::Occ(Box::new(
+                Optimistic::new(nats, subjects, Default::default()).await?,
+            )),
+            Strategy::Lock => Engine::Lock(Box::new(
+                Locking::new(nats, subjects, Default::default()).await?,
+            )),
         })
     }
 
