@@ -160,7 +160,7 @@ pub fn duration(us: u64) -> String {
 }
 
 /// How one row of the table shows a report.
-type Cell = Box<dyn Fn(&Report) -> String>;
+type Cell<'a> = Box<dyn Fn(&Report) -> String + 'a>;
 
 /// The human-readable summary.
 fn table(outcome: &Outcome) -> String {
@@ -199,7 +199,7 @@ fn table(outcome: &Outcome) -> String {
             duration(l.max_us)
         )
     };
-    let rows: Vec<(&str, Cell)> = vec![
+    let rows: Vec<(&str, Cell<'_>)> = vec![
         (
             "bids/s replied",
             Box::new(|r| format!("{:.0}", r.replied_per_sec)),
