@@ -21,6 +21,9 @@
 //!   [`snapshot`], publishes one outcome per try, recovers after a crash.
 //! - [`streams`]: the JetStream streams and buckets; [`service`] runs the
 //!   gateway and the verifier until shutdown.
+//! - [`loadtest`]: `allot loadtest`, the workload driver and its invariant
+//!   check; [`strategies`]: optimistic concurrency and locking over
+//!   event-sourced aggregates, the alternatives allot is measured against.
 //! - [`client`]: a typed client; [`nats_server`]: a private server for the
 //!   demo and tests; [`faults`]: crash points for fault tests; [`cmd`]: one
 //!   module per CLI command.
