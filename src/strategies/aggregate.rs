@@ -141,6 +141,29 @@ impl Aggregates {
         Ok(handle(&known, auction_id, bid, timestamp::now()))
     }
 
+    /// One read, decision and append: the reply, or `None` when another
+    /// writer appended to the aggregate between the read and the append.
+    pub async fn decide_and_append(
+        &self,
+        auction_id: &str,
+        bid: &BidRequest,
+    ) -> Result<Option<BidReply>> {
+        let (expected_seq, event) = match self.attempt(auction_id, bid).await? {
+            Attempt::Reply(reply) => return Ok(Some(reply)),
+            Attempt::Append {
+                expected_seq,
+                event,
+            } => (expected_seq, event),
+        };
+        let appended = self.append(auction_id, expected_seq, &event).await?;
+        Ok(appended.ok().map(|seq| BidReply::Accepted {
+            bid_id: bid.bid_id.clone(),
+            auction_id: auction_id.to_string(),
+            try_seq: seq,
+            duplicate: false,
+        }))
+    }
+
     /// Appends `event` if the aggregate's last event is still at
     /// `expected_seq`: `Ok(Err(()))` when another writer got there first.
     pub async fn append<T: serde::Serialize>(

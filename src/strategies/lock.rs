@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::kv::{self, Operation, UpdateErrorKind};
 use async_nats::jetstream::{self, stream::StorageType};
 
-use super::{backoff, Aggregates, Attempt, BidError, Counters};
+use super::{backoff, Aggregates, BidError, Counters};
 use crate::error::{Error, ErrorKind, Result};
 use crate::wire::{AuctionSpec, BidReply, BidRequest, Subjects};
 
@@ -107,27 +107,12 @@ impl Locking {
         auction_id: &str,
         bid: &BidRequest,
     ) -> std::result::Result<BidReply, BidError> {
-        let (expected_seq, event) = match self.aggregates.attempt(auction_id, bid).await? {
-            Attempt::Reply(reply) => return Ok(reply),
-            Attempt::Append {
-                expected_seq,
-                event,
-            } => (expected_seq, event),
-        };
-        // The expected sequence is the fence for a holder whose lock expired
-        // while it worked: its append fails rather than overwrite a decision.
-        match self
-            .aggregates
-            .append(auction_id, expected_seq, &event)
-            .await?
-        {
-            Ok(seq) => Ok(BidReply::Accepted {
-                bid_id: bid.bid_id.clone(),
-                auction_id: auction_id.to_string(),
-                try_seq: seq,
-                duplicate: false,
-            }),
-            Err(()) => {
+        // The expected sequence the append carries is the fence for a
+        // holder whose lock expired while it worked: its append fails rather
+        // than overwrite a decision.
+        match self.aggregates.decide_and_append(auction_id, bid).await? {
+            Some(reply) => Ok(reply),
+            None => {
                 Counters::add(&self.counters.conflicts);
                 Err(BidError::Exhausted {
                     auction_id: auction_id.to_string(),

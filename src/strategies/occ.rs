@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{backoff, Aggregates, Attempt, BidError, Counters};
+use super::{backoff, Aggregates, BidError, Counters};
 use crate::error::Result;
 use crate::wire::{AuctionSpec, BidReply, BidRequest, Subjects};
 
@@ -69,27 +69,9 @@ impl Optimistic {
                 );
                 tokio::time::sleep(pause).await;
             }
-            let (expected_seq, event) = match self.aggregates.attempt(auction_id, bid).await? {
-                Attempt::Reply(reply) => return Ok(reply),
-                Attempt::Append {
-                    expected_seq,
-                    event,
-                } => (expected_seq, event),
-            };
-            match self
-                .aggregates
-                .append(auction_id, expected_seq, &event)
-                .await?
-            {
-                Ok(seq) => {
-                    return Ok(BidReply::Accepted {
-                        bid_id: bid.bid_id.clone(),
-                        auction_id: auction_id.to_string(),
-                        try_seq: seq,
-                        duplicate: false,
-                    })
-                }
-                Err(()) => Counters::add(&self.counters.conflicts),
+            match self.aggregates.decide_and_append(auction_id, bid).await? {
+                Some(reply) => return Ok(reply),
+                None => Counters::add(&self.counters.conflicts),
             }
         }
         Counters::add(&self.counters.exhausted);
