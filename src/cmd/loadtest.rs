@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::embedded::Embedded;
 use super::Common;
-use crate::loadtest::report::{Latency, Report};
+use crate::loadtest::report::{micros_text as duration, Latency, Report};
 use crate::loadtest::workload::Workload;
 use crate::loadtest::{self, html, Options, Outcome, Strategy};
 
@@ -148,15 +148,6 @@ pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
         anyhow::bail!("invariant check failed");
     }
     Ok(())
-}
-
-/// Microseconds, readably.
-pub fn duration(us: u64) -> String {
-    match us {
-        0..1_000 => format!("{us} µs"),
-        1_000..1_000_000 => format!("{:.1} ms", us as f64 / 1e3),
-        _ => format!("{:.2} s", us as f64 / 1e6),
-    }
 }
 
 /// How one row of the table shows a report.

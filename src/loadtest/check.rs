@@ -46,9 +46,14 @@ pub struct Verdict {
 /// Most violations described in a verdict; the count has them all.
 const SHOWN: usize = 50;
 
-/// Checks every rule. `stray` counts outcomes for this run's auctions that
-/// name no bid the run sent.
-pub fn check(specs: &[AuctionSpec], bids: &[Option<BidFacts>], stray: u64) -> Verdict {
+/// Checks every rule. `bids` is indexed by bid number (`None` for a number
+/// never sent); `stray` counts outcomes for this run's auctions that name no
+/// bid the run sent.
+pub fn check<'a>(
+    specs: &[AuctionSpec],
+    bids: impl IntoIterator<Item = Option<&'a BidFacts>>,
+    stray: u64,
+) -> Verdict {
     let mut v = Verdict {
         auctions: specs.len() as u64,
         ..Verdict::default()
@@ -83,7 +88,7 @@ pub fn check(specs: &[AuctionSpec], bids: &[Option<BidFacts>], stray: u64) -> Ve
         })
         .collect();
 
-    for (i, facts) in bids.iter().enumerate() {
+    for (i, facts) in bids.into_iter().enumerate() {
         let Some(b) = facts else { continue };
         v.bids += 1;
         let id = format!("bid b{i} (auction {}, bidder u{})", b.auction, b.bidder);
@@ -233,7 +238,7 @@ mod tests {
     }
 
     fn broken(specs: &[AuctionSpec], bids: &[Option<BidFacts>], says: &str) {
-        let v = check(specs, bids, 0);
+        let v = check(specs, bids.iter().map(Option::as_ref), 0);
         assert!(!v.ok, "should fail with {says:?}");
         assert!(
             v.violations.iter().any(|m| m.contains(says)),
@@ -245,7 +250,7 @@ mod tests {
     #[test]
     fn a_sound_history_passes() {
         let (specs, bids) = good();
-        let v = check(&specs, &bids, 0);
+        let v = check(&specs, bids.iter().map(Option::as_ref), 0);
         assert!(v.ok, "{:?}", v.violations);
         assert_eq!((v.auctions, v.bids), (1, 4));
     }
@@ -299,7 +304,7 @@ mod tests {
         let (specs, mut bids) = good();
         bids[0].as_mut().unwrap().outcomes[0].matches_bid = false;
         broken(&specs, &bids, "another bidder or amount");
-        let v = check(&specs, &good().1, 3);
+        let v = check(&specs, good().1.iter().map(Option::as_ref), 3);
         assert!(!v.ok && v.violations[0].contains("3 outcomes name bids that were never sent"));
     }
 
@@ -307,11 +312,11 @@ mod tests {
     fn the_limit_counts_per_bidder_not_per_try() {
         // One bidder with three eligible tries fills one slot of two: sound.
         let specs = vec![AuctionSpec::with_capacity(2)];
-        let bids = vec![
+        let bids = [
             bid(7, vec![confirmed(1)]),
             bid(7, vec![cancelled(CancelReason::BidderLimit)]),
             bid(7, vec![cancelled(CancelReason::BidderLimit)]),
         ];
-        assert!(check(&specs, &bids, 0).ok);
+        assert!(check(&specs, bids.iter().map(Option::as_ref), 0).ok);
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::{self, Write};
 
-use super::report::{Latency, Report, Tick};
+use super::report::{micros_text, Latency, Report, Tick};
 use super::workload::Workload;
 
 const CSS: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}\
@@ -126,7 +126,7 @@ fn summary(o: &mut String, reports: &[Report]) -> fmt::Result {
             let cell = if l.count == 0 {
                 "–".into()
             } else {
-                us_text(us)
+                micros_text(us)
             };
             write!(o, "<td>{cell}</td>")?;
         }
@@ -170,7 +170,7 @@ fn section(o: &mut String, r: &Report) -> fmt::Result {
     }
     for (name, l) in [("Reply", &r.reply_latency), ("Outcome", &r.outcome_latency)] {
         if l.count > 0 {
-            let (mean, p90) = (us_text(l.mean_us.round() as u64), us_text(l.p90_us));
+            let (mean, p90) = (micros_text(l.mean_us.round() as u64), micros_text(l.p90_us));
             writeln!(
                 o,
                 "<p>{name} latency: {} samples, mean {mean}, p90 {p90}.</p>",
@@ -257,7 +257,7 @@ fn histogram(o: &mut String, reply: &Latency, outcome: &Latency) -> fmt::Result 
                  fill-opacity=\"0.5\"><title>≤ {}: {n}</title></rect>",
                 T + PH - h,
                 (x(b) - x0 - 1.0).max(0.5),
-                us_text(b as u64)
+                micros_text(b as u64)
             )?;
         }
     }
@@ -425,15 +425,6 @@ fn decade(d: u32) -> String {
         0..=2 => format!("{} µs", 10u64.pow(d)),
         3..=5 => format!("{} ms", 10u64.pow(d - 3)),
         _ => format!("{} s", 10u64.pow(d - 6)),
-    }
-}
-
-/// Microseconds for people: "850 µs", "12.3 ms", "1.20 s".
-fn us_text(us: u64) -> String {
-    match us {
-        0..=999 => format!("{us} µs"),
-        1_000..=999_999 => format!("{:.1} ms", us as f64 / 1e3),
-        _ => format!("{:.2} s", us as f64 / 1e6),
     }
 }
 
@@ -607,9 +598,9 @@ mod tests {
 
     #[test]
     fn latencies_and_rates_read_well() {
-        assert_eq!(us_text(850), "850 µs");
-        assert_eq!(us_text(12_345), "12.3 ms");
-        assert_eq!(us_text(1_200_000), "1.20 s");
+        assert_eq!(micros_text(850), "850 µs");
+        assert_eq!(micros_text(12_345), "12.3 ms");
+        assert_eq!(micros_text(1_200_000), "1.20 s");
         assert_eq!(
             (num(950.0), num(12.5), num(32_000.0), num(1_500_000.0)),
             ("950".into(), "12.5".into(), "32k".into(), "1.5M".into())

@@ -57,6 +57,15 @@ pub struct Report {
     pub invariants: Verdict,
 }
 
+/// Microseconds for people: "850 µs", "12.3 ms", "1.20 s".
+pub fn micros_text(us: u64) -> String {
+    match us {
+        0..=999 => format!("{us} µs"),
+        1_000..=999_999 => format!("{:.1} ms", us as f64 / 1e3),
+        _ => format!("{:.2} s", us as f64 / 1e6),
+    }
+}
+
 /// Latency percentiles, in microseconds.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Latency {

@@ -17,7 +17,7 @@ use super::workload::{bid_index, Workload};
 use super::{baseline, report::Baseline};
 use crate::client::AllotClient;
 use crate::error::{Error, ErrorKind, Result};
-use crate::wire::{label, timestamp, BidReply, OutcomeEvent};
+use crate::wire::{label, timestamp, BidReply, OutcomeEvent, RejectReason};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -101,6 +101,10 @@ struct Record {
     facts: BidFacts,
     /// When its first request was due.
     due: Instant,
+    /// Why it was rejected, if it was.
+    rejected: Option<RejectReason>,
+    /// What went wrong on its last unanswered request, while it has no
+    /// answer.
     error: Option<String>,
 }
 
@@ -325,6 +329,7 @@ fn register(shared: &Shared, n: u64, due: Instant) {
             ..BidFacts::default()
         },
         due,
+        rejected: None,
         error: None,
     });
 }
@@ -372,7 +377,8 @@ async fn send(engine: &Engine, shared: &Shared, n: u64, due: Instant, attempts: 
         }
         Ok(BidReply::Rejected { reason, .. }) => {
             record.facts.rejected = true;
-            record.error = Some(format!("rejected:{}", label(&reason)));
+            record.rejected = Some(reason);
+            record.error = None;
         }
         Ok(BidReply::Error { error, .. }) => {
             shared.errors.fetch_add(1, Ordering::Relaxed);
@@ -500,11 +506,10 @@ fn summarize(
         bids += 1;
         if r.facts.accepted {
             accepted += 1;
+        } else if let Some(reason) = &r.rejected {
+            *rejected.entry(label(reason)).or_insert(0) += 1;
         } else if let Some(e) = &r.error {
-            match e.strip_prefix("rejected:") {
-                Some(reason) => *rejected.entry(reason.to_string()).or_insert(0) += 1,
-                None => *errors.entry(e.clone()).or_insert(0) += 1,
-            }
+            *errors.entry(e.clone()).or_insert(0) += 1;
         }
         match r.facts.outcomes.first() {
             Some(o) if o.rank.is_some() => confirmed += 1,
@@ -512,13 +517,10 @@ fn summarize(
             None => {}
         }
     }
-    let facts: Vec<Option<BidFacts>> = records
-        .iter()
-        .map(|r| r.as_ref().map(|r| r.facts.clone()))
-        .collect();
-    drop(records);
     let specs = vec![w.spec(); w.auctions as usize];
-    let invariants = check::check(&specs, &facts, shared.stray.load(Ordering::Relaxed));
+    let facts = records.iter().map(|r| r.as_ref().map(|r| &r.facts));
+    let invariants = check::check(&specs, facts, shared.stray.load(Ordering::Relaxed));
+    drop(records);
 
     let decide_secs = shared.last_outcome_us.load(Ordering::Relaxed) as f64 / 1e6;
     let decided = shared.decided.load(Ordering::Relaxed);
