@@ -103,6 +103,9 @@ pub enum Sync {
     Full,
 }
 
+/// The snapshot's table layout; a file with another is rebuilt.
+const SCHEMA_VERSION: i64 = 2;
+
 impl Snapshot {
     /// Opens (or creates) the snapshot in `dir`.
     pub fn open(dir: &Path, sync: Sync) -> Result<Snapshot, SnapshotError> {
@@ -119,8 +122,29 @@ impl Snapshot {
         };
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = {synchronous};
-             CREATE TABLE IF NOT EXISTS meta (
+             PRAGMA synchronous = {synchronous};"
+        ))
+        .map_err(sql)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(sql)?;
+        if version != SCHEMA_VERSION {
+            // An older layout: start empty, and the verifier rebuilds the
+            // snapshot from the streams (as after a lost snapshot).
+            conn.execute_batch(
+                "DROP TABLE IF EXISTS meta;
+                 DROP TABLE IF EXISTS auctions;
+                 DROP TABLE IF EXISTS decisions;",
+            )
+            .map_err(sql)?;
+        }
+        // Decisions are keyed by their try's log sequence, so each batch
+        // appends to the end of the table: a few pages written per batch,
+        // where a key of (auction, bid) would rewrite a page per decision.
+        // A bid is decided once by construction (the core), so nothing
+        // needs looking up by bid here.
+        conn.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS meta (
                  key TEXT PRIMARY KEY,
                  value TEXT NOT NULL
              );
@@ -130,13 +154,12 @@ impl Snapshot {
                  event TEXT NOT NULL
              );
              CREATE TABLE IF NOT EXISTS decisions (
+                 try_seq INTEGER PRIMARY KEY,
                  auction_id TEXT NOT NULL,
                  bid_id TEXT NOT NULL,
-                 try_seq INTEGER NOT NULL,
-                 payload BLOB NOT NULL,
-                 PRIMARY KEY (auction_id, bid_id)
-             ) WITHOUT ROWID;
-             CREATE INDEX IF NOT EXISTS decisions_by_seq ON decisions (try_seq);"
+                 payload BLOB NOT NULL
+             );
+             PRAGMA user_version = {SCHEMA_VERSION};"
         ))
         .map_err(sql)?;
         Ok(Snapshot { conn, path })
@@ -309,4 +332,38 @@ fn verdict(o: &OutcomeEvent) -> Result<Verdict, SnapshotError> {
         path: PathBuf::new(),
         what: format!("confirmed outcome for bid {:?} has no rank", o.bid_id),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_in_an_older_layout_is_emptied_for_a_rebuild() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join(FILE_NAME)).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 INSERT INTO meta VALUES ('log_identity', 'ALLOT_TRIES@then'), ('last_seq', '42');
+                 CREATE TABLE decisions (
+                     auction_id TEXT NOT NULL, bid_id TEXT NOT NULL,
+                     try_seq INTEGER NOT NULL, payload BLOB NOT NULL,
+                     PRIMARY KEY (auction_id, bid_id)) WITHOUT ROWID;",
+            )
+            .unwrap();
+        }
+        let snapshot = Snapshot::open(dir.path(), Sync::Normal).unwrap();
+        assert_eq!(snapshot.log_identity().unwrap(), None);
+        assert_eq!(snapshot.position().unwrap().last_seq, 0);
+        // And the new layout stays: opening again keeps what is there.
+        let mut snapshot = snapshot;
+        snapshot.reset("ALLOT_TRIES@now").unwrap();
+        drop(snapshot);
+        let snapshot = Snapshot::open(dir.path(), Sync::Normal).unwrap();
+        assert_eq!(
+            snapshot.log_identity().unwrap().as_deref(),
+            Some("ALLOT_TRIES@now")
+        );
+    }
 }

@@ -6,8 +6,14 @@
 //! 2. commit the batch to the SQLite snapshot (decisions with their exact
 //!    outcome bytes, and the last applied sequence) in one transaction;
 //! 3. publish the outcomes, pipelined, each with its deterministic
-//!    `Nats-Msg-Id`, and wait for every ack;
-//! 4. record them as published, then ack the batch's tries.
+//!    `Nats-Msg-Id`;
+//! 4. once every ack is in, record them as published, then ack the
+//!    batch's tries.
+//!
+//! While one batch waits for its acks (step 4), the next ones are decided,
+//! committed and sent: up to [`PIPELINE_DEPTH`] batches are in flight, and
+//! they finish in log order, so the snapshot's record of what is published
+//! only ever moves forward.
 //!
 //! A crash anywhere leaves a state the next start repairs: decided but
 //! unpublished outcomes are published again (JetStream drops the copies it
@@ -21,7 +27,7 @@ mod lease;
 mod outcomes;
 mod recovery;
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,7 +43,7 @@ use crate::snapshot::{Batch, Position, Snapshot, StoredOutcome, Sync};
 use crate::streams::Streams;
 use crate::wire::{timestamp, LogEntry, LogEvent, OutcomeEvent, OutcomeKind};
 use lease::{DirLock, Lease};
-use outcomes::{announce_sold_out, publish};
+use outcomes::{announce_sold_out, send, Acks};
 use recovery::{align_consumer, Published};
 
 /// Default name of the verifier's durable consumer.
@@ -192,27 +198,83 @@ async fn run_once(
         .map_err(|e| Error::with_source(ErrorKind::Nats, e).context("verifier consumer"))?
         .ready_chunks(config.batch_size);
     tracing::info!(last_seq = v.position.last_seq, "verifier following the log");
+    // Batches whose outcomes are sent and not all acked yet, oldest first.
+    // Deciding the next batch while the last one's acks travel keeps both
+    // the verifier and the server busy; batches still finish in log order.
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     loop {
-        let chunk = tokio::select! {
+        let next = tokio::select! {
+            biased;
             _ = &mut *shutdown => return Ok(()),
-            chunk = messages.next() => chunk,
+            acked = oldest_acked(&mut in_flight) => Next::Acked(acked),
+            // Unconstrained: tokio's cooperative budget would otherwise end
+            // a chunk after about 128 messages, whatever the batch size.
+            chunk = tokio::task::unconstrained(messages.next()), if in_flight.len() < PIPELINE_DEPTH => Next::Chunk(chunk),
         };
-        let Some(chunk) = chunk else {
-            return Err(Error::new(ErrorKind::Nats, "verifier consumer ended").into());
-        };
-        let chunk = chunk
-            .into_iter()
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| Error::with_source(ErrorKind::Nats, e).context("verifier consumer"))?;
-        v.process(&chunk).await?;
+        match next {
+            Next::Acked(acked) => {
+                let batch = in_flight.pop_front().expect("an acked batch is in flight");
+                v.finish(batch, acked?).await?;
+            }
+            Next::Chunk(None) => {
+                return Err(Error::new(ErrorKind::Nats, "verifier consumer ended").into());
+            }
+            Next::Chunk(Some(chunk)) => {
+                let chunk = chunk
+                    .into_iter()
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| {
+                        Error::with_source(ErrorKind::Nats, e).context("verifier consumer")
+                    })?;
+                if let Some(batch) = v.process(chunk).await? {
+                    in_flight.push_back(batch);
+                }
+            }
+        }
     }
 }
 
+/// Most batches sent and not yet finished.
+const PIPELINE_DEPTH: usize = 4;
+
+/// What the verifier loop does next.
+enum Next<C> {
+    /// The oldest batch in flight has all its acks (or failed).
+    Acked(Result<u64>),
+    /// A chunk of the log arrived, or the consumer ended.
+    Chunk(Option<C>),
+}
+
+/// Waits for the oldest batch in flight; pending while there is none.
+async fn oldest_acked(in_flight: &mut VecDeque<InFlight>) -> Result<u64> {
+    match in_flight.front_mut() {
+        Some(batch) => (&mut batch.acks).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A batch decided, committed and sent, waiting for its outcome acks.
+struct InFlight {
+    /// The batch's last log sequence.
+    last_seq: u64,
+    /// The last delivery of the batch: acking it acks the whole batch.
+    last: Message,
+    /// The batch's decisions, for the sold-out notices.
+    decided: Vec<StoredOutcome>,
+    /// The first outcome found in the stream and not yet matched to a try,
+    /// as of this batch: the outcome-stream position to record must stay
+    /// below it even when later batches have matched it already.
+    first_unmatched: Option<u64>,
+    /// The outcomes' acks.
+    acks: Acks,
+}
+
 impl Verifier<'_> {
-    /// Decides, commits, publishes and acks one batch of the log.
-    async fn process(&mut self, chunk: &[Message]) -> Result<()> {
+    /// Decides and commits one batch of the log and sends its outcomes.
+    /// A batch with nothing new (all redelivered) is acked at once.
+    async fn process(&mut self, chunk: Vec<Message>) -> Result<Option<InFlight>> {
         let Some(last) = chunk.last() else {
-            return Ok(());
+            return Ok(None);
         };
         let mut batch = Batch {
             last_seq: self.position.last_seq,
@@ -222,7 +284,7 @@ impl Verifier<'_> {
         // need their bids-bucket entry and sold-out notice.
         let mut decided: Vec<StoredOutcome> = Vec::new();
         let mut reused: HashSet<(String, String)> = HashSet::new();
-        for message in chunk {
+        for message in &chunk {
             let info = message
                 .info()
                 .map_err(|e| Error::with_source(ErrorKind::Protocol, e))?;
@@ -270,25 +332,48 @@ impl Verifier<'_> {
             }
         }
         let last_seq = batch.last_seq;
-        if last_seq > self.position.last_seq {
-            self.lease.check()?;
-            self.with_snapshot(move |s| s.commit(&batch)).await?;
-            crash_point("after_commit");
-            self.position.last_seq = last_seq;
-            let acked = publish(self.streams, &decided, &reused).await?;
-            self.already_published.stored_through(acked);
-            let outcomes = decided.iter().map(|d| &d.outcome);
-            announce_sold_out(self.streams, &self.ledger, outcomes).await?;
-            crash_point("after_publish");
-            let outcomes_seq = self.already_published.safe_position();
-            self.with_snapshot(move |s| s.mark_published(last_seq, outcomes_seq))
-                .await?;
-            self.position.published_through = last_seq;
-            self.position.outcomes_seq = outcomes_seq;
-            crash_point("before_ack");
+        if last_seq <= self.position.last_seq {
+            // Acks every delivery up to and including this one.
+            last.ack()
+                .await
+                .map_err(|e| Error::with_source(ErrorKind::Nats, e).context("ack"))?;
+            return Ok(None);
         }
+        self.lease.check()?;
+        self.with_snapshot(move |s| s.commit(&batch)).await?;
+        crash_point("after_commit");
+        self.position.last_seq = last_seq;
+        let acks = send(self.streams, &decided, &reused).await?;
+        Ok(Some(InFlight {
+            last_seq,
+            last: chunk
+                .into_iter()
+                .next_back()
+                .expect("the chunk is not empty"),
+            decided,
+            first_unmatched: self.already_published.first_unmatched(),
+            acks,
+        }))
+    }
+
+    /// Completes a batch whose outcomes are all acked: sold-out notices,
+    /// the snapshot's record of what is published, then the ack of its tries.
+    async fn finish(&mut self, batch: InFlight, acked: u64) -> Result<()> {
+        self.already_published.stored_through(acked);
+        let outcomes = batch.decided.iter().map(|d| &d.outcome);
+        announce_sold_out(self.streams, &self.ledger, outcomes).await?;
+        crash_point("after_publish");
+        let last_seq = batch.last_seq;
+        let outcomes_seq = self.already_published.safe_position(batch.first_unmatched);
+        self.with_snapshot(move |s| s.mark_published(last_seq, outcomes_seq))
+            .await?;
+        self.position.published_through = last_seq;
+        self.position.outcomes_seq = outcomes_seq;
+        crash_point("before_ack");
         // Acks every delivery up to and including this one.
-        last.ack()
+        batch
+            .last
+            .ack()
             .await
             .map_err(|e| Error::with_source(ErrorKind::Nats, e).context("ack"))
     }

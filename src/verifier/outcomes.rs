@@ -2,7 +2,8 @@
 //! sold-out notices the gateways read.
 
 use std::collections::HashSet;
-use std::future::IntoFuture;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
 
 use async_nats::jetstream::message::PublishMessage;
 
@@ -12,15 +13,30 @@ use crate::snapshot::StoredOutcome;
 use crate::streams::Streams;
 use crate::wire::{AuctionView, OutcomeEvent};
 
+/// The acks of a batch of outcomes: the highest outcome-stream sequence
+/// acked once all are in.
+pub(super) type Acks = Pin<Box<dyn Future<Output = Result<u64>> + Send>>;
+
 /// Publishes outcomes and their entries in the bids bucket, pipelined,
-/// and waits for every ack. Outcomes in `published` are already in the
-/// outcome stream and only get their bids-bucket entry (a put of the same
-/// value is harmless). Returns the highest outcome-stream sequence acked.
+/// and waits for every ack. Returns the highest outcome-stream sequence
+/// acked.
 pub(super) async fn publish(
     streams: &Streams,
     outcomes: &[StoredOutcome],
     published: &HashSet<(String, String)>,
 ) -> Result<u64> {
+    send(streams, outcomes, published).await?.await
+}
+
+/// Sends outcomes and their entries in the bids bucket, in order, without
+/// waiting for their acks. Outcomes in `published` are already in the
+/// outcome stream and only get their bids-bucket entry (a put of the same
+/// value is harmless).
+pub(super) async fn send(
+    streams: &Streams,
+    outcomes: &[StoredOutcome],
+    published: &HashSet<(String, String)>,
+) -> Result<Acks> {
     let subjects = &streams.subjects;
     let nats = || Error::wrap(ErrorKind::Nats, "publish outcome");
     let mut outcome_acks = Vec::with_capacity(outcomes.len());
@@ -40,19 +56,21 @@ pub(super) async fn publish(
         let ack = streams.js.send_publish(subject, index).await;
         index_acks.push(ack.map_err(nats())?.into_future());
     }
-    let (outcome_acks, index_acks) = futures::future::join(
-        futures::future::join_all(outcome_acks),
-        futures::future::join_all(index_acks),
-    )
-    .await;
-    let mut last = 0;
-    for ack in outcome_acks {
-        last = last.max(ack.map_err(nats())?.sequence);
-    }
-    for ack in index_acks {
-        ack.map_err(nats())?;
-    }
-    Ok(last)
+    Ok(Box::pin(async move {
+        let (outcome_acks, index_acks) = futures::future::join(
+            futures::future::join_all(outcome_acks),
+            futures::future::join_all(index_acks),
+        )
+        .await;
+        let mut last = 0;
+        for ack in outcome_acks {
+            last = last.max(ack.map_err(nats())?.sequence);
+        }
+        for ack in index_acks {
+            ack.map_err(nats())?;
+        }
+        Ok(last)
+    }))
 }
 
 /// Tells the gateways which auctions these confirmations filled.

@@ -85,7 +85,7 @@ impl<'a> Verifier<'a> {
                 last + 1
             );
         }
-        let outcomes_seq = found.safe_position();
+        let outcomes_seq = found.safe_position(found.first_unmatched());
         v.with_snapshot(move |s| s.mark_published(last, outcomes_seq))
             .await?;
         v.position.published_through = last;
@@ -186,11 +186,18 @@ impl Published {
         self.high = self.high.max(seq);
     }
 
+    /// The first found outcome not yet matched to its try.
+    pub(super) fn first_unmatched(&self) -> Option<u64> {
+        self.unmatched.first().copied()
+    }
+
     /// The outcome-stream position that may be recorded: below every found
-    /// outcome not yet matched to its try, so that a restart in the middle
-    /// of a rebuild finds them again instead of publishing them twice.
-    pub(super) fn safe_position(&self) -> u64 {
-        match self.unmatched.first() {
+    /// outcome that was not matched to its try when the batch being
+    /// recorded was decided (`first_unmatched`, from [`Self::first_unmatched`]
+    /// then), so that a restart in the middle of a rebuild finds them again
+    /// instead of publishing them twice.
+    pub(super) fn safe_position(&self, first_unmatched: Option<u64>) -> u64 {
+        match first_unmatched {
             Some(first) => first - 1,
             None => self.high,
         }
