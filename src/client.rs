@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::nats_server::{parse_version, MIN_VERSION};
+use crate::streams::Streams;
 use crate::wire::{
     AuctionSpec, BidReply, BidRequest, OpenReply, OutcomeEvent, StatusReply, Subjects,
 };
@@ -101,22 +102,15 @@ impl AllotClient {
             .map_err(|e| Error::with_source(ErrorKind::Protocol, e).context(subject))
     }
 
-    /// A decided bid's outcome, from the bids bucket; `None` while undecided.
+    /// A decided bid's outcome, from the outcome stream; `None` while undecided.
     pub async fn outcome_of(&self, auction_id: &str, bid_id: &str) -> Result<Option<OutcomeEvent>> {
         let js = async_nats::jetstream::new(self.client.clone());
-        let bucket = self.subjects.bids_bucket();
-        let bids = js
-            .get_key_value(&bucket)
+        let name = self.subjects.outcomes_stream();
+        let stream = js
+            .get_stream(&name)
             .await
-            .map_err(Error::wrap(ErrorKind::Nats, bucket.clone()))?;
-        let value = bids
-            .get(Subjects::bid_key(auction_id, bid_id))
-            .await
-            .map_err(Error::wrap(ErrorKind::Nats, bucket))?;
-        value
-            .map(|v| serde_json::from_slice(&v))
-            .transpose()
-            .map_err(Error::wrap(ErrorKind::Protocol, "outcome event"))
+            .map_err(Error::wrap(ErrorKind::Nats, name))?;
+        Streams::outcome_of(&stream, &self.subjects, auction_id, bid_id).await
     }
 
     /// Outcome events as they are published, for one auction or all.

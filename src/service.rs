@@ -3,8 +3,10 @@
 
 use std::future::Future;
 
+use tokio::sync::watch;
+
 use crate::client::connect;
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::gateway::{self, GatewayConfig};
 use crate::streams::{StreamOptions, Streams};
 use crate::verifier::{self, VerifierConfig};
@@ -57,6 +59,7 @@ impl Default for Config {
 pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
     // The gateway watches the verifier's progress through its consumer.
     config.gateway.verifier_consumer = config.verifier.consumer.clone();
+    let role = config.role;
     let client = connect(&config.nats_url).await?;
     let js = async_nats::jetstream::new(client.clone());
     let streams = Streams::ensure(js, config.subjects.clone(), &config.streams).await?;
@@ -65,38 +68,44 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
     // One shutdown signal, seen by both halves. It fires on `shutdown`, or
     // when either half fails, so that the other half stops too and the
     // process exits with the error instead of running on half-alive.
-    let (stop, stopped) = tokio::sync::watch::channel(());
-    let signal = |mut rx: tokio::sync::watch::Receiver<()>| async move {
+    let (stop, stopped) = watch::channel(());
+    let signal = |mut rx: watch::Receiver<()>| async move {
         let _ = rx.changed().await;
     };
-    let stop_on_error = |result: Result<()>| {
-        if result.is_err() {
-            let _ = stop.send(());
-        }
-        result
+    // Each half runs as its own task, on its own connection: a connection
+    // is served by one task in the client, and the gateway's requests and
+    // the verifier's deliveries and acks then use both cores.
+    let gateway = {
+        let (client, streams) = (client.clone(), streams.clone());
+        let (config, stopped) = (config.gateway.clone(), stopped.clone());
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if role == Role::Verifier {
+                return Ok(());
+            }
+            let result = gateway::run(client, streams, config, signal(stopped)).await;
+            stop_on_error(&stop, result)
+        })
     };
-    let gateway = async {
-        if config.role == Role::Verifier {
-            return Ok(());
-        }
-        let gateway = gateway::run(
-            client.clone(),
-            streams.clone(),
-            config.gateway.clone(),
-            signal(stopped.clone()),
-        );
-        stop_on_error(gateway.await)
-    };
-    let verifier = async {
-        if config.role == Role::Gateway {
-            return Ok(());
-        }
-        let verifier = verifier::run(
-            streams.clone(),
-            config.verifier.clone(),
-            signal(stopped.clone()),
-        );
-        stop_on_error(verifier.await)
+    let verifier = {
+        let (stopped, stop) = (stopped.clone(), stop.clone());
+        let (url, subjects) = (config.nats_url.clone(), config.subjects.clone());
+        let (streams_config, config) = (config.streams.clone(), config.verifier.clone());
+        tokio::spawn(async move {
+            if role == Role::Gateway {
+                return Ok(());
+            }
+            let result = async {
+                let client = connect(&url).await?;
+                let js = async_nats::jetstream::new(client.clone());
+                let streams = Streams::ensure(js, subjects, &streams_config).await?;
+                let result = verifier::run(streams, config, signal(stopped)).await;
+                let flushed = client.flush().await;
+                result?;
+                flushed.map_err(|e| Error::with_source(ErrorKind::Nats, e))
+            };
+            stop_on_error(&stop, result.await)
+        })
     };
     let trigger = async {
         tokio::select! {
@@ -109,8 +118,22 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
     };
     let (_, gateway, verifier) = tokio::join!(trigger, gateway, verifier);
     let flushed = client.flush().await;
-    gateway?;
-    verifier?;
-    flushed.map_err(|e| crate::error::Error::with_source(crate::error::ErrorKind::Nats, e))?;
+    gateway.map_err(panicked)??;
+    verifier.map_err(panicked)??;
+    flushed.map_err(|e| Error::with_source(ErrorKind::Nats, e))?;
     Ok(())
+}
+
+/// Stops the other half when one fails, so that the process exits with
+/// the error instead of running on half-alive.
+fn stop_on_error(stop: &watch::Sender<()>, result: Result<()>) -> Result<()> {
+    if result.is_err() {
+        let _ = stop.send(());
+    }
+    result
+}
+
+/// A half that panicked: reported as an error of the service.
+fn panicked(e: tokio::task::JoinError) -> Error {
+    Error::new(ErrorKind::Setup, format!("service task failed: {e}"))
 }

@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::jetstream::{self, kv, stream};
 
 use crate::error::{Error, ErrorKind};
-use crate::wire::Subjects;
+use crate::wire::{OutcomeEvent, Subjects};
 
 /// How the streams are created. Existing streams are used as they are.
 #[derive(Clone, Debug)]
@@ -42,14 +43,12 @@ pub struct Streams {
     pub subjects: Subjects,
     /// The ordered log: `<prefix>.try.*` and `<prefix>.auction.*`.
     pub log: stream::Stream,
-    /// Outcome events: `<prefix>.outcome.*.*`.
+    /// Outcome events: `<prefix>.outcome.<auction_id>.<bid_id>.<kind>`.
+    /// Looked up by bid, it answers a resent bid after its auction filled
+    /// or closed, however long ago it was first sent.
     pub outcomes: stream::Stream,
     /// Auction id -> [`crate::wire::AuctionView`], written by the verifier.
     pub status: kv::Store,
-    /// `<auction_id>.<bid_id>` -> outcome event, written by the verifier
-    /// with each outcome: lets the gateway answer a resent bid after its
-    /// auction filled or closed, however long ago it was first sent.
-    pub bids: kv::Store,
     /// The verifier's lease; entries age out after `lease_ttl`.
     pub leases: kv::Store,
     /// How long an unrenewed lease lasts.
@@ -104,11 +103,6 @@ impl Streams {
             .create_or_update_key_value(bucket(name.clone(), "auction fill for fast rejects"))
             .await
             .map_err(Error::wrap(ErrorKind::Setup, name))?;
-        let name = subjects.bids_bucket();
-        let bids = js
-            .create_or_update_key_value(bucket(name.clone(), "the outcome of every decided bid"))
-            .await
-            .map_err(Error::wrap(ErrorKind::Setup, name))?;
         let name = subjects.leases_bucket();
         let leases = js
             .create_or_update_key_value(kv::Config {
@@ -123,22 +117,47 @@ impl Streams {
             log,
             outcomes,
             status,
-            bids,
             leases,
             lease_ttl: options.lease_ttl,
         })
     }
 
-    /// Number of messages stored on each subject matching `filter`, summed.
+    /// A decided bid's outcome event, from the outcome stream; `None`
+    /// while the bid is undecided (or unknown).
+    pub async fn outcome_of(
+        stream: &stream::Stream,
+        subjects: &Subjects,
+        auction_id: &str,
+        bid_id: &str,
+    ) -> Result<Option<OutcomeEvent>, Error> {
+        let subject = subjects.outcome_of(auction_id, bid_id);
+        match stream.direct_get_last_for_subject(subject).await {
+            Ok(stored) => serde_json::from_slice(&stored.payload)
+                .map(Some)
+                .map_err(Error::wrap(ErrorKind::Protocol, "outcome event")),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::with_source(ErrorKind::Nats, e).context("outcome lookup")),
+        }
+    }
+
+    /// Number of messages stored on the subjects matching `filter`. Counted
+    /// by the server, as a consumer's pending count, so that a filter
+    /// matching one subject per bid sends no list of subjects.
     pub async fn count(stream: &stream::Stream, filter: &str) -> Result<u64, Error> {
-        use futures::TryStreamExt;
-        let stream = stream.clone();
-        let info = stream
-            .info_with_subjects(filter)
+        let counting = || Error::wrap(ErrorKind::Nats, format!("counting {filter}"));
+        let consumer: jetstream::consumer::PullConsumer = stream
+            .create_consumer(jetstream::consumer::pull::Config {
+                filter_subject: filter.to_string(),
+                inactive_threshold: Duration::from_secs(5),
+                memory_storage: true,
+                ..Default::default()
+            })
             .await
-            .map_err(|e| Error::with_source(ErrorKind::Nats, e))?;
-        info.try_fold(0u64, |sum, (_, n)| async move { Ok(sum + n as u64) })
-            .await
-            .map_err(|e| Error::with_source(ErrorKind::Nats, e))
+            .map_err(counting())?;
+        let info = consumer.cached_info();
+        let (pending, name) = (info.num_pending, info.name.clone());
+        // Left alone, the server removes it after `inactive_threshold`.
+        let _ = stream.delete_consumer(&name).await;
+        Ok(pending)
     }
 }

@@ -201,8 +201,8 @@ async fn outcome_subjects_carry_each_kind_live_and_in_the_stream() {
     )
     .await;
     let nats = &h.client.client;
-    let mut confirmed = nats.subscribe("allot.outcome.w.confirmed").await.unwrap();
-    let mut cancelled = nats.subscribe("allot.outcome.w.cancelled").await.unwrap();
+    let mut confirmed = nats.subscribe("allot.outcome.w.*.confirmed").await.unwrap();
+    let mut cancelled = nats.subscribe("allot.outcome.w.*.cancelled").await.unwrap();
     nats.flush().await.unwrap();
 
     for (i, bidder) in ["u1", "u1", "u2", "u3"].iter().enumerate() {

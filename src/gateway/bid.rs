@@ -6,9 +6,10 @@ use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::Message;
 
 use super::{internal, Gateway};
+use crate::streams::Streams;
 use crate::wire::{
     decode_bid, timestamp, BidReply, BidRequest, ErrorCode, LogEvent, OutcomeEvent, RejectReason,
-    RequestError, Subjects, TryEvent,
+    RequestError, TryEvent,
 };
 
 impl Gateway {
@@ -49,8 +50,8 @@ impl Gateway {
         if let Some(reason) = blocked {
             // The bid may be a resend of one accepted before the auction
             // filled or closed: that one gets its original reply. Once the
-            // verifier has decided all of the auction's tries, the bids
-            // bucket knows every such bid. Until then the bid cannot be
+            // verifier has decided all of the auction's tries, the outcome
+            // stream holds every such bid. Until then the bid cannot be
             // proven new, and takes the normal path below: JetStream's
             // de-duplication and the verifier give it the right answer.
             let ticket = appending.ticket;
@@ -118,21 +119,20 @@ impl Gateway {
         }
     }
 
-    /// The outcome of a decided bid, from the bids bucket.
+    /// The outcome of a decided bid, from the outcome stream.
     pub(super) async fn decided(
         &self,
         auction_id: &str,
         bid_id: &str,
     ) -> Result<Option<OutcomeEvent>, RequestError> {
-        let key = Subjects::bid_key(auction_id, bid_id);
-        match self.streams.bids.get(key).await.map_err(internal)? {
-            Some(value) => serde_json::from_slice(&value).map(Some).map_err(internal),
-            None => Ok(None),
-        }
+        let streams = &self.streams;
+        Streams::outcome_of(&streams.outcomes, &streams.subjects, auction_id, bid_id)
+            .await
+            .map_err(internal)
     }
 
     /// True when the verifier has decided every try of this auction now in
-    /// the log, so that a bid id missing from the bids bucket is new. Waits
+    /// the log, so that a bid id with no outcome is new. Waits
     /// a little for the verifier to catch up; false if it does not.
     pub(super) async fn settled(&self, auction_id: &str) -> Result<bool, RequestError> {
         let subject = self.streams.subjects.try_event(auction_id);
@@ -141,8 +141,7 @@ impl Gateway {
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(true),
             Err(e) => return Err(internal(e)),
         };
-        // The verifier acks a try only after its outcome and bids-bucket
-        // entry are stored, so its ack floor tells what is decided.
+        // The verifier acks a try only after its outcome is stored, so its ack floor tells what is decided.
         for _ in 0..25 {
             match self
                 .view

@@ -1,5 +1,5 @@
-//! Publishing decisions: outcome events and bids-bucket entries, and the
-//! sold-out notices the gateways read.
+//! Publishing decisions: outcome events, and the sold-out notices the
+//! gateways read.
 
 use std::collections::HashSet;
 use std::future::{Future, IntoFuture};
@@ -17,8 +17,7 @@ use crate::wire::{AuctionView, OutcomeEvent};
 /// acked once all are in.
 pub(super) type Acks = Pin<Box<dyn Future<Output = Result<u64>> + Send>>;
 
-/// Publishes outcomes and their entries in the bids bucket, pipelined,
-/// and waits for every ack. Returns the highest outcome-stream sequence
+/// Publishes outcomes, pipelined, and waits for every ack. Returns the highest outcome-stream sequence
 /// acked.
 pub(super) async fn publish(
     streams: &Streams,
@@ -28,10 +27,8 @@ pub(super) async fn publish(
     send(streams, outcomes, published).await?.await
 }
 
-/// Sends outcomes and their entries in the bids bucket, in order, without
-/// waiting for their acks. Outcomes in `published` are already in the
-/// outcome stream and only get their bids-bucket entry (a put of the same
-/// value is harmless).
+/// Sends outcomes in order, without waiting for their acks. Outcomes in
+/// `published` are already in the outcome stream and are skipped.
 pub(super) async fn send(
     streams: &Streams,
     outcomes: &[StoredOutcome],
@@ -39,35 +36,23 @@ pub(super) async fn send(
 ) -> Result<Acks> {
     let subjects = &streams.subjects;
     let nats = || Error::wrap(ErrorKind::Nats, "publish outcome");
-    let mut outcome_acks = Vec::with_capacity(outcomes.len());
-    let mut index_acks = Vec::with_capacity(outcomes.len());
+    let mut acks = Vec::with_capacity(outcomes.len());
     for d in outcomes {
         let o = &d.outcome;
-        if !published.contains(&(o.auction_id.clone(), o.bid_id.clone())) {
-            let outcome = PublishMessage::build()
-                .message_id(OutcomeEvent::msg_id(&o.auction_id, &o.bid_id))
-                .payload(d.payload.clone());
-            let subject = subjects.outcome(&o.auction_id, o.kind);
-            let ack = streams.js.send_publish(subject, outcome).await;
-            outcome_acks.push(ack.map_err(nats())?.into_future());
+        if published.contains(&(o.auction_id.clone(), o.bid_id.clone())) {
+            continue;
         }
-        let index = PublishMessage::build().payload(d.payload.clone());
-        let subject = subjects.bid_index_subject(&o.auction_id, &o.bid_id);
-        let ack = streams.js.send_publish(subject, index).await;
-        index_acks.push(ack.map_err(nats())?.into_future());
+        let outcome = PublishMessage::build()
+            .message_id(OutcomeEvent::msg_id(&o.auction_id, &o.bid_id))
+            .payload(d.payload.clone());
+        let subject = subjects.outcome(&o.auction_id, &o.bid_id, o.kind);
+        let ack = streams.js.send_publish(subject, outcome).await;
+        acks.push(ack.map_err(nats())?.into_future());
     }
     Ok(Box::pin(async move {
-        let (outcome_acks, index_acks) = futures::future::join(
-            futures::future::join_all(outcome_acks),
-            futures::future::join_all(index_acks),
-        )
-        .await;
         let mut last = 0;
-        for ack in outcome_acks {
+        for ack in futures::future::join_all(acks).await {
             last = last.max(ack.map_err(nats())?.sequence);
-        }
-        for ack in index_acks {
-            ack.map_err(nats())?;
         }
         Ok(last)
     }))

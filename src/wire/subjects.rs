@@ -61,14 +61,26 @@ impl Subjects {
         format!("{}.auction.{auction_id}", self.prefix)
     }
 
-    /// One outcome subject: `<prefix>.outcome.<auction_id>.confirmed|cancelled`.
-    pub fn outcome(&self, auction_id: &str, kind: OutcomeKind) -> String {
-        format!("{}.outcome.{auction_id}.{}", self.prefix, kind.as_str())
+    /// One bid's outcome subject:
+    /// `<prefix>.outcome.<auction_id>.<bid_id>.confirmed|cancelled`. The bid
+    /// id in the subject lets a bidder listen for its own bid alone, and
+    /// makes the outcome stream its own index by bid.
+    pub fn outcome(&self, auction_id: &str, bid_id: &str, kind: OutcomeKind) -> String {
+        format!(
+            "{}.outcome.{auction_id}.{bid_id}.{}",
+            self.prefix,
+            kind.as_str()
+        )
+    }
+
+    /// Whichever outcome one bid has: `<prefix>.outcome.<auction_id>.<bid_id>.*`.
+    pub fn outcome_of(&self, auction_id: &str, bid_id: &str) -> String {
+        format!("{}.outcome.{auction_id}.{bid_id}.*", self.prefix)
     }
 
     /// Every outcome of one auction, or of all auctions.
     pub fn outcomes(&self, auction_id: Option<&str>) -> String {
-        format!("{}.outcome.{}.*", self.prefix, auction_id.unwrap_or("*"))
+        format!("{}.outcome.{}.*.*", self.prefix, auction_id.unwrap_or("*"))
     }
 
     /// The wildcard a request handler listens on, for one request kind
@@ -114,29 +126,9 @@ impl Subjects {
         format!("{}_STATUS", self.prefix.to_uppercase())
     }
 
-    /// KV bucket indexing every decided bid: key `<auction_id>.<bid_id>`,
-    /// value the bid's outcome event.
-    pub fn bids_bucket(&self) -> String {
-        format!("{}_BIDS", self.prefix.to_uppercase())
-    }
-
     /// KV bucket of leases: which verifier decides the log.
     pub fn leases_bucket(&self) -> String {
         format!("{}_LEASES", self.prefix.to_uppercase())
-    }
-
-    /// A bid's key in the bids bucket.
-    pub fn bid_key(auction_id: &str, bid_id: &str) -> String {
-        format!("{auction_id}.{bid_id}")
-    }
-
-    /// The subject a bids-bucket entry is written on.
-    pub fn bid_index_subject(&self, auction_id: &str, bid_id: &str) -> String {
-        format!(
-            "$KV.{}.{}",
-            self.bids_bucket(),
-            Subjects::bid_key(auction_id, bid_id)
-        )
     }
 
     /// Every subject the log stream captures.
