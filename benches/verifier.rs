@@ -49,14 +49,14 @@ fn decide(c: &mut Criterion) {
         b.iter_batched(
             || {
                 let mut ledger = Ledger::new();
-                for open in &opens {
-                    ledger.apply(open);
+                for (open, seq) in opens.iter().zip(1..) {
+                    ledger.apply(open, seq);
                 }
                 ledger
             },
             |mut ledger| {
-                for t in &tries {
-                    black_box(ledger.apply(black_box(t)));
+                for (t, seq) in tries.iter().zip(AUCTIONS + 1..) {
+                    black_box(ledger.apply(black_box(t), seq));
                 }
                 ledger
             },

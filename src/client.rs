@@ -11,7 +11,6 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::nats_server::{parse_version, MIN_VERSION};
-use crate::streams::Streams;
 use crate::wire::{
     AuctionSpec, BidReply, BidRequest, OpenReply, OutcomeEvent, StatusReply, Subjects,
 };
@@ -100,17 +99,6 @@ impl AllotClient {
         })?;
         serde_json::from_slice(&reply.payload)
             .map_err(|e| Error::with_source(ErrorKind::Protocol, e).context(subject))
-    }
-
-    /// A decided bid's outcome, from the outcome stream; `None` while undecided.
-    pub async fn outcome_of(&self, auction_id: &str, bid_id: &str) -> Result<Option<OutcomeEvent>> {
-        let js = async_nats::jetstream::new(self.client.clone());
-        let name = self.subjects.outcomes_stream();
-        let stream = js
-            .get_stream(&name)
-            .await
-            .map_err(Error::wrap(ErrorKind::Nats, name))?;
-        Streams::outcome_of(&stream, &self.subjects, auction_id, bid_id).await
     }
 
     /// Outcome events as they are published, for one auction or all.

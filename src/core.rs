@@ -6,7 +6,7 @@
 //! every decision exactly. The verifier wraps this with NATS and SQLite; the
 //! tests and any audit can run it bare.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use crate::wire::{
     AuctionSpec, CancelReason, LogEntry, LogEvent, OpenEvent, OutcomeEvent, OutcomeKind, TryEvent,
@@ -54,6 +54,10 @@ pub enum Step {
 }
 
 /// One auction's state: only what future decisions need.
+/// Bid ids decided in an auction, each with the log sequence of the try
+/// that decided it (what a resent bid is answered with).
+type Decided = HashMap<Box<str>, u64>;
+
 #[derive(Clone, Debug)]
 struct Auction {
     /// The rules, from the auction's `open` event.
@@ -64,7 +68,7 @@ struct Auction {
     wins: HashMap<Box<str>, u32>,
     /// Every bid id decided in this auction, so that a late duplicate try
     /// never gets a second outcome.
-    decided: HashSet<Box<str>>,
+    decided: Decided,
 }
 
 /// The state of every auction, built by folding the log.
@@ -74,7 +78,7 @@ pub struct Ledger {
     auctions: HashMap<String, Auction>,
     /// Tries for auctions that were never opened. They are decided
     /// (cancelled) once each too.
-    orphans: HashMap<String, HashSet<Box<str>>>,
+    orphans: HashMap<String, Decided>,
 }
 
 /// A read-only view of one auction, for status and fast rejects.
@@ -97,11 +101,11 @@ impl Ledger {
         Ledger::default()
     }
 
-    /// Applies the next event of the log.
-    pub fn apply(&mut self, event: &LogEvent) -> Step {
+    /// Applies the next event of the log, at log sequence `seq`.
+    pub fn apply(&mut self, event: &LogEvent, seq: u64) -> Step {
         match event {
             LogEvent::Open(open) => self.open(open),
-            LogEvent::Try(t) => self.decide(t),
+            LogEvent::Try(t) => self.decide(t, seq),
         }
     }
 
@@ -124,11 +128,12 @@ impl Ledger {
         Step::Opened
     }
 
-    /// Decides a try: first-come, first-N, re-checking every rule.
-    pub fn decide(&mut self, t: &TryEvent) -> Step {
+    /// Decides a try at log sequence `seq`: first-come, first-N,
+    /// re-checking every rule.
+    pub fn decide(&mut self, t: &TryEvent, seq: u64) -> Step {
         let step = self.judge(t);
         if let Step::Decided(verdict) = step {
-            self.record(&t.auction_id, &t.bid_id, &t.bidder_id, verdict);
+            self.record(&t.auction_id, &t.bid_id, &t.bidder_id, verdict, seq);
         }
         step
     }
@@ -141,7 +146,7 @@ impl Ledger {
             let seen = self
                 .orphans
                 .get(&t.auction_id)
-                .is_some_and(|s| s.contains(t.bid_id.as_str()));
+                .is_some_and(|s| s.contains_key(t.bid_id.as_str()));
             if seen {
                 return Step::Duplicate;
             }
@@ -149,7 +154,7 @@ impl Ledger {
                 reason: CancelReason::UnknownAuction,
             });
         };
-        if auction.decided.contains(t.bid_id.as_str()) {
+        if auction.decided.contains_key(t.bid_id.as_str()) {
             return Step::Duplicate;
         }
         let spec = &auction.spec;
@@ -175,44 +180,68 @@ impl Ledger {
 
     /// Decides an unreadable try that names its bid: cancelled
     /// (`invalid_event`), once per bid like any try.
-    pub fn invalid(&mut self, t: &TryEvent) -> Step {
+    pub fn invalid(&mut self, t: &TryEvent, seq: u64) -> Step {
         let decided = match self.auctions.get_mut(&t.auction_id) {
             Some(auction) => &mut auction.decided,
             None => self.orphans.entry(t.auction_id.clone()).or_default(),
         };
-        if !decided.insert(t.bid_id.as_str().into()) {
+        if decided.contains_key(t.bid_id.as_str()) {
             return Step::Duplicate;
         }
+        decided.insert(t.bid_id.as_str().into(), seq);
         Step::Decided(Verdict::Cancelled {
             reason: CancelReason::InvalidEvent,
         })
     }
 
-    /// Applies a log entry as the verifier reads it; `None` for an entry
-    /// with nothing to decide.
-    pub fn apply_entry(&mut self, entry: &LogEntry) -> Option<Step> {
+    /// Applies a log entry at log sequence `seq` as the verifier reads it;
+    /// `None` for an entry with nothing to decide.
+    pub fn apply_entry(&mut self, entry: &LogEntry, seq: u64) -> Option<Step> {
         match entry {
-            LogEntry::Event(event) => Some(self.apply(event)),
-            LogEntry::InvalidTry(t) => Some(self.invalid(t)),
+            LogEntry::Event(event) => Some(self.apply(event, seq)),
+            LogEntry::InvalidTry(t) => Some(self.invalid(t, seq)),
             LogEntry::Unreadable(_) => None,
         }
     }
 
-    /// Re-enters a decision read back from a snapshot (or from an
-    /// aggregate's events), without deciding again.
-    pub fn restore(&mut self, auction_id: &str, bid_id: &str, bidder_id: &str, verdict: Verdict) {
-        self.record(auction_id, bid_id, bidder_id, verdict);
+    /// Re-enters a decision of the try at `seq`, read back from a snapshot
+    /// (or from an aggregate's events), without deciding again.
+    pub fn restore(
+        &mut self,
+        auction_id: &str,
+        bid_id: &str,
+        bidder_id: &str,
+        verdict: Verdict,
+        seq: u64,
+    ) {
+        self.record(auction_id, bid_id, bidder_id, verdict, seq);
     }
 
-    fn record(&mut self, auction_id: &str, bid_id: &str, bidder_id: &str, verdict: Verdict) {
+    /// The sequence of the try that decided a bid, if it is decided.
+    pub fn decided_try(&self, auction_id: &str, bid_id: &str) -> Option<u64> {
+        let decided = match self.auctions.get(auction_id) {
+            Some(auction) => &auction.decided,
+            None => self.orphans.get(auction_id)?,
+        };
+        decided.get(bid_id).copied()
+    }
+
+    fn record(
+        &mut self,
+        auction_id: &str,
+        bid_id: &str,
+        bidder_id: &str,
+        verdict: Verdict,
+        seq: u64,
+    ) {
         let Some(auction) = self.auctions.get_mut(auction_id) else {
             self.orphans
                 .entry(auction_id.to_string())
                 .or_default()
-                .insert(bid_id.into());
+                .insert(bid_id.into(), seq);
             return;
         };
-        auction.decided.insert(bid_id.into());
+        auction.decided.insert(bid_id.into(), seq);
         if let Verdict::Confirmed { rank } = verdict {
             auction.confirmed = auction.confirmed.max(rank);
             *auction.wins.entry(bidder_id.into()).or_insert(0) += 1;
@@ -238,6 +267,7 @@ mod tests {
     use super::*;
     use chrono::{DateTime, Duration, TimeZone, Utc};
     use proptest::prelude::*;
+    use std::collections::HashSet;
 
     fn t0() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap()
@@ -272,7 +302,11 @@ mod tests {
     /// Applies each event in order and checks the step it gives.
     fn check(ledger: &mut Ledger, script: &[(LogEvent, Step)]) {
         for (i, (event, expected)) in script.iter().enumerate() {
-            assert_eq!(ledger.apply(event), *expected, "event {i}: {event:?}");
+            assert_eq!(
+                ledger.apply(event, i as u64 + 1),
+                *expected,
+                "event {i}: {event:?}"
+            );
         }
     }
 
@@ -335,16 +369,20 @@ mod tests {
     #[test]
     fn duplicates_and_second_opens_change_nothing() {
         let mut l = Ledger::new();
-        l.apply(&open("a", AuctionSpec::with_capacity(1)));
+        l.apply(&open("a", AuctionSpec::with_capacity(1)), 1);
         assert_eq!(
-            l.apply(&open("a", AuctionSpec::with_capacity(9))),
+            l.apply(&open("a", AuctionSpec::with_capacity(9)), 2),
             Step::OpenIgnored
         );
-        l.apply(&try_("a", "b1", "u1", 1, 1));
-        assert_eq!(l.apply(&try_("a", "b1", "u1", 1, 2)), Step::Duplicate);
-        l.apply(&try_("x", "b1", "u1", 1, 1));
-        assert_eq!(l.apply(&try_("x", "b1", "u1", 1, 1)), Step::Duplicate);
+        l.apply(&try_("a", "b1", "u1", 1, 1), 3);
+        assert_eq!(l.apply(&try_("a", "b1", "u1", 1, 2), 4), Step::Duplicate);
+        l.apply(&try_("x", "b1", "u1", 1, 1), 5);
+        assert_eq!(l.apply(&try_("x", "b1", "u1", 1, 1), 6), Step::Duplicate);
         assert_eq!(l.spec("a").unwrap().capacity, 1);
+        // A bid is known by the try that decided it, not by later copies.
+        assert_eq!(l.decided_try("a", "b1"), Some(3));
+        assert_eq!(l.decided_try("x", "b1"), Some(5));
+        assert_eq!(l.decided_try("a", "b2"), None);
     }
 
     /// A random log: a few auctions (some never opened), bidders, bids,
@@ -430,7 +468,10 @@ mod tests {
 
     fn run(log: &[LogEvent]) -> Vec<Step> {
         let mut l = Ledger::new();
-        log.iter().map(|e| l.apply(e)).collect()
+        log.iter()
+            .zip(1..)
+            .map(|(e, seq)| l.apply(e, seq))
+            .collect()
     }
 
     proptest! {
@@ -487,17 +528,32 @@ mod tests {
             // Rebuild the state at `cut` the way a snapshot load does, then
             // go on with the rest of the log.
             let mut restored = Ledger::new();
-            for (event, step) in log[..cut].iter().zip(&full) {
+            for ((event, step), seq) in log[..cut].iter().zip(&full).zip(1..) {
                 match (event, step) {
                     (LogEvent::Open(o), _) => { restored.open(o); }
                     (LogEvent::Try(t), Step::Decided(v)) => {
-                        restored.restore(&t.auction_id, &t.bid_id, &t.bidder_id, *v)
+                        restored.restore(&t.auction_id, &t.bid_id, &t.bidder_id, *v, seq)
                     }
                     _ => {}
                 }
             }
-            let rest: Vec<Step> = log[cut..].iter().map(|e| restored.apply(e)).collect();
+            let rest: Vec<Step> = log[cut..]
+                .iter()
+                .zip(cut as u64 + 1..)
+                .map(|(e, seq)| restored.apply(e, seq))
+                .collect();
             prop_assert_eq!(&rest[..], &full[cut..]);
+            // And both know each bid by the same deciding try.
+            let mut original = Ledger::new();
+            for (e, seq) in log.iter().zip(1..) {
+                original.apply(e, seq);
+            }
+            for t in log.iter().filter_map(|e| match e { LogEvent::Try(t) => Some(t), _ => None }) {
+                prop_assert_eq!(
+                    restored.decided_try(&t.auction_id, &t.bid_id),
+                    original.decided_try(&t.auction_id, &t.bid_id)
+                );
+            }
         }
     }
 }

@@ -5,11 +5,11 @@
 //!
 //! ```text
 //! bidder ──allot.bid.<a>──► gateway ──allot.try.<a>──► ALLOT_TRIES ──► verifier ──► ALLOT_OUTCOMES
-//!                           gateway/                   (the log)       verifier/    allot.outcome.<a>.<bid>.confirmed
-//!                           fast rejects                               core.rs      allot.outcome.<a>.<bid>.cancelled
-//!                             ▲                                        snapshot.rs        │
-//!                             └── ALLOT_STATUS (fill) ◄────────────────────┘              │
-//!                             └── a resent bid's outcome, looked up by bid ◄──────────────┘
+//!                           gateway/                   (the log)       verifier/    allot.outcome.<a>.confirmed
+//!                           fast rejects                               core.rs      allot.outcome.<a>.cancelled
+//!                             ▲                                        snapshot.rs
+//!                             ├── ALLOT_STATUS (fill) ◄────────────────────┤
+//!                             └── allot.verifier.decided.<a> (resends) ◄───┘
 //! ```
 //!
 //! - [`wire`]: subjects, JSON messages, request decoding and reading log

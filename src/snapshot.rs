@@ -239,7 +239,7 @@ impl Snapshot {
                 ledger.open(&open);
             }
             let o: OutcomeEvent = serde_json::from_slice(&payload).map_err(|e| self.corrupt(e))?;
-            ledger.restore(&o.auction_id, &o.bid_id, &o.bidder_id, verdict(&o)?);
+            ledger.restore(&o.auction_id, &o.bid_id, &o.bidder_id, verdict(&o)?, seq);
         }
         for (_, open) in opens {
             ledger.open(&open);

@@ -4,11 +4,10 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::jetstream::{self, kv, stream};
 
 use crate::error::{Error, ErrorKind};
-use crate::wire::{OutcomeEvent, Subjects};
+use crate::wire::Subjects;
 
 /// How the streams are created. Existing streams are used as they are.
 #[derive(Clone, Debug)]
@@ -43,9 +42,7 @@ pub struct Streams {
     pub subjects: Subjects,
     /// The ordered log: `<prefix>.try.*` and `<prefix>.auction.*`.
     pub log: stream::Stream,
-    /// Outcome events: `<prefix>.outcome.<auction_id>.<bid_id>.<kind>`.
-    /// Looked up by bid, it answers a resent bid after its auction filled
-    /// or closed, however long ago it was first sent.
+    /// Outcome events: `<prefix>.outcome.<auction_id>.<kind>`.
     pub outcomes: stream::Stream,
     /// Auction id -> [`crate::wire::AuctionView`], written by the verifier.
     pub status: kv::Store,
@@ -120,24 +117,6 @@ impl Streams {
             leases,
             lease_ttl: options.lease_ttl,
         })
-    }
-
-    /// A decided bid's outcome event, from the outcome stream; `None`
-    /// while the bid is undecided (or unknown).
-    pub async fn outcome_of(
-        stream: &stream::Stream,
-        subjects: &Subjects,
-        auction_id: &str,
-        bid_id: &str,
-    ) -> Result<Option<OutcomeEvent>, Error> {
-        let subject = subjects.outcome_of(auction_id, bid_id);
-        match stream.direct_get_last_for_subject(subject).await {
-            Ok(stored) => serde_json::from_slice(&stored.payload)
-                .map(Some)
-                .map_err(Error::wrap(ErrorKind::Protocol, "outcome event")),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::with_source(ErrorKind::Nats, e).context("outcome lookup")),
-        }
     }
 
     /// Number of messages stored on the subjects matching `filter`. Counted

@@ -37,9 +37,11 @@ pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
         bidder_id: args.bidder,
         amount: args.amount,
     };
-    // Subscribe before bidding, so a fast outcome is not missed.
-    let mut live = if args.wait {
-        Some(client.live_outcomes(Some(&args.auction_id)).await?)
+    // Follow the auction's outcomes from the start of the stream, set up
+    // before bidding: a fast outcome is not missed, and a resent bid's
+    // earlier outcome is found.
+    let mut outcomes = if args.wait {
+        Some(client.replay_outcomes(Some(&args.auction_id)).await?)
     } else {
         None
     };
@@ -48,21 +50,17 @@ pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
     if let BidReply::Rejected { reason, .. } = &reply {
         anyhow::bail!("bid rejected: {}", crate::wire::label(reason));
     }
-    let (Some(live), BidReply::Accepted { .. }) = (live.as_mut(), &reply) else {
+    let (Some(outcomes), BidReply::Accepted { .. }) = (outcomes.as_mut(), &reply) else {
         return Ok(());
     };
     let wait = async {
-        // Already decided (a resend, or a fast verifier): it is in the bids
-        // bucket. Otherwise it arrives on the live subscription.
-        if let Some(o) = client.outcome_of(&args.auction_id, &bid.bid_id).await? {
-            return Ok(o);
-        }
-        while let Some(o) = live.next().await {
+        while let Some(o) = outcomes.next().await {
+            let o = o?;
             if o.bid_id == bid.bid_id {
                 return Ok(o);
             }
         }
-        anyhow::bail!("outcome subscription ended")
+        anyhow::bail!("outcome stream ended")
     };
     let outcome = tokio::time::timeout(Duration::from_secs(args.timeout), wait)
         .await

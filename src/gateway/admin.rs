@@ -95,12 +95,12 @@ impl Gateway {
         let tries = count(&self.streams.log, subjects.try_event(auction_id)).await?;
         let confirmed = count(
             &self.streams.outcomes,
-            subjects.outcome(auction_id, "*", OutcomeKind::Confirmed),
+            subjects.outcome(auction_id, OutcomeKind::Confirmed),
         )
         .await?;
         let cancelled = count(
             &self.streams.outcomes,
-            subjects.outcome(auction_id, "*", OutcomeKind::Cancelled),
+            subjects.outcome(auction_id, OutcomeKind::Cancelled),
         )
         .await?;
         let state = if confirmed >= u64::from(spec.capacity) {

@@ -6,10 +6,9 @@ use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::Message;
 
 use super::{internal, Gateway};
-use crate::streams::Streams;
 use crate::wire::{
-    decode_bid, timestamp, BidReply, BidRequest, ErrorCode, LogEvent, OutcomeEvent, RejectReason,
-    RequestError, TryEvent,
+    decode_bid, timestamp, BidReply, BidRequest, DecidedReply, DecidedRequest, ErrorCode, LogEvent,
+    RejectReason, RequestError, TryEvent,
 };
 
 impl Gateway {
@@ -31,9 +30,9 @@ impl Gateway {
         // its id may have been used with another amount: a conflict. (Seen
         // once that bid is decided; until then the reply is below_minimum.)
         if request.amount < spec.min_amount {
-            return match self.decided(auction_id, &request.bid_id).await? {
-                Some(o) => resend(auction_id, &request, o.try_seq, &o.bidder_id, o.amount),
-                None => Ok(reject(RejectReason::BelowMinimum)),
+            return match self.decided(auction_id, &request.bid_id, 0).await {
+                Known::Decided(try_seq) => self.duplicate(auction_id, &request, try_seq).await,
+                Known::New | Known::Unknown => Ok(reject(RejectReason::BelowMinimum)),
             };
         }
         // Counted before the fill and close checks, so that a resend seeing
@@ -50,18 +49,26 @@ impl Gateway {
         if let Some(reason) = blocked {
             // The bid may be a resend of one accepted before the auction
             // filled or closed: that one gets its original reply. Once the
-            // verifier has decided all of the auction's tries, the outcome
-            // stream holds every such bid. Until then the bid cannot be
-            // proven new, and takes the normal path below: JetStream's
-            // de-duplication and the verifier give it the right answer.
+            // verifier has decided all of the auction's tries, it knows
+            // every such bid. Until then (or if the verifier cannot be
+            // asked) the bid cannot be proven new, and takes the normal path
+            // below: JetStream's de-duplication and the verifier give it
+            // the right answer.
             let ticket = appending.ticket;
             drop(appending);
             let drained = self.view.appends.drained(auction_id, ticket).await;
-            if drained && self.settled(auction_id).await? {
-                return match self.decided(auction_id, &request.bid_id).await? {
-                    Some(o) => resend(auction_id, &request, o.try_seq, &o.bidder_id, o.amount),
-                    None => Ok(reject(reason)),
-                };
+            let settled = match drained {
+                true => self.settled(auction_id).await?,
+                false => None,
+            };
+            if let Some(last_try) = settled {
+                match self.decided(auction_id, &request.bid_id, last_try).await {
+                    Known::Decided(try_seq) => {
+                        return self.duplicate(auction_id, &request, try_seq).await
+                    }
+                    Known::New => return Ok(reject(reason)),
+                    Known::Unknown => {}
+                }
             }
             appending = self.view.appends.start(auction_id);
         }
@@ -119,26 +126,51 @@ impl Gateway {
         }
     }
 
-    /// The outcome of a decided bid, from the outcome stream.
+    /// What the verifier knows of a bid: asked, since it holds every
+    /// decided bid id. `New` only when it has decided the log through
+    /// `through_at_least`, so that no try before that is missed.
     pub(super) async fn decided(
         &self,
         auction_id: &str,
         bid_id: &str,
-    ) -> Result<Option<OutcomeEvent>, RequestError> {
-        let streams = &self.streams;
-        Streams::outcome_of(&streams.outcomes, &streams.subjects, auction_id, bid_id)
-            .await
-            .map_err(internal)
+        through_at_least: u64,
+    ) -> Known {
+        let subject = self.streams.subjects.decided(auction_id);
+        let body = serde_json::to_vec(&DecidedRequest {
+            bid_id: bid_id.to_string(),
+        })
+        .expect("requests serialize");
+        let asked =
+            tokio::time::timeout(DECIDED_TIMEOUT, self.client.request(subject, body.into())).await;
+        let reply = match asked {
+            Ok(Ok(reply)) => serde_json::from_slice::<DecidedReply>(&reply.payload),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cannot ask the verifier about a bid");
+                return Known::Unknown;
+            }
+            Err(_) => return Known::Unknown,
+        };
+        match reply {
+            Ok(DecidedReply {
+                try_seq: Some(seq), ..
+            }) => Known::Decided(seq),
+            Ok(DecidedReply { through, .. }) if through >= through_at_least => Known::New,
+            Ok(_) => Known::Unknown,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable answer from the verifier");
+                Known::Unknown
+            }
+        }
     }
 
-    /// True when the verifier has decided every try of this auction now in
-    /// the log, so that a bid id with no outcome is new. Waits
-    /// a little for the verifier to catch up; false if it does not.
-    pub(super) async fn settled(&self, auction_id: &str) -> Result<bool, RequestError> {
+    /// The sequence of the auction's last try in the log (0 if none), once
+    /// the verifier has decided it, so that a bid id it has not decided is
+    /// new. Waits a little for the verifier to catch up; `None` if it does not.
+    pub(super) async fn settled(&self, auction_id: &str) -> Result<Option<u64>, RequestError> {
         let subject = self.streams.subjects.try_event(auction_id);
         let last_try = match self.streams.log.direct_get_last_for_subject(subject).await {
             Ok(m) => m.sequence,
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(true),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(Some(0)),
             Err(e) => return Err(internal(e)),
         };
         // The verifier acks a try only after its outcome is stored, so its ack floor tells what is decided.
@@ -148,13 +180,26 @@ impl Gateway {
                 .decided_through(&self.streams.log, &self.config.verifier_consumer)
                 .await
             {
-                Some(floor) if floor >= last_try => return Ok(true),
+                Some(floor) if floor >= last_try => return Ok(Some(last_try)),
                 Some(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-                None => return Ok(false),
+                None => return Ok(None),
             }
         }
-        Ok(false)
+        Ok(None)
     }
+}
+
+/// How long a gateway waits for the verifier to say whether it decided a bid.
+const DECIDED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What the verifier knows of a bid.
+pub(super) enum Known {
+    /// Decided by the try at this log sequence.
+    Decided(u64),
+    /// Not decided, and the verifier has decided every try it needs to know.
+    New,
+    /// No answer, or the verifier is behind: the bid cannot be proven new.
+    Unknown,
 }
 
 /// The reply to a resent bid id whose first try is at `try_seq`: the

@@ -245,9 +245,13 @@ fn apply(known: &mut Known, seq: u64, payload: &[u8], auction_id: &str) -> Resul
                     format!("event {seq}: confirmed without a rank"),
                 )
             })?;
-            known
-                .ledger
-                .restore(auction_id, &outcome.bid_id, &outcome.bidder_id, verdict);
+            known.ledger.restore(
+                auction_id,
+                &outcome.bid_id,
+                &outcome.bidder_id,
+                verdict,
+                seq,
+            );
             known.decided.insert(outcome.bid_id.as_str().into(), seq);
         }
     }

@@ -41,7 +41,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::faults::crash_point;
 use crate::snapshot::{Batch, Position, Snapshot, StoredOutcome, Sync};
 use crate::streams::Streams;
-use crate::wire::{timestamp, LogEntry, LogEvent, OutcomeEvent, OutcomeKind};
+use crate::wire::{
+    timestamp, DecidedReply, DecidedRequest, LogEntry, LogEvent, OutcomeEvent, OutcomeKind,
+};
 use lease::{DirLock, Lease};
 use outcomes::{announce_sold_out, send, Acks};
 use recovery::{align_consumer, Published};
@@ -197,6 +199,15 @@ async fn run_once(
         .await
         .map_err(|e| Error::with_source(ErrorKind::Nats, e).context("verifier consumer"))?
         .ready_chunks(config.batch_size);
+    // Gateways ask which try decided a bid; answered between batches, when
+    // the ledger and the position agree.
+    let decided_subject = streams.subjects.decided("*");
+    let mut lookups = streams
+        .js
+        .client()
+        .queue_subscribe(decided_subject.clone(), VERIFIER_GROUP.into())
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::Nats, e).context(decided_subject))?;
     tracing::info!(last_seq = v.position.last_seq, "verifier following the log");
     // Batches whose outcomes are sent and not all acked yet, oldest first.
     // Deciding the next batch while the last one's acks travel keeps both
@@ -207,11 +218,13 @@ async fn run_once(
             biased;
             _ = &mut *shutdown => return Ok(()),
             acked = oldest_acked(&mut in_flight) => Next::Acked(acked),
+            Some(lookup) = lookups.next() => Next::Lookup(lookup),
             // Unconstrained: tokio's cooperative budget would otherwise end
             // a chunk after about 128 messages, whatever the batch size.
             chunk = tokio::task::unconstrained(messages.next()), if in_flight.len() < PIPELINE_DEPTH => Next::Chunk(chunk),
         };
         match next {
+            Next::Lookup(request) => v.answer(request).await,
             Next::Acked(acked) => {
                 let batch = in_flight.pop_front().expect("an acked batch is in flight");
                 v.finish(batch, acked?).await?;
@@ -237,8 +250,13 @@ async fn run_once(
 /// Most batches sent and not yet finished.
 const PIPELINE_DEPTH: usize = 4;
 
+/// Queue group of the verifiers' lookup subscription.
+const VERIFIER_GROUP: &str = "allot-verifier";
+
 /// What the verifier loop does next.
 enum Next<C> {
+    /// A gateway asks which try decided a bid.
+    Lookup(async_nats::Message),
     /// The oldest batch in flight has all its acks (or failed).
     Acked(Result<u64>),
     /// A chunk of the log arrived, or the consumer ended.
@@ -302,7 +320,7 @@ impl Verifier<'_> {
                 &message.payload,
                 info.published,
             );
-            let step = self.ledger.apply_entry(&entry);
+            let step = self.ledger.apply_entry(&entry, seq);
             match (entry, step) {
                 (LogEntry::Event(LogEvent::Open(open)), Some(Step::Opened)) => {
                     batch.opens.push((seq, open))
@@ -376,6 +394,34 @@ impl Verifier<'_> {
             .ack()
             .await
             .map_err(|e| Error::with_source(ErrorKind::Nats, e).context("ack"))
+    }
+
+    /// Answers a [`DecidedRequest`] from the ledger. A request that cannot
+    /// be read gets no answer: the asking gateway then treats the bid as
+    /// not provably new, which is always safe.
+    async fn answer(&mut self, request: async_nats::Message) {
+        let prefix = self.streams.subjects.decided("");
+        let auction_id = request.subject.strip_prefix(prefix.as_str());
+        let asked = serde_json::from_slice::<DecidedRequest>(&request.payload);
+        let (Some(auction_id), Ok(asked), Some(reply_to)) = (auction_id, asked, request.reply)
+        else {
+            tracing::warn!(subject = %request.subject, "unreadable decided-bid request ignored");
+            return;
+        };
+        let reply = DecidedReply {
+            try_seq: self.ledger.decided_try(auction_id, &asked.bid_id),
+            through: self.position.last_seq,
+        };
+        let body = serde_json::to_vec(&reply).expect("replies serialize");
+        if let Err(e) = self
+            .streams
+            .js
+            .client()
+            .publish(reply_to, body.into())
+            .await
+        {
+            tracing::warn!(error = %e, "cannot answer a decided-bid request");
+        }
     }
 
     /// Runs snapshot work on a blocking thread.

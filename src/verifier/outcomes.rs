@@ -45,7 +45,7 @@ pub(super) async fn send(
         let outcome = PublishMessage::build()
             .message_id(OutcomeEvent::msg_id(&o.auction_id, &o.bid_id))
             .payload(d.payload.clone());
-        let subject = subjects.outcome(&o.auction_id, &o.bid_id, o.kind);
+        let subject = subjects.outcome(&o.auction_id, o.kind);
         let ack = streams.js.send_publish(subject, outcome).await;
         acks.push(ack.map_err(nats())?.into_future());
     }

@@ -370,6 +370,24 @@ pub struct AuctionView {
     pub sold_out: bool,
 }
 
+/// Asks the verifier which try decided a bid, on
+/// `<prefix>.verifier.decided.<auction_id>`: how a gateway answers a bid
+/// resent after its auction filled or closed. Internal to the service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecidedRequest {
+    pub bid_id: String,
+}
+
+/// The verifier's answer to a [`DecidedRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecidedReply {
+    /// Log sequence of the try that decided the bid; `None` when no try
+    /// up to `through` did.
+    pub try_seq: Option<u64>,
+    /// The verifier has decided the log up to this sequence.
+    pub through: u64,
+}
+
 /// A request's reply: serializable, built from a [`RequestError`], and able
 /// to say whether it is an error (for the micro error headers).
 pub trait Reply: Serialize + From<RequestError> {

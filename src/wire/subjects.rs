@@ -61,26 +61,22 @@ impl Subjects {
         format!("{}.auction.{auction_id}", self.prefix)
     }
 
-    /// One bid's outcome subject:
-    /// `<prefix>.outcome.<auction_id>.<bid_id>.confirmed|cancelled`. The bid
-    /// id in the subject lets a bidder listen for its own bid alone, and
-    /// makes the outcome stream its own index by bid.
-    pub fn outcome(&self, auction_id: &str, bid_id: &str, kind: OutcomeKind) -> String {
-        format!(
-            "{}.outcome.{auction_id}.{bid_id}.{}",
-            self.prefix,
-            kind.as_str()
-        )
+    /// One outcome subject: `<prefix>.outcome.<auction_id>.confirmed|cancelled`.
+    /// No bid id in it: a subject per bid would cost NATS memory for every
+    /// bid ever decided.
+    pub fn outcome(&self, auction_id: &str, kind: OutcomeKind) -> String {
+        format!("{}.outcome.{auction_id}.{}", self.prefix, kind.as_str())
     }
 
-    /// Whichever outcome one bid has: `<prefix>.outcome.<auction_id>.<bid_id>.*`.
-    pub fn outcome_of(&self, auction_id: &str, bid_id: &str) -> String {
-        format!("{}.outcome.{auction_id}.{bid_id}.*", self.prefix)
+    /// Where the verifier answers which try decided a bid (see
+    /// [`crate::wire::DecidedRequest`]): `<prefix>.verifier.decided.<auction_id>`.
+    pub fn decided(&self, auction_id: &str) -> String {
+        format!("{}.verifier.decided.{auction_id}", self.prefix)
     }
 
     /// Every outcome of one auction, or of all auctions.
     pub fn outcomes(&self, auction_id: Option<&str>) -> String {
-        format!("{}.outcome.{}.*.*", self.prefix, auction_id.unwrap_or("*"))
+        format!("{}.outcome.{}.*", self.prefix, auction_id.unwrap_or("*"))
     }
 
     /// The wildcard a request handler listens on, for one request kind

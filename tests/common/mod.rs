@@ -263,7 +263,7 @@ pub async fn assert_replay_matches_outcomes(h: &Harness) {
         if let (
             LogEntry::Event(LogEvent::Try(t)) | LogEntry::InvalidTry(t),
             Some(Step::Decided(v)),
-        ) = (&entry, ledger.apply_entry(&entry))
+        ) = (&entry, ledger.apply_entry(&entry, m.seq))
         {
             decided.insert((t.auction_id.clone(), t.bid_id.clone()), v);
         }
