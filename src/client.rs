@@ -15,6 +15,22 @@ use crate::wire::{
     AuctionSpec, BidReply, BidRequest, OpenReply, OutcomeEvent, StatusReply, Subjects,
 };
 
+/// How long a stopping process waits for NATS to take its last messages.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Flushes what is buffered for NATS. Bounded: with the server gone, the
+/// client would otherwise wait for a reconnect that may never come, and a
+/// stopping process would hang.
+pub async fn flush(client: &Client) -> Result<()> {
+    match tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await {
+        Ok(flushed) => flushed.map_err(|e| Error::with_source(ErrorKind::Nats, e).context("flush")),
+        Err(_) => Err(Error::new(
+            ErrorKind::Timeout,
+            format!("NATS did not take the last messages within {FLUSH_TIMEOUT:?}"),
+        )),
+    }
+}
+
 /// Connects to NATS, failing fast with the URL in the error.
 pub async fn connect(url: &str) -> Result<Client> {
     let client = ConnectOptions::new()

@@ -5,7 +5,7 @@ use std::future::Future;
 
 use tokio::sync::watch;
 
-use crate::client::connect;
+use crate::client::{connect, flush};
 use crate::error::{Error, ErrorKind, Result};
 use crate::gateway::{self, GatewayConfig};
 use crate::streams::{StreamOptions, Streams};
@@ -100,9 +100,9 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
                 let js = async_nats::jetstream::new(client.clone());
                 let streams = Streams::ensure(js, subjects, &streams_config).await?;
                 let result = verifier::run(streams, config, signal(stopped)).await;
-                let flushed = client.flush().await;
+                let flushed = flush(&client).await;
                 result?;
-                flushed.map_err(|e| Error::with_source(ErrorKind::Nats, e))
+                flushed
             };
             stop_on_error(&stop, result.await)
         })
@@ -117,10 +117,10 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
         }
     };
     let (_, gateway, verifier) = tokio::join!(trigger, gateway, verifier);
-    let flushed = client.flush().await;
+    let flushed = flush(&client).await;
     gateway.map_err(panicked)??;
     verifier.map_err(panicked)??;
-    flushed.map_err(|e| Error::with_source(ErrorKind::Nats, e))?;
+    flushed?;
     Ok(())
 }
 

@@ -40,8 +40,21 @@ impl Common {
     }
 }
 
-/// Completes on Ctrl-C or SIGTERM.
+/// Completes on Ctrl-C or SIGTERM; a second one exits the process at once.
 pub async fn shutdown_signal() {
+    interrupted().await;
+    // A second signal stops at once: the first one's graceful stop may be
+    // waiting on something that is gone, and the handlers installed here
+    // would otherwise swallow every later signal.
+    tokio::spawn(async {
+        interrupted().await;
+        eprintln!("allot: second signal; stopping now");
+        std::process::exit(130);
+    });
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn interrupted() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -113,10 +113,7 @@ pub async fn run(
     }
     let _ = permits.acquire_many(config.max_in_flight as u32).await;
     watcher.abort();
-    client
-        .flush()
-        .await
-        .map_err(|e| Error::with_source(ErrorKind::Nats, e))?;
+    crate::client::flush(&client).await?;
     tracing::info!("gateway stopped");
     Ok(())
 }

@@ -298,9 +298,8 @@ impl Verifier<'_> {
             last_seq: self.position.last_seq,
             ..Batch::default()
         };
-        // Decisions to publish; those taken from the outcome stream only
-        // need their bids-bucket entry and sold-out notice.
-        let mut decided: Vec<StoredOutcome> = Vec::new();
+        // Decisions taken from the outcome stream are not published again;
+        // they only need their sold-out notice.
         let mut reused: HashSet<(String, String)> = HashSet::new();
         for message in &chunk {
             let info = message
@@ -337,7 +336,6 @@ impl Verifier<'_> {
                         }
                         None => decide(t, seq, verdict),
                     };
-                    decided.push(decision.clone());
                     batch.decisions.push(decision);
                 }
                 (_, Some(Step::Duplicate)) => {
@@ -358,7 +356,10 @@ impl Verifier<'_> {
             return Ok(None);
         }
         self.lease.check()?;
-        self.with_snapshot(move |s| s.commit(&batch)).await?;
+        let batch = self
+            .with_snapshot(move |s| s.commit(&batch).map(|()| batch))
+            .await?;
+        let decided = batch.decisions;
         crash_point("after_commit");
         self.position.last_seq = last_seq;
         let acks = send(self.streams, &decided, &reused).await?;
