@@ -25,10 +25,13 @@
 //! - [`loadtest`]: `allot loadtest`, the workload driver and its invariant
 //!   check; [`strategies`]: optimistic concurrency and locking over
 //!   event-sourced aggregates, the alternatives allot is measured against.
+//! - [`audit`]: `allot audit`, an offline replay of the log compared with
+//!   the published outcomes and the snapshot.
 //! - [`client`]: a typed client; [`nats_server`]: a private server for the
 //!   demo and tests; [`faults`]: crash points for fault tests; [`cmd`]: one
 //!   module per CLI command.
 
+pub mod audit;
 pub mod client;
 pub mod cmd;
 pub mod core;

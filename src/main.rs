@@ -34,6 +34,8 @@ enum Command {
     Demo(cmd::demo::Args),
     /// Drive a bidding workload, measure it, and check the invariants.
     Loadtest(cmd::loadtest::Args),
+    /// Decide the log again offline and compare with the published outcomes.
+    Audit(cmd::audit::Args),
 }
 
 #[tokio::main]
@@ -59,6 +61,7 @@ async fn main() -> std::process::ExitCode {
         Command::Watch(args) => cmd::watch::run(cli.common, args).await,
         Command::Demo(args) => cmd::demo::run(cli.common, args).await,
         Command::Loadtest(args) => cmd::loadtest::run(cli.common, args).await,
+        Command::Audit(args) => cmd::audit::run(cli.common, args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

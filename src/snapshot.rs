@@ -31,6 +31,8 @@ pub enum SnapshotError {
     },
     #[error("snapshot {path} holds a decision that cannot be read ({what}); delete the file to rebuild it from the streams")]
     Corrupt { path: PathBuf, what: String },
+    #[error("no snapshot at {path}, or one in another layout")]
+    Missing { path: PathBuf },
     #[error("snapshot {path} is damaged ({source}); stop allot, delete the file, and restart: the verifier rebuilds it from the streams")]
     Damaged {
         path: PathBuf,
@@ -301,6 +303,45 @@ impl Snapshot {
             tx.commit()
         })();
         result.map_err(|e| self.sql(e))
+    }
+
+    /// Opens an existing snapshot without changing it (for `allot audit`),
+    /// while a verifier may be writing it.
+    pub fn open_read_only(dir: &Path) -> Result<Snapshot, SnapshotError> {
+        use rusqlite::OpenFlags;
+        let path = dir.join(FILE_NAME);
+        let missing = || SnapshotError::Missing { path: path.clone() };
+        if !path.is_file() {
+            return Err(missing());
+        }
+        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| SnapshotError::sqlite(&path, e))?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| SnapshotError::sqlite(&path, e))?;
+        if version != SCHEMA_VERSION {
+            return Err(missing());
+        }
+        Ok(Snapshot { conn, path })
+    }
+
+    /// Every decision, or one auction's, in log order.
+    pub fn decisions(&self, auction_id: Option<&str>) -> Result<Vec<OutcomeEvent>, SnapshotError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT payload FROM decisions WHERE ?1 IS NULL OR auction_id = ?1 ORDER BY try_seq",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([auction_id], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(|e| self.sql(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let payload = row.map_err(|e| self.sql(e))?;
+            out.push(serde_json::from_slice(&payload).map_err(|e| self.corrupt(e))?);
+        }
+        Ok(out)
     }
 
     /// Decisions whose publication is not confirmed, in log order.

@@ -2,6 +2,7 @@
 //! options and its own arguments, and returns an error to print.
 
 pub mod auction;
+pub mod audit;
 pub mod bid;
 pub mod demo;
 pub mod embedded;

@@ -12,7 +12,7 @@ use allot::client::{connect, AllotClient};
 use allot::nats_server::NatsServer;
 use allot::service::{self, Config, Role};
 use allot::verifier::VerifierConfig;
-use allot::wire::{AuctionSpec, LogEntry, LogEvent, OpenReply, OutcomeEvent, Subjects, TryEvent};
+use allot::wire::{AuctionSpec, LogEvent, OpenReply, OutcomeEvent, Subjects, TryEvent};
 use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
 use futures::StreamExt;
 use tokio::sync::oneshot;
@@ -253,34 +253,12 @@ pub fn assert_matches(name: &str, instance: &[u8]) {
 /// that every published outcome is exactly what the replay decides, and
 /// that every decided try has a published outcome.
 pub async fn assert_replay_matches_outcomes(h: &Harness) {
-    use allot::core::{Ledger, Step, Verdict};
-    let s = &h.client.subjects;
-    let log = h.read_stream(&s.tries_stream(), ">").await;
-    let mut ledger = Ledger::new();
-    let mut decided = HashMap::new();
-    for m in &log {
-        let entry = LogEntry::read(s, &m.subject, &m.payload, m.time);
-        if let (
-            LogEntry::Event(LogEvent::Try(t)) | LogEntry::InvalidTry(t),
-            Some(Step::Decided(v)),
-        ) = (&entry, ledger.apply_entry(&entry, m.seq))
-        {
-            decided.insert((t.auction_id.clone(), t.bid_id.clone()), v);
-        }
-    }
-    let outcomes = h.outcomes(None).await;
-    let mut published = HashMap::new();
-    for o in &outcomes {
-        let key = (o.auction_id.clone(), o.bid_id.clone());
-        assert!(
-            published
-                .insert(key.clone(), Verdict::of(o).unwrap())
-                .is_none(),
-            "two outcomes for {key:?}"
-        );
-    }
+    let findings = allot::audit::run(&h.js, &h.client.subjects, None, None)
+        .await
+        .expect("audit runs");
     assert_eq!(
-        published, decided,
+        findings.differences,
+        Vec::<String>::new(),
         "published outcomes equal an offline replay of the log"
     );
 }

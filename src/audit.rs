@@ -1,0 +1,391 @@
+//! `allot audit`: decide the log again, offline, and compare the result with
+//! the outcome stream and, if given, the verifier's snapshot.
+//!
+//! The verifier is a deterministic fold over the log, so a fresh replay must
+//! give exactly what was published: one outcome per decided bid, with the
+//! same verdict from the same try, and nothing else. Any difference means a
+//! lost, doubled or wrong outcome. The comparison ([`compare`]) is pure;
+//! [`run`] reads the streams and the snapshot for it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy, stream};
+use futures::StreamExt;
+
+use crate::core::{Ledger, Step, Verdict};
+use crate::error::{Error, ErrorKind, Result};
+use crate::snapshot::Snapshot;
+use crate::wire::{LogEntry, LogEvent, OutcomeEvent, Subjects};
+
+/// What an audit found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Findings {
+    /// Log entries replayed.
+    pub log_entries: usize,
+    /// Auctions with at least one decided bid.
+    pub auctions: usize,
+    /// Bids the replay decided.
+    pub decided: usize,
+    /// Outcome events read.
+    pub outcomes: usize,
+    /// Decisions read from the snapshot, when one was given.
+    pub snapshot: Option<usize>,
+    /// Each difference, in words.
+    pub differences: Vec<String>,
+}
+
+/// The verifier's snapshot as the audit sees it.
+pub struct SnapshotView {
+    /// The last log sequence the snapshot has applied.
+    pub last_seq: u64,
+    /// Its decisions.
+    pub decisions: Vec<OutcomeEvent>,
+}
+
+/// Replays `log` (sequence and entry, in log order) and compares the
+/// decisions with the published `outcomes` and the `snapshot`'s.
+pub fn compare(
+    log: &[(u64, LogEntry)],
+    outcomes: &[OutcomeEvent],
+    snapshot: Option<&SnapshotView>,
+) -> Findings {
+    let mut ledger = Ledger::new();
+    // By (auction, bid): the deciding try's sequence and the verdict.
+    let mut replayed: BTreeMap<(&str, &str), (u64, Verdict)> = BTreeMap::new();
+    for (seq, entry) in log {
+        let step = ledger.apply_entry(entry, *seq);
+        if let (
+            LogEntry::Event(LogEvent::Try(t)) | LogEntry::InvalidTry(t),
+            Some(Step::Decided(v)),
+        ) = (entry, step)
+        {
+            replayed.insert((&t.auction_id, &t.bid_id), (*seq, v));
+        }
+    }
+    let mut published: HashMap<(&str, &str), Vec<&OutcomeEvent>> = HashMap::new();
+    for o in outcomes {
+        published
+            .entry((&o.auction_id, &o.bid_id))
+            .or_default()
+            .push(o);
+    }
+    let mut differences = Vec::new();
+    for (&(auction, bid), &(seq, verdict)) in &replayed {
+        let what = format!("bid {bid:?} in auction {auction:?}");
+        match published.get(&(auction, bid)).map(Vec::as_slice) {
+            None | Some([]) => differences.push(format!(
+                "{what}: the log decides {} (try {seq}) but no outcome was published",
+                show(verdict)
+            )),
+            Some([o]) => {
+                if let Some(problem) = disagrees(o, seq, verdict) {
+                    differences.push(format!("{what}: published {problem}"));
+                }
+            }
+            Some(many) => differences.push(format!(
+                "{what}: {} outcomes were published, not one",
+                many.len()
+            )),
+        }
+    }
+    for ((auction, bid), list) in &published {
+        if !replayed.contains_key(&(*auction, *bid)) {
+            differences.push(format!(
+                "bid {bid:?} in auction {auction:?}: {} outcome(s) published, but no try in the log decides it",
+                list.len()
+            ));
+        }
+    }
+    if let Some(snapshot) = snapshot {
+        let mut stored: HashMap<(&str, &str), &OutcomeEvent> = HashMap::new();
+        for o in &snapshot.decisions {
+            let what = format!("bid {:?} in auction {:?}", o.bid_id, o.auction_id);
+            if stored.insert((&o.auction_id, &o.bid_id), o).is_some() {
+                differences.push(format!("{what}: the snapshot holds two decisions"));
+            }
+            match replayed.get(&(o.auction_id.as_str(), o.bid_id.as_str())) {
+                None => differences.push(format!(
+                    "{what}: in the snapshot, but no try in the log decides it"
+                )),
+                Some(&(seq, verdict)) => {
+                    if let Some(problem) = disagrees(o, seq, verdict) {
+                        differences.push(format!("{what}: the snapshot holds {problem}"));
+                    }
+                }
+            }
+        }
+        for (&(auction, bid), &(seq, verdict)) in &replayed {
+            if seq <= snapshot.last_seq && !stored.contains_key(&(auction, bid)) {
+                differences.push(format!(
+                    "bid {bid:?} in auction {auction:?}: the snapshot has applied the log to {} but lacks the decision {} (try {seq})",
+                    snapshot.last_seq,
+                    show(verdict)
+                ));
+            }
+        }
+    }
+    differences.sort();
+    let auctions = replayed
+        .keys()
+        .map(|(a, _)| *a)
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    Findings {
+        log_entries: log.len(),
+        auctions,
+        decided: replayed.len(),
+        outcomes: outcomes.len(),
+        snapshot: snapshot.map(|s| s.decisions.len()),
+        differences,
+    }
+}
+
+/// How a recorded decision differs from the replay's, if it does.
+fn disagrees(o: &OutcomeEvent, seq: u64, verdict: Verdict) -> Option<String> {
+    let recorded = Verdict::of(o);
+    if recorded == Some(verdict) && o.try_seq == seq {
+        return None;
+    }
+    let recorded = recorded.map_or_else(|| format!("{:?} without a rank", o.kind), show);
+    Some(format!(
+        "{recorded} (try {}) where the log decides {} (try {seq})",
+        o.try_seq,
+        show(verdict)
+    ))
+}
+
+fn show(v: Verdict) -> String {
+    match v {
+        Verdict::Confirmed { rank } => format!("confirmed rank {rank}"),
+        Verdict::Cancelled { reason } => format!("cancelled {}", crate::wire::label(&reason)),
+    }
+}
+
+/// Reads the log, the outcome stream and (with `data_dir`) the snapshot,
+/// for one auction or all, and compares them.
+pub async fn run(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    auction_id: Option<&str>,
+    data_dir: Option<&Path>,
+) -> Result<Findings> {
+    // Read the snapshot first: anything it holds is then in the streams.
+    let snapshot = match data_dir {
+        None => None,
+        Some(dir) => {
+            let dir = dir.to_path_buf();
+            let auction = auction_id.map(str::to_string);
+            let view = tokio::task::spawn_blocking(move || {
+                let snapshot = Snapshot::open_read_only(&dir)?;
+                Ok::<_, crate::snapshot::SnapshotError>(SnapshotView {
+                    last_seq: snapshot.position()?.last_seq,
+                    decisions: snapshot.decisions(auction.as_deref())?,
+                })
+            })
+            .await
+            .map_err(Error::wrap(ErrorKind::Snapshot, "snapshot thread"))??;
+            Some(view)
+        }
+    };
+    let log_filters = match auction_id {
+        Some(a) => vec![subjects.auction_event(a), subjects.try_event(a)],
+        None => vec![">".to_string()],
+    };
+    let log = read(js, &subjects.tries_stream(), log_filters).await?;
+    let log: Vec<(u64, LogEntry)> = log
+        .iter()
+        .map(|m| {
+            let entry = LogEntry::read(subjects, &m.subject, &m.payload, m.time);
+            (m.seq, entry)
+        })
+        .collect();
+    let outcome_filter = vec![subjects.outcomes(auction_id)];
+    let outcomes = read(js, &subjects.outcomes_stream(), outcome_filter).await?;
+    let mut events = Vec::with_capacity(outcomes.len());
+    let mut unreadable = Vec::new();
+    for m in &outcomes {
+        match serde_json::from_slice::<OutcomeEvent>(&m.payload) {
+            Ok(o) => events.push(o),
+            Err(e) => unreadable.push(format!(
+                "outcome stream entry {} on {:?} is not an outcome event: {e}",
+                m.seq, m.subject
+            )),
+        }
+    }
+    let mut findings = compare(&log, &events, snapshot.as_ref());
+    findings.outcomes = outcomes.len();
+    findings.differences.extend(unreadable);
+    Ok(findings)
+}
+
+/// A stream message as read back.
+struct Read {
+    seq: u64,
+    subject: String,
+    payload: bytes::Bytes,
+    time: chrono::DateTime<chrono::Utc>,
+}
+
+/// Every message on `filters` in the stream, in order, as of now.
+async fn read(js: &jetstream::Context, name: &str, filters: Vec<String>) -> Result<Vec<Read>> {
+    let reading = format!("reading stream {name}");
+    let stream: stream::Stream = js
+        .get_stream(name)
+        .await
+        .map_err(Error::wrap(ErrorKind::Nats, reading.as_str()))?;
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subjects: filters,
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(Error::wrap(ErrorKind::Nats, reading.as_str()))?;
+    // The count when the read starts: later messages are not audited.
+    let mut remaining = consumer.cached_info().num_pending;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(Error::wrap(ErrorKind::Nats, reading.as_str()))?;
+    let mut out = Vec::with_capacity(remaining as usize);
+    while remaining > 0 {
+        let next = tokio::time::timeout(Duration::from_secs(10), messages.next()).await;
+        let message = match next {
+            Ok(Some(m)) => m.map_err(Error::wrap(ErrorKind::Nats, reading.as_str()))?,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("stream {name} stopped delivering with {remaining} messages to go"),
+                ))
+            }
+        };
+        let info = message
+            .info()
+            .map_err(Error::wrap(ErrorKind::Nats, reading.as_str()))?;
+        out.push(Read {
+            seq: info.stream_sequence,
+            subject: message.subject.to_string(),
+            payload: message.payload.clone(),
+            time: info.published,
+        });
+        remaining -= 1;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{AuctionSpec, CancelReason, OpenEvent, OutcomeKind, TryEvent};
+    use chrono::Utc;
+
+    fn log() -> Vec<(u64, LogEntry)> {
+        let open = LogEvent::Open(OpenEvent {
+            auction_id: "a".into(),
+            spec: AuctionSpec::with_capacity(1),
+            opened_at: Utc::now(),
+        });
+        let try_ = |bid: &str| {
+            LogEntry::Event(LogEvent::Try(TryEvent {
+                bid_id: bid.into(),
+                auction_id: "a".into(),
+                bidder_id: format!("u-{bid}"),
+                amount: 5,
+                tried_at: Utc::now(),
+            }))
+        };
+        vec![(1, LogEntry::Event(open)), (2, try_("b1")), (3, try_("b2"))]
+    }
+
+    fn outcome(bid: &str, seq: u64, rank: Option<u32>) -> OutcomeEvent {
+        OutcomeEvent {
+            kind: if rank.is_some() {
+                OutcomeKind::Confirmed
+            } else {
+                OutcomeKind::Cancelled
+            },
+            bid_id: bid.into(),
+            auction_id: "a".into(),
+            bidder_id: format!("u-{bid}"),
+            amount: 5,
+            try_seq: seq,
+            tried_at: Utc::now(),
+            decided_at: Utc::now(),
+            rank,
+            reason: rank.is_none().then_some(CancelReason::CapacityFull),
+        }
+    }
+
+    #[test]
+    fn a_faithful_history_has_no_differences() {
+        let outcomes = [outcome("b1", 2, Some(1)), outcome("b2", 3, None)];
+        let snapshot = SnapshotView {
+            last_seq: 3,
+            decisions: outcomes.to_vec(),
+        };
+        let f = compare(&log(), &outcomes, Some(&snapshot));
+        assert_eq!(f.differences, Vec::<String>::new());
+        assert_eq!((f.decided, f.outcomes, f.auctions), (2, 2, 1));
+    }
+
+    #[test]
+    fn lost_doubled_wrong_and_stray_outcomes_are_each_reported() {
+        let lost = compare(&log(), &[outcome("b1", 2, Some(1))], None);
+        assert!(
+            lost.differences[0].contains("\"b2\"") && lost.differences[0].contains("no outcome")
+        );
+
+        let doubled = [
+            outcome("b1", 2, Some(1)),
+            outcome("b2", 3, None),
+            outcome("b2", 3, None),
+        ];
+        let f = compare(&log(), &doubled, None);
+        assert_eq!(f.differences.len(), 1);
+        assert!(f.differences[0].contains("2 outcomes"));
+
+        // Two winners for one slot: the second is not what the log decides.
+        let wrong = [outcome("b1", 2, Some(1)), outcome("b2", 3, Some(2))];
+        let f = compare(&log(), &wrong, None);
+        assert_eq!(f.differences.len(), 1);
+        assert!(f.differences[0].contains("confirmed rank 2"));
+
+        let stray = [
+            outcome("b1", 2, Some(1)),
+            outcome("b2", 3, None),
+            outcome("b9", 9, None),
+        ];
+        let f = compare(&log(), &stray, None);
+        assert_eq!(f.differences.len(), 1);
+        assert!(f.differences[0].contains("no try in the log"));
+    }
+
+    #[test]
+    fn a_snapshot_behind_is_fine_but_a_gap_or_a_wrong_decision_is_not() {
+        let outcomes = [outcome("b1", 2, Some(1)), outcome("b2", 3, None)];
+        let behind = SnapshotView {
+            last_seq: 2,
+            decisions: vec![outcome("b1", 2, Some(1))],
+        };
+        assert!(compare(&log(), &outcomes, Some(&behind))
+            .differences
+            .is_empty());
+        let gap = SnapshotView {
+            last_seq: 3,
+            decisions: vec![outcome("b1", 2, Some(1))],
+        };
+        let f = compare(&log(), &outcomes, Some(&gap));
+        assert_eq!(f.differences.len(), 1);
+        assert!(f.differences[0].contains("lacks"));
+        let wrong = SnapshotView {
+            last_seq: 3,
+            decisions: vec![outcome("b1", 2, None), outcome("b2", 3, None)],
+        };
+        let f = compare(&log(), &outcomes, Some(&wrong));
+        assert_eq!(f.differences.len(), 1);
+        assert!(f.differences[0].contains("the snapshot holds cancelled"));
+    }
+}
