@@ -15,6 +15,41 @@ use crate::wire::{
     AuctionSpec, BidReply, BidRequest, OpenReply, OutcomeEvent, StatusReply, Subjects,
 };
 
+/// Credentials written into a NATS URL.
+#[derive(Debug, PartialEq, Eq)]
+enum Credentials {
+    None,
+    /// `nats://user:password@host`
+    User(String, String),
+    /// `nats://token@host`
+    Token(String),
+}
+
+/// Splits `scheme://[user[:password]@]host...` into the URL without the
+/// credentials, and the credentials.
+fn split_credentials(url: &str) -> (String, Credentials) {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("nats", url));
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return (url.to_string(), Credentials::None);
+    };
+    let credentials = match userinfo.split_once(':') {
+        Some((user, password)) => Credentials::User(user.into(), password.into()),
+        None => Credentials::Token(userinfo.into()),
+    };
+    (format!("{scheme}://{host}"), credentials)
+}
+
+/// The URL as it may be shown: without a password or token.
+pub fn redact(url: &str) -> String {
+    match split_credentials(url) {
+        (address, Credentials::None) => address,
+        (address, Credentials::User(user, _)) => {
+            address.replacen("://", &format!("://{user}:***@"), 1)
+        }
+        (address, Credentials::Token(_)) => address.replacen("://", "://***@", 1),
+    }
+}
+
 /// How long a stopping process waits for NATS to take its last messages.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -33,12 +68,21 @@ pub async fn flush(client: &Client) -> Result<()> {
 
 /// Connects to NATS, failing fast with the URL in the error.
 pub async fn connect(url: &str) -> Result<Client> {
-    let client = ConnectOptions::new()
+    // The client does not send credentials written into the URL itself.
+    let (address, credentials) = split_credentials(url);
+    let options = match credentials {
+        Credentials::None => ConnectOptions::new(),
+        Credentials::User(user, password) => ConnectOptions::with_user_and_password(user, password),
+        Credentials::Token(token) => ConnectOptions::with_token(token),
+    };
+    let shown = redact(url);
+    let client = options
         .name("allot")
         .connection_timeout(Duration::from_secs(5))
-        .connect(url)
+        .connect(address.as_str())
         .await
-        .map_err(|e| Error::with_source(ErrorKind::Connect, e).context(url.to_string()))?;
+        .map_err(|e| Error::with_source(ErrorKind::Connect, e).context(shown.clone()))?;
+    let url = shown.as_str();
     let version = client.server_info().version;
     match parse_version(&version) {
         Some(v) if v >= MIN_VERSION => Ok(client),
@@ -163,5 +207,35 @@ impl AllotClient {
                     .map_err(Error::wrap(ErrorKind::Protocol, "outcome event"))
             })
             .boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_come_out_of_the_url_and_stay_out_of_messages() {
+        assert_eq!(
+            split_credentials("nats://bidder:s3cret@127.0.0.1:4222"),
+            (
+                "nats://127.0.0.1:4222".to_string(),
+                Credentials::User("bidder".into(), "s3cret".into())
+            )
+        );
+        assert_eq!(
+            split_credentials("tls://tok@example:4222"),
+            (
+                "tls://example:4222".to_string(),
+                Credentials::Token("tok".into())
+            )
+        );
+        assert_eq!(
+            split_credentials("nats://127.0.0.1:4222"),
+            ("nats://127.0.0.1:4222".to_string(), Credentials::None)
+        );
+        assert_eq!(redact("nats://u:p@h:1"), "nats://u:***@h:1");
+        assert_eq!(redact("nats://t@h:1"), "nats://***@h:1");
+        assert_eq!(redact("nats://h:1"), "nats://h:1");
     }
 }

@@ -68,12 +68,25 @@ pub struct NatsServer {
     dir: tempfile::TempDir,
     /// The `nats-server` executable.
     binary: PathBuf,
+    /// A configuration file given with `-c`, if any.
+    config: Option<PathBuf>,
 }
 
 impl NatsServer {
     /// Starts a server with JetStream on a free 127.0.0.1 port and a new
     /// temporary store.
     pub fn start() -> Result<NatsServer> {
+        NatsServer::start_with(None)
+    }
+
+    /// As [`NatsServer::start`], with a configuration file (users and
+    /// permissions, say); the address, port and store given here win over
+    /// the file's.
+    pub fn start_with_config(config: &Path) -> Result<NatsServer> {
+        NatsServer::start_with(Some(config.to_path_buf()))
+    }
+
+    fn start_with(config: Option<PathBuf>) -> Result<NatsServer> {
         let binary = find_binary()?;
         check_version(&binary)?;
         let dir = tempfile::Builder::new()
@@ -85,6 +98,7 @@ impl NatsServer {
             url: String::new(),
             dir,
             binary,
+            config,
         };
         server.spawn()?;
         Ok(server)
@@ -113,7 +127,11 @@ impl NatsServer {
             .append(true)
             .open(&log_path)
             .map_err(|e| Error::with_source(ErrorKind::NatsServer, e).context("log file"))?;
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
             .arg(self.dir.path().join("store"))
             .arg("--ports_file_dir")

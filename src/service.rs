@@ -63,7 +63,7 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
     let client = connect(&config.nats_url).await?;
     let js = async_nats::jetstream::new(client.clone());
     let streams = Streams::ensure(js, config.subjects.clone(), &config.streams).await?;
-    tracing::info!(url = %config.nats_url, role = ?config.role, "allot serving");
+    tracing::info!(url = %crate::client::redact(&config.nats_url), role = ?config.role, "allot serving");
 
     // One shutdown signal, seen by both halves. It fires on `shutdown`, or
     // when either half fails, so that the other half stops too and the
