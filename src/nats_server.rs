@@ -116,6 +116,34 @@ impl NatsServer {
         }
     }
 
+    /// Stops the server as an operator would (SIGTERM, so it flushes its
+    /// store), waiting up to 10 s before killing it.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .arg(child.id().to_string())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts a stopped (or killed) server again, on the same port and
+    /// store, as an operator restarting it would.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.spawn()
+    }
+
     fn spawn(&mut self) -> Result<()> {
         let ports_dir = self.dir.path().join("ports");
         let _ = std::fs::remove_dir_all(&ports_dir);
@@ -131,8 +159,16 @@ impl NatsServer {
         if let Some(config) = &self.config {
             command.arg("-c").arg(config);
         }
+        // A restart keeps the port, so that clients reconnect by themselves.
+        let port = self
+            .url
+            .rsplit(':')
+            .next()
+            .filter(|p| !p.is_empty())
+            .unwrap_or("-1")
+            .to_string();
         let child = command
-            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
+            .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
             .arg(self.dir.path().join("store"))
             .arg("--ports_file_dir")
             .arg(&ports_dir)

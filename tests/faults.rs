@@ -1,0 +1,118 @@
+//! Faults outside the service: NATS itself stops and comes back.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use allot::wire::{AuctionSpec, BidReply, BidRequest};
+use common::{assert_replay_matches_outcomes, one_outcome_per_bid, Harness};
+
+/// nats-server is stopped and restarted (same store, same port) while bids
+/// flow. The service reconnects by itself; clients get errors (not hangs)
+/// while it is down and resend; afterwards every accepted bid has exactly
+/// one outcome and a replay of the log agrees with all of them.
+#[tokio::test]
+async fn nats_restart_mid_run_loses_and_doubles_nothing() {
+    let mut h = Harness::server_only().await;
+    let mut serve = common::serve_process(&h, &[], &[]);
+    h.wait_until_serving().await;
+    h.open(
+        "n",
+        AuctionSpec {
+            max_wins_per_bidder: 2,
+            ..AuctionSpec::with_capacity(400)
+        },
+    )
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted_count = Arc::new(AtomicUsize::new(0));
+    let failed_attempts = Arc::new(AtomicUsize::new(0));
+    let slowest_attempt_ms = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for worker in 0..8u32 {
+        let mut client = h.client.clone();
+        client.timeout = Duration::from_secs(2);
+        let stop = stop.clone();
+        let (accepted_count, failed) = (accepted_count.clone(), failed_attempts.clone());
+        let slowest = slowest_attempt_ms.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let request = BidRequest {
+                    bid_id: format!("w{worker}-{i}"),
+                    bidder_id: format!("u{}", (worker * 7 + i) % 300),
+                    amount: 10,
+                };
+                for attempt in 0.. {
+                    let started = Instant::now();
+                    let reply = client.bid("n", &request).await;
+                    slowest.fetch_max(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    match reply {
+                        Ok(BidReply::Accepted { .. }) => {
+                            accepted.push(request.bid_id.clone());
+                            accepted_count.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        Ok(BidReply::Rejected { .. }) => break,
+                        // NATS down: an error now, or a reply saying the
+                        // gateway could not append; either way, resend.
+                        Ok(BidReply::Error { .. }) | Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            assert!(attempt < 300, "no answer after {attempt} resends");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+                i += 1;
+            }
+            accepted
+        }));
+    }
+    let reach = |n: usize| {
+        let count = accepted_count.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while count.load(Ordering::Relaxed) < n {
+                assert!(Instant::now() < deadline, "fewer than {n} bids accepted");
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+    };
+
+    reach(150).await;
+    let before = accepted_count.load(Ordering::Relaxed);
+    // Down for longer than a bid's 2 s timeout, so that bidders see it.
+    h.server.stop();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    h.server
+        .restart()
+        .expect("nats-server restarts on its store");
+    reach(before + 150).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut accepted = HashSet::new();
+    for task in tasks {
+        accepted.extend(task.await.unwrap());
+    }
+    assert!(
+        failed_attempts.load(Ordering::Relaxed) > 0,
+        "the outage was seen by the bidders"
+    );
+    let slowest = slowest_attempt_ms.load(Ordering::Relaxed);
+    assert!(slowest < 10_000, "a bid attempt hung for {slowest} ms");
+
+    h.wait_for_outcomes("n", accepted.len()).await;
+    h.wait_until_decided().await;
+    let outcomes = h.outcomes(Some("n")).await;
+    let by_bid = one_outcome_per_bid(&outcomes);
+    for bid_id in &accepted {
+        assert!(by_bid.contains_key(bid_id), "accepted bid {bid_id} lost");
+    }
+    assert_replay_matches_outcomes(&h).await;
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+}
