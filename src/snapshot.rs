@@ -29,11 +29,11 @@ pub enum SnapshotError {
         path: PathBuf,
         source: rusqlite::Error,
     },
-    #[error("snapshot {path} holds a decision that cannot be read ({what}); delete the file to rebuild it from the streams")]
+    #[error("snapshot {path} holds a decision that cannot be read ({what})")]
     Corrupt { path: PathBuf, what: String },
     #[error("no snapshot at {path}, or one in another layout")]
     Missing { path: PathBuf },
-    #[error("snapshot {path} is damaged ({source}); stop allot, delete the file, and restart: the verifier rebuilds it from the streams")]
+    #[error("snapshot {path} is damaged ({source})")]
     Damaged {
         path: PathBuf,
         source: rusqlite::Error,
@@ -103,6 +103,28 @@ pub enum Sync {
     Normal,
     /// `synchronous=FULL`: every commit is on disk before it returns.
     Full,
+}
+
+/// Moves a damaged snapshot's files out of the way (renamed with a
+/// `.damaged-<unix seconds>` suffix, in the same directory), so that a new
+/// one can be built. Returns the new name of the main file.
+pub fn set_aside(dir: &Path) -> std::io::Result<PathBuf> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut main = dir.join(FILE_NAME);
+    for suffix in ["", "-wal", "-shm"] {
+        let from = dir.join(format!("{FILE_NAME}{suffix}"));
+        let to = dir.join(format!("{FILE_NAME}{suffix}.damaged-{stamp}"));
+        match std::fs::rename(&from, &to) {
+            Ok(()) if suffix.is_empty() => main = to,
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(main)
 }
 
 /// The snapshot's table layout; a file with another is rebuilt.

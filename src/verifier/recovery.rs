@@ -3,6 +3,7 @@
 //! the durable consumer with it.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::Path;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::stream;
@@ -11,8 +12,9 @@ use futures::StreamExt;
 use super::lease::Lease;
 use super::outcomes::{announce_sold_out, publish};
 use super::{blocking, Verifier, VerifierConfig};
+use crate::core::Ledger;
 use crate::error::{Error, ErrorKind, Result};
-use crate::snapshot::{Snapshot, StoredOutcome};
+use crate::snapshot::{Position, Snapshot, SnapshotError, StoredOutcome, Sync};
 use crate::streams::Streams;
 use crate::wire::OutcomeEvent;
 
@@ -30,19 +32,17 @@ impl<'a> Verifier<'a> {
         let dir = config.data_dir.clone();
         let sync = config.sync;
         let (snapshot, ledger, position, unpublished) = blocking(move || -> Result<_> {
-            let mut snapshot = Snapshot::open(&dir, sync)?;
-            match snapshot.log_identity()? {
-                Some(known) if known == identity => {}
-                Some(known) => {
-                    tracing::warn!(snapshot = %known, log = %identity, "snapshot belongs to an earlier log; starting over");
-                    snapshot.reset(&identity)?;
+            match load(&dir, sync, &identity) {
+                Err(e @ (SnapshotError::Damaged { .. } | SnapshotError::Corrupt { .. })) => {
+                    // The streams hold everything the snapshot did: set the
+                    // damaged files aside (for a post-mortem) and rebuild.
+                    let aside = crate::snapshot::set_aside(&dir)
+                        .map_err(Error::wrap(ErrorKind::Snapshot, "setting a damaged snapshot aside"))?;
+                    tracing::error!(error = %e, moved_to = %aside.display(), "snapshot damaged; rebuilding it from the streams");
+                    Ok(load(&dir, sync, &identity)?)
                 }
-                None => snapshot.reset(&identity)?,
+                loaded => Ok(loaded?),
             }
-            let ledger = snapshot.load()?;
-            let position = snapshot.position()?;
-            let unpublished = snapshot.unpublished()?;
-            Ok((snapshot, ledger, position, unpublished))
         })
         .await?;
 
@@ -93,6 +93,28 @@ impl<'a> Verifier<'a> {
         v.already_published = found;
         Ok(v)
     }
+}
+
+/// A loaded snapshot: the file, the ledger, the position and the
+/// decisions not known to be published.
+type Loaded = (Snapshot, Ledger, Position, Vec<StoredOutcome>);
+
+/// Opens the snapshot in `dir` for the log `identity` and loads it; a
+/// snapshot of another log is emptied first.
+fn load(dir: &Path, sync: Sync, identity: &str) -> std::result::Result<Loaded, SnapshotError> {
+    let mut snapshot = Snapshot::open(dir, sync)?;
+    match snapshot.log_identity()? {
+        Some(known) if known == identity => {}
+        Some(known) => {
+            tracing::warn!(snapshot = %known, log = %identity, "snapshot belongs to an earlier log; starting over");
+            snapshot.reset(identity)?;
+        }
+        None => snapshot.reset(identity)?,
+    }
+    let ledger = snapshot.load()?;
+    let position = snapshot.position()?;
+    let unpublished = snapshot.unpublished()?;
+    Ok((snapshot, ledger, position, unpublished))
 }
 
 /// Outcomes in the outcome stream that the snapshot does not account for,
