@@ -116,3 +116,77 @@ async fn nats_restart_mid_run_loses_and_doubles_nothing() {
     serve.kill().unwrap();
     serve.wait().unwrap();
 }
+
+/// The verifier (the whole `allot serve` process) is killed with SIGKILL
+/// three times at irregular moments during a load test with duplicate
+/// submissions, and restarted each time. The load test's invariant check is
+/// the oracle: every accepted bid exactly one outcome, no auction over its
+/// capacity, confirmed = min(capacity, eligible tries); and an offline
+/// replay of the log agrees with every published outcome.
+#[tokio::test]
+async fn verifier_crash_loop_under_load_keeps_every_invariant() {
+    use allot::loadtest::workload::Workload;
+    use allot::loadtest::{self, Options, Strategy};
+
+    let h = Harness::server_only().await;
+    let mut serve = common::serve_process(&h, &[], &[]);
+    h.wait_until_serving().await;
+    let mut client = h.client.clone();
+    client.timeout = Duration::from_secs(2);
+    let options = Options {
+        workload: Workload {
+            auctions: 10,
+            capacity: 300,
+            bidders: 2000,
+            max_wins_per_bidder: 2,
+            requests: Some(8000),
+            rate: Some(2000.0),
+            concurrency: 256,
+            duplicates: 0.02,
+            run_id: "crashloop".into(),
+            ..Workload::default()
+        },
+        strategies: vec![Strategy::Tcc],
+        progress: false,
+        settle: Duration::from_secs(30),
+        // A bid that meets a dead gateway is resent, with the same bid id,
+        // for up to 5 s.
+        attempts: 50,
+        ..Options::default()
+    };
+    let run = tokio::spawn(async move { loadtest::run(&client, &options).await });
+
+    // Irregular gaps from the clock's low bits: 0.6 to 1.4 s. Each kill
+    // comes while tries are being appended.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    let log_end = || async {
+        let mut log = h.js.get_stream("ALLOT_TRIES").await.unwrap();
+        log.info().await.unwrap().state.last_sequence
+    };
+    let mut last = 0;
+    for kill in 0..3u64 {
+        let gap = 600 + (nanos >> (kill * 7)) % 800;
+        tokio::time::sleep(Duration::from_millis(gap)).await;
+        let now = log_end().await;
+        assert!(now > last, "tries flow before kill {kill}");
+        last = now;
+        serve.kill().expect("kill -9");
+        serve.wait().unwrap();
+        serve = common::serve_process(&h, &[], &[]);
+    }
+    let outcome = run.await.unwrap().expect("the load test runs");
+    let report = &outcome.reports[0];
+    assert!(report.invariants.ok, "{:?}", report.invariants.violations);
+    assert!(
+        report.accepted > 1000,
+        "bids got through: {}",
+        report.accepted
+    );
+    h.wait_until_decided().await;
+    assert_replay_matches_outcomes(&h).await;
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+}
