@@ -30,8 +30,23 @@ async fn malformed_requests_get_clear_errors_and_the_service_keeps_serving() {
         ),
         (
             h.client.subjects.bid("m"),
+            br#"{"bid_id":"b","bidder_id":"u","amount":-5}"#.to_vec(),
+            "amount",
+        ),
+        (
+            h.client.subjects.bid("m"),
             br#"{"bid_id":"b.c","bidder_id":"u","amount":1}"#.to_vec(),
             "bid_id",
+        ),
+        (
+            h.client.subjects.bid("m"),
+            br#"{"bid_id":"b*","bidder_id":"u","amount":1}"#.to_vec(),
+            "bid_id",
+        ),
+        (
+            h.client.subjects.bid("m"),
+            br#"{"bid_id":"b","bidder_id":"u v","amount":1}"#.to_vec(),
+            "bidder_id",
         ),
         (
             h.client.subjects.bid("m"),

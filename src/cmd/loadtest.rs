@@ -77,6 +77,10 @@ pub struct Args {
     /// Seconds to wait for a missing outcome before checking anyway.
     #[arg(long, default_value_t = 30)]
     pub settle_secs: u64,
+    /// Tries per bid when the service does not answer (each resend keeps
+    /// the bid id, so it is safe); 100 ms apart.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub attempts: u32,
     /// No progress display.
     #[arg(long, short)]
     pub quiet: bool,
@@ -123,6 +127,7 @@ pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
         strategies,
         baseline: args.baseline,
         settle: Duration::from_secs(args.settle_secs),
+        attempts: args.attempts,
         progress: !args.quiet,
         ..Options::default()
     };

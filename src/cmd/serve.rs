@@ -24,9 +24,12 @@ pub struct Args {
     /// resent within it gets its original reply.
     #[arg(long, default_value_t = 120)]
     pub dedupe_window_secs: u64,
-    /// Commit every snapshot transaction to disk before going on (SQLite synchronous=FULL).
-    #[arg(long)]
-    pub sync_full: bool,
+    /// The durable profile: every snapshot transaction is on disk before the
+    /// verifier goes on (SQLite synchronous=FULL). Pair it with a
+    /// nats-server whose JetStream has `sync_interval: always` (see
+    /// RELIABILITY.md).
+    #[arg(long, alias = "sync-full")]
+    pub durable: bool,
     /// Seconds a verifier's lease lasts unrenewed: after a crash, another
     /// verifier takes over this long after the last renewal.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -46,7 +49,7 @@ pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
         verifier: VerifierConfig {
             data_dir: args.data_dir,
             batch_size: args.batch_size as usize,
-            sync: if args.sync_full {
+            sync: if args.durable {
                 Sync::Full
             } else {
                 Sync::Normal
