@@ -129,7 +129,6 @@ pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
         settle: Duration::from_secs(args.settle_secs),
         attempts: args.attempts,
         progress: !args.quiet,
-        ..Options::default()
     };
     let outcome = if args.embedded {
         let embedded = Embedded::start(common.prefix).await?;
