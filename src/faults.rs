@@ -1,9 +1,12 @@
-//! Named crash points, for fault tests that need a crash at an exact step
-//! rather than at a random moment.
+//! Named fault points, for fault tests that need a fault at an exact step
+//! rather than at a random moment. Each is set by an environment variable
+//! and, unset, costs one comparison:
 //!
-//! With `ALLOT_CRASH_AT=<point>` in its environment, the process aborts
-//! (as `kill -9` would stop it: no cleanup, no flush) the first time it
-//! reaches that point. Unset, a crash point costs one comparison.
+//! - `ALLOT_CRASH_AT=<point>`: the process aborts (as `kill -9` would stop
+//!   it: no cleanup, no flush) the first time it reaches that point;
+//! - `ALLOT_STALL_AT=<point>:<millis>`: it pauses there once;
+//! - `ALLOT_FAIL_AT=<point>:<millis>`: the step fails, from the first time
+//!   it is reached, for that long.
 
 use std::sync::OnceLock;
 
@@ -17,4 +20,46 @@ pub fn crash_point(point: &str) {
         eprintln!("allot: crash point {point:?} reached; aborting");
         std::process::abort();
     }
+}
+
+/// Environment variable naming a point to stall at once: `<point>:<millis>`.
+pub const STALL_AT: &str = "ALLOT_STALL_AT";
+
+/// Environment variable naming a point that fails for a while:
+/// `<point>:<millis>`, counted from the first time it is reached.
+pub const FAIL_AT: &str = "ALLOT_FAIL_AT";
+
+/// Parses `<point>:<millis>` from `var`.
+fn timed(var: &str) -> Option<(String, std::time::Duration)> {
+    let value = std::env::var(var).ok()?;
+    let (point, millis) = value.rsplit_once(':')?;
+    Some((
+        point.to_string(),
+        std::time::Duration::from_millis(millis.parse().ok()?),
+    ))
+}
+
+/// Sleeps the configured time the first time `point` is reached, as a
+/// process paused by the scheduler or a long GC would.
+pub async fn stall_point(point: &str) {
+    static AT: OnceLock<Option<(String, std::time::Duration)>> = OnceLock::new();
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let Some((at, pause)) = AT.get_or_init(|| timed(STALL_AT)) else {
+        return;
+    };
+    if at == point && !DONE.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        eprintln!("allot: stall point {point:?} reached; pausing {pause:?}");
+        tokio::time::sleep(*pause).await;
+    }
+}
+
+/// True while `point` is configured to fail: from the first time it is
+/// reached, for the configured time (a disk that is full for a while).
+pub fn fail_point(point: &str) -> bool {
+    static AT: OnceLock<Option<(String, std::time::Duration)>> = OnceLock::new();
+    static SINCE: OnceLock<std::time::Instant> = OnceLock::new();
+    let Some((at, lasting)) = AT.get_or_init(|| timed(FAIL_AT)) else {
+        return false;
+    };
+    at == point && SINCE.get_or_init(std::time::Instant::now).elapsed() < *lasting
 }

@@ -280,6 +280,13 @@ impl Snapshot {
 
     /// Writes one batch in one transaction.
     pub fn commit(&mut self, batch: &Batch) -> Result<(), SnapshotError> {
+        if crate::faults::fail_point("commit") {
+            // As SQLite reports a full disk.
+            return Err(self.sql(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                Some("injected by ALLOT_FAIL_AT".into()),
+            )));
+        }
         let result = (|| {
             let tx = self.conn.transaction()?;
             {

@@ -190,3 +190,83 @@ async fn verifier_crash_loop_under_load_keeps_every_invariant() {
     serve.kill().unwrap();
     serve.wait().unwrap();
 }
+
+/// Places `n` bids on `auction`, one bidder each; all must be accepted.
+async fn place(h: &Harness, auction: &str, n: u32) -> usize {
+    for i in 0..n {
+        let reply = h
+            .client
+            .bid(
+                auction,
+                &common::bid(&format!("b{i}"), &format!("u{i}"), 10),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(reply, BidReply::Accepted { .. }), "{reply:?}");
+    }
+    n as usize
+}
+
+/// The verifier's durable consumer, as the server sees it.
+async fn verifier_consumer(h: &Harness) -> async_nats::jetstream::consumer::Info {
+    let log = h.js.get_stream("ALLOT_TRIES").await.unwrap();
+    log.consumer_info(allot::verifier::CONSUMER).await.unwrap()
+}
+
+/// The verifier stalls past the consumer's ack wait, so JetStream delivers
+/// the same tries again while they are being finished: nothing is decided
+/// or published twice.
+#[tokio::test]
+async fn redelivery_past_the_ack_wait_has_no_duplicate_effect() {
+    let h = Harness::server_only().await;
+    let mut serve = common::serve_process(
+        &h,
+        &["--ack-wait-secs", "1"],
+        &[("ALLOT_STALL_AT", "before_ack:2500")],
+    );
+    h.wait_until_serving().await;
+    h.open("r", AuctionSpec::with_capacity(30)).await;
+    let accepted = place(&h, "r", 60).await;
+    h.wait_for_outcomes("r", accepted).await;
+    h.wait_until_decided().await;
+    // More deliveries than log entries: some were delivered twice.
+    let delivered = verifier_consumer(&h).await.delivered;
+    assert!(
+        delivered.consumer_sequence > delivered.stream_sequence,
+        "the stall made JetStream redeliver: {delivered:?}"
+    );
+    let outcomes = h.outcomes(Some("r")).await;
+    assert_eq!(outcomes.len(), accepted);
+    one_outcome_per_bid(&outcomes);
+    assert_replay_matches_outcomes(&h).await;
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+}
+
+/// The snapshot cannot be written for 3 s (as with a full disk): nothing is
+/// acked or published meanwhile, bids are still accepted, and once writes
+/// work again every bid is decided exactly once.
+#[tokio::test]
+async fn a_failing_snapshot_write_stops_acks_until_it_works_again() {
+    let h = Harness::server_only().await;
+    let mut serve = common::serve_process(&h, &[], &[("ALLOT_FAIL_AT", "commit:3000")]);
+    h.wait_until_serving().await;
+    h.open("f", AuctionSpec::with_capacity(100)).await;
+    let accepted = place(&h, "f", 20).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let consumer = verifier_consumer(&h).await;
+    assert_eq!(
+        consumer.ack_floor.stream_sequence, 0,
+        "nothing acked while the snapshot cannot be written"
+    );
+    assert!(h.outcomes(Some("f")).await.is_empty(), "nothing published");
+
+    h.wait_for_outcomes("f", accepted).await;
+    h.wait_until_decided().await;
+    let outcomes = h.outcomes(Some("f")).await;
+    assert_eq!(outcomes.len(), accepted);
+    one_outcome_per_bid(&outcomes);
+    assert_replay_matches_outcomes(&h).await;
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+}

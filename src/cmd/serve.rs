@@ -30,6 +30,10 @@ pub struct Args {
     /// RELIABILITY.md).
     #[arg(long, alias = "sync-full")]
     pub durable: bool,
+    /// Seconds JetStream waits for the verifier's ack before delivering a
+    /// try again.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ack_wait_secs: u64,
     /// Seconds a verifier's lease lasts unrenewed: after a crash, another
     /// verifier takes over this long after the last renewal.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -49,6 +53,7 @@ pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
         verifier: VerifierConfig {
             data_dir: args.data_dir,
             batch_size: args.batch_size as usize,
+            ack_wait: Duration::from_secs(args.ack_wait_secs),
             sync: if args.durable {
                 Sync::Full
             } else {

@@ -38,7 +38,7 @@ use futures::StreamExt;
 
 use crate::core::{Ledger, Step, Verdict};
 use crate::error::{Error, ErrorKind, Result};
-use crate::faults::crash_point;
+use crate::faults::{crash_point, stall_point};
 use crate::snapshot::{Batch, Position, Snapshot, StoredOutcome, Sync};
 use crate::streams::Streams;
 use crate::wire::{
@@ -349,10 +349,18 @@ impl Verifier<'_> {
         }
         let last_seq = batch.last_seq;
         if last_seq <= self.position.last_seq {
-            // Acks every delivery up to and including this one.
-            last.ack()
-                .await
-                .map_err(|e| Error::with_source(ErrorKind::Nats, e).context("ack"))?;
+            // All redelivered. An ack covers every delivery up to this one,
+            // so it is sent only when their outcomes are all published;
+            // otherwise the ack of the batch in flight will cover them.
+            let redelivered_through = last
+                .info()
+                .map_err(|e| Error::with_source(ErrorKind::Protocol, e))?
+                .stream_sequence;
+            if redelivered_through <= self.position.published_through {
+                last.ack()
+                    .await
+                    .map_err(|e| Error::with_source(ErrorKind::Nats, e).context("ack"))?;
+            }
             return Ok(None);
         }
         self.lease.check()?;
@@ -389,6 +397,7 @@ impl Verifier<'_> {
         self.position.published_through = last_seq;
         self.position.outcomes_seq = outcomes_seq;
         crash_point("before_ack");
+        stall_point("before_ack").await;
         // Acks every delivery up to and including this one.
         batch
             .last
