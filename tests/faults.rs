@@ -270,3 +270,93 @@ async fn a_failing_snapshot_write_stops_acks_until_it_works_again() {
     serve.kill().unwrap();
     serve.wait().unwrap();
 }
+
+/// A gateway process is killed with SIGKILL mid-run while a separate
+/// verifier process keeps going. Bids answered `accepted` are never lost;
+/// bidders that got no answer resend the same bid id to the restarted
+/// gateway, safely.
+#[tokio::test]
+async fn gateway_crash_loses_no_accepted_bid() {
+    let h = Harness::server_only().await;
+    let verifier = common::serve_process(&h, &["--role", "verifier"], &[]);
+    let mut gateway = common::serve_process(&h, &["--role", "gateway"], &[]);
+    h.wait_until_serving().await;
+    h.open("g", AuctionSpec::with_capacity(10_000)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted_count = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for worker in 0..8u32 {
+        let mut client = h.client.clone();
+        client.timeout = Duration::from_secs(2);
+        let (stop, count, failed) = (stop.clone(), accepted_count.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let request = BidRequest {
+                    bid_id: format!("w{worker}-{i}"),
+                    bidder_id: format!("u{worker}-{i}"),
+                    amount: 10,
+                };
+                for attempt in 0.. {
+                    match client.bid("g", &request).await {
+                        Ok(BidReply::Accepted { .. }) => {
+                            accepted.push(request.bid_id.clone());
+                            count.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        Ok(other) => panic!("unexpected {other:?}"),
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            assert!(attempt < 300, "no gateway answered");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+                i += 1;
+            }
+            accepted
+        }));
+    }
+    let reach = |n: usize| {
+        let count = accepted_count.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while count.load(Ordering::Relaxed) < n {
+                assert!(Instant::now() < deadline, "fewer than {n} bids accepted");
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+    };
+    reach(150).await;
+    gateway.kill().expect("kill -9 the gateway");
+    gateway.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = accepted_count.load(Ordering::Relaxed);
+    let gateway = common::serve_process(&h, &["--role", "gateway"], &[]);
+    reach(before + 150).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut accepted = HashSet::new();
+    for task in tasks {
+        accepted.extend(task.await.unwrap());
+    }
+    assert!(
+        failed.load(Ordering::Relaxed) > 0,
+        "bidders saw the gateway gone"
+    );
+
+    h.wait_for_outcomes("g", accepted.len()).await;
+    h.wait_until_decided().await;
+    let outcomes = h.outcomes(Some("g")).await;
+    let by_bid = one_outcome_per_bid(&outcomes);
+    for bid_id in &accepted {
+        assert!(by_bid.contains_key(bid_id), "accepted bid {bid_id} lost");
+    }
+    assert_replay_matches_outcomes(&h).await;
+    for mut child in [gateway, verifier] {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
