@@ -195,18 +195,14 @@ async fn run_one(
         .get_stream(&stream_name)
         .await
         .map_err(Error::wrap(ErrorKind::Nats, stream_name.clone()))?;
-    let consumer = stream
-        .create_consumer(pull::OrderedConfig {
-            deliver_policy: DeliverPolicy::New,
-            ..Default::default()
-        })
+    let from = stream
+        .info()
         .await
-        .map_err(Error::wrap(ErrorKind::Nats, stream_name.clone()))?;
-    let messages = consumer
-        .messages()
-        .await
-        .map_err(Error::wrap(ErrorKind::Nats, stream_name.clone()))?;
-    let reader = tokio::spawn(read_outcomes(shared.clone(), messages));
+        .map_err(Error::wrap(ErrorKind::Nats, stream_name.clone()))?
+        .state
+        .last_sequence;
+    shared.read_to.store(from, Ordering::Relaxed);
+    let reader = tokio::spawn(read_outcomes(shared.clone(), stream.clone()));
 
     let (stop_sampling, sampling_stopped) = tokio::sync::oneshot::channel::<()>();
     let sampler = tokio::spawn(sample(
@@ -393,8 +389,31 @@ async fn send(engine: &Engine, shared: &Shared, n: u64, due: Instant, attempts: 
     }
 }
 
-/// Matches outcome events to the run's bids, as they arrive.
-async fn read_outcomes(shared: Arc<Shared>, mut messages: pull::Ordered) {
+/// Reads the outcome stream from just after `shared.read_to`, and goes on
+/// from where it stopped whenever the read fails (NATS restarting, say).
+async fn read_outcomes(shared: Arc<Shared>, stream: jetstream::stream::Stream) {
+    loop {
+        let from = shared.read_to.load(Ordering::Relaxed) + 1;
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                },
+                ..Default::default()
+            })
+            .await;
+        if let Ok(consumer) = consumer {
+            if let Ok(messages) = consumer.messages().await {
+                match_outcomes(&shared, messages).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Matches outcome events to the run's bids, as they arrive, until the
+/// read fails.
+async fn match_outcomes(shared: &Shared, mut messages: pull::Ordered) {
     while let Some(Ok(message)) = messages.next().await {
         if let Ok(info) = message.info() {
             shared

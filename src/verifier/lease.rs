@@ -191,13 +191,56 @@ async fn renew(bucket: kv::Store, owner: String, ttl: Duration, state: Arc<Mutex
                 state.valid_until = started + ttl / 2;
             }
             Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
-                tracing::error!("the verifier lease was taken by another verifier");
-                state.lock().unwrap().lost = true;
-                return;
+                // Not necessarily taken: a renewal whose reply was lost (NATS
+                // restarting, say) still moved the revision on, or the
+                // entry aged out meanwhile. Only another owner means lost.
+                match reclaim(&bucket, &owner).await {
+                    Ok(Some(revision)) => {
+                        tracing::info!("verifier lease still ours; renewing");
+                        let mut state = state.lock().unwrap();
+                        state.revision = revision;
+                        state.valid_until = started + ttl / 2;
+                    }
+                    Ok(None) => {
+                        tracing::error!("the verifier lease was taken by another verifier");
+                        state.lock().unwrap().lost = true;
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot renew the verifier lease; retrying")
+                    }
+                }
             }
             Err(e) => tracing::warn!(error = %e, "cannot renew the verifier lease; retrying"),
         }
     }
+}
+
+/// After a failed compare-and-set: renews the lease if it is still ours
+/// (or lapsed, and nobody took it), returning the new revision; `None` if
+/// another verifier holds it.
+async fn reclaim(bucket: &kv::Store, owner: &str) -> Result<Option<u64>> {
+    let entry = bucket
+        .entry(KEY)
+        .await
+        .map_err(Error::wrap(ErrorKind::Nats, "verifier lease"))?;
+    let written = match entry {
+        Some(entry) if entry.operation == kv::Operation::Put => {
+            if entry.value != owner.as_bytes() {
+                return Ok(None);
+            }
+            bucket
+                .update(KEY, owner.to_string().into(), entry.revision)
+                .await
+                .map_err(Error::wrap(ErrorKind::Nats, "verifier lease"))
+        }
+        // Aged out (or deleted): take it again, unless someone is faster.
+        _ => match bucket.create(KEY, owner.to_string().into()).await {
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => return Ok(None),
+            created => created.map_err(Error::wrap(ErrorKind::Nats, "verifier lease")),
+        },
+    };
+    written.map(Some)
 }
 
 /// Names this verifier: host and data directory.
