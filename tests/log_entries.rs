@@ -3,6 +3,8 @@
 
 mod common;
 
+use futures::StreamExt;
+
 use allot::wire::{AuctionSpec, BidReply, BidRequest, CancelReason, OutcomeKind};
 use common::{assert_matches, assert_replay_matches_outcomes, one_outcome_per_bid, Harness};
 
@@ -11,6 +13,13 @@ async fn hand_written_garbage_in_the_log_never_blocks_an_auction() {
     let h = Harness::start().await;
     h.open("p", AuctionSpec::with_capacity(2)).await;
     let subject = h.client.subjects.try_event("p");
+    // JetStream reports each terminated delivery.
+    let mut terminated = h
+        .client
+        .client
+        .subscribe("$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.ALLOT_TRIES.allot-verifier")
+        .await
+        .unwrap();
     let garbage: [&[u8]; 4] = [
         b"garbage",
         br#"{"bid_id":"bad-1","amount":"lots"}"#,
@@ -53,4 +62,17 @@ async fn hand_written_garbage_in_the_log_never_blocks_an_auction() {
         assert_matches("outcome-event.schema.json", &serde_json::to_vec(o).unwrap());
     }
     assert_replay_matches_outcomes(&h).await;
+
+    // Every garbage entry, with a bid id or not, was terminated (+TERM).
+    let mut terminated_seqs = std::collections::BTreeSet::new();
+    while terminated_seqs.len() < garbage.len() {
+        let advisory = tokio::time::timeout(std::time::Duration::from_secs(10), terminated.next())
+            .await
+            .expect("a termination advisory per garbage entry")
+            .unwrap();
+        let advisory: serde_json::Value = serde_json::from_slice(&advisory.payload).unwrap();
+        terminated_seqs.insert(advisory["stream_seq"].as_u64().unwrap());
+    }
+    // The open event is entry 1; the garbage follows it.
+    assert_eq!(terminated_seqs, (2..=5).collect());
 }

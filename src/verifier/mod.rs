@@ -33,7 +33,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::jetstream::stream::DirectGetErrorKind;
-use async_nats::jetstream::Message;
+use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt;
 
 use crate::core::{Ledger, Step, Verdict};
@@ -277,6 +277,8 @@ struct InFlight {
     last_seq: u64,
     /// The last delivery of the batch: acking it acks the whole batch.
     last: Message,
+    /// Deliveries of entries that were not valid events, to terminate.
+    poison: Vec<Message>,
     /// The batch's decisions, for the sold-out notices.
     decided: Vec<StoredOutcome>,
     /// The first outcome found in the stream and not yet matched to a try,
@@ -301,7 +303,11 @@ impl Verifier<'_> {
         // Decisions taken from the outcome stream are not published again;
         // they only need their sold-out notice.
         let mut reused: HashSet<(String, String)> = HashSet::new();
-        for message in &chunk {
+        // Entries that are not valid events: terminated once the batch is
+        // recorded, so that JetStream reports them (a `MSG_TERMINATED`
+        // advisory) and never delivers them again.
+        let mut poison: Vec<usize> = Vec::new();
+        for (index, message) in chunk.iter().enumerate() {
             let info = message
                 .info()
                 .map_err(|e| Error::with_source(ErrorKind::Protocol, e))?;
@@ -319,6 +325,9 @@ impl Verifier<'_> {
                 &message.payload,
                 info.published,
             );
+            if matches!(entry, LogEntry::InvalidTry(_) | LogEntry::Unreadable(_)) {
+                poison.push(index);
+            }
             let step = self.ledger.apply_entry(&entry, seq);
             match (entry, step) {
                 (LogEntry::Event(LogEvent::Open(open)), Some(Step::Opened)) => {
@@ -371,8 +380,10 @@ impl Verifier<'_> {
         crash_point("after_commit");
         self.position.last_seq = last_seq;
         let acks = send(self.streams, &decided, &reused).await?;
+        let poison = poison.iter().map(|&i| chunk[i].clone()).collect();
         Ok(Some(InFlight {
             last_seq,
+            poison,
             last: chunk
                 .into_iter()
                 .next_back()
@@ -398,6 +409,14 @@ impl Verifier<'_> {
         self.position.outcomes_seq = outcomes_seq;
         crash_point("before_ack");
         stall_point("before_ack").await;
+        // Terminated only now: a `+TERM` under this consumer's ack-all
+        // policy may count as an ack of everything before it.
+        for message in &batch.poison {
+            message
+                .ack_with(AckKind::Term)
+                .await
+                .map_err(|e| Error::with_source(ErrorKind::Nats, e).context("terminate"))?;
+        }
         // Acks every delivery up to and including this one.
         batch
             .last
