@@ -254,3 +254,41 @@ fn owner(data_dir: &Path) -> String {
         .unwrap_or_else(|_| data_dir.to_path_buf());
     format!("{host}:{}", dir.display())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nats_server::NatsServer;
+
+    #[tokio::test]
+    async fn a_renewal_whose_reply_was_lost_keeps_the_lease_but_another_owner_takes_it() {
+        let server = NatsServer::start().unwrap();
+        let client = crate::client::connect(server.url()).await.unwrap();
+        let ttl = Duration::from_secs(3);
+        let bucket = async_nats::jetstream::new(client)
+            .create_key_value(kv::Config {
+                bucket: "LEASE_TEST".into(),
+                max_age: ttl,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let lease = Lease::acquire(bucket.clone(), dir.path(), ttl)
+            .await
+            .unwrap();
+
+        // As a renewal that NATS applied but whose reply never came back:
+        // the entry moves on, with our own name in it.
+        bucket.put(KEY, lease.owner.clone().into()).await.unwrap();
+        tokio::time::sleep(ttl / 3 + Duration::from_millis(500)).await;
+        lease.check().expect("still ours");
+        assert!(!lease.state.lock().unwrap().lost);
+
+        // Another owner's name in the entry: lost, for good.
+        bucket.put(KEY, "elsewhere:/data".into()).await.unwrap();
+        tokio::time::sleep(ttl / 3 + Duration::from_millis(500)).await;
+        let lost = lease.check().expect_err("taken");
+        assert_eq!(lost.kind(), ErrorKind::Integrity);
+    }
+}
