@@ -47,7 +47,22 @@ async fn all_three_strategies_pass_the_invariant_check_on_the_same_workload() {
             "{}: duplicates are resends, not new bids",
             r.strategy
         );
-        assert!(r.errors.is_empty(), "{}: {:?}", r.strategy, r.errors);
+        // Giving up under contention is how occ and lock fail, and a busy
+        // machine can make them; anything else is a defect. allot never
+        // gives up.
+        let expected_failure = match r.strategy.as_str() {
+            "occ" => Some("conflict_retries_exhausted"),
+            "lock" => Some("lock_timeout"),
+            _ => None,
+        };
+        assert!(
+            r.errors
+                .keys()
+                .all(|e| Some(e.as_str()) == expected_failure),
+            "{}: {:?}",
+            r.strategy,
+            r.errors
+        );
         // 3000 requests over 3 auctions of 40 slots: every slot fills.
         assert_eq!(r.confirmed, 120, "{}", r.strategy);
         assert!(

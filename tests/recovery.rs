@@ -3,13 +3,10 @@
 
 mod common;
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use allot::wire::{AuctionSpec, BidReply, BidRequest, OutcomeKind};
-use common::{assert_replay_matches_outcomes, one_outcome_per_bid, Harness};
+use common::{assert_replay_matches_outcomes, one_outcome_per_bid, Bidders, Harness};
 
 fn bid(bid_id: String, bidder: String) -> BidRequest {
     BidRequest {
@@ -121,68 +118,16 @@ async fn kill_9_mid_run_leaves_every_accepted_bid_with_one_outcome() {
 
     // Eight bidders send bids without pause. A bid that gets no answer (the
     // service is down) is resent with the same bid id until it does.
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for worker in 0..8u32 {
-        let mut client = h.client.clone();
-        client.timeout = Duration::from_secs(2);
-        let (stop, count) = (stop.clone(), count.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut accepted = Vec::new();
-            let mut i = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                let request = bid(
-                    format!("w{worker}-{i}"),
-                    format!("u{}", (worker * 7 + i) % 400),
-                );
-                let mut attempts = 0;
-                loop {
-                    match client.bid("k", &request).await {
-                        Ok(BidReply::Accepted { .. }) => {
-                            accepted.push(request.bid_id.clone());
-                            count.fetch_add(1, Ordering::Relaxed);
-                            break;
-                        }
-                        Ok(BidReply::Rejected { .. }) => break,
-                        Ok(BidReply::Error { message, .. }) => panic!("error reply: {message}"),
-                        Err(e) => {
-                            attempts += 1;
-                            assert!(attempts < 600, "no answer for 30 s: {e}");
-                            tokio::time::sleep(Duration::from_millis(50)).await
-                        }
-                    }
-                }
-                i += 1;
-            }
-            accepted
-        }));
-    }
-    let reach = |n: usize| {
-        let count = count.clone();
-        async move {
-            for _ in 0..1200 {
-                if count.load(Ordering::Relaxed) >= n {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            panic!("fewer than {n} bids accepted in 30 s");
-        }
-    };
+    let bidders = Bidders::start(&h, "k", 8, 400);
 
     // Kill while bids are flowing, restart, and keep bidding through it.
-    reach(150).await;
+    bidders.reach(150).await;
     child.kill().expect("kill -9");
     child.wait().unwrap();
-    let before = count.load(Ordering::Relaxed);
+    let before = bidders.accepted_now();
     let mut child = serve(&h);
-    reach(before + 150).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut accepted = HashSet::new();
-    for task in tasks {
-        accepted.extend(task.await.unwrap());
-    }
+    bidders.reach(before + 150).await;
+    let accepted = bidders.stop().await;
 
     let outcomes = h.wait_for_outcomes("k", accepted.len()).await;
     h.wait_until_decided().await;

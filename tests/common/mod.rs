@@ -371,3 +371,106 @@ pub fn error_code(reply: &async_nats::Message) -> Option<&str> {
         .get("Nats-Service-Error-Code")
         .map(|v| v.as_str())
 }
+
+/// Bidders that keep bidding on one auction until stopped, each resending
+/// an unanswered bid with the same bid id (safe: the id makes it one bid).
+pub struct Bidders {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Bids answered `accepted` so far.
+    pub accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Attempts that got an error or no answer.
+    pub failed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// The longest a single attempt took, in ms.
+    pub slowest_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    tasks: Vec<JoinHandle<Vec<String>>>,
+}
+
+impl Bidders {
+    /// `workers` concurrent bidders on `auction`, with bidder ids cycling
+    /// through `bidders` names; each attempt times out after 2 s.
+    pub fn start(h: &Harness, auction: &str, workers: u32, bidders: u32) -> Bidders {
+        use std::sync::atomic::Ordering;
+        use std::sync::Arc;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let slowest_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let tasks = (0..workers)
+            .map(|worker| {
+                let mut client = h.client.clone();
+                client.timeout = Duration::from_secs(2);
+                let auction = auction.to_string();
+                let (stop, count) = (stop.clone(), accepted.clone());
+                let (failed, slowest) = (failed.clone(), slowest_ms.clone());
+                tokio::spawn(async move {
+                    let mut mine = Vec::new();
+                    let mut i = 0u32;
+                    while !stop.load(Ordering::Relaxed) {
+                        let request = bid(
+                            &format!("w{worker}-{i}"),
+                            &format!("u{}", (worker * 7 + i) % bidders),
+                            10,
+                        );
+                        for attempt in 0.. {
+                            let started = std::time::Instant::now();
+                            let reply = client.bid(&auction, &request).await;
+                            let took = started.elapsed().as_millis() as u64;
+                            slowest.fetch_max(took, Ordering::Relaxed);
+                            match reply {
+                                Ok(allot::wire::BidReply::Accepted { .. }) => {
+                                    mine.push(request.bid_id.clone());
+                                    count.fetch_add(1, Ordering::Relaxed);
+                                    break;
+                                }
+                                Ok(allot::wire::BidReply::Rejected { .. }) => break,
+                                // The service or NATS is down: an error now,
+                                // or a reply saying the append failed.
+                                Ok(allot::wire::BidReply::Error { .. }) | Err(_) => {
+                                    failed.fetch_add(1, Ordering::Relaxed);
+                                    assert!(attempt < 600, "no answer after {attempt} resends");
+                                    tokio::time::sleep(Duration::from_millis(50)).await;
+                                }
+                            }
+                        }
+                        i += 1;
+                    }
+                    mine
+                })
+            })
+            .collect();
+        Bidders {
+            stop,
+            accepted,
+            failed,
+            slowest_ms,
+            tasks,
+        }
+    }
+
+    /// Bids accepted so far.
+    pub fn accepted_now(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until `n` bids are accepted (at most 60 s).
+    pub async fn reach(&self, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while self.accepted_now() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fewer than {n} bids accepted in 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Stops bidding; returns the ids of every accepted bid.
+    pub async fn stop(self) -> std::collections::HashSet<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut accepted = std::collections::HashSet::new();
+        for task in self.tasks {
+            accepted.extend(task.await.unwrap());
+        }
+        accepted
+    }
+}
