@@ -9,6 +9,7 @@
 //! its outcome and the stream has been read to its end, then check.
 
 mod baseline;
+mod charts;
 pub mod check;
 mod engine;
 pub mod html;
