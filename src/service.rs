@@ -83,8 +83,12 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
             if role == Role::Verifier {
                 return Ok(());
             }
-            let result = gateway::run(client, streams, config, signal(stopped)).await;
-            stop_on_error(&stop, result)
+            let result = gateway::run(client.clone(), streams, config, signal(stopped)).await;
+            // The last replies; in this task, so that it overlaps the
+            // verifier's own stopping.
+            let flushed = flush(&client).await;
+            stop_on_error(&stop, result)?;
+            flushed
         })
     };
     let verifier = {
@@ -117,10 +121,8 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
         }
     };
     let (_, gateway, verifier) = tokio::join!(trigger, gateway, verifier);
-    let flushed = flush(&client).await;
     gateway.map_err(panicked)??;
     verifier.map_err(panicked)??;
-    flushed?;
     Ok(())
 }
 

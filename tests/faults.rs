@@ -246,3 +246,28 @@ async fn gateway_crash_loses_no_accepted_bid() {
         child.wait().unwrap();
     }
 }
+
+/// With NATS gone for good, a stop signal still stops `allot serve`: every
+/// wait on NATS during shutdown is bounded, and the failure is reported.
+#[tokio::test]
+async fn serve_stops_on_sigterm_even_with_nats_gone() {
+    let mut h = Harness::server_only().await;
+    let mut serve = common::serve_process(&h, &[], &[]);
+    h.wait_until_serving().await;
+    h.open("s", AuctionSpec::with_capacity(5)).await;
+    h.client
+        .bid("s", &common::bid("b1", "u1", 10))
+        .await
+        .unwrap();
+    h.server.kill();
+    let term = std::process::Command::new("kill")
+        .arg(serve.id().to_string())
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = common::wait_exit(&mut serve, 20).await;
+    assert!(
+        !status.success(),
+        "NATS gone before the last flush is an error"
+    );
+}

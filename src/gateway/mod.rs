@@ -27,6 +27,10 @@ use crate::streams::Streams;
 use crate::wire::{self, AuctionSpec, ErrorCode, LogEvent, Reply, RequestError};
 use view::View;
 
+/// How long a stopping gateway waits for its subscriptions to drain, and
+/// then for the requests already buffered.
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Queue group shared by every gateway, so each request is served once.
 pub const QUEUE_GROUP: &str = "allot-gateway";
 
@@ -90,17 +94,20 @@ pub async fn run(
 
     let permits = Arc::new(Semaphore::new(config.max_in_flight));
     tokio::pin!(shutdown);
-    let mut draining = false;
+    // Once shutting down: until when buffered requests are still served.
+    let mut draining: Option<tokio::time::Instant> = None;
     loop {
         let message = tokio::select! {
-            _ = &mut shutdown, if !draining => {
-                // Stop new deliveries; what is already buffered is still served.
-                for sub in requests.iter_mut() {
-                    let _ = sub.drain().await;
-                }
-                draining = true;
+            _ = &mut shutdown, if draining.is_none() => {
+                // Stop new deliveries; what is already buffered is still
+                // served. Bounded: with NATS gone, a drain never completes
+                // and the subscriptions never end.
+                let drains = futures::future::join_all(requests.iter_mut().map(|s| s.drain()));
+                let _ = tokio::time::timeout(DRAIN_LIMIT, drains).await;
+                draining = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
                 continue;
             }
+            _ = tokio::time::sleep_until(draining.unwrap_or_else(tokio::time::Instant::now)), if draining.is_some() => break,
             message = requests.next() => message,
         };
         let Some(message) = message else { break };
@@ -113,7 +120,8 @@ pub async fn run(
     }
     let _ = permits.acquire_many(config.max_in_flight as u32).await;
     watcher.abort();
-    crate::client::flush(&client).await?;
+    // The last replies are flushed by the owner of the connection
+    // (`service::run`), once, rather than here and there again.
     tracing::info!("gateway stopped");
     Ok(())
 }
