@@ -9,14 +9,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy, stream};
-use futures::StreamExt;
+use async_nats::jetstream;
 
 use crate::core::{Ledger, Step, Verdict};
 use crate::error::{Error, ErrorKind, Result};
 use crate::snapshot::Snapshot;
+use crate::streams::read_all;
 use crate::wire::{LogEntry, LogEvent, OutcomeEvent, Subjects};
 
 /// What an audit found.
@@ -193,7 +192,7 @@ pub async fn run(
         Some(a) => vec![subjects.auction_event(a), subjects.try_event(a)],
         None => vec![">".to_string()],
     };
-    let log = read(js, &subjects.tries_stream(), log_filters).await?;
+    let log = read_all(js, &subjects.tries_stream(), log_filters).await?;
     let log: Vec<(u64, LogEntry)> = log
         .iter()
         .map(|m| {
@@ -202,7 +201,7 @@ pub async fn run(
         })
         .collect();
     let outcome_filter = vec![subjects.outcomes(auction_id)];
-    let outcomes = read(js, &subjects.outcomes_stream(), outcome_filter).await?;
+    let outcomes = read_all(js, &subjects.outcomes_stream(), outcome_filter).await?;
     let mut events = Vec::with_capacity(outcomes.len());
     let mut unreadable = Vec::new();
     for m in &outcomes {
@@ -218,62 +217,6 @@ pub async fn run(
     findings.outcomes = outcomes.len();
     findings.differences.extend(unreadable);
     Ok(findings)
-}
-
-/// A stream message as read back.
-struct Read {
-    seq: u64,
-    subject: String,
-    payload: bytes::Bytes,
-    time: chrono::DateTime<chrono::Utc>,
-}
-
-/// Every message on `filters` in the stream, in order, as of now.
-async fn read(js: &jetstream::Context, name: &str, filters: Vec<String>) -> Result<Vec<Read>> {
-    let reading = format!("reading stream {name}");
-    let stream: stream::Stream = js
-        .get_stream(name)
-        .await
-        .map_err(Error::wrap(ErrorKind::Nats, reading.as_str()))?;
-    let consumer = stream
-        .create_consumer(pull::OrderedConfig {
-            filter_subjects: filters,
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .map_err(Error::wrap(ErrorKind::Nats, reading.as_str()))?;
-    // The count when the read starts: later messages are not audited.
-    let mut remaining = consumer.cached_info().num_pending;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(Error::wrap(ErrorKind::Nats, reading.as_str()))?;
-    let mut out = Vec::with_capacity(remaining as usize);
-    while remaining > 0 {
-        let next = tokio::time::timeout(Duration::from_secs(10), messages.next()).await;
-        let message = match next {
-            Ok(Some(m)) => m.map_err(Error::wrap(ErrorKind::Nats, reading.as_str()))?,
-            Ok(None) => break,
-            Err(_) => {
-                return Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!("stream {name} stopped delivering with {remaining} messages to go"),
-                ))
-            }
-        };
-        let info = message
-            .info()
-            .map_err(Error::wrap(ErrorKind::Nats, reading.as_str()))?;
-        out.push(Read {
-            seq: info.stream_sequence,
-            subject: message.subject.to_string(),
-            payload: message.payload.clone(),
-            time: info.published,
-        });
-        remaining -= 1;
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

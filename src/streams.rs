@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::{self, kv, stream};
+use futures::StreamExt;
 
 use crate::error::{Error, ErrorKind};
 use crate::wire::Subjects;
@@ -139,4 +141,64 @@ impl Streams {
         let _ = stream.delete_consumer(&name).await;
         Ok(pending)
     }
+}
+
+/// A stream message as read back.
+pub struct StoredMessage {
+    pub seq: u64,
+    pub subject: String,
+    pub payload: bytes::Bytes,
+    pub time: chrono::DateTime<chrono::Utc>,
+}
+
+/// Every message on `filters` in the stream, in order, as of now.
+pub async fn read_all(
+    js: &jetstream::Context,
+    name: &str,
+    filters: Vec<String>,
+) -> Result<Vec<StoredMessage>, Error> {
+    let reading = format!("reading stream {name}");
+    let stream: stream::Stream = js
+        .get_stream(name)
+        .await
+        .map_err(Error::wrap(ErrorKind::Nats, reading.as_str()))?;
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subjects: filters,
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(Error::wrap(ErrorKind::Nats, reading.as_str()))?;
+    // The count when the read starts: later messages are not audited.
+    let mut remaining = consumer.cached_info().num_pending;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(Error::wrap(ErrorKind::Nats, reading.as_str()))?;
+    let mut out = Vec::with_capacity(remaining as usize);
+    while remaining > 0 {
+        let next = tokio::time::timeout(Duration::from_secs(10), messages.next()).await;
+        let message = match next {
+            Ok(Some(m)) => m.map_err(Error::wrap(ErrorKind::Nats, reading.as_str()))?,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("stream {name} stopped delivering with {remaining} messages to go"),
+                ))
+            }
+        };
+        let info = message
+            .info()
+            .map_err(Error::wrap(ErrorKind::Nats, reading.as_str()))?;
+        out.push(StoredMessage {
+            seq: info.stream_sequence,
+            subject: message.subject.to_string(),
+            payload: message.payload.clone(),
+            time: info.published,
+        });
+        remaining -= 1;
+    }
+    Ok(out)
 }

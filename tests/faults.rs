@@ -42,14 +42,7 @@ async fn nats_restart_mid_run_loses_and_doubles_nothing() {
     assert!(failed > 0, "the outage was seen by the bidders");
     assert!(slowest < 10_000, "a bid attempt hung for {slowest} ms");
 
-    h.wait_for_outcomes("n", accepted.len()).await;
-    h.wait_until_decided().await;
-    let outcomes = h.outcomes(Some("n")).await;
-    let by_bid = one_outcome_per_bid(&outcomes);
-    for bid_id in &accepted {
-        assert!(by_bid.contains_key(bid_id), "accepted bid {bid_id} lost");
-    }
-    assert_replay_matches_outcomes(&h).await;
+    h.settled_outcomes("n", &accepted).await;
     serve.kill().unwrap();
     serve.wait().unwrap();
 }
@@ -233,14 +226,7 @@ async fn gateway_crash_loses_no_accepted_bid() {
     let accepted = bidders.stop().await;
     assert!(failed > 0, "bidders saw the gateway gone");
 
-    h.wait_for_outcomes("g", accepted.len()).await;
-    h.wait_until_decided().await;
-    let outcomes = h.outcomes(Some("g")).await;
-    let by_bid = one_outcome_per_bid(&outcomes);
-    for bid_id in &accepted {
-        assert!(by_bid.contains_key(bid_id), "accepted bid {bid_id} lost");
-    }
-    assert_replay_matches_outcomes(&h).await;
+    h.settled_outcomes("g", &accepted).await;
     for mut child in [gateway, verifier] {
         child.kill().unwrap();
         child.wait().unwrap();

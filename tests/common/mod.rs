@@ -13,18 +13,12 @@ use allot::nats_server::NatsServer;
 use allot::service::{self, Config, Role};
 use allot::verifier::VerifierConfig;
 use allot::wire::{AuctionSpec, LogEvent, OpenReply, OutcomeEvent, Subjects, TryEvent};
-use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
-use futures::StreamExt;
+use async_nats::jetstream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// A message read back from a stream.
-pub struct Stored {
-    pub seq: u64,
-    pub subject: String,
-    pub payload: bytes::Bytes,
-    pub time: chrono::DateTime<chrono::Utc>,
-}
+pub use allot::streams::StoredMessage as Stored;
 
 pub struct Harness {
     pub server: NatsServer,
@@ -128,38 +122,28 @@ impl Harness {
 
     /// Every message on `filter` in `stream`, in stream order.
     pub async fn read_stream(&self, stream: &str, filter: &str) -> Vec<Stored> {
-        let stream = self.js.get_stream(stream).await.unwrap();
-        let total = allot::streams::Streams::count(&stream, filter)
+        allot::streams::read_all(&self.js, stream, vec![filter.to_string()])
             .await
-            .unwrap();
-        if total == 0 {
-            return Vec::new();
+            .expect("stream read in time")
+    }
+
+    /// Once the log is decided: the auction's outcomes, after checking
+    /// that every `accepted` bid has exactly one and that a replay of the
+    /// log agrees with all of them.
+    pub async fn settled_outcomes(
+        &self,
+        auction_id: &str,
+        accepted: &std::collections::HashSet<String>,
+    ) -> Vec<OutcomeEvent> {
+        self.wait_for_outcomes(auction_id, accepted.len()).await;
+        self.wait_until_decided().await;
+        let outcomes = self.outcomes(Some(auction_id)).await;
+        let by_bid = one_outcome_per_bid(&outcomes);
+        for bid_id in accepted {
+            assert!(by_bid.contains_key(bid_id), "accepted bid {bid_id} lost");
         }
-        let consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: filter.to_string(),
-                deliver_policy: DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let mut messages = consumer.messages().await.unwrap();
-        let mut out = Vec::new();
-        while (out.len() as u64) < total {
-            let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
-                .await
-                .expect("stream read in time")
-                .unwrap()
-                .unwrap();
-            let info = m.info().unwrap();
-            out.push(Stored {
-                seq: info.stream_sequence,
-                subject: m.subject.to_string(),
-                payload: m.payload.clone(),
-                time: info.published,
-            });
-        }
-        out
+        assert_replay_matches_outcomes(self).await;
+        outcomes
     }
 
     /// The tries of one auction, in log order.
