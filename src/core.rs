@@ -2,20 +2,30 @@
 //!
 //! No I/O, no clock, no async. Events go in, in log order; decisions come
 //! out. Every decision depends only on the events before it (time comes from
-//! each try's own `tried_at`), so replaying the log from the start reproduces
-//! every decision exactly. The verifier wraps this with NATS and SQLite; the
-//! tests and any audit can run it bare.
+//! each event's own timestamp), so replaying the log from the start
+//! reproduces every decision exactly. The verifier wraps this with NATS and
+//! SQLite; the tests and the audit run it bare.
+//!
+//! The two classic TCC hazards are solved here, in log order, with no fence
+//! table: a withdraw that finds no try leaves a tombstone (empty rollback),
+//! and a try that finds its own tombstone is cancelled before it can hold
+//! anything (anti-hanging).
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
 
 use crate::wire::{
-    AuctionSpec, CancelReason, LogEntry, LogEvent, OpenEvent, OutcomeEvent, OutcomeKind, TryEvent,
+    AuctionSpec, CancelReason, CloseEvent, CommandResult, LogEntry, LogEvent, OpenEvent,
+    OutcomeEvent, OutcomeKind, Policy, RaiseEvent, RefuseReason, TryEvent, WithdrawEvent,
 };
 
 /// What the core made of one try.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// The try won slot `rank` (1..N, in order of confirmation).
+    /// The try won slot `rank` (1..N: in order of confirmation for
+    /// `first_n`, by amount for `top_amount`).
     Confirmed {
         rank: u32,
     },
@@ -38,26 +48,114 @@ impl Verdict {
     }
 }
 
+/// The one final decision on one try: what its outcome event records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Log sequence of the try.
+    pub try_seq: u64,
+    /// The try, with its amount as decided (a raised bid's last amount).
+    pub bid: TryEvent,
+    pub verdict: Verdict,
+}
+
+/// A try holding a slot in a `top_amount` auction, until the close.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub try_seq: u64,
+    /// The try, with its current amount.
+    pub bid: TryEvent,
+}
+
 /// What the core made of one log event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
     /// A new auction was opened.
     Opened,
     /// A second `open` for an auction that is already open; the first one
     /// stands. (The gateway never writes one, but the log is the authority.)
     OpenIgnored,
-    /// A try was decided: exactly one outcome must be published for it.
+    /// The try was decided: exactly one outcome must be published for it.
     Decided(Verdict),
-    /// A try for a bid that was already decided (a resend past JetStream's
+    /// `top_amount`: the try holds a slot until the close. It may have
+    /// pushed the lowest holder out (cancelled `outbid`).
+    Held { displaced: Option<Decision> },
+    /// A try for a bid already decided or held (a resend past JetStream's
     /// de-duplication window). The bid keeps its one outcome; no new one.
     Duplicate,
+    /// A withdraw: what it did, and the held try it cancelled, if any.
+    Withdraw {
+        result: CommandResult,
+        cancelled: Option<Decision>,
+    },
+    /// A raise: what it did, and the bid's new hold if it applied.
+    Raise {
+        result: CommandResult,
+        held: Option<Hold>,
+    },
+    /// The auction closed; in a `top_amount` auction, every held try is
+    /// confirmed, ranked by amount.
+    Closed { confirmed: Vec<Decision> },
+    /// A close of an auction already closed, or never opened.
+    CloseIgnored,
 }
 
-/// One auction's state: only what future decisions need.
-/// Bid ids decided in an auction, each with the log sequence of the try
-/// that decided it (what a resent bid is answered with).
-type Decided = HashMap<Box<str>, u64>;
+impl Step {
+    /// Every try this step decided, `t` being the event's own try (if the
+    /// event was a try, at `seq`).
+    pub fn decisions(&self, t: Option<&TryEvent>, seq: u64) -> Vec<Decision> {
+        match self {
+            Step::Decided(verdict) => t
+                .map(|t| Decision {
+                    try_seq: seq,
+                    bid: t.clone(),
+                    verdict: *verdict,
+                })
+                .into_iter()
+                .collect(),
+            Step::Held { displaced } => displaced.iter().cloned().collect(),
+            Step::Withdraw { cancelled, .. } => cancelled.iter().cloned().collect(),
+            Step::Closed { confirmed } => confirmed.clone(),
+            _ => Vec::new(),
+        }
+    }
 
+    /// The hold this step made, `t` being the event's own try at `seq`.
+    pub fn hold(&self, t: Option<&TryEvent>, seq: u64) -> Option<Hold> {
+        match self {
+            Step::Held { .. } => t.map(|t| Hold {
+                try_seq: seq,
+                bid: t.clone(),
+            }),
+            Step::Raise { held, .. } => held.clone(),
+            _ => None,
+        }
+    }
+
+    /// The result of a withdraw or a raise.
+    pub fn command_result(&self) -> Option<CommandResult> {
+        match self {
+            Step::Withdraw { result, .. } | Step::Raise { result, .. } => Some(*result),
+            _ => None,
+        }
+    }
+}
+
+/// A bid decided in an auction: the try that decided it, a fingerprint of
+/// its bidder (for withdraws and raises by someone else), and the verdict.
+#[derive(Clone, Copy, Debug)]
+struct Settled {
+    seq: u64,
+    owner: u64,
+    verdict: Verdict,
+}
+
+/// Bid ids decided in an auction.
+type Decided = HashMap<Box<str>, Settled>;
+
+/// Rank order of held tries: highest amount first, then the earlier try.
+type HoldKey = (Reverse<u64>, u64);
+
+/// One auction's state: only what future decisions need.
 #[derive(Clone, Debug)]
 struct Auction {
     /// The rules, from the auction's `open` event.
@@ -69,6 +167,25 @@ struct Auction {
     /// Every bid id decided in this auction, so that a late duplicate try
     /// never gets a second outcome.
     decided: Decided,
+    /// A `close` event was decided.
+    closed: bool,
+    /// Bids withdrawn before their try arrived (the tombstones of the
+    /// empty rollback), with the bidder who withdrew them.
+    withdrawn_early: HashMap<Box<str>, Box<str>>,
+    /// `top_amount`: the tries holding slots, in rank order.
+    held: BTreeMap<HoldKey, Hold>,
+    /// `top_amount`: each held bid's key in `held`.
+    held_bids: HashMap<Box<str>, HoldKey>,
+}
+
+/// The parts of an auction's state that are not decisions: kept in the
+/// snapshot beside them, and restored with [`Ledger::restore_life`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Life {
+    pub closed: bool,
+    /// (bid id, bidder id) of each bid withdrawn before its try.
+    pub withdrawn_early: Vec<(String, String)>,
+    pub held: Vec<Hold>,
 }
 
 /// The state of every auction, built by folding the log.
@@ -79,6 +196,8 @@ pub struct Ledger {
     /// Tries for auctions that were never opened. They are decided
     /// (cancelled) once each too.
     orphans: HashMap<String, Decided>,
+    /// Auctions whose [`Life`] changed since [`Ledger::take_changed`].
+    changed: HashSet<String>,
 }
 
 /// A read-only view of one auction, for status and fast rejects.
@@ -88,11 +207,96 @@ pub struct Fill {
     pub capacity: u32,
     /// Slots confirmed so far.
     pub confirmed: u32,
+    /// Slots held (`top_amount`, until the close).
+    pub held: u32,
+    /// The auction's `close` event was decided.
+    pub closed: bool,
 }
 
 impl Fill {
     pub fn sold_out(&self) -> bool {
         self.confirmed >= self.capacity
+    }
+}
+
+/// A fixed fingerprint of a bidder id (FNV-1a), the same in every process
+/// and version, so replays agree.
+fn owner(bidder_id: &str) -> u64 {
+    bidder_id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn refused(reason: RefuseReason) -> CommandResult {
+    CommandResult::Refused {
+        reason,
+        current_amount: None,
+    }
+}
+
+impl Auction {
+    fn new(spec: AuctionSpec, decided: Decided) -> Self {
+        Auction {
+            spec,
+            confirmed: 0,
+            wins: HashMap::new(),
+            decided,
+            closed: false,
+            withdrawn_early: HashMap::new(),
+            held: BTreeMap::new(),
+            held_bids: HashMap::new(),
+        }
+    }
+
+    fn record(&mut self, bid_id: &str, bidder_id: &str, verdict: Verdict, seq: u64) {
+        self.decided.insert(
+            bid_id.into(),
+            Settled {
+                seq,
+                owner: owner(bidder_id),
+                verdict,
+            },
+        );
+        if let Verdict::Confirmed { rank } = verdict {
+            self.confirmed = self.confirmed.max(rank);
+            *self.wins.entry(bidder_id.into()).or_insert(0) += 1;
+        }
+    }
+
+    /// Takes a held try out, decided with `verdict`.
+    fn release(&mut self, key: HoldKey, verdict: Verdict) -> Decision {
+        let hold = self.held.remove(&key).expect("held keys are in `held`");
+        self.held_bids.remove(hold.bid.bid_id.as_str());
+        self.record(&hold.bid.bid_id, &hold.bid.bidder_id, verdict, hold.try_seq);
+        Decision {
+            try_seq: hold.try_seq,
+            bid: hold.bid,
+            verdict,
+        }
+    }
+
+    fn hold(&mut self, hold: Hold) {
+        let key = (Reverse(hold.bid.amount), hold.try_seq);
+        self.held_bids.insert(hold.bid.bid_id.as_str().into(), key);
+        self.held.insert(key, hold);
+    }
+
+    fn held_by(&self, bidder_id: &str) -> u32 {
+        self.held
+            .values()
+            .filter(|h| h.bid.bidder_id == bidder_id)
+            .count() as u32
+    }
+
+    /// Why a bid that is already decided cannot be withdrawn or raised.
+    fn settled_refusal(settled: &Settled, bidder_id: &str) -> RefuseReason {
+        if settled.owner != owner(bidder_id) {
+            RefuseReason::NotOwner
+        } else if matches!(settled.verdict, Verdict::Confirmed { .. }) {
+            RefuseReason::AlreadyConfirmed
+        } else {
+            RefuseReason::AlreadyCancelled
+        }
     }
 }
 
@@ -106,6 +310,9 @@ impl Ledger {
         match event {
             LogEvent::Open(open) => self.open(open),
             LogEvent::Try(t) => self.decide(t, seq),
+            LogEvent::Withdraw(w) => self.withdraw(w),
+            LogEvent::Raise(r) => self.raise(r),
+            LogEvent::Close(c) => self.close(c),
         }
     }
 
@@ -114,33 +321,80 @@ impl Ledger {
         if self.auctions.contains_key(&open.auction_id) {
             return Step::OpenIgnored;
         }
+        // A bid cancelled as `unknown_auction` before the open keeps that
+        // one outcome.
+        let decided = self.orphans.remove(&open.auction_id).unwrap_or_default();
         self.auctions.insert(
             open.auction_id.clone(),
-            Auction {
-                spec: open.spec.clone(),
-                confirmed: 0,
-                wins: HashMap::new(),
-                // A bid cancelled as `unknown_auction` before the open keeps
-                // that one outcome.
-                decided: self.orphans.remove(&open.auction_id).unwrap_or_default(),
-            },
+            Auction::new(open.spec.clone(), decided),
         );
         Step::Opened
     }
 
-    /// Decides a try at log sequence `seq`: first-come, first-N,
-    /// re-checking every rule.
+    /// Decides a try at log sequence `seq`, re-checking every rule.
     pub fn decide(&mut self, t: &TryEvent, seq: u64) -> Step {
         let step = self.judge(t);
+        let Some(auction) = self.auctions.get_mut(&t.auction_id) else {
+            if let Step::Decided(_) = step {
+                self.orphans
+                    .entry(t.auction_id.clone())
+                    .or_default()
+                    .insert(
+                        t.bid_id.as_str().into(),
+                        Settled {
+                            seq,
+                            owner: owner(&t.bidder_id),
+                            verdict: Verdict::Cancelled {
+                                reason: CancelReason::UnknownAuction,
+                            },
+                        },
+                    );
+            }
+            return step;
+        };
         if let Step::Decided(verdict) = step {
-            self.record(&t.auction_id, &t.bid_id, &t.bidder_id, verdict, seq);
+            if verdict
+                == (Verdict::Cancelled {
+                    reason: CancelReason::Withdrawn,
+                })
+            {
+                auction.withdrawn_early.remove(t.bid_id.as_str());
+                self.changed.insert(t.auction_id.clone());
+            }
+            auction.record(&t.bid_id, &t.bidder_id, verdict, seq);
+            return step;
         }
-        step
+        if step == Step::Duplicate {
+            return step;
+        }
+        // `judge` left this try to the ranking: hold it if it is among the
+        // N highest, pushing the lowest holder out when all are taken.
+        self.changed.insert(t.auction_id.clone());
+        let outbid = Verdict::Cancelled {
+            reason: CancelReason::Outbid,
+        };
+        let mut displaced = None;
+        if auction.held.len() as u32 >= auction.spec.capacity {
+            let (&lowest, hold) = auction.held.last_key_value().expect("capacity >= 1");
+            // Equal amounts: the earlier try (the holder) ranks higher.
+            if t.amount <= hold.bid.amount {
+                auction.record(&t.bid_id, &t.bidder_id, outbid, seq);
+                return Step::Decided(outbid);
+            }
+            displaced = Some(auction.release(lowest, outbid));
+        }
+        auction.hold(Hold {
+            try_seq: seq,
+            bid: t.clone(),
+        });
+        Step::Held { displaced }
     }
 
-    /// What [`Ledger::decide`] would make of a try, without recording it.
-    /// The optimistic and locking strategies decide on a read of the
-    /// aggregate and record only what their append made durable.
+    /// What [`Ledger::decide`] would make of a try, without recording it:
+    /// `Decided`, `Duplicate`, or (`top_amount`, eligible) `Held` with no
+    /// displacement worked out. The optimistic and locking strategies
+    /// decide on a read of the aggregate and record only what their append
+    /// made durable.
     pub fn judge(&self, t: &TryEvent) -> Step {
         let Some(auction) = self.auctions.get(&t.auction_id) else {
             let seen = self
@@ -154,44 +408,212 @@ impl Ledger {
                 reason: CancelReason::UnknownAuction,
             });
         };
-        if auction.decided.contains_key(t.bid_id.as_str()) {
+        let bid = t.bid_id.as_str();
+        if auction.decided.contains_key(bid) || auction.held_bids.contains_key(bid) {
             return Step::Duplicate;
         }
         let spec = &auction.spec;
-        let wins = auction.wins.get(t.bidder_id.as_str()).copied().unwrap_or(0);
-        let reason = if spec.is_closed_at(t.tried_at) {
+        let ranked = spec.policy == Policy::TopAmount;
+        let wins = if ranked {
+            auction.held_by(&t.bidder_id)
+        } else {
+            auction.wins.get(t.bidder_id.as_str()).copied().unwrap_or(0)
+        };
+        // Anti-hanging: the bidder withdrew this bid before its try
+        // arrived, so it is cancelled before it can take or hold anything.
+        let reason = if auction
+            .withdrawn_early
+            .get(bid)
+            .is_some_and(|b| **b == *t.bidder_id)
+        {
+            Some(CancelReason::Withdrawn)
+        } else if auction.closed || spec.is_closed_at(t.tried_at) {
             Some(CancelReason::AuctionClosed)
         } else if t.amount < spec.min_amount {
             Some(CancelReason::BelowMinimum)
-        } else if auction.confirmed >= spec.capacity {
+        } else if !ranked && auction.confirmed >= spec.capacity {
             Some(CancelReason::CapacityFull)
         } else if wins >= spec.max_wins_per_bidder {
             Some(CancelReason::BidderLimit)
         } else {
             None
         };
-        Step::Decided(match reason {
-            Some(reason) => Verdict::Cancelled { reason },
-            None => Verdict::Confirmed {
+        match (reason, ranked) {
+            (Some(reason), _) => Step::Decided(Verdict::Cancelled { reason }),
+            (None, false) => Step::Decided(Verdict::Confirmed {
                 rank: auction.confirmed + 1,
+            }),
+            (None, true) => Step::Held { displaced: None },
+        }
+    }
+
+    /// Applies a withdraw: cancels the bid if it is held, leaves a
+    /// tombstone if its try has not arrived, and refuses otherwise.
+    pub fn withdraw(&mut self, w: &WithdrawEvent) -> Step {
+        let unchanged = |reason| Step::Withdraw {
+            result: refused(reason),
+            cancelled: None,
+        };
+        let Some(auction) = self.auctions.get_mut(&w.auction_id) else {
+            return unchanged(RefuseReason::UnknownAuction);
+        };
+        let bid = w.bid_id.as_str();
+        if let Some(settled) = auction.decided.get(bid) {
+            let withdrawn = Verdict::Cancelled {
+                reason: CancelReason::Withdrawn,
+            };
+            let reason = Auction::settled_refusal(settled, &w.bidder_id);
+            if settled.verdict == withdrawn && reason != RefuseReason::NotOwner {
+                // Withdrawing twice changes nothing, and says so kindly.
+                return Step::Withdraw {
+                    result: CommandResult::Withdrawn {
+                        empty_rollback: false,
+                    },
+                    cancelled: None,
+                };
+            }
+            return unchanged(reason);
+        }
+        if let Some(&key) = auction.held_bids.get(bid) {
+            if auction.held[&key].bid.bidder_id != w.bidder_id {
+                return unchanged(RefuseReason::NotOwner);
+            }
+            if auction.spec.is_closed_at(w.withdrawn_at) {
+                return unchanged(RefuseReason::AuctionClosed);
+            }
+            let cancelled = auction.release(
+                key,
+                Verdict::Cancelled {
+                    reason: CancelReason::Withdrawn,
+                },
+            );
+            self.changed.insert(w.auction_id.clone());
+            return Step::Withdraw {
+                result: CommandResult::Withdrawn {
+                    empty_rollback: false,
+                },
+                cancelled: Some(cancelled),
+            };
+        }
+        // Empty rollback: no try yet. The tombstone cancels it on arrival.
+        match auction.withdrawn_early.get(bid) {
+            Some(by) if **by != *w.bidder_id => return unchanged(RefuseReason::NotOwner),
+            Some(_) => {}
+            None => {
+                auction
+                    .withdrawn_early
+                    .insert(bid.into(), w.bidder_id.as_str().into());
+                self.changed.insert(w.auction_id.clone());
+            }
+        }
+        Step::Withdraw {
+            result: CommandResult::Withdrawn {
+                empty_rollback: true,
             },
-        })
+            cancelled: None,
+        }
+    }
+
+    /// Applies a raise of a held bid: only if its amount is still the one
+    /// the bidder expected, so that of two raises sent together, the first
+    /// in the log applies and the other is refused as a conflict. Raises of
+    /// different bids commute: ranks depend only on amounts and try order.
+    pub fn raise(&mut self, r: &RaiseEvent) -> Step {
+        let unchanged = |result| Step::Raise { result, held: None };
+        let Some(auction) = self.auctions.get_mut(&r.auction_id) else {
+            return unchanged(refused(RefuseReason::UnknownAuction));
+        };
+        if auction.spec.policy != Policy::TopAmount {
+            return unchanged(refused(RefuseReason::NotRanked));
+        }
+        let bid = r.bid_id.as_str();
+        if let Some(settled) = auction.decided.get(bid) {
+            return unchanged(refused(Auction::settled_refusal(settled, &r.bidder_id)));
+        }
+        let Some(&key) = auction.held_bids.get(bid) else {
+            return unchanged(refused(RefuseReason::UnknownBid));
+        };
+        let current = &auction.held[&key].bid;
+        let refuse = |reason, current: u64| {
+            unchanged(CommandResult::Refused {
+                reason,
+                current_amount: Some(current),
+            })
+        };
+        if current.bidder_id != r.bidder_id {
+            return unchanged(refused(RefuseReason::NotOwner));
+        }
+        if auction.spec.is_closed_at(r.raised_at) {
+            return unchanged(refused(RefuseReason::AuctionClosed));
+        }
+        if current.amount != r.expected_amount {
+            return refuse(RefuseReason::Conflict, current.amount);
+        }
+        if r.amount <= current.amount {
+            return refuse(RefuseReason::NotHigher, current.amount);
+        }
+        let mut hold = auction.held.remove(&key).expect("held keys are in `held`");
+        hold.bid.amount = r.amount;
+        auction.hold(hold.clone());
+        self.changed.insert(r.auction_id.clone());
+        Step::Raise {
+            result: CommandResult::Raised { amount: r.amount },
+            held: Some(hold),
+        }
+    }
+
+    /// Applies a close: later tries are cancelled `auction_closed`, and in
+    /// a `top_amount` auction every held try is confirmed, ranked by amount.
+    pub fn close(&mut self, c: &CloseEvent) -> Step {
+        let Some(auction) = self.auctions.get_mut(&c.auction_id) else {
+            return Step::CloseIgnored;
+        };
+        if auction.closed {
+            return Step::CloseIgnored;
+        }
+        auction.closed = true;
+        self.changed.insert(c.auction_id.clone());
+        let keys: Vec<HoldKey> = auction.held.keys().copied().collect();
+        let confirmed = keys
+            .into_iter()
+            .map(|key| {
+                let rank = auction.confirmed + 1;
+                auction.release(key, Verdict::Confirmed { rank })
+            })
+            .collect();
+        Step::Closed { confirmed }
     }
 
     /// Decides an unreadable try that names its bid: cancelled
     /// (`invalid_event`), once per bid like any try.
     pub fn invalid(&mut self, t: &TryEvent, seq: u64) -> Step {
-        let decided = match self.auctions.get_mut(&t.auction_id) {
-            Some(auction) => &mut auction.decided,
-            None => self.orphans.entry(t.auction_id.clone()).or_default(),
-        };
-        if decided.contains_key(t.bid_id.as_str()) {
-            return Step::Duplicate;
-        }
-        decided.insert(t.bid_id.as_str().into(), seq);
-        Step::Decided(Verdict::Cancelled {
+        let invalid = Verdict::Cancelled {
             reason: CancelReason::InvalidEvent,
-        })
+        };
+        match self.auctions.get_mut(&t.auction_id) {
+            Some(auction) => {
+                let bid = t.bid_id.as_str();
+                if auction.decided.contains_key(bid) || auction.held_bids.contains_key(bid) {
+                    return Step::Duplicate;
+                }
+                auction.record(&t.bid_id, &t.bidder_id, invalid, seq);
+            }
+            None => {
+                let decided = self.orphans.entry(t.auction_id.clone()).or_default();
+                if decided.contains_key(t.bid_id.as_str()) {
+                    return Step::Duplicate;
+                }
+                decided.insert(
+                    t.bid_id.as_str().into(),
+                    Settled {
+                        seq,
+                        owner: owner(&t.bidder_id),
+                        verdict: invalid,
+                    },
+                );
+            }
+        }
+        Step::Decided(invalid)
     }
 
     /// Applies a log entry at log sequence `seq` as the verifier reads it;
@@ -214,38 +636,80 @@ impl Ledger {
         verdict: Verdict,
         seq: u64,
     ) {
-        self.record(auction_id, bid_id, bidder_id, verdict, seq);
+        match self.auctions.get_mut(auction_id) {
+            Some(auction) => auction.record(bid_id, bidder_id, verdict, seq),
+            None => {
+                self.orphans
+                    .entry(auction_id.to_string())
+                    .or_default()
+                    .insert(
+                        bid_id.into(),
+                        Settled {
+                            seq,
+                            owner: owner(bidder_id),
+                            verdict,
+                        },
+                    );
+            }
+        }
     }
 
-    /// The sequence of the try that decided a bid, if it is decided.
-    pub fn decided_try(&self, auction_id: &str, bid_id: &str) -> Option<u64> {
-        let decided = match self.auctions.get(auction_id) {
-            Some(auction) => &auction.decided,
-            None => self.orphans.get(auction_id)?,
-        };
-        decided.get(bid_id).copied()
+    /// An auction's state besides its decisions; `None` for an auction
+    /// never opened.
+    pub fn life(&self, auction_id: &str) -> Option<Life> {
+        let auction = self.auctions.get(auction_id)?;
+        let mut withdrawn_early: Vec<(String, String)> = auction
+            .withdrawn_early
+            .iter()
+            .map(|(bid, by)| (bid.to_string(), by.to_string()))
+            .collect();
+        withdrawn_early.sort();
+        Some(Life {
+            closed: auction.closed,
+            withdrawn_early,
+            held: auction.held.values().cloned().collect(),
+        })
     }
 
-    fn record(
-        &mut self,
-        auction_id: &str,
-        bid_id: &str,
-        bidder_id: &str,
-        verdict: Verdict,
-        seq: u64,
-    ) {
+    /// Re-enters an auction's [`Life`], read back from a snapshot, after
+    /// its `open` and its decisions.
+    pub fn restore_life(&mut self, auction_id: &str, life: Life) {
         let Some(auction) = self.auctions.get_mut(auction_id) else {
-            self.orphans
-                .entry(auction_id.to_string())
-                .or_default()
-                .insert(bid_id.into(), seq);
             return;
         };
-        auction.decided.insert(bid_id.into(), seq);
-        if let Verdict::Confirmed { rank } = verdict {
-            auction.confirmed = auction.confirmed.max(rank);
-            *auction.wins.entry(bidder_id.into()).or_insert(0) += 1;
+        auction.closed = life.closed;
+        auction.withdrawn_early = life
+            .withdrawn_early
+            .into_iter()
+            .map(|(bid, by)| (bid.into(), by.into()))
+            .collect();
+        auction.held.clear();
+        auction.held_bids.clear();
+        for hold in life.held {
+            auction.hold(hold);
         }
+    }
+
+    /// The auctions whose [`Life`] changed since the last call.
+    pub fn take_changed(&mut self) -> Vec<String> {
+        let mut changed: Vec<String> = self.changed.drain().collect();
+        changed.sort();
+        changed
+    }
+
+    /// The sequence of the try that decided a bid, or that holds a slot
+    /// for it.
+    pub fn decided_try(&self, auction_id: &str, bid_id: &str) -> Option<u64> {
+        let decided = match self.auctions.get(auction_id) {
+            Some(auction) => {
+                if let Some(key) = auction.held_bids.get(bid_id) {
+                    return Some(key.1);
+                }
+                &auction.decided
+            }
+            None => self.orphans.get(auction_id)?,
+        };
+        decided.get(bid_id).map(|s| s.seq)
     }
 
     /// The spec of an open auction.
@@ -253,11 +717,34 @@ impl Ledger {
         self.auctions.get(auction_id).map(|a| &a.spec)
     }
 
+    /// Open auctions with a `closes_at` at or before `now` and no close
+    /// event yet: each needs one written.
+    pub fn due(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Vec<(String, chrono::DateTime<chrono::Utc>)> {
+        let mut due: Vec<_> = self
+            .auctions
+            .iter()
+            .filter(|(_, a)| !a.closed)
+            .filter_map(|(id, a)| {
+                a.spec
+                    .closes_at
+                    .filter(|at| *at <= now)
+                    .map(|at| (id.clone(), at))
+            })
+            .collect();
+        due.sort();
+        due
+    }
+
     /// How full an auction is.
     pub fn fill(&self, auction_id: &str) -> Option<Fill> {
         self.auctions.get(auction_id).map(|a| Fill {
             capacity: a.spec.capacity,
             confirmed: a.confirmed,
+            held: a.held.len() as u32,
+            closed: a.closed,
         })
     }
 }
@@ -339,6 +826,7 @@ mod tests {
             min_amount: 100,
             closes_at: Some(t0() + Duration::seconds(60)),
             max_wins_per_bidder: 2,
+            policy: Policy::FirstN,
         };
         check(
             &mut Ledger::new(),
@@ -396,6 +884,7 @@ mod tests {
                     min_amount: min,
                     closes_at: Some(t0() + Duration::seconds(50)),
                     max_wins_per_bidder: wins,
+                    policy: Policy::FirstN,
                 })
             }),
             8 => (0..4u8, 0..40u8, 0..10u8, 0..4u64, 0..60i64).prop_map(|(a, b, u, amt, s)| {
@@ -460,6 +949,7 @@ mod tests {
                         Some(_) => confirmed(wins(false) + 1),
                     }
                 }
+                _ => unreachable!("arb_log makes opens and tries only"),
             };
             steps.push(step);
         }
@@ -554,6 +1044,445 @@ mod tests {
                     original.decided_try(&t.auction_id, &t.bid_id)
                 );
             }
+        }
+    }
+}
+
+/// The rest of the lifecycle: withdrawals (with the empty rollback and the
+/// anti-hanging rule), ranked auctions, closes and raises.
+#[cfg(test)]
+mod lifecycle_tests {
+    use super::*;
+    use crate::wire::ClosedBy;
+    use chrono::{DateTime, Duration, TimeZone, Utc};
+    use proptest::prelude::*;
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap()
+    }
+
+    fn open(capacity: u32, policy: Policy) -> LogEvent {
+        LogEvent::Open(OpenEvent {
+            auction_id: "a".into(),
+            spec: AuctionSpec {
+                closes_at: Some(t0() + Duration::seconds(100)),
+                policy,
+                ..AuctionSpec::with_capacity(capacity)
+            },
+            opened_at: t0(),
+        })
+    }
+
+    fn try_(bid: &str, bidder: &str, amount: u64) -> LogEvent {
+        LogEvent::Try(TryEvent {
+            bid_id: bid.into(),
+            auction_id: "a".into(),
+            bidder_id: bidder.into(),
+            amount,
+            tried_at: t0() + Duration::seconds(1),
+        })
+    }
+
+    fn withdraw(bid: &str, bidder: &str) -> LogEvent {
+        LogEvent::Withdraw(WithdrawEvent {
+            bid_id: bid.into(),
+            auction_id: "a".into(),
+            bidder_id: bidder.into(),
+            withdrawn_at: t0() + Duration::seconds(2),
+        })
+    }
+
+    fn raise(bid: &str, bidder: &str, expected: u64, amount: u64) -> LogEvent {
+        LogEvent::Raise(RaiseEvent {
+            bid_id: bid.into(),
+            auction_id: "a".into(),
+            bidder_id: bidder.into(),
+            amount,
+            expected_amount: expected,
+            raised_at: t0() + Duration::seconds(3),
+        })
+    }
+
+    fn close() -> LogEvent {
+        LogEvent::Close(CloseEvent {
+            auction_id: "a".into(),
+            closed_at: t0() + Duration::seconds(100),
+            by: ClosedBy::Request,
+        })
+    }
+
+    /// Runs a log; returns every step and, per bid, its one final verdict.
+    fn run(log: &[LogEvent]) -> (Vec<Step>, BTreeMap<String, Verdict>) {
+        let mut ledger = Ledger::new();
+        let mut steps = Vec::new();
+        let mut verdicts = BTreeMap::new();
+        for (event, seq) in log.iter().zip(1..) {
+            let step = ledger.apply(event, seq);
+            let own = match event {
+                LogEvent::Try(t) => Some(t),
+                _ => None,
+            };
+            for d in step.decisions(own, seq) {
+                let earlier = verdicts.insert(d.bid.bid_id.clone(), d.verdict);
+                assert!(earlier.is_none(), "second outcome for {}", d.bid.bid_id);
+            }
+            steps.push(step);
+        }
+        (steps, verdicts)
+    }
+
+    fn withdrawn() -> Verdict {
+        Verdict::Cancelled {
+            reason: CancelReason::Withdrawn,
+        }
+    }
+
+    fn result(step: &Step) -> CommandResult {
+        step.command_result().expect("a withdraw or a raise")
+    }
+
+    fn refusal(step: &Step) -> Option<RefuseReason> {
+        match result(step) {
+            CommandResult::Refused { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// Every order of a try, its duplicate, a withdraw and its duplicate
+    /// (DTM's disorder test: the try times out, the cancel runs twice, the
+    /// late try arrives), under both policies: the bid ends cancelled
+    /// `withdrawn` unless its try came first in a `first_n` auction (then
+    /// it was confirmed at once, and each withdraw is refused), and a try
+    /// after a withdraw never holds a slot, not even for a moment.
+    #[test]
+    fn every_interleaving_of_try_withdraw_and_their_duplicates() {
+        let events = [
+            try_("b", "u", 10),
+            try_("b", "u", 10),
+            withdraw("b", "u"),
+            withdraw("b", "u"),
+        ];
+        let mut orders = vec![];
+        permutations(&mut (0..4).collect::<Vec<_>>(), 0, &mut orders);
+        for policy in [Policy::FirstN, Policy::TopAmount] {
+            for order in &orders {
+                let mut log = vec![open(1, policy)];
+                log.extend(order.iter().map(|&i| events[i].clone()));
+                let (steps, verdicts) = run(&log);
+                let first_try = order.iter().position(|&i| i < 2).unwrap();
+                let first_withdraw = order.iter().position(|&i| i >= 2).unwrap();
+                let try_first = first_try < first_withdraw;
+                let context = format!("{policy:?} {order:?}: {steps:?}");
+                if try_first && policy == Policy::FirstN {
+                    assert_eq!(verdicts["b"], Verdict::Confirmed { rank: 1 }, "{context}");
+                } else {
+                    assert_eq!(verdicts["b"], withdrawn(), "{context}");
+                }
+                for (step, &i) in steps[1..].iter().zip(order) {
+                    if i >= 2 {
+                        let expected = match (try_first, policy) {
+                            (true, Policy::FirstN) => refused(RefuseReason::AlreadyConfirmed),
+                            (true, Policy::TopAmount) => CommandResult::Withdrawn {
+                                empty_rollback: false,
+                            },
+                            (false, _) => CommandResult::Withdrawn {
+                                empty_rollback: step_is_before_try(&steps, order, i),
+                            },
+                        };
+                        assert_eq!(result(step), expected, "{context}");
+                    }
+                    if !try_first && i < 2 {
+                        assert!(!matches!(step, Step::Held { .. }), "{context}");
+                    }
+                }
+                // A tombstone is consumed by its try.
+                let ledger_life = {
+                    let mut l = Ledger::new();
+                    for (e, seq) in log.iter().zip(1..) {
+                        l.apply(e, seq);
+                    }
+                    l.life("a").unwrap()
+                };
+                assert!(ledger_life.withdrawn_early.is_empty(), "{context}");
+                assert!(ledger_life.held.is_empty(), "{context}");
+            }
+        }
+    }
+
+    /// For the withdraw at `index` in `order`: whether no try preceded it.
+    fn step_is_before_try(_steps: &[Step], order: &[usize], index: usize) -> bool {
+        let at = order.iter().position(|&i| i == index).unwrap();
+        !order[..at].iter().any(|&i| i < 2)
+    }
+
+    fn permutations(items: &mut Vec<usize>, k: usize, out: &mut Vec<Vec<usize>>) {
+        if k == items.len() {
+            out.push(items.clone());
+            return;
+        }
+        for i in k..items.len() {
+            items.swap(k, i);
+            permutations(items, k + 1, out);
+            items.swap(k, i);
+        }
+    }
+
+    #[test]
+    fn withdraws_by_others_and_of_decided_bids_are_refused() {
+        let (steps, verdicts) = run(&[
+            open(1, Policy::FirstN),
+            try_("b1", "u1", 10),
+            withdraw("b1", "u2"),
+            withdraw("b1", "u1"),
+            try_("b2", "u2", 10),
+            withdraw("b2", "u2"),
+            withdraw("b3", "u3"),
+            withdraw("b3", "u4"),
+            try_("b3", "u4", 10),
+            try_("b3", "u3", 10),
+            withdraw("b9", "u1"),
+        ]);
+        assert_eq!(refusal(&steps[2]), Some(RefuseReason::NotOwner));
+        assert_eq!(refusal(&steps[3]), Some(RefuseReason::AlreadyConfirmed));
+        assert_eq!(
+            verdicts["b2"],
+            Verdict::Cancelled {
+                reason: CancelReason::CapacityFull
+            }
+        );
+        assert_eq!(refusal(&steps[5]), Some(RefuseReason::AlreadyCancelled));
+        assert_eq!(
+            result(&steps[6]),
+            CommandResult::Withdrawn {
+                empty_rollback: true
+            }
+        );
+        assert_eq!(refusal(&steps[7]), Some(RefuseReason::NotOwner));
+        // Another bidder's try with the tombstoned id is not cancelled by
+        // it (it is full here, so capacity decides), and the later try of
+        // the same id is a duplicate.
+        assert_eq!(
+            verdicts["b3"],
+            Verdict::Cancelled {
+                reason: CancelReason::CapacityFull
+            }
+        );
+        assert_eq!(steps[9], Step::Duplicate);
+        assert!(!verdicts.contains_key("b9"));
+    }
+
+    #[test]
+    fn top_amount_holds_the_n_highest_and_confirms_them_at_close() {
+        let (steps, verdicts) = run(&[
+            open(2, Policy::TopAmount),
+            try_("b1", "u1", 10),
+            try_("b2", "u2", 20),
+            try_("b3", "u3", 10), // ties the lowest holder: the earlier try keeps it
+            try_("b4", "u4", 15), // pushes b1 out
+            try_("b5", "u5", 30), // pushes b4 out
+            close(),
+            try_("b6", "u6", 99),
+            close(),
+        ]);
+        assert!(matches!(steps[1], Step::Held { displaced: None }));
+        assert_eq!(
+            steps[3],
+            Step::Decided(Verdict::Cancelled {
+                reason: CancelReason::Outbid
+            })
+        );
+        let Step::Held { displaced: Some(d) } = &steps[4] else {
+            panic!("{:?}", steps[4])
+        };
+        assert_eq!((d.bid.bid_id.as_str(), d.try_seq), ("b1", 2));
+        let outbid = Verdict::Cancelled {
+            reason: CancelReason::Outbid,
+        };
+        assert_eq!(verdicts["b1"], outbid);
+        assert_eq!(verdicts["b4"], outbid);
+        assert_eq!(verdicts["b5"], Verdict::Confirmed { rank: 1 });
+        assert_eq!(verdicts["b2"], Verdict::Confirmed { rank: 2 });
+        assert_eq!(
+            verdicts["b6"],
+            Verdict::Cancelled {
+                reason: CancelReason::AuctionClosed
+            }
+        );
+        assert_eq!(steps[8], Step::CloseIgnored);
+    }
+
+    #[test]
+    fn a_withdrawal_frees_a_held_slot_for_a_lower_bid() {
+        let (steps, verdicts) = run(&[
+            open(1, Policy::TopAmount),
+            try_("b1", "u1", 50),
+            withdraw("b1", "u1"),
+            try_("b2", "u2", 5),
+            close(),
+        ]);
+        assert_eq!(
+            result(&steps[2]),
+            CommandResult::Withdrawn {
+                empty_rollback: false
+            }
+        );
+        assert_eq!(verdicts["b1"], withdrawn());
+        assert_eq!(verdicts["b2"], Verdict::Confirmed { rank: 1 });
+    }
+
+    #[test]
+    fn of_two_raises_of_one_bid_the_first_applies_and_the_second_conflicts() {
+        let (steps, verdicts) = run(&[
+            open(2, Policy::TopAmount),
+            try_("b1", "u1", 10),
+            try_("b2", "u2", 20),
+            raise("b1", "u1", 10, 30),
+            raise("b1", "u1", 10, 25),
+            raise("b1", "u2", 30, 40),
+            raise("b1", "u1", 30, 30),
+            raise("b9", "u1", 0, 30),
+            close(),
+            raise("b1", "u1", 30, 50),
+        ]);
+        assert_eq!(result(&steps[3]), CommandResult::Raised { amount: 30 });
+        assert_eq!(
+            result(&steps[4]),
+            CommandResult::Refused {
+                reason: RefuseReason::Conflict,
+                current_amount: Some(30)
+            }
+        );
+        assert_eq!(refusal(&steps[5]), Some(RefuseReason::NotOwner));
+        assert_eq!(refusal(&steps[6]), Some(RefuseReason::NotHigher));
+        assert_eq!(refusal(&steps[7]), Some(RefuseReason::UnknownBid));
+        assert_eq!(refusal(&steps[9]), Some(RefuseReason::AlreadyConfirmed));
+        // The raise moved b1 to the top.
+        assert_eq!(verdicts["b1"], Verdict::Confirmed { rank: 1 });
+        assert_eq!(verdicts["b2"], Verdict::Confirmed { rank: 2 });
+    }
+
+    #[test]
+    fn a_raise_lifts_a_bid_above_the_ones_that_would_have_displaced_it() {
+        // Capacity 2: b1 (10) is the lowest holder. Raised to 40, it is no
+        // longer the one a new 25 pushes out; b2 is.
+        let (_, verdicts) = run(&[
+            open(2, Policy::TopAmount),
+            try_("b1", "u1", 10),
+            try_("b2", "u2", 20),
+            raise("b1", "u1", 10, 40),
+            try_("b3", "u3", 25),
+            close(),
+        ]);
+        assert_eq!(
+            verdicts["b2"],
+            Verdict::Cancelled {
+                reason: CancelReason::Outbid
+            }
+        );
+        assert_eq!(verdicts["b1"], Verdict::Confirmed { rank: 1 });
+        assert_eq!(verdicts["b3"], Verdict::Confirmed { rank: 2 });
+    }
+
+    #[test]
+    fn raises_on_first_n_auctions_and_late_raises_are_refused() {
+        let (steps, _) = run(&[
+            open(1, Policy::FirstN),
+            try_("b1", "u1", 10),
+            raise("b1", "u1", 10, 20),
+        ]);
+        assert_eq!(refusal(&steps[2]), Some(RefuseReason::NotRanked));
+        let mut late = raise("b1", "u1", 10, 20);
+        if let LogEvent::Raise(r) = &mut late {
+            r.raised_at = t0() + Duration::seconds(100);
+        }
+        let (steps, _) = run(&[open(1, Policy::TopAmount), try_("b1", "u1", 10), late]);
+        assert_eq!(refusal(&steps[2]), Some(RefuseReason::AuctionClosed));
+    }
+
+    #[test]
+    fn life_round_trips_through_restore() {
+        let log = [
+            open(2, Policy::TopAmount),
+            try_("b1", "u1", 10),
+            try_("b2", "u2", 20),
+            withdraw("b7", "u7"),
+            raise("b1", "u1", 10, 15),
+            try_("b3", "u3", 5),
+        ];
+        let mut original = Ledger::new();
+        for (e, seq) in log.iter().zip(1..) {
+            original.apply(e, seq);
+        }
+        let mut restored = Ledger::new();
+        restored.apply(&log[0], 1);
+        restored.restore(
+            "a",
+            "b3",
+            "u3",
+            Verdict::Cancelled {
+                reason: CancelReason::Outbid,
+            },
+            6,
+        );
+        restored.restore_life("a", original.life("a").unwrap());
+        assert_eq!(restored.life("a"), original.life("a"));
+        let rest = [try_("b7", "u7", 99), try_("b4", "u4", 12), close()];
+        for (e, seq) in rest.iter().zip(7..) {
+            assert_eq!(restored.apply(e, seq), original.apply(e, seq), "{e:?}");
+        }
+    }
+
+    /// Held bids with distinct try order, and raises on different bids.
+    fn standings(raises: &[(usize, u64)], order: &[usize]) -> BTreeMap<String, Verdict> {
+        let mut log = vec![open(3, Policy::TopAmount)];
+        for b in 0..5 {
+            log.push(try_(&format!("b{b}"), &format!("u{b}"), 10 + b as u64));
+        }
+        let mut ledger = Ledger::new();
+        for (e, seq) in log.iter().zip(1..) {
+            ledger.apply(e, seq);
+        }
+        let mut seq = log.len() as u64 + 1;
+        let mut verdicts = BTreeMap::new();
+        for &i in order {
+            let (b, by) = raises[i];
+            // Each bidder raises its own bid by `by`, from whatever it is now.
+            let current = ledger
+                .life("a")
+                .unwrap()
+                .held
+                .iter()
+                .find(|h| h.bid.bid_id == format!("b{b}"))
+                .map(|h| h.bid.amount);
+            if let Some(current) = current {
+                ledger.apply(
+                    &raise(&format!("b{b}"), &format!("u{b}"), current, current + by),
+                    seq,
+                );
+            }
+            seq += 1;
+        }
+        let step = ledger.apply(&close(), seq);
+        for d in step.decisions(None, seq) {
+            verdicts.insert(d.bid.bid_id, d.verdict);
+        }
+        verdicts
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// Raises of different bids commute: any order of the same raises
+        /// gives the same final standings.
+        #[test]
+        fn raises_of_different_bids_commute(
+            by in proptest::collection::vec(1..50u64, 5),
+            order in Just((0..5usize).collect::<Vec<_>>()).prop_shuffle(),
+        ) {
+            // One raise per bid (b0..b4); only the held ones apply.
+            let raises: Vec<(usize, u64)> = by.iter().copied().enumerate().collect();
+            let in_order: Vec<usize> = (0..5).collect();
+            prop_assert_eq!(standings(&raises, &order), standings(&raises, &in_order));
         }
     }
 }

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{print_json, Common};
-use crate::wire::{timestamp, AuctionSpec, OpenReply, Reply, StatusReply};
+use crate::wire::{timestamp, AuctionSpec, OpenReply, Policy, Reply, StatusReply};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -32,6 +32,17 @@ pub struct OpenArgs {
     /// Most slots one bidder may win.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_wins_per_bidder: u32,
+    /// Who wins: the first N eligible bids, or the N highest amounts at close.
+    #[arg(long, default_value = "first_n", value_parser = parse_policy)]
+    pub policy: Policy,
+}
+
+fn parse_policy(s: &str) -> Result<Policy, String> {
+    match s {
+        "first_n" => Ok(Policy::FirstN),
+        "top_amount" => Ok(Policy::TopAmount),
+        _ => Err("must be first_n or top_amount".into()),
+    }
 }
 
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
@@ -47,6 +58,7 @@ pub async fn run(common: Common, command: Command) -> anyhow::Result<()> {
                 min_amount: args.min_amount,
                 closes_at: args.closes_at,
                 max_wins_per_bidder: args.max_wins_per_bidder,
+                policy: args.policy,
             };
             let reply: OpenReply = client.open(&args.auction_id, &spec).await?;
             finish(&reply)

@@ -123,6 +123,7 @@ pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
             seed: args.seed,
             // Unique per run, so runs on one server never share an auction.
             run_id: format!("lt{:x}", chrono::Utc::now().timestamp_millis()),
+            policy: Default::default(),
         },
         strategies,
         baseline: args.baseline,

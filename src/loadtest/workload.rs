@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::wire::{AuctionSpec, BidRequest};
+use crate::wire::{AuctionSpec, BidRequest, Policy};
 
 /// The knobs of a load test.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -36,6 +36,9 @@ pub struct Workload {
     pub seed: u64,
     /// Prefix of this run's auction ids, so runs never share an auction.
     pub run_id: String,
+    /// How each auction's slots are given out.
+    #[serde(default)]
+    pub policy: Policy,
 }
 
 impl Default for Workload {
@@ -54,6 +57,7 @@ impl Default for Workload {
             hot: 0.0,
             seed: 1,
             run_id: "lt".into(),
+            policy: Policy::FirstN,
         }
     }
 }
@@ -93,6 +97,7 @@ impl Workload {
             min_amount: self.min_amount,
             closes_at: None,
             max_wins_per_bidder: self.max_wins_per_bidder,
+            policy: self.policy,
         }
     }
 

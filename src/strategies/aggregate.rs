@@ -15,8 +15,8 @@ use serde::Deserialize;
 use crate::core::{Ledger, Step, Verdict};
 use crate::error::{Error, ErrorKind, Result};
 use crate::wire::{
-    timestamp, AuctionSpec, BidReply, BidRequest, LogEvent, OpenEvent, OutcomeEvent, OutcomeKind,
-    RejectReason, Subjects, TryEvent,
+    timestamp, AuctionSpec, BidReply, BidRequest, ErrorCode, LogEvent, OpenEvent, OutcomeEvent,
+    OutcomeKind, RejectReason, Subjects, TryEvent,
 };
 
 /// An event on an aggregate's subject: the `open` event, then decisions.
@@ -232,10 +232,10 @@ fn apply(known: &mut Known, seq: u64, payload: &[u8], auction_id: &str) -> Resul
         AggregateEvent::Open(LogEvent::Open(open)) => {
             known.ledger.open(&open);
         }
-        AggregateEvent::Open(LogEvent::Try(_)) => {
+        AggregateEvent::Open(_) => {
             return Err(Error::new(
                 ErrorKind::Protocol,
-                format!("event {seq} of auction {auction_id} is a try, not a decision"),
+                format!("event {seq} of auction {auction_id} is neither an open nor a decision"),
             ))
         }
         AggregateEvent::Decided(outcome) => {
@@ -300,8 +300,14 @@ fn handle(known: &Known, auction_id: &str, bid: &BidRequest, now: DateTime<Utc>)
     };
     let verdict = match known.ledger.judge(&t) {
         Step::Decided(verdict) => verdict,
-        // `decided` above already answered every duplicate.
-        Step::Duplicate | Step::Opened | Step::OpenIgnored => unreachable!("judged a new bid"),
+        // `decided` above already answered every duplicate; ranked
+        // auctions are this service's alone.
+        _ => {
+            return Attempt::Reply(BidReply::Error {
+                error: ErrorCode::Internal,
+                message: "the occ and lock strategies decide first_n auctions only".into(),
+            })
+        }
     };
     let (kind, rank, reason) = match verdict {
         Verdict::Confirmed { rank } => (OutcomeKind::Confirmed, Some(rank), None),

@@ -72,6 +72,7 @@ pub(super) async fn announce_sold_out<'o>(
             let view = AuctionView {
                 confirmed: fill.confirmed,
                 sold_out: fill.sold_out(),
+                closed: fill.closed,
             };
             streams
                 .status

@@ -7,11 +7,15 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+mod lifecycle;
 mod request;
 mod subjects;
 pub mod timestamp;
 
-pub use request::{decode_bid, decode_open, ErrorCode, RequestError};
+pub use lifecycle::*;
+pub use request::{
+    decode_bid, decode_open, decode_raise, decode_withdraw, ErrorCode, RequestError,
+};
 pub use subjects::Subjects;
 
 /// Longest `auction_id`, `bid_id` or `bidder_id`.
@@ -63,6 +67,28 @@ pub struct AuctionSpec {
     /// Most slots one bidder may win.
     #[serde(default = "one")]
     pub max_wins_per_bidder: u32,
+    /// Who wins: the first N eligible tries, or the N highest amounts at
+    /// close. Absent means `first_n`, as before policies existed.
+    #[serde(default, skip_serializing_if = "Policy::is_first_n")]
+    pub policy: Policy,
+}
+
+/// How an auction's N slots are given out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// The first N eligible tries in log order win, each at once.
+    #[default]
+    FirstN,
+    /// The N highest amounts are held until the close, then confirmed;
+    /// ties go to the earlier try.
+    TopAmount,
+}
+
+impl Policy {
+    pub fn is_first_n(&self) -> bool {
+        *self == Policy::FirstN
+    }
 }
 
 fn one() -> u32 {
@@ -77,6 +103,7 @@ impl AuctionSpec {
             min_amount: 0,
             closes_at: None,
             max_wins_per_bidder: 1,
+            policy: Policy::FirstN,
         }
     }
 
@@ -191,6 +218,39 @@ pub enum StatusReply {
 pub enum LogEvent {
     Open(OpenEvent),
     Try(TryEvent),
+    Withdraw(WithdrawEvent),
+    Raise(RaiseEvent),
+    Close(CloseEvent),
+}
+
+impl LogEvent {
+    /// The auction the event belongs to.
+    pub fn auction_id(&self) -> &str {
+        match self {
+            LogEvent::Open(e) => &e.auction_id,
+            LogEvent::Try(e) => &e.auction_id,
+            LogEvent::Withdraw(e) => &e.auction_id,
+            LogEvent::Raise(e) => &e.auction_id,
+            LogEvent::Close(e) => &e.auction_id,
+        }
+    }
+
+    /// Ids in the event that must be valid, and the amounts in range.
+    fn well_formed(&self) -> bool {
+        match self {
+            LogEvent::Open(_) | LogEvent::Close(_) => true,
+            LogEvent::Try(t) => {
+                valid_id(&t.bid_id) && valid_id(&t.bidder_id) && t.amount <= MAX_AMOUNT
+            }
+            LogEvent::Withdraw(w) => valid_id(&w.bid_id) && valid_id(&w.bidder_id),
+            LogEvent::Raise(r) => {
+                valid_id(&r.bid_id)
+                    && valid_id(&r.bidder_id)
+                    && r.amount <= MAX_AMOUNT
+                    && r.expected_amount <= MAX_AMOUNT
+            }
+        }
+    }
 }
 
 /// One entry of the log, as the verifier reads it.
@@ -225,17 +285,13 @@ impl LogEntry {
             return LogEntry::Unreadable(format!("unexpected subject {subject:?}"));
         };
         let problem = match serde_json::from_slice::<LogEvent>(payload) {
-            Ok(LogEvent::Open(o)) if kind == "auction" && o.auction_id == auction_id => {
-                return LogEntry::Event(LogEvent::Open(o))
-            }
-            Ok(LogEvent::Try(t))
-                if kind == "try"
-                    && t.auction_id == auction_id
-                    && valid_id(&t.bid_id)
-                    && valid_id(&t.bidder_id)
-                    && t.amount <= MAX_AMOUNT =>
+            // Tries on the try subject; every other event on the auction's.
+            Ok(event)
+                if (kind == "try") == matches!(event, LogEvent::Try(_))
+                    && event.auction_id() == auction_id
+                    && event.well_formed() =>
             {
-                return LogEntry::Event(LogEvent::Try(t))
+                return LogEntry::Event(event)
             }
             Ok(_) => "event does not match its subject, or has invalid fields".to_string(),
             Err(e) => format!("not an event: {e}"),
@@ -329,6 +385,10 @@ pub enum CancelReason {
     UnknownAuction,
     /// The try event could not be read (hand-written garbage in the log).
     InvalidEvent,
+    /// The bidder withdrew the bid, before or after its try.
+    Withdrawn,
+    /// `top_amount`: N higher bids (or equal, earlier ones) hold the slots.
+    Outbid,
 }
 
 /// The one final decision on one try (stream `<PREFIX>_OUTCOMES`).
@@ -368,6 +428,9 @@ pub struct AuctionView {
     pub confirmed: u32,
     /// True once every slot is confirmed.
     pub sold_out: bool,
+    /// True once the auction's `close` event is decided.
+    #[serde(default)]
+    pub closed: bool,
 }
 
 /// Asks the verifier which try decided a bid, on
@@ -417,5 +480,8 @@ macro_rules! reply {
 }
 
 reply!(BidReply);
+reply!(WithdrawReply);
+reply!(RaiseReply);
+reply!(CloseReply);
 reply!(OpenReply);
 reply!(StatusReply);

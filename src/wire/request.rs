@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
 
 use super::{
-    timestamp, valid_id, AuctionSpec, BidRequest, MAX_AMOUNT, MAX_ID_LEN, MAX_REQUEST_BYTES,
+    timestamp, valid_id, AuctionSpec, BidRequest, Policy, RaiseRequest, WithdrawRequest,
+    MAX_AMOUNT, MAX_ID_LEN, MAX_REQUEST_BYTES,
 };
 
 /// What kind of request error this is; part of the public error reply.
@@ -82,6 +83,47 @@ pub fn decode_bid(payload: &[u8], auction_id: &str) -> Result<BidRequest, Reques
     })
 }
 
+/// Decodes a withdraw request body for the auction named by the subject.
+pub fn decode_withdraw(payload: &[u8], auction_id: &str) -> Result<WithdrawRequest, RequestError> {
+    let mut body = object(payload, &["bid_id", "bidder_id", "auction_id"])?;
+    check_auction_field(&mut body, auction_id)?;
+    Ok(WithdrawRequest {
+        bid_id: required(id(&mut body, "bid_id")?, "bid_id")?,
+        bidder_id: required(id(&mut body, "bidder_id")?, "bidder_id")?,
+    })
+}
+
+/// Decodes a raise request body for the auction named by the subject.
+pub fn decode_raise(payload: &[u8], auction_id: &str) -> Result<RaiseRequest, RequestError> {
+    let mut body = object(
+        payload,
+        &[
+            "bid_id",
+            "bidder_id",
+            "amount",
+            "expected_amount",
+            "auction_id",
+        ],
+    )?;
+    check_auction_field(&mut body, auction_id)?;
+    let request = RaiseRequest {
+        bid_id: required(id(&mut body, "bid_id")?, "bid_id")?,
+        bidder_id: required(id(&mut body, "bidder_id")?, "bidder_id")?,
+        amount: required(amount(&mut body, "amount")?, "amount")?,
+        expected_amount: required(amount(&mut body, "expected_amount")?, "expected_amount")?,
+    };
+    if request.amount <= request.expected_amount {
+        return Err(RequestError::field(
+            "amount",
+            format!(
+                "is {} but a raise must be above expected_amount ({})",
+                request.amount, request.expected_amount
+            ),
+        ));
+    }
+    Ok(request)
+}
+
 /// Decodes an auction-open request body for the auction named by the subject.
 pub fn decode_open(payload: &[u8], auction_id: &str) -> Result<AuctionSpec, RequestError> {
     let mut body = object(
@@ -91,6 +133,7 @@ pub fn decode_open(payload: &[u8], auction_id: &str) -> Result<AuctionSpec, Requ
             "min_amount",
             "closes_at",
             "max_wins_per_bidder",
+            "policy",
             "auction_id",
         ],
     )?;
@@ -110,11 +153,23 @@ pub fn decode_open(payload: &[u8], auction_id: &str) -> Result<AuctionSpec, Requ
             ))
         }
     };
+    let policy = match body.remove("policy") {
+        None | Some(Value::Null) => Policy::FirstN,
+        Some(Value::String(s)) if s == "first_n" => Policy::FirstN,
+        Some(Value::String(s)) if s == "top_amount" => Policy::TopAmount,
+        Some(other) => {
+            return Err(RequestError::field(
+                "policy",
+                format!("must be \"first_n\" or \"top_amount\", got {other}"),
+            ))
+        }
+    };
     Ok(AuctionSpec {
         capacity,
         min_amount,
         closes_at,
         max_wins_per_bidder,
+        policy,
     })
 }
 

@@ -46,6 +46,32 @@ impl Subjects {
         format!("{}.admin.open.{auction_id}", self.prefix)
     }
 
+    /// Withdraw requests: `<prefix>.withdraw.<auction_id>`.
+    pub fn withdraw(&self, auction_id: &str) -> String {
+        format!("{}.withdraw.{auction_id}", self.prefix)
+    }
+
+    /// Raise requests: `<prefix>.raise.<auction_id>`.
+    pub fn raise(&self, auction_id: &str) -> String {
+        format!("{}.raise.{auction_id}", self.prefix)
+    }
+
+    /// Auction-close requests (admin): `<prefix>.admin.close.<auction_id>`.
+    pub fn close_request(&self, auction_id: &str) -> String {
+        format!("{}.admin.close.{auction_id}", self.prefix)
+    }
+
+    /// `held` notices of ranked auctions: `<prefix>.hold.<auction_id>`.
+    pub fn hold(&self, auction_id: &str) -> String {
+        format!("{}.hold.{auction_id}", self.prefix)
+    }
+
+    /// Where the verifier answers what it made of a withdraw or a raise
+    /// (see [`crate::wire::CommandRequest`]): `<prefix>.verifier.command.<auction_id>`.
+    pub fn command(&self, auction_id: &str) -> String {
+        format!("{}.verifier.command.{auction_id}", self.prefix)
+    }
+
     /// Auction status requests: `<prefix>.status.<auction_id>`.
     pub fn status_request(&self, auction_id: &str) -> String {
         format!("{}.status.{auction_id}", self.prefix)
@@ -56,7 +82,8 @@ impl Subjects {
         format!("{}.try.{auction_id}", self.prefix)
     }
 
-    /// Auction lifecycle events (`open`) in the log: `<prefix>.auction.<auction_id>`.
+    /// Auction lifecycle events (`open`, `close`) and the bidders'
+    /// `withdraw` and `raise` in the log: `<prefix>.auction.<auction_id>`.
     pub fn auction_event(&self, auction_id: &str) -> String {
         format!("{}.auction.{auction_id}", self.prefix)
     }
