@@ -14,6 +14,7 @@ async fn opening_is_idempotent_and_conflicting_settings_are_refused() {
         min_amount: 7,
         closes_at: Some(Utc::now() + chrono::Duration::hours(1)),
         max_wins_per_bidder: 2,
+        policy: Default::default(),
     };
     let body = serde_json::to_vec(&spec).unwrap();
     assert_matches("auction-open-request.schema.json", &body);
