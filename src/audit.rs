@@ -12,7 +12,7 @@ use std::path::Path;
 
 use async_nats::jetstream;
 
-use crate::core::{Ledger, Step, Verdict};
+use crate::core::{Decision, Ledger, Verdict};
 use crate::error::{Error, ErrorKind, Result};
 use crate::snapshot::Snapshot;
 use crate::streams::read_all;
@@ -51,18 +51,26 @@ pub fn compare(
     snapshot: Option<&SnapshotView>,
 ) -> Findings {
     let mut ledger = Ledger::new();
-    // By (auction, bid): the deciding try's sequence and the verdict.
-    let mut replayed: BTreeMap<(&str, &str), (u64, Verdict)> = BTreeMap::new();
+    // By (auction, bid): the decision, and the sequence of the log event
+    // that made it (in a ranked auction, a close decides older tries).
+    let mut decisions: BTreeMap<(String, String), (Decision, u64)> = BTreeMap::new();
     for (seq, entry) in log {
-        let step = ledger.apply_entry(entry, *seq);
-        if let (
-            LogEntry::Event(LogEvent::Try(t)) | LogEntry::InvalidTry(t),
-            Some(Step::Decided(v)),
-        ) = (entry, step)
-        {
-            replayed.insert((&t.auction_id, &t.bid_id), (*seq, v));
+        let Some(step) = ledger.apply_entry(entry, *seq) else {
+            continue;
+        };
+        let own = match entry {
+            LogEntry::Event(LogEvent::Try(t)) | LogEntry::InvalidTry(t) => Some(t),
+            _ => None,
+        };
+        for d in step.decisions(own, *seq) {
+            let key = (d.bid.auction_id.clone(), d.bid.bid_id.clone());
+            decisions.insert(key, (d, *seq));
         }
     }
+    let replayed: BTreeMap<(&str, &str), (&Decision, u64)> = decisions
+        .iter()
+        .map(|((a, b), (d, at))| ((a.as_str(), b.as_str()), (d, *at)))
+        .collect();
     let mut published: HashMap<(&str, &str), Vec<&OutcomeEvent>> = HashMap::new();
     for o in outcomes {
         published
@@ -71,15 +79,16 @@ pub fn compare(
             .push(o);
     }
     let mut differences = Vec::new();
-    for (&(auction, bid), &(seq, verdict)) in &replayed {
+    for (&(auction, bid), &(d, _)) in &replayed {
         let what = format!("bid {bid:?} in auction {auction:?}");
         match published.get(&(auction, bid)).map(Vec::as_slice) {
             None | Some([]) => differences.push(format!(
-                "{what}: the log decides {} (try {seq}) but no outcome was published",
-                show(verdict)
+                "{what}: the log decides {} (try {}) but no outcome was published",
+                show(d.verdict),
+                d.try_seq
             )),
             Some([o]) => {
-                if let Some(problem) = disagrees(o, seq, verdict) {
+                if let Some(problem) = disagrees(o, d) {
                     differences.push(format!("{what}: published {problem}"));
                 }
             }
@@ -108,19 +117,20 @@ pub fn compare(
                 None => differences.push(format!(
                     "{what}: in the snapshot, but no try in the log decides it"
                 )),
-                Some(&(seq, verdict)) => {
-                    if let Some(problem) = disagrees(o, seq, verdict) {
+                Some(&(d, _)) => {
+                    if let Some(problem) = disagrees(o, d) {
                         differences.push(format!("{what}: the snapshot holds {problem}"));
                     }
                 }
             }
         }
-        for (&(auction, bid), &(seq, verdict)) in &replayed {
-            if seq <= snapshot.last_seq && !stored.contains_key(&(auction, bid)) {
+        for (&(auction, bid), &(d, decided_at)) in &replayed {
+            if decided_at <= snapshot.last_seq && !stored.contains_key(&(auction, bid)) {
                 differences.push(format!(
-                    "bid {bid:?} in auction {auction:?}: the snapshot has applied the log to {} but lacks the decision {} (try {seq})",
+                    "bid {bid:?} in auction {auction:?}: the snapshot has applied the log to {} but lacks the decision {} (try {})",
                     snapshot.last_seq,
-                    show(verdict)
+                    show(d.verdict),
+                    d.try_seq
                 ));
             }
         }
@@ -142,16 +152,19 @@ pub fn compare(
 }
 
 /// How a recorded decision differs from the replay's, if it does.
-fn disagrees(o: &OutcomeEvent, seq: u64, verdict: Verdict) -> Option<String> {
+fn disagrees(o: &OutcomeEvent, d: &Decision) -> Option<String> {
     let recorded = Verdict::of(o);
-    if recorded == Some(verdict) && o.try_seq == seq {
+    if recorded == Some(d.verdict) && o.try_seq == d.try_seq && o.amount == d.bid.amount {
         return None;
     }
     let recorded = recorded.map_or_else(|| format!("{:?} without a rank", o.kind), show);
     Some(format!(
-        "{recorded} (try {}) where the log decides {} (try {seq})",
+        "{recorded} (try {}, amount {}) where the log decides {} (try {}, amount {})",
         o.try_seq,
-        show(verdict)
+        o.amount,
+        show(d.verdict),
+        d.try_seq,
+        d.bid.amount
     ))
 }
 

@@ -712,6 +712,17 @@ impl Ledger {
         decided.get(bid_id).map(|s| s.seq)
     }
 
+    /// True when a bid has its one decision (not merely a held slot).
+    pub fn is_decided(&self, auction_id: &str, bid_id: &str) -> bool {
+        match self.auctions.get(auction_id) {
+            Some(auction) => auction.decided.contains_key(bid_id),
+            None => self
+                .orphans
+                .get(auction_id)
+                .is_some_and(|d| d.contains_key(bid_id)),
+        }
+    }
+
     /// The spec of an open auction.
     pub fn spec(&self, auction_id: &str) -> Option<&AuctionSpec> {
         self.auctions.get(auction_id).map(|a| &a.spec)

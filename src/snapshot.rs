@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::core::{Ledger, Verdict};
-use crate::wire::{OpenEvent, OutcomeEvent};
+use crate::core::{Ledger, Life, Verdict};
+use crate::wire::{CommandResult, OpenEvent, OutcomeEvent};
 
 /// File name of the snapshot inside the data directory.
 pub const FILE_NAME: &str = "allot.sqlite";
@@ -66,8 +66,13 @@ pub struct StoredOutcome {
 pub struct Batch {
     /// Auctions opened, with the log sequence of their `open` event.
     pub opens: Vec<(u64, OpenEvent)>,
-    /// Tries decided.
+    /// Tries decided (by this batch's events; in a ranked auction, the
+    /// try may be older).
     pub decisions: Vec<StoredOutcome>,
+    /// Auctions whose state besides decisions changed, with that state.
+    pub lives: Vec<(String, Life)>,
+    /// What each withdraw and raise did, by its log sequence.
+    pub commands: Vec<(u64, String, CommandResult)>,
     /// Last log sequence this batch covers.
     pub last_seq: u64,
 }
@@ -128,7 +133,7 @@ pub fn set_aside(dir: &Path) -> std::io::Result<PathBuf> {
 }
 
 /// The snapshot's table layout; a file with another is rebuilt.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 impl Snapshot {
     /// Opens (or creates) the snapshot in `dir`.
@@ -158,7 +163,9 @@ impl Snapshot {
             conn.execute_batch(
                 "DROP TABLE IF EXISTS meta;
                  DROP TABLE IF EXISTS auctions;
-                 DROP TABLE IF EXISTS decisions;",
+                 DROP TABLE IF EXISTS decisions;
+                 DROP TABLE IF EXISTS lives;
+                 DROP TABLE IF EXISTS commands;",
             )
             .map_err(sql)?;
         }
@@ -166,7 +173,10 @@ impl Snapshot {
         // appends to the end of the table: a few pages written per batch,
         // where a key of (auction, bid) would rewrite a page per decision.
         // A bid is decided once by construction (the core), so nothing
-        // needs looking up by bid here.
+        // needs looking up by bid here. `decided_seq` is the last log
+        // sequence of the batch that decided it: in a ranked auction a
+        // close decides tries far older than itself, and whether an
+        // outcome is surely published goes by when it was decided.
         conn.execute_batch(&format!(
             "CREATE TABLE IF NOT EXISTS meta (
                  key TEXT PRIMARY KEY,
@@ -181,7 +191,17 @@ impl Snapshot {
                  try_seq INTEGER PRIMARY KEY,
                  auction_id TEXT NOT NULL,
                  bid_id TEXT NOT NULL,
+                 decided_seq INTEGER NOT NULL,
                  payload BLOB NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS lives (
+                 auction_id TEXT PRIMARY KEY,
+                 life TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS commands (
+                 seq INTEGER PRIMARY KEY,
+                 auction_id TEXT NOT NULL,
+                 result TEXT NOT NULL
              );
              PRAGMA user_version = {SCHEMA_VERSION};"
         ))
@@ -214,7 +234,10 @@ impl Snapshot {
     pub fn reset(&mut self, identity: &str) -> Result<(), SnapshotError> {
         let result = (|| {
             let tx = self.conn.transaction()?;
-            tx.execute_batch("DELETE FROM meta; DELETE FROM auctions; DELETE FROM decisions;")?;
+            tx.execute_batch(
+                "DELETE FROM meta; DELETE FROM auctions; DELETE FROM decisions;
+                 DELETE FROM lives; DELETE FROM commands;",
+            )?;
             tx.execute(
                 "INSERT INTO meta (key, value) VALUES ('log_identity', ?1)",
                 [identity],
@@ -268,7 +291,32 @@ impl Snapshot {
         for (_, open) in opens {
             ledger.open(&open);
         }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT auction_id, life FROM lives")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(|e| self.sql(e))?;
+        for row in rows {
+            let (auction_id, json) = row.map_err(|e| self.sql(e))?;
+            let life: Life = serde_json::from_str(&json).map_err(|e| self.corrupt(e))?;
+            ledger.restore_life(&auction_id, life);
+        }
         Ok(ledger)
+    }
+
+    /// What the withdraw or raise at log sequence `seq` did, once decided.
+    pub fn command(&self, seq: u64) -> Result<Option<CommandResult>, SnapshotError> {
+        let json: Option<String> = self
+            .conn
+            .query_row("SELECT result FROM commands WHERE seq = ?1", [seq], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.sql(e))?;
+        json.map(|j| serde_json::from_str(&j).map_err(|e| self.corrupt(e)))
+            .transpose()
     }
 
     fn corrupt(&self, e: impl std::fmt::Display) -> SnapshotError {
@@ -298,7 +346,7 @@ impl Snapshot {
                     open.execute(params![event.auction_id, seq, json])?;
                 }
                 let mut decide = tx.prepare_cached(
-                    "INSERT INTO decisions (auction_id, bid_id, try_seq, payload) VALUES (?1, ?2, ?3, ?4)",
+                    "INSERT INTO decisions (auction_id, bid_id, try_seq, decided_seq, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?;
                 for d in &batch.decisions {
                     let o = &d.outcome;
@@ -306,8 +354,23 @@ impl Snapshot {
                         o.auction_id,
                         o.bid_id,
                         o.try_seq,
+                        batch.last_seq,
                         d.payload.as_ref()
                     ])?;
+                }
+                let mut life = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO lives (auction_id, life) VALUES (?1, ?2)",
+                )?;
+                for (auction_id, l) in &batch.lives {
+                    let json = serde_json::to_string(l).expect("lives serialize");
+                    life.execute(params![auction_id, json])?;
+                }
+                let mut command = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO commands (seq, auction_id, result) VALUES (?1, ?2, ?3)",
+                )?;
+                for (seq, auction_id, result) in &batch.commands {
+                    let json = serde_json::to_string(result).expect("results serialize");
+                    command.execute(params![seq, auction_id, json])?;
                 }
                 tx.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?1)",
@@ -373,12 +436,15 @@ impl Snapshot {
         Ok(out)
     }
 
-    /// Decisions whose publication is not confirmed, in log order.
+    /// Decisions whose publication is not confirmed, in the order they
+    /// were decided.
     pub fn unpublished(&self) -> Result<Vec<StoredOutcome>, SnapshotError> {
         let through = self.meta_u64("published_through")?;
         let mut stmt = self
             .conn
-            .prepare("SELECT payload FROM decisions WHERE try_seq > ?1 ORDER BY try_seq")
+            .prepare(
+                "SELECT payload FROM decisions WHERE decided_seq > ?1 ORDER BY decided_seq, rowid",
+            )
             .map_err(|e| self.sql(e))?;
         let rows = stmt
             .query_map([through], |r| r.get::<_, Vec<u8>>(0))

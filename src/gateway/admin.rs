@@ -105,7 +105,9 @@ impl Gateway {
         .await?;
         let state = if confirmed >= u64::from(spec.capacity) {
             AuctionState::SoldOut
-        } else if spec.is_closed_at(timestamp::now()) {
+        } else if spec.is_closed_at(timestamp::now())
+            || self.view.closed.read().unwrap().contains(auction_id)
+        {
             AuctionState::Closed
         } else {
             AuctionState::Open

@@ -39,7 +39,9 @@ impl Gateway {
         // the auction sold out or closed can wait for this append.
         let mut appending = self.view.appends.start(auction_id);
         let now = timestamp::now();
-        let blocked = if spec.is_closed_at(now) {
+        let closed =
+            spec.is_closed_at(now) || self.view.closed.read().unwrap().contains(auction_id);
+        let blocked = if closed {
             Some(RejectReason::AuctionClosed)
         } else if self.view.sold_out.read().unwrap().contains(auction_id) {
             Some(RejectReason::SoldOut)

@@ -8,10 +8,12 @@
 //!
 //! - `bid.rs`: the bid path, including resends and fast rejects;
 //! - `admin.rs`: opening auctions and reporting their status;
+//! - `lifecycle.rs`: withdrawals, raises and closes;
 //! - `view.rs`: what the gateway knows of each auction.
 
 mod admin;
 mod bid;
+mod lifecycle;
 mod view;
 
 use std::future::Future;
@@ -82,7 +84,14 @@ pub async fn run(
     let watcher = tokio::spawn(view::watch_fill(gateway.clone()));
     let subjects = gateway.streams.subjects.clone();
     let mut requests = futures::stream::SelectAll::new();
-    for kind in ["bid", "admin.open", "status"] {
+    for kind in [
+        "bid",
+        "withdraw",
+        "raise",
+        "admin.open",
+        "admin.close",
+        "status",
+    ] {
         let subject = subjects.request_wildcard(kind);
         let sub = client
             .queue_subscribe(subject.clone(), QUEUE_GROUP.into())
@@ -140,6 +149,12 @@ impl Gateway {
             .unwrap_or_default();
         if kind.starts_with("bid.") {
             self.respond(reply_to, self.bid(&message).await).await
+        } else if kind.starts_with("withdraw.") {
+            self.respond(reply_to, self.withdraw(&message).await).await
+        } else if kind.starts_with("raise.") {
+            self.respond(reply_to, self.raise(&message).await).await
+        } else if kind.starts_with("admin.close.") {
+            self.respond(reply_to, self.close(&message).await).await
         } else if kind.starts_with("admin.open.") {
             self.respond(reply_to, self.open(&message).await).await
         } else {

@@ -21,6 +21,9 @@ pub(super) struct View {
     /// Auctions the verifier has reported sold out. In first-come, first-N
     /// allocation a sold-out auction stays sold out.
     pub(super) sold_out: RwLock<HashSet<String>>,
+    /// Auctions whose close event the verifier has decided. Closed stays
+    /// closed.
+    pub(super) closed: RwLock<HashSet<String>>,
     /// The verifier consumer's ack floor and when it was read. An async
     /// lock, held across the read, so that concurrent requests share one
     /// consumer-info request per interval instead of each sending its own.
@@ -181,6 +184,10 @@ pub(super) async fn watch_fill(gateway: Arc<Gateway>) {
                 while let Some(entry) = entries.next().await {
                     let Ok(entry) = entry else { break };
                     if let Ok(view) = serde_json::from_slice::<AuctionView>(&entry.value) {
+                        if view.closed {
+                            let closed = entry.key.clone();
+                            gateway.view.closed.write().unwrap().insert(closed);
+                        }
                         if view.sold_out {
                             gateway.view.sold_out.write().unwrap().insert(entry.key);
                         }

@@ -36,16 +36,17 @@ use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt;
 
-use crate::core::{Ledger, Step, Verdict};
+use crate::core::{Decision, Ledger, Step, Verdict};
 use crate::error::{Error, ErrorKind, Result};
 use crate::faults::{crash_point, stall_point};
 use crate::snapshot::{Batch, Position, Snapshot, StoredOutcome, Sync};
 use crate::streams::Streams;
 use crate::wire::{
-    timestamp, DecidedReply, DecidedRequest, LogEntry, LogEvent, OutcomeEvent, OutcomeKind,
+    timestamp, CloseEvent, ClosedBy, CommandReply, CommandRequest, DecidedReply, DecidedRequest,
+    HeldEvent, HeldKind, LogEntry, LogEvent, OutcomeEvent, OutcomeKind,
 };
 use lease::{DirLock, Lease};
-use outcomes::{announce_sold_out, send, Acks};
+use outcomes::{announce_closed, announce_sold_out, send, Acks};
 use recovery::{align_consumer, Published};
 
 /// Default name of the verifier's durable consumer.
@@ -150,6 +151,8 @@ struct Verifier<'a> {
     /// Outcomes found in the outcome stream for tries the snapshot has not
     /// applied: after a snapshot loss, these are reused, not published again.
     already_published: Published,
+    /// Auctions whose deadline close this verifier has written.
+    closing: HashSet<String>,
 }
 
 /// How a verifier run ended badly.
@@ -199,15 +202,21 @@ async fn run_once(
         .await
         .map_err(|e| Error::with_source(ErrorKind::Nats, e).context("verifier consumer"))?
         .ready_chunks(config.batch_size);
-    // Gateways ask which try decided a bid; answered between batches, when
-    // the ledger and the position agree.
-    let decided_subject = streams.subjects.decided("*");
-    let mut lookups = streams
-        .js
-        .client()
-        .queue_subscribe(decided_subject.clone(), VERIFIER_GROUP.into())
-        .await
-        .map_err(|e| Error::with_source(ErrorKind::Nats, e).context(decided_subject))?;
+    // Gateways ask which try decided a bid, and what a withdraw or a raise
+    // did; answered between batches, when the ledger and the position agree.
+    let mut lookups = futures::stream::SelectAll::new();
+    for subject in [streams.subjects.decided("*"), streams.subjects.command("*")] {
+        let sub = streams
+            .js
+            .client()
+            .queue_subscribe(subject.clone(), VERIFIER_GROUP.into())
+            .await
+            .map_err(|e| Error::with_source(ErrorKind::Nats, e).context(subject))?;
+        lookups.push(sub);
+    }
+    // Auctions whose `closes_at` passed get their close event written.
+    let mut deadlines = tokio::time::interval(DEADLINE_CHECK);
+    deadlines.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(last_seq = v.position.last_seq, "verifier following the log");
     // Batches whose outcomes are sent and not all acked yet, oldest first.
     // Deciding the next batch while the last one's acks travel keeps both
@@ -219,12 +228,14 @@ async fn run_once(
             _ = &mut *shutdown => return Ok(()),
             acked = oldest_acked(&mut in_flight) => Next::Acked(acked),
             Some(lookup) = lookups.next() => Next::Lookup(lookup),
+            _ = deadlines.tick() => Next::Deadlines,
             // Unconstrained: tokio's cooperative budget would otherwise end
             // a chunk after about 128 messages, whatever the batch size.
             chunk = tokio::task::unconstrained(messages.next()), if in_flight.len() < PIPELINE_DEPTH => Next::Chunk(chunk),
         };
         match next {
             Next::Lookup(request) => v.answer(request).await,
+            Next::Deadlines => v.close_due().await,
             Next::Acked(acked) => {
                 let batch = in_flight.pop_front().expect("an acked batch is in flight");
                 v.finish(batch, acked?).await?;
@@ -250,6 +261,10 @@ async fn run_once(
 /// Most batches sent and not yet finished.
 const PIPELINE_DEPTH: usize = 4;
 
+/// How often the verifier looks for auctions past their `closes_at`: how
+/// late, at most, their close event is written.
+const DEADLINE_CHECK: Duration = Duration::from_millis(250);
+
 /// Queue group of the verifiers' lookup subscription.
 const VERIFIER_GROUP: &str = "allot-verifier";
 
@@ -257,6 +272,8 @@ const VERIFIER_GROUP: &str = "allot-verifier";
 enum Next<C> {
     /// A gateway asks which try decided a bid.
     Lookup(async_nats::Message),
+    /// Time to look for auctions past their `closes_at`.
+    Deadlines,
     /// The oldest batch in flight has all its acks (or failed).
     Acked(Result<u64>),
     /// A chunk of the log arrived, or the consumer ended.
@@ -281,6 +298,8 @@ struct InFlight {
     poison: Vec<Message>,
     /// The batch's decisions, for the sold-out notices.
     decided: Vec<StoredOutcome>,
+    /// Auctions the batch closed, for the closed notices.
+    announce: HashSet<String>,
     /// The first outcome found in the stream and not yet matched to a try,
     /// as of this batch: the outcome-stream position to record must stay
     /// below it even when later batches have matched it already.
@@ -307,6 +326,10 @@ impl Verifier<'_> {
         // recorded, so that JetStream reports them (a `MSG_TERMINATED`
         // advisory) and never delivers them again.
         let mut poison: Vec<usize> = Vec::new();
+        // `held` notices, sent once the batch is committed.
+        let mut holds: Vec<HeldEvent> = Vec::new();
+        // Auctions closed by this batch, to tell the gateways.
+        let mut announce: HashSet<String> = HashSet::new();
         for (index, message) in chunk.iter().enumerate() {
             let info = message
                 .info()
@@ -328,32 +351,61 @@ impl Verifier<'_> {
             if matches!(entry, LogEntry::InvalidTry(_) | LogEntry::Unreadable(_)) {
                 poison.push(index);
             }
-            let step = self.ledger.apply_entry(&entry, seq);
+            let Some(step) = self.ledger.apply_entry(&entry, seq) else {
+                if let LogEntry::Unreadable(problem) = &entry {
+                    tracing::warn!(seq, subject = %message.subject, problem, "skipping a log entry with nothing to decide");
+                }
+                continue;
+            };
+            let own_try = match &entry {
+                LogEntry::Event(LogEvent::Try(t)) | LogEntry::InvalidTry(t) => Some(t),
+                _ => None,
+            };
+            for d in step.decisions(own_try, seq) {
+                let key = (d.bid.auction_id.clone(), d.bid.bid_id.clone());
+                let decision = match self.already_published.take(&key) {
+                    Some(published) => {
+                        reused.insert(key);
+                        reuse(published, d.verdict)?
+                    }
+                    None => decide(d),
+                };
+                batch.decisions.push(decision);
+            }
+            if let Some(hold) = step.hold(own_try, seq) {
+                holds.push(HeldEvent {
+                    kind: HeldKind::Held,
+                    bid_id: hold.bid.bid_id,
+                    auction_id: hold.bid.auction_id,
+                    bidder_id: hold.bid.bidder_id,
+                    amount: hold.bid.amount,
+                    try_seq: hold.try_seq,
+                    held_seq: seq,
+                });
+            }
+            if let Some(result) = step.command_result() {
+                let auction_id = match &entry {
+                    LogEntry::Event(e) => e.auction_id().to_string(),
+                    _ => String::new(),
+                };
+                batch.commands.push((seq, auction_id, result));
+            }
             match (entry, step) {
-                (LogEntry::Event(LogEvent::Open(open)), Some(Step::Opened)) => {
+                (LogEntry::Event(LogEvent::Open(open)), Step::Opened) => {
                     batch.opens.push((seq, open))
                 }
-                (
-                    LogEntry::Event(LogEvent::Try(t)) | LogEntry::InvalidTry(t),
-                    Some(Step::Decided(verdict)),
-                ) => {
-                    let key = (t.auction_id.clone(), t.bid_id.clone());
-                    let decision = match self.already_published.take(&key) {
-                        Some(published) => {
-                            reused.insert(key);
-                            reuse(published, verdict)?
-                        }
-                        None => decide(t, seq, verdict),
-                    };
-                    batch.decisions.push(decision);
+                (LogEntry::Event(LogEvent::Close(close)), Step::Closed { .. }) => {
+                    announce.insert(close.auction_id);
                 }
-                (_, Some(Step::Duplicate)) => {
+                (_, Step::Duplicate) => {
                     tracing::info!(seq, "try for an already decided bid; it keeps its outcome")
                 }
-                (LogEntry::Unreadable(problem), _) => {
-                    tracing::warn!(seq, subject = %message.subject, problem, "skipping a log entry with nothing to decide")
-                }
                 _ => {}
+            }
+        }
+        for auction_id in self.ledger.take_changed() {
+            if let Some(life) = self.ledger.life(&auction_id) {
+                batch.lives.push((auction_id, life));
             }
         }
         let last_seq = batch.last_seq;
@@ -380,6 +432,7 @@ impl Verifier<'_> {
         crash_point("after_commit");
         self.position.last_seq = last_seq;
         let acks = send(self.streams, &decided, &reused).await?;
+        send_holds(self.streams, &holds).await;
         let poison = poison.iter().map(|&i| chunk[i].clone()).collect();
         Ok(Some(InFlight {
             last_seq,
@@ -389,6 +442,7 @@ impl Verifier<'_> {
                 .next_back()
                 .expect("the chunk is not empty"),
             decided,
+            announce,
             first_unmatched: self.already_published.first_unmatched(),
             acks,
         }))
@@ -400,6 +454,7 @@ impl Verifier<'_> {
         self.already_published.stored_through(acked);
         let outcomes = batch.decided.iter().map(|d| &d.outcome);
         announce_sold_out(self.streams, &self.ledger, outcomes).await?;
+        announce_closed(self.streams, &self.ledger, &batch.announce).await?;
         crash_point("after_publish");
         let last_seq = batch.last_seq;
         let outcomes_seq = self.already_published.safe_position(batch.first_unmatched);
@@ -425,23 +480,47 @@ impl Verifier<'_> {
             .map_err(|e| Error::with_source(ErrorKind::Nats, e).context("ack"))
     }
 
-    /// Answers a [`DecidedRequest`] from the ledger. A request that cannot
-    /// be read gets no answer: the asking gateway then treats the bid as
-    /// not provably new, which is always safe.
+    /// Answers a gateway's [`DecidedRequest`] or [`CommandRequest`]. A
+    /// request that cannot be read gets no answer: the asking gateway then
+    /// treats the bid as not provably new, or the command as not yet
+    /// decided, which is always safe.
     async fn answer(&mut self, request: async_nats::Message) {
-        let prefix = self.streams.subjects.decided("");
-        let auction_id = request.subject.strip_prefix(prefix.as_str());
-        let asked = serde_json::from_slice::<DecidedRequest>(&request.payload);
-        let (Some(auction_id), Ok(asked), Some(reply_to)) = (auction_id, asked, request.reply)
-        else {
-            tracing::warn!(subject = %request.subject, "unreadable decided-bid request ignored");
+        let subjects = &self.streams.subjects;
+        let (decided, command) = (subjects.decided(""), subjects.command(""));
+        let subject = request.subject.as_str();
+        let body = if let Some(auction_id) = subject.strip_prefix(decided.as_str()) {
+            let Ok(asked) = serde_json::from_slice::<DecidedRequest>(&request.payload) else {
+                tracing::warn!(subject, "unreadable decided-bid request ignored");
+                return;
+            };
+            serde_json::to_vec(&DecidedReply {
+                try_seq: self.ledger.decided_try(auction_id, &asked.bid_id),
+                through: self.position.last_seq,
+            })
+        } else if subject.starts_with(command.as_str()) {
+            let Ok(asked) = serde_json::from_slice::<CommandRequest>(&request.payload) else {
+                tracing::warn!(subject, "unreadable command request ignored");
+                return;
+            };
+            let through = self.position.last_seq;
+            let result = match asked.seq <= through {
+                true => match self.with_snapshot(move |s| s.command(asked.seq)).await {
+                    Ok(result) => result,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read a command's result");
+                        return;
+                    }
+                },
+                false => None,
+            };
+            serde_json::to_vec(&CommandReply { result, through })
+        } else {
             return;
         };
-        let reply = DecidedReply {
-            try_seq: self.ledger.decided_try(auction_id, &asked.bid_id),
-            through: self.position.last_seq,
+        let Some(reply_to) = request.reply else {
+            return;
         };
-        let body = serde_json::to_vec(&reply).expect("replies serialize");
+        let body = body.expect("replies serialize");
         if let Err(e) = self
             .streams
             .js
@@ -449,7 +528,38 @@ impl Verifier<'_> {
             .publish(reply_to, body.into())
             .await
         {
-            tracing::warn!(error = %e, "cannot answer a decided-bid request");
+            tracing::warn!(error = %e, "cannot answer a gateway's request");
+        }
+    }
+
+    /// Writes the close event of every auction past its `closes_at`. Every
+    /// instance that does so at once writes the same event with the same
+    /// message id, so JetStream keeps one, and the core ignores any later
+    /// copy.
+    async fn close_due(&mut self) {
+        let now = timestamp::now();
+        for (auction_id, closes_at) in self.ledger.due(now) {
+            if !self.closing.insert(auction_id.clone()) {
+                continue;
+            }
+            let event = LogEvent::Close(CloseEvent {
+                auction_id: auction_id.clone(),
+                closed_at: closes_at,
+                by: ClosedBy::Deadline,
+            });
+            let message = async_nats::jetstream::message::PublishMessage::build()
+                .message_id(CloseEvent::msg_id(&auction_id))
+                .payload(serde_json::to_vec(&event).expect("events serialize").into());
+            let subject = self.streams.subjects.auction_event(&auction_id);
+            let sent = match self.streams.js.send_publish(subject, message).await {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = sent {
+                // Tried again at the next check.
+                tracing::warn!(error = %e, auction_id, "cannot write a deadline close");
+                self.closing.remove(&auction_id);
+            }
         }
     }
 
@@ -474,6 +584,20 @@ impl Verifier<'_> {
     }
 }
 
+/// Sends the `held` notices of a committed batch. Notices, not
+/// records: a lost one is corrected by the try's final outcome.
+async fn send_holds(streams: &Streams, holds: &[HeldEvent]) {
+    let client = streams.js.client();
+    for h in holds {
+        let body = serde_json::to_vec(h).expect("notices serialize");
+        let subject = streams.subjects.hold(&h.auction_id);
+        if let Err(e) = client.publish(subject, body.into()).await {
+            tracing::warn!(error = %e, "cannot send a held notice");
+            return;
+        }
+    }
+}
+
 /// A delivery skipped log sequence `seq`: fine if the entry was deleted
 /// from the stream, but if it is there, a delivery was lost and the
 /// consumer must be re-aligned rather than the entry skipped.
@@ -489,18 +613,19 @@ async fn check_gap(streams: &Streams, seq: u64) -> Result<()> {
 }
 
 /// The outcome event for a fresh decision.
-fn decide(t: crate::wire::TryEvent, try_seq: u64, verdict: Verdict) -> StoredOutcome {
-    let (kind, rank, reason) = match verdict {
+fn decide(d: Decision) -> StoredOutcome {
+    let (kind, rank, reason) = match d.verdict {
         Verdict::Confirmed { rank } => (OutcomeKind::Confirmed, Some(rank), None),
         Verdict::Cancelled { reason } => (OutcomeKind::Cancelled, None, Some(reason)),
     };
+    let t = d.bid;
     let outcome = OutcomeEvent {
         kind,
         bid_id: t.bid_id,
         auction_id: t.auction_id,
         bidder_id: t.bidder_id,
         amount: t.amount,
-        try_seq,
+        try_seq: d.try_seq,
         tried_at: t.tried_at,
         decided_at: timestamp::now(),
         rank,

@@ -86,3 +86,31 @@ pub(super) async fn announce_sold_out<'o>(
     }
     Ok(())
 }
+
+/// Tells the gateways which auctions are closed, so that they refuse bids
+/// for them at once.
+pub(super) async fn announce_closed(
+    streams: &Streams,
+    ledger: &Ledger,
+    auctions: &HashSet<String>,
+) -> Result<()> {
+    for auction_id in auctions {
+        let Some(fill) = ledger.fill(auction_id) else {
+            continue;
+        };
+        let view = AuctionView {
+            confirmed: fill.confirmed,
+            sold_out: fill.sold_out(),
+            closed: fill.closed,
+        };
+        streams
+            .status
+            .put(
+                auction_id,
+                serde_json::to_vec(&view).expect("views serialize").into(),
+            )
+            .await
+            .map_err(|e| Error::with_source(ErrorKind::Nats, e).context("status bucket"))?;
+    }
+    Ok(())
+}

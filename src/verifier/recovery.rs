@@ -59,6 +59,7 @@ impl<'a> Verifier<'a> {
             ledger,
             position,
             already_published: Published::default(),
+            closing: HashSet::new(),
         };
         if !unpublished.is_empty() {
             let published: HashSet<(String, String)> = unpublished
@@ -77,7 +78,7 @@ impl<'a> Verifier<'a> {
         }
         // Outcomes of tries the snapshot has applied are settled; the rest
         // will be matched as the log is decided again.
-        found.forget_through(last);
+        found.forget_decided(&v.ledger);
         if !found.is_empty() {
             tracing::warn!(
                 published = found.by_bid.len(),
@@ -191,11 +192,14 @@ impl Published {
         Some(stored)
     }
 
-    /// Drops the outcomes of tries up to `last_seq`: the snapshot has them.
-    fn forget_through(&mut self, last_seq: u64) {
+    /// Drops the outcomes of bids the snapshot has decided. (Not "of
+    /// tries up to its position": a held try of a ranked auction is decided
+    /// by a later close.)
+    fn forget_decided(&mut self, ledger: &Ledger) {
         let unmatched = &mut self.unmatched;
         self.by_bid.retain(|_, (seq, stored)| {
-            let keep = stored.outcome.try_seq > last_seq;
+            let o = &stored.outcome;
+            let keep = !ledger.is_decided(&o.auction_id, &o.bid_id);
             if !keep {
                 unmatched.remove(seq);
             }

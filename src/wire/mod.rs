@@ -14,7 +14,7 @@ pub mod timestamp;
 
 pub use lifecycle::*;
 pub use request::{
-    decode_bid, decode_open, decode_raise, decode_withdraw, ErrorCode, RequestError,
+    decode_bid, decode_close, decode_open, decode_raise, decode_withdraw, ErrorCode, RequestError,
 };
 pub use subjects::Subjects;
 

@@ -124,6 +124,16 @@ pub fn decode_raise(payload: &[u8], auction_id: &str) -> Result<RaiseRequest, Re
     Ok(request)
 }
 
+/// Checks an auction-close request body: empty, or an object with at
+/// most the subject's `auction_id`.
+pub fn decode_close(payload: &[u8], auction_id: &str) -> Result<(), RequestError> {
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let mut body = object(payload, &["auction_id"])?;
+    check_auction_field(&mut body, auction_id)
+}
+
 /// Decodes an auction-open request body for the auction named by the subject.
 pub fn decode_open(payload: &[u8], auction_id: &str) -> Result<AuctionSpec, RequestError> {
     let mut body = object(

@@ -1,0 +1,317 @@
+//! The rest of the TCC lifecycle end to end, through a real nats-server and
+//! the real service: withdrawals (empty rollback, anti-hanging), ranked
+//! auctions with held notices, closes (by request and at the deadline) and
+//! raises.
+
+mod common;
+
+use std::time::Duration;
+
+use allot::wire::{AuctionSpec, CancelReason, LogEvent, OutcomeEvent, OutcomeKind, Policy};
+use chrono::Utc;
+use common::{raw, Harness};
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+async fn request(h: &Harness, subject: String, body: Value) -> Value {
+    let reply = raw(h, subject, body.to_string().as_bytes()).await;
+    serde_json::from_slice(&reply.payload).unwrap()
+}
+
+async fn bid(h: &Harness, auction: &str, bid_id: &str, bidder: &str, amount: u64) -> Value {
+    let body = json!({"bid_id": bid_id, "bidder_id": bidder, "amount": amount});
+    request(h, h.client.subjects.bid(auction), body).await
+}
+
+async fn withdraw(h: &Harness, auction: &str, bid_id: &str, bidder: &str) -> Value {
+    let body = json!({"bid_id": bid_id, "bidder_id": bidder});
+    request(h, h.client.subjects.withdraw(auction), body).await
+}
+
+async fn raise(
+    h: &Harness,
+    auction: &str,
+    bid_id: &str,
+    bidder: &str,
+    expected: u64,
+    amount: u64,
+) -> Value {
+    let body = json!({"bid_id": bid_id, "bidder_id": bidder, "amount": amount, "expected_amount": expected});
+    request(h, h.client.subjects.raise(auction), body).await
+}
+
+async fn close(h: &Harness, auction: &str) -> Value {
+    let reply = raw(h, h.client.subjects.close_request(auction), b"").await;
+    serde_json::from_slice(&reply.payload).unwrap()
+}
+
+fn ranked(capacity: u32) -> AuctionSpec {
+    AuctionSpec {
+        policy: Policy::TopAmount,
+        ..AuctionSpec::with_capacity(capacity)
+    }
+}
+
+fn outcome_of<'a>(outcomes: &'a [OutcomeEvent], bid_id: &str) -> &'a OutcomeEvent {
+    let found: Vec<_> = outcomes.iter().filter(|o| o.bid_id == bid_id).collect();
+    assert_eq!(found.len(), 1, "one outcome for {bid_id}: {outcomes:?}");
+    found[0]
+}
+
+fn cancelled(reason: CancelReason) -> (OutcomeKind, Option<u32>, Option<CancelReason>) {
+    (OutcomeKind::Cancelled, None, Some(reason))
+}
+
+fn confirmed(rank: u32) -> (OutcomeKind, Option<u32>, Option<CancelReason>) {
+    (OutcomeKind::Confirmed, Some(rank), None)
+}
+
+fn verdict(o: &OutcomeEvent) -> (OutcomeKind, Option<u32>, Option<CancelReason>) {
+    (o.kind, o.rank, o.reason)
+}
+
+/// DTM's disorder case: the bidder's try is late, it withdraws (twice), and
+/// then the try arrives. The withdraw is an empty rollback; the late try is
+/// cancelled `withdrawn` and never takes the slot, which the next bidder gets.
+#[tokio::test]
+async fn a_withdraw_before_its_try_is_an_empty_rollback_and_the_late_try_never_wins() {
+    let h = Harness::start().await;
+    h.open("a", AuctionSpec::with_capacity(1)).await;
+
+    let first = withdraw(&h, "a", "late", "u1").await;
+    assert_eq!(first["status"], "withdrawn", "{first}");
+    assert_eq!(first["empty_rollback"], true);
+    let again = withdraw(&h, "a", "late", "u1").await;
+    assert_eq!(again, first, "withdrawing twice is idempotent");
+
+    let late = bid(&h, "a", "late", "u1", 10).await;
+    assert_eq!(late["status"], "accepted", "{late}");
+    let next = bid(&h, "a", "next", "u2", 10).await;
+    assert_eq!(next["status"], "accepted", "{next}");
+
+    let outcomes = h.wait_for_outcomes("a", 2).await;
+    assert_eq!(
+        verdict(outcome_of(&outcomes, "late")),
+        cancelled(CancelReason::Withdrawn)
+    );
+    assert_eq!(verdict(outcome_of(&outcomes, "next")), confirmed(1));
+    // A withdraw after the fact is answered from the decided bid.
+    let after = withdraw(&h, "a", "late", "u1").await;
+    assert_eq!(after["status"], "withdrawn", "{after}");
+    common::assert_replay_matches_outcomes(&h).await;
+}
+
+#[tokio::test]
+async fn withdraws_of_confirmed_bids_and_by_other_bidders_are_refused() {
+    let h = Harness::start().await;
+    h.open("a", AuctionSpec::with_capacity(2)).await;
+    bid(&h, "a", "b1", "u1", 10).await;
+    h.wait_for_outcomes("a", 1).await;
+
+    let other = withdraw(&h, "a", "b1", "u2").await;
+    assert_eq!(
+        (other["status"].as_str(), other["reason"].as_str()),
+        (Some("refused"), Some("not_owner")),
+        "{other}"
+    );
+    let own = withdraw(&h, "a", "b1", "u1").await;
+    assert_eq!(
+        (own["status"].as_str(), own["reason"].as_str()),
+        (Some("refused"), Some("already_confirmed")),
+        "{own}"
+    );
+    let unknown = withdraw(&h, "nope", "b1", "u1").await;
+    assert_eq!(unknown["error"], "unknown_auction", "{unknown}");
+    let bad = request(&h, h.client.subjects.withdraw("a"), json!({"bid_id": "b1"})).await;
+    assert_eq!(bad["error"], "missing_field", "{bad}");
+    assert!(
+        bad["message"].as_str().unwrap().contains("bidder_id"),
+        "{bad}"
+    );
+    // Still exactly one outcome, and it stands.
+    let outcomes = h.outcomes(Some("a")).await;
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!(verdict(&outcomes[0]), confirmed(1));
+}
+
+/// A ranked auction from bids to close: holds with notices, outbids, a
+/// withdrawal of a held bid, two raises of one bid sent together, a close
+/// request, a second close, and a bid after the close.
+#[tokio::test]
+async fn a_ranked_auction_holds_the_highest_bids_and_confirms_them_at_close() {
+    let h = Harness::start().await;
+    let mut holds = h
+        .client
+        .client
+        .subscribe(h.client.subjects.hold("r"))
+        .await
+        .unwrap();
+    h.open("r", ranked(2)).await;
+
+    for (b, u, amount) in [("b1", "u1", 10), ("b2", "u2", 20), ("b3", "u3", 15)] {
+        let reply = bid(&h, "r", b, u, amount).await;
+        assert_eq!(reply["status"], "accepted", "{reply}");
+    }
+    // b3 pushed b1 out.
+    let outcomes = h.wait_for_outcomes("r", 1).await;
+    assert_eq!(
+        verdict(outcome_of(&outcomes, "b1")),
+        cancelled(CancelReason::Outbid)
+    );
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let notice = tokio::time::timeout(Duration::from_secs(5), holds.next())
+            .await
+            .expect("a held notice")
+            .unwrap();
+        common::assert_matches("held-event.schema.json", &notice.payload);
+        let notice: Value = serde_json::from_slice(&notice.payload).unwrap();
+        held.push((
+            notice["bid_id"].as_str().unwrap().to_string(),
+            notice["amount"].as_u64().unwrap(),
+        ));
+    }
+    assert_eq!(
+        held,
+        [("b1".into(), 10), ("b2".into(), 20), ("b3".into(), 15)]
+    );
+
+    // Two raises of b2 from the same expected amount: the first in the log
+    // applies, the other conflicts and names the current amount.
+    let (x, y) = tokio::join!(
+        raise(&h, "r", "b2", "u2", 20, 30),
+        raise(&h, "r", "b2", "u2", 20, 40)
+    );
+    let statuses = [x["status"].as_str().unwrap(), y["status"].as_str().unwrap()];
+    assert!(
+        statuses.contains(&"raised") && statuses.contains(&"refused"),
+        "{x} {y}"
+    );
+    let (won, lost) = if x["status"] == "raised" {
+        (&x, &y)
+    } else {
+        (&y, &x)
+    };
+    assert_eq!(lost["reason"], "conflict");
+    assert_eq!(lost["current_amount"], won["amount"]);
+    let current = won["amount"].as_u64().unwrap();
+    // Retrying with the current amount applies.
+    let retry = raise(&h, "r", "b2", "u2", current, 50).await;
+    assert_eq!(retry["status"], "raised", "{retry}");
+    let wrong = raise(&h, "r", "b1", "u1", 10, 60).await;
+    assert_eq!(wrong["reason"], "already_cancelled", "{wrong}");
+
+    // Withdrawing the held b3 frees its slot for a lower bid.
+    let w = withdraw(&h, "r", "b3", "u3").await;
+    assert_eq!(
+        (w["status"].as_str(), w["empty_rollback"].as_bool()),
+        (Some("withdrawn"), Some(false)),
+        "{w}"
+    );
+    let low = bid(&h, "r", "b4", "u4", 5).await;
+    assert_eq!(low["status"], "accepted", "{low}");
+
+    let closing = close(&h, "r").await;
+    assert_eq!(closing["status"], "closing", "{closing}");
+    let again = close(&h, "r").await;
+    assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(again["close_seq"], closing["close_seq"]);
+
+    let outcomes = h.wait_for_outcomes("r", 4).await;
+    assert_eq!(
+        verdict(outcome_of(&outcomes, "b3")),
+        cancelled(CancelReason::Withdrawn)
+    );
+    let b2 = outcome_of(&outcomes, "b2");
+    assert_eq!((verdict(b2), b2.amount), (confirmed(1), 50));
+    assert_eq!(verdict(outcome_of(&outcomes, "b4")), confirmed(2));
+
+    // After the close: refused at once, or cancelled `auction_closed`.
+    let late = bid(&h, "r", "b5", "u5", 1000).await;
+    match late["status"].as_str() {
+        Some("rejected") => assert_eq!(late["reason"], "auction_closed"),
+        Some("accepted") => {
+            let outcomes = h.wait_for_outcomes("r", 5).await;
+            assert_eq!(
+                verdict(outcome_of(&outcomes, "b5")),
+                cancelled(CancelReason::AuctionClosed)
+            );
+        }
+        _ => panic!("{late}"),
+    }
+    common::assert_replay_matches_outcomes(&h).await;
+}
+
+/// `closes_at` ends up as one close event in the log, written by the
+/// verifier; a second close event (as a racing instance would write) changes
+/// nothing.
+#[tokio::test]
+async fn the_deadline_writes_one_close_event() {
+    let h = Harness::start().await;
+    let spec = AuctionSpec {
+        closes_at: Some(Utc::now() + chrono::Duration::milliseconds(1500)),
+        ..ranked(1)
+    };
+    h.open("d", spec).await;
+    bid(&h, "d", "b1", "u1", 10).await;
+    bid(&h, "d", "b2", "u2", 20).await;
+    let outcomes = h.wait_for_outcomes("d", 2).await;
+    assert_eq!(
+        verdict(outcome_of(&outcomes, "b1")),
+        cancelled(CancelReason::Outbid)
+    );
+    assert_eq!(verdict(outcome_of(&outcomes, "b2")), confirmed(1));
+
+    // A racing instance's copy, past the de-duplication (another id).
+    let s = &h.client.subjects;
+    let events = h
+        .read_stream(&s.tries_stream(), &s.auction_event("d"))
+        .await;
+    let closes: Vec<_> = events
+        .iter()
+        .filter(|m| matches!(serde_json::from_slice(&m.payload), Ok(LogEvent::Close(_))))
+        .collect();
+    assert_eq!(closes.len(), 1, "one close event");
+    common::assert_matches("close-event.schema.json", &closes[0].payload);
+    h.js.publish(s.auction_event("d"), closes[0].payload.clone())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    h.wait_until_decided().await;
+    assert_eq!(h.outcomes(Some("d")).await.len(), 2);
+    common::assert_replay_matches_outcomes(&h).await;
+}
+
+/// Held bids, tombstones and command results survive a restart of the
+/// service: the snapshot keeps them, and the close after the restart
+/// confirms exactly the bids held before it.
+#[tokio::test]
+async fn held_bids_and_tombstones_survive_a_restart() {
+    let mut h = Harness::start().await;
+    h.open("s", ranked(2)).await;
+    bid(&h, "s", "b1", "u1", 10).await;
+    bid(&h, "s", "b2", "u2", 30).await;
+    let early = withdraw(&h, "s", "b3", "u3").await;
+    assert_eq!(early["empty_rollback"], true);
+    raise(&h, "s", "b1", "u1", 10, 20).await;
+    h.wait_until_decided().await;
+    h.stop_service().await;
+    h.start_service().await;
+
+    // The withdraw's answer is still known after the restart.
+    assert_eq!(withdraw(&h, "s", "b3", "u3").await, early);
+    bid(&h, "s", "b3", "u3", 99).await;
+    let raised = raise(&h, "s", "b1", "u1", 20, 25).await;
+    assert_eq!(raised["status"], "raised", "{raised}");
+    close(&h, "s").await;
+    let outcomes = h.wait_for_outcomes("s", 3).await;
+    assert_eq!(
+        verdict(outcome_of(&outcomes, "b3")),
+        cancelled(CancelReason::Withdrawn)
+    );
+    assert_eq!(verdict(outcome_of(&outcomes, "b2")), confirmed(1));
+    let b1 = outcome_of(&outcomes, "b1");
+    assert_eq!((verdict(b1), b1.amount), (confirmed(2), 25));
+    common::assert_replay_matches_outcomes(&h).await;
+}
