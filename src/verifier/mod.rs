@@ -357,22 +357,11 @@ impl Verifier<'_> {
                 }
                 continue;
             };
-            let own_try = match &entry {
-                LogEntry::Event(LogEvent::Try(t)) | LogEntry::InvalidTry(t) => Some(t),
-                _ => None,
+            let (own_try, entry) = match entry {
+                LogEntry::Event(LogEvent::Try(t)) | LogEntry::InvalidTry(t) => (Some(t), None),
+                other => (None, Some(other)),
             };
-            for d in step.decisions(own_try, seq) {
-                let key = (d.bid.auction_id.clone(), d.bid.bid_id.clone());
-                let decision = match self.already_published.take(&key) {
-                    Some(published) => {
-                        reused.insert(key);
-                        reuse(published, d.verdict)?
-                    }
-                    None => decide(d),
-                };
-                batch.decisions.push(decision);
-            }
-            if let Some(hold) = step.hold(own_try, seq) {
+            if let Some(hold) = step.hold(own_try.as_ref(), seq) {
                 holds.push(HeldEvent {
                     kind: HeldKind::Held,
                     bid_id: hold.bid.bid_id,
@@ -383,18 +372,35 @@ impl Verifier<'_> {
                     held_seq: seq,
                 });
             }
-            if let Some(result) = step.command_result() {
-                let auction_id = match &entry {
-                    LogEntry::Event(e) => e.auction_id().to_string(),
-                    _ => String::new(),
+            // The common case, a try decided at once, takes the try itself
+            // rather than a copy.
+            let decisions = match (&step, own_try) {
+                (Step::Decided(verdict), Some(bid)) => vec![Decision {
+                    try_seq: seq,
+                    bid,
+                    verdict: *verdict,
+                }],
+                _ => step.decisions(None, seq),
+            };
+            for d in decisions {
+                let key = (d.bid.auction_id.clone(), d.bid.bid_id.clone());
+                let decision = match self.already_published.take(&key) {
+                    Some(published) => {
+                        reused.insert(key);
+                        reuse(published, d.verdict)?
+                    }
+                    None => decide(d),
                 };
-                batch.commands.push((seq, auction_id, result));
+                batch.decisions.push(decision);
+            }
+            if let (Some(result), Some(LogEntry::Event(e))) = (step.command_result(), &entry) {
+                batch.commands.push((seq, e.auction_id().to_string(), result));
             }
             match (entry, step) {
-                (LogEntry::Event(LogEvent::Open(open)), Step::Opened) => {
+                (Some(LogEntry::Event(LogEvent::Open(open))), Step::Opened) => {
                     batch.opens.push((seq, open))
                 }
-                (LogEntry::Event(LogEvent::Close(close)), Step::Closed { .. }) => {
+                (Some(LogEntry::Event(LogEvent::Close(close))), Step::Closed { .. }) => {
                     announce.insert(close.auction_id);
                 }
                 (_, Step::Duplicate) => {
