@@ -170,8 +170,10 @@ struct Auction {
     /// A `close` event was decided.
     closed: bool,
     /// Bids withdrawn before their try arrived (the tombstones of the
-    /// empty rollback), with the bidder who withdrew them.
-    withdrawn_early: HashMap<Box<str>, Box<str>>,
+    /// empty rollback), with the bidders who withdrew them: the id has no
+    /// owner until its try arrives, so each bidder's withdraw counts for
+    /// that bidder's try alone.
+    withdrawn_early: HashMap<Box<str>, Vec<Box<str>>>,
     /// `top_amount`: the tries holding slots, in rank order.
     held: BTreeMap<HoldKey, Hold>,
     /// `top_amount`: each held bid's key in `held`.
@@ -353,12 +355,9 @@ impl Ledger {
             return step;
         };
         if let Step::Decided(verdict) = step {
-            if verdict
-                == (Verdict::Cancelled {
-                    reason: CancelReason::Withdrawn,
-                })
-            {
-                auction.withdrawn_early.remove(t.bid_id.as_str());
+            // The id now belongs to this try's bidder: its tombstones are
+            // spent, and other bidders' can never apply.
+            if auction.withdrawn_early.remove(t.bid_id.as_str()).is_some() {
                 self.changed.insert(t.auction_id.clone());
             }
             auction.record(&t.bid_id, &t.bidder_id, verdict, seq);
@@ -366,6 +365,11 @@ impl Ledger {
         }
         if step == Step::Duplicate {
             return step;
+        }
+        // The id now belongs to this try's bidder; other bidders'
+        // tombstones for it can never apply.
+        if auction.withdrawn_early.remove(t.bid_id.as_str()).is_some() {
+            self.changed.insert(t.auction_id.clone());
         }
         // `judge` left this try to the ranking: hold it if it is among the
         // N highest, pushing the lowest holder out when all are taken.
@@ -424,7 +428,7 @@ impl Ledger {
         let reason = if auction
             .withdrawn_early
             .get(bid)
-            .is_some_and(|b| **b == *t.bidder_id)
+            .is_some_and(|by| by.iter().any(|b| **b == *t.bidder_id))
         {
             Some(CancelReason::Withdrawn)
         } else if auction.closed || spec.is_closed_at(t.tried_at) {
@@ -496,15 +500,10 @@ impl Ledger {
             };
         }
         // Empty rollback: no try yet. The tombstone cancels it on arrival.
-        match auction.withdrawn_early.get(bid) {
-            Some(by) if **by != *w.bidder_id => return unchanged(RefuseReason::NotOwner),
-            Some(_) => {}
-            None => {
-                auction
-                    .withdrawn_early
-                    .insert(bid.into(), w.bidder_id.as_str().into());
-                self.changed.insert(w.auction_id.clone());
-            }
+        let by = auction.withdrawn_early.entry(bid.into()).or_default();
+        if !by.iter().any(|b| **b == *w.bidder_id) {
+            by.push(w.bidder_id.as_str().into());
+            self.changed.insert(w.auction_id.clone());
         }
         Step::Withdraw {
             result: CommandResult::Withdrawn {
@@ -661,7 +660,7 @@ impl Ledger {
         let mut withdrawn_early: Vec<(String, String)> = auction
             .withdrawn_early
             .iter()
-            .map(|(bid, by)| (bid.to_string(), by.to_string()))
+            .flat_map(|(bid, by)| by.iter().map(|b| (bid.to_string(), b.to_string())))
             .collect();
         withdrawn_early.sort();
         Some(Life {
@@ -678,11 +677,14 @@ impl Ledger {
             return;
         };
         auction.closed = life.closed;
-        auction.withdrawn_early = life
-            .withdrawn_early
-            .into_iter()
-            .map(|(bid, by)| (bid.into(), by.into()))
-            .collect();
+        auction.withdrawn_early.clear();
+        for (bid, by) in life.withdrawn_early {
+            auction
+                .withdrawn_early
+                .entry(bid.into())
+                .or_default()
+                .push(by.into());
+        }
         auction.held.clear();
         auction.held_bids.clear();
         for hold in life.held {
@@ -1268,16 +1270,15 @@ mod lifecycle_tests {
                 empty_rollback: true
             }
         );
-        assert_eq!(refusal(&steps[7]), Some(RefuseReason::NotOwner));
-        // Another bidder's try with the tombstoned id is not cancelled by
-        // it (it is full here, so capacity decides), and the later try of
-        // the same id is a duplicate.
+        // Before its try, an id has no owner: each bidder's withdraw is an
+        // empty rollback that cancels that bidder's try alone.
         assert_eq!(
-            verdicts["b3"],
-            Verdict::Cancelled {
-                reason: CancelReason::CapacityFull
+            result(&steps[7]),
+            CommandResult::Withdrawn {
+                empty_rollback: true
             }
         );
+        assert_eq!(verdicts["b3"], withdrawn());
         assert_eq!(steps[9], Step::Duplicate);
         assert!(!verdicts.contains_key("b9"));
     }
@@ -1494,6 +1495,165 @@ mod lifecycle_tests {
             let raises: Vec<(usize, u64)> = by.iter().copied().enumerate().collect();
             let in_order: Vec<usize> = (0..5).collect();
             prop_assert_eq!(standings(&raises, &order), standings(&raises, &in_order));
+        }
+    }
+
+    /// A random lifecycle log: two auctions (either policy), tries,
+    /// withdraws (some before their try), raises and closes, over few bid
+    /// ids and bidders so that they collide.
+    fn arb_lifecycle_log() -> impl Strategy<Value = Vec<LogEvent>> {
+        let auction = || prop_oneof![Just("a"), Just("c")];
+        let open_event =
+            (auction(), 1..4u32, any::<bool>(), 1..3u32).prop_map(|(a, cap, ranked, wins)| {
+                LogEvent::Open(OpenEvent {
+                    auction_id: a.into(),
+                    spec: AuctionSpec {
+                        capacity: cap,
+                        min_amount: 2,
+                        closes_at: Some(t0() + Duration::seconds(50)),
+                        max_wins_per_bidder: wins,
+                        policy: if ranked {
+                            Policy::TopAmount
+                        } else {
+                            Policy::FirstN
+                        },
+                    },
+                    opened_at: t0(),
+                })
+            });
+        let at = |s: i64| t0() + Duration::seconds(s);
+        let event = prop_oneof![
+            1 => open_event,
+            6 => (auction(), 0..8u8, 0..4u8, 0..20u64, 0..60i64).prop_map(move |(a, b, u, amt, s)| {
+                LogEvent::Try(TryEvent {
+                    bid_id: format!("b{b}"), auction_id: a.into(), bidder_id: format!("u{u}"),
+                    amount: amt, tried_at: at(s),
+                })
+            }),
+            2 => (auction(), 0..8u8, 0..4u8, 0..60i64).prop_map(move |(a, b, u, s)| {
+                LogEvent::Withdraw(WithdrawEvent {
+                    bid_id: format!("b{b}"), auction_id: a.into(), bidder_id: format!("u{u}"),
+                    withdrawn_at: at(s),
+                })
+            }),
+            2 => (auction(), 0..8u8, 0..4u8, 0..20u64, 1..10u64, 0..60i64).prop_map(move |(a, b, u, exp, by, s)| {
+                LogEvent::Raise(RaiseEvent {
+                    bid_id: format!("b{b}"), auction_id: a.into(), bidder_id: format!("u{u}"),
+                    amount: exp + by, expected_amount: exp, raised_at: at(s),
+                })
+            }),
+            1 => auction().prop_map(move |a| LogEvent::Close(CloseEvent {
+                auction_id: a.into(), closed_at: at(50), by: crate::wire::ClosedBy::Request,
+            })),
+        ];
+        proptest::collection::vec(event, 0..120)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// What a snapshot keeps (decisions and each auction's life) is
+        /// enough: a ledger rebuilt from it at any point of a lifecycle log
+        /// goes on exactly like the original.
+        #[test]
+        fn a_restored_lifecycle_continues_like_the_original(log in arb_lifecycle_log(), cut in 0usize..120) {
+            let cut = cut.min(log.len());
+            let mut original = Ledger::new();
+            let mut decided: Vec<(Decision, u64)> = Vec::new();
+            let mut opens = Vec::new();
+            for (e, seq) in log[..cut].iter().zip(1..) {
+                let step = original.apply(e, seq);
+                if let (LogEvent::Open(o), Step::Opened) = (e, &step) {
+                    opens.push((seq, o.clone()));
+                }
+                let own = match e { LogEvent::Try(t) => Some(t), _ => None };
+                decided.extend(step.decisions(own, seq).into_iter().map(|d| (d, seq)));
+            }
+            // As `Snapshot::load` does: opens, decisions by try, lives.
+            let mut restored = Ledger::new();
+            decided.sort_by_key(|(d, _)| d.try_seq);
+            let mut opens = opens.into_iter().peekable();
+            for (d, _) in &decided {
+                while let Some((_, o)) = opens.next_if(|(open_seq, _)| *open_seq < d.try_seq) {
+                    restored.open(&o);
+                }
+                restored.restore(&d.bid.auction_id, &d.bid.bid_id, &d.bid.bidder_id, d.verdict, d.try_seq);
+            }
+            for (_, o) in opens {
+                restored.open(&o);
+            }
+            for a in ["a", "c"] {
+                if let Some(life) = original.life(a) {
+                    restored.restore_life(a, life);
+                }
+            }
+            for (e, seq) in log[cut..].iter().zip(cut as u64 + 1..) {
+                prop_assert_eq!(restored.apply(e, seq), original.apply(e, seq), "event {}: {:?}", seq, e);
+            }
+        }
+
+        /// The lifecycle's rules, checked on every random log: one outcome
+        /// per bid; a try after its own withdraw never holds and is
+        /// cancelled `withdrawn`; never more than N held or confirmed, nor
+        /// more than a bidder's limit; a ranked close confirms by amount.
+        #[test]
+        fn lifecycle_rules_hold(log in arb_lifecycle_log()) {
+            let mut ledger = Ledger::new();
+            let mut outcome: HashMap<(String, String), Verdict> = HashMap::new();
+            let mut withdrawn_first: HashSet<(String, String, String)> = HashSet::new();
+            let mut tried: HashSet<(String, String)> = HashSet::new();
+            let mut specs: HashMap<String, AuctionSpec> = HashMap::new();
+            for (e, seq) in log.iter().zip(1..) {
+                let step = ledger.apply(e, seq);
+                match e {
+                    LogEvent::Open(o) => { specs.entry(o.auction_id.clone()).or_insert_with(|| o.spec.clone()); }
+                    LogEvent::Withdraw(w) => {
+                        // A withdraw for an auction not open yet is refused.
+                        if specs.contains_key(&w.auction_id) && !tried.contains(&(w.auction_id.clone(), w.bid_id.clone())) {
+                            withdrawn_first.insert((w.auction_id.clone(), w.bid_id.clone(), w.bidder_id.clone()));
+                        }
+                    }
+                    LogEvent::Try(t) => {
+                        let key = (t.auction_id.clone(), t.bid_id.clone());
+                        let fresh = tried.insert(key);
+                        if fresh && specs.contains_key(&t.auction_id)
+                            && withdrawn_first.contains(&(t.auction_id.clone(), t.bid_id.clone(), t.bidder_id.clone())) {
+                            prop_assert_eq!(&step, &Step::Decided(Verdict::Cancelled { reason: CancelReason::Withdrawn }));
+                        }
+                    }
+                    _ => {}
+                }
+                let own = match e { LogEvent::Try(t) => Some(t), _ => None };
+                let decisions = step.decisions(own, seq);
+                if let Step::Closed { confirmed } = &step {
+                    let amounts: Vec<(Reverse<u64>, u64)> = confirmed.iter().map(|d| (Reverse(d.bid.amount), d.try_seq)).collect();
+                    let mut sorted = amounts.clone();
+                    sorted.sort();
+                    prop_assert_eq!(amounts, sorted, "a close confirms in rank order");
+                }
+                for d in decisions {
+                    let key = (d.bid.auction_id.clone(), d.bid.bid_id.clone());
+                    prop_assert!(outcome.insert(key, d.verdict).is_none(), "second outcome for {:?}", d);
+                }
+                for (a, spec) in &specs {
+                    let fill = ledger.fill(a).unwrap();
+                    prop_assert!(fill.held <= spec.capacity && fill.confirmed <= spec.capacity);
+                    if fill.closed {
+                        prop_assert_eq!(fill.held, 0);
+                    }
+                    let life = ledger.life(a).unwrap();
+                    let mut per_bidder: HashMap<&str, u32> = HashMap::new();
+                    for h in &life.held {
+                        *per_bidder.entry(&h.bid.bidder_id).or_default() += 1;
+                    }
+                    prop_assert!(per_bidder.values().all(|&n| n <= spec.max_wins_per_bidder));
+                }
+            }
+            // Every try of an opened auction is decided or still held, and
+            // a close leaves nothing held.
+            for (a, b) in &tried {
+                prop_assert!(ledger.decided_try(a, b).is_some(), "bid {} in {} lost", b, a);
+            }
         }
     }
 }

@@ -394,7 +394,9 @@ impl Verifier<'_> {
                 batch.decisions.push(decision);
             }
             if let (Some(result), Some(LogEntry::Event(e))) = (step.command_result(), &entry) {
-                batch.commands.push((seq, e.auction_id().to_string(), result));
+                batch
+                    .commands
+                    .push((seq, e.auction_id().to_string(), result));
             }
             match (entry, step) {
                 (Some(LogEntry::Event(LogEvent::Open(open))), Step::Opened) => {
