@@ -1607,11 +1607,12 @@ mod lifecycle_tests {
                 let step = ledger.apply(e, seq);
                 match e {
                     LogEvent::Open(o) => { specs.entry(o.auction_id.clone()).or_insert_with(|| o.spec.clone()); }
-                    LogEvent::Withdraw(w) => {
-                        // A withdraw for an auction not open yet is refused.
-                        if specs.contains_key(&w.auction_id) && !tried.contains(&(w.auction_id.clone(), w.bid_id.clone())) {
-                            withdrawn_first.insert((w.auction_id.clone(), w.bid_id.clone(), w.bidder_id.clone()));
-                        }
+                    // A withdraw for an auction not open yet is refused.
+                    LogEvent::Withdraw(w)
+                        if specs.contains_key(&w.auction_id)
+                            && !tried.contains(&(w.auction_id.clone(), w.bid_id.clone())) =>
+                    {
+                        withdrawn_first.insert((w.auction_id.clone(), w.bid_id.clone(), w.bidder_id.clone()));
                     }
                     LogEvent::Try(t) => {
                         let key = (t.auction_id.clone(), t.bid_id.clone());
