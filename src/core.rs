@@ -142,11 +142,32 @@ impl Step {
 
 /// A bid decided in an auction: the try that decided it, a fingerprint of
 /// its bidder (for withdraws and raises by someone else), and the verdict.
+/// 16 bytes: a million decided bids stay cheap to keep in memory.
 #[derive(Clone, Copy, Debug)]
 struct Settled {
     seq: u64,
-    owner: u64,
-    verdict: Verdict,
+    owner: u32,
+    verdict: SettledAs,
+}
+
+/// As much of a verdict as later withdraws and raises need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SettledAs {
+    Confirmed,
+    Withdrawn,
+    Cancelled,
+}
+
+impl From<Verdict> for SettledAs {
+    fn from(v: Verdict) -> Self {
+        match v {
+            Verdict::Confirmed { .. } => SettledAs::Confirmed,
+            Verdict::Cancelled {
+                reason: CancelReason::Withdrawn,
+            } => SettledAs::Withdrawn,
+            Verdict::Cancelled { .. } => SettledAs::Cancelled,
+        }
+    }
 }
 
 /// Bid ids decided in an auction.
@@ -221,11 +242,14 @@ impl Fill {
     }
 }
 
-/// A fixed fingerprint of a bidder id (FNV-1a), the same in every process
-/// and version, so replays agree.
-fn owner(bidder_id: &str) -> u64 {
-    bidder_id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+/// A fixed fingerprint of a bidder id (32-bit FNV-1a), the same in every
+/// process and version, so replays agree. Only ever compared for a bid
+/// that is already decided, where a withdraw or a raise changes nothing
+/// anyway: a collision can only turn a `not_owner` refusal into another
+/// refusal.
+fn owner(bidder_id: &str) -> u32 {
+    bidder_id.bytes().fold(0x811c_9dc5, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     })
 }
 
@@ -256,7 +280,7 @@ impl Auction {
             Settled {
                 seq,
                 owner: owner(bidder_id),
-                verdict,
+                verdict: verdict.into(),
             },
         );
         if let Verdict::Confirmed { rank } = verdict {
@@ -294,7 +318,7 @@ impl Auction {
     fn settled_refusal(settled: &Settled, bidder_id: &str) -> RefuseReason {
         if settled.owner != owner(bidder_id) {
             RefuseReason::NotOwner
-        } else if matches!(settled.verdict, Verdict::Confirmed { .. }) {
+        } else if settled.verdict == SettledAs::Confirmed {
             RefuseReason::AlreadyConfirmed
         } else {
             RefuseReason::AlreadyCancelled
@@ -346,9 +370,7 @@ impl Ledger {
                         Settled {
                             seq,
                             owner: owner(&t.bidder_id),
-                            verdict: Verdict::Cancelled {
-                                reason: CancelReason::UnknownAuction,
-                            },
+                            verdict: SettledAs::Cancelled,
                         },
                     );
             }
@@ -463,11 +485,8 @@ impl Ledger {
         };
         let bid = w.bid_id.as_str();
         if let Some(settled) = auction.decided.get(bid) {
-            let withdrawn = Verdict::Cancelled {
-                reason: CancelReason::Withdrawn,
-            };
             let reason = Auction::settled_refusal(settled, &w.bidder_id);
-            if settled.verdict == withdrawn && reason != RefuseReason::NotOwner {
+            if settled.verdict == SettledAs::Withdrawn && reason != RefuseReason::NotOwner {
                 // Withdrawing twice changes nothing, and says so kindly.
                 return Step::Withdraw {
                     result: CommandResult::Withdrawn {
@@ -607,7 +626,7 @@ impl Ledger {
                     Settled {
                         seq,
                         owner: owner(&t.bidder_id),
-                        verdict: invalid,
+                        verdict: invalid.into(),
                     },
                 );
             }
@@ -646,7 +665,7 @@ impl Ledger {
                         Settled {
                             seq,
                             owner: owner(bidder_id),
-                            verdict,
+                            verdict: verdict.into(),
                         },
                     );
             }
