@@ -6,9 +6,9 @@
 mod common;
 
 use allot::wire::{
-    decode_open, decode_raise, decode_withdraw, timestamp, AuctionSpec, AuctionState, CancelReason,
-    CloseEvent, CloseReply, ClosedBy, ErrorCode, HeldEvent, HeldKind, LogEvent, OpenEvent,
-    OpenReply, OutcomeEvent, OutcomeKind, Policy, RaiseEvent, RaiseReply, RaiseRequest,
+    decode_close, decode_open, decode_raise, decode_withdraw, timestamp, AuctionSpec, AuctionState,
+    CancelReason, CloseEvent, CloseReply, ClosedBy, ErrorCode, HeldEvent, HeldKind, LogEvent,
+    OpenEvent, OpenReply, OutcomeEvent, OutcomeKind, Policy, RaiseEvent, RaiseReply, RaiseRequest,
     RefuseReason, RequestError, StatusReply, WithdrawEvent, WithdrawReply, WithdrawRequest,
 };
 use chrono::{DateTime, Utc};
@@ -344,6 +344,17 @@ fn schemas_refuse_what_the_request_decoders_refuse() {
     let open = json!({"capacity": 1, "policy": "highest"});
     assert!(decode_open(&bytes(&open), "a1").is_err());
     assert_rejects("auction-open-request.schema.json", &open);
+
+    let closes = [
+        json!({"by": "request"}),
+        json!({"auction_id": "a.1"}),
+        json!([]),
+        json!(null),
+    ];
+    for body in &closes {
+        assert!(decode_close(&bytes(body), "a1").is_err(), "{body}");
+        assert_rejects("close-request.schema.json", body);
+    }
 }
 
 /// Bodies the decoders accept, which the schemas accept too.
@@ -356,6 +367,13 @@ fn schemas_accept_what_the_request_decoders_accept() {
     let raise = json!({"bid_id": "b-1", "bidder_id": "alice", "amount": 9007199254740991u64, "expected_amount": 0, "auction_id": "a1"});
     assert!(decode_raise(&bytes(&raise), "a1").is_ok());
     assert_matches("raise-request.schema.json", &bytes(&raise));
+
+    // A close takes an empty body too, which is not JSON, so no schema's.
+    assert!(decode_close(b"", "a1").is_ok());
+    for body in [json!({}), json!({"auction_id": "a1"})] {
+        assert!(decode_close(&bytes(&body), "a1").is_ok());
+        assert_matches("close-request.schema.json", &bytes(&body));
+    }
 }
 
 /// Shapes allot never writes.
