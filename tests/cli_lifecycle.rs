@@ -1,12 +1,14 @@
-//! `allot withdraw`, `allot raise` and `allot auction close` against a
-//! stand-in responder on a real nats-server: the request each sends, and
-//! what each prints and exits with for every kind of reply. The service's
-//! own answers are tested with the gateway.
+//! `allot withdraw`, `allot raise` and `allot auction close`: against a
+//! stand-in responder, the request each sends and what each prints and exits
+//! with for every kind of reply; against the real service, a ranked auction
+//! run from the command line, with every reply and log event checked
+//! against its schema.
 
 mod common;
 
 use std::process::{Command, Output};
 
+use allot::wire::{LogEvent, OutcomeKind};
 use common::{assert_matches, Harness};
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -198,5 +200,107 @@ fn a_raise_to_no_more_than_expected_is_refused_before_connecting() {
     assert!(
         stderr.contains("--amount (10) must be above --expected (10)"),
         "{stderr}"
+    );
+}
+
+/// Runs a command against the service, checks its one line of output
+/// against `schema`, and returns its success, that line and its stderr.
+fn reply(h: &Harness, args: &[&str], schema: &str) -> (bool, Value, String) {
+    let out = allot(h, args);
+    assert_matches(schema, &out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let line = serde_json::from_slice(&out.stdout).unwrap();
+    (out.status.success(), line, stderr)
+}
+
+// Multi-threaded: the commands block one thread while the service runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ranked_auction_from_the_command_line() {
+    let h = Harness::start().await;
+    let open = &[
+        "auction",
+        "open",
+        "r",
+        "--capacity",
+        "1",
+        "--policy",
+        "top_amount",
+    ];
+    let (ok, opened, _) = reply(&h, open, "auction-open-reply.schema.json");
+    assert!(ok && opened["policy"] == "top_amount", "{opened}");
+    let bid = &[
+        "bid", "r", "--bidder", "u1", "--amount", "10", "--bid-id", "b1",
+    ];
+    let (ok, accepted, _) = reply(&h, bid, "bid-reply.schema.json");
+    assert!(ok, "{accepted}");
+
+    let raise = |amount, expected| {
+        let args = [
+            "raise",
+            "r",
+            "--bid-id",
+            "b1",
+            "--bidder",
+            "u1",
+            "--amount",
+            amount,
+            "--expected",
+            expected,
+        ];
+        reply(&h, &args, "raise-reply.schema.json")
+    };
+    let (ok, raised, _) = raise("20", "10");
+    assert!(ok && raised["amount"] == 20, "{raised}");
+    // The same expected amount again: the bid is at 20 now.
+    let (ok, conflict, stderr) = raise("30", "10");
+    assert!(!ok && conflict["reason"] == "conflict", "{conflict}");
+    assert!(stderr.contains("the bid's amount is 20"), "{stderr}");
+
+    let withdraw = |bid_id, bidder| {
+        let args = ["withdraw", "r", "--bid-id", bid_id, "--bidder", bidder];
+        reply(&h, &args, "withdraw-reply.schema.json")
+    };
+    let (ok, other, _) = withdraw("b1", "u2");
+    assert!(!ok && other["reason"] == "not_owner", "{other}");
+    let (ok, early, _) = withdraw("b2", "u2");
+    assert!(ok && early["empty_rollback"] == true, "{early}");
+
+    let close = &["auction", "close", "r"];
+    let (ok, closing, _) = reply(&h, close, "close-reply.schema.json");
+    assert!(ok && closing["status"] == "closing", "{closing}");
+    let (ok, again, _) = reply(&h, close, "close-reply.schema.json");
+    assert!(ok && again["duplicate"] == true, "{again}");
+    assert_eq!(again["close_seq"], closing["close_seq"]);
+    // Decided after the close in log order: confirmed, too late to withdraw.
+    let (ok, late, _) = withdraw("b1", "u1");
+    assert!(!ok && late["reason"] == "already_confirmed", "{late}");
+    let unknown = &["auction", "close", "nope"];
+    let (ok, error, _) = reply(&h, unknown, "close-reply.schema.json");
+    assert!(!ok && error["error"] == "unknown_auction", "{error}");
+
+    let outcomes = h.wait_for_outcomes("r", 1).await;
+    assert_eq!(
+        (outcomes[0].kind, outcomes[0].rank, outcomes[0].amount),
+        (OutcomeKind::Confirmed, Some(1), 20)
+    );
+    let s = &h.client.subjects;
+    let events = h
+        .read_stream(&s.tries_stream(), &s.auction_event("r"))
+        .await;
+    let mut kinds = Vec::new();
+    for m in &events {
+        let schema = match serde_json::from_slice(&m.payload).unwrap() {
+            LogEvent::Open(_) => "open-event.schema.json",
+            LogEvent::Withdraw(_) => "withdraw-event.schema.json",
+            LogEvent::Raise(_) => "raise-event.schema.json",
+            LogEvent::Close(_) => "close-event.schema.json",
+            LogEvent::Try(_) => "try-event.schema.json",
+        };
+        assert_matches(schema, &m.payload);
+        kinds.push(schema.trim_end_matches("-event.schema.json"));
+    }
+    assert_eq!(
+        kinds,
+        ["open", "raise", "raise", "withdraw", "withdraw", "close", "withdraw"]
     );
 }
