@@ -1,5 +1,5 @@
 //! A typed client for allot's subjects, used by the CLI, the demo and the
-//! tests: bid, open, status, and outcome streams.
+//! tests: bid, withdraw, raise, open, close, status, and outcome streams.
 
 use std::time::Duration;
 
@@ -12,7 +12,8 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, ErrorKind, Result};
 use crate::nats_server::{parse_version, MIN_VERSION};
 use crate::wire::{
-    AuctionSpec, BidReply, BidRequest, OpenReply, OutcomeEvent, StatusReply, Subjects,
+    AuctionSpec, BidReply, BidRequest, CloseReply, OpenReply, OutcomeEvent, RaiseReply,
+    RaiseRequest, StatusReply, Subjects, WithdrawReply, WithdrawRequest,
 };
 
 /// Credentials written into a NATS URL.
@@ -122,10 +123,34 @@ impl AllotClient {
         self.request(self.subjects.bid(auction_id), body).await
     }
 
+    /// Withdraws a bid on `auction_id`, whether or not its try is in the
+    /// log yet. The reply comes once the verifier has decided the withdraw.
+    pub async fn withdraw(
+        &self,
+        auction_id: &str,
+        withdraw: &WithdrawRequest,
+    ) -> Result<WithdrawReply> {
+        let body = serde_json::to_vec(withdraw).expect("withdraws serialize");
+        self.request(self.subjects.withdraw(auction_id), body).await
+    }
+
+    /// Raises a held bid on a `top_amount` auction from `expected_amount`
+    /// to `amount`. The reply comes once the verifier has decided the raise.
+    pub async fn raise(&self, auction_id: &str, raise: &RaiseRequest) -> Result<RaiseReply> {
+        let body = serde_json::to_vec(raise).expect("raises serialize");
+        self.request(self.subjects.raise(auction_id), body).await
+    }
+
     /// Opens an auction (admin).
     pub async fn open(&self, auction_id: &str, spec: &AuctionSpec) -> Result<OpenReply> {
         let body = serde_json::to_vec(spec).expect("specs serialize");
         self.request(self.subjects.open_request(auction_id), body)
+            .await
+    }
+
+    /// Closes an auction now (admin); closing it again is idempotent.
+    pub async fn close(&self, auction_id: &str) -> Result<CloseReply> {
+        self.request(self.subjects.close_request(auction_id), Vec::new())
             .await
     }
 

@@ -23,11 +23,15 @@ struct Cli {
 enum Command {
     /// Run the service: gateway and verifier.
     Serve(cmd::serve::Args),
-    /// Open auctions and show their status.
+    /// Open and close auctions, and show their status.
     #[command(subcommand)]
     Auction(cmd::auction::Command),
     /// Place a bid.
     Bid(cmd::bid::Args),
+    /// Withdraw a bid, before or after its try is in the log.
+    Withdraw(cmd::withdraw::Args),
+    /// Raise a bid that holds a slot in a top_amount auction.
+    Raise(cmd::raise::Args),
     /// Print outcome events as they happen.
     Watch(cmd::watch::Args),
     /// Start a private NATS and the service, run a bidding burst, print a summary.
@@ -58,6 +62,8 @@ async fn main() -> std::process::ExitCode {
         Command::Serve(args) => cmd::serve::run(cli.common, args).await,
         Command::Auction(command) => cmd::auction::run(cli.common, command).await,
         Command::Bid(args) => cmd::bid::run(cli.common, args).await,
+        Command::Withdraw(args) => cmd::withdraw::run(cli.common, args).await,
+        Command::Raise(args) => cmd::raise::run(cli.common, args).await,
         Command::Watch(args) => cmd::watch::run(cli.common, args).await,
         Command::Demo(args) => cmd::demo::run(cli.common, args).await,
         Command::Loadtest(args) => cmd::loadtest::run(cli.common, args).await,

@@ -1,14 +1,20 @@
-//! `allot auction open|status`.
+//! `allot auction open|close|status`.
 
 use chrono::{DateTime, Utc};
 
 use super::{print_json, Common};
-use crate::wire::{timestamp, AuctionSpec, OpenReply, Policy, Reply, StatusReply};
+use crate::wire::{timestamp, AuctionSpec, CloseReply, OpenReply, Policy, Reply, StatusReply};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Open an auction (idempotent for the same settings).
     Open(OpenArgs),
+    /// Close an auction now: later bids are cancelled, and in a top_amount
+    /// auction the held bids are confirmed (idempotent).
+    Close {
+        /// Auction id.
+        auction_id: String,
+    },
     /// Show an auction's settings and fill.
     Status {
         /// Auction id.
@@ -61,6 +67,10 @@ pub async fn run(common: Common, command: Command) -> anyhow::Result<()> {
                 policy: args.policy,
             };
             let reply: OpenReply = client.open(&args.auction_id, &spec).await?;
+            finish(&reply)
+        }
+        Command::Close { auction_id } => {
+            let reply: CloseReply = client.close(&auction_id).await?;
             finish(&reply)
         }
         Command::Status { auction_id } => {

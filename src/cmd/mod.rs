@@ -7,8 +7,10 @@ pub mod bid;
 pub mod demo;
 pub mod embedded;
 pub mod loadtest;
+pub mod raise;
 pub mod serve;
 pub mod watch;
+pub mod withdraw;
 
 use crate::client::{connect, AllotClient};
 use crate::wire::Subjects;
