@@ -78,6 +78,37 @@ async fn a_bidder_can_bid_and_watch_but_cannot_write_the_log_open_auctions_or_de
         .unwrap();
     assert_eq!((outcome.bid_id.as_str(), outcome.rank), ("b1", Some(1)));
 
+    // A bidder withdraws its own bids (here one whose try never came: an
+    // empty rollback) but cannot close the auction.
+    let withdrawn = bidder
+        .withdraw(
+            "a",
+            &allot::wire::WithdrawRequest {
+                bid_id: "b2".into(),
+                bidder_id: "alice".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            withdrawn,
+            allot::wire::WithdrawReply::Withdrawn {
+                empty_rollback: true,
+                ..
+            }
+        ),
+        "{withdrawn:?}"
+    );
+    let close_attempt = tokio::time::timeout(Duration::from_secs(3), bidder.close("a")).await;
+    assert!(
+        !matches!(
+            close_attempt,
+            Ok(Ok(allot::wire::CloseReply::Closing { .. }))
+        ),
+        "a bidder cannot close an auction: {close_attempt:?}"
+    );
+
     // What the bidder must not do. Each attempt is refused by the server;
     // the streams, read with the service's user, show nothing written.
     let s = &bidder.subjects;
