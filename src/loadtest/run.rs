@@ -17,7 +17,7 @@ use super::workload::{bid_index, Workload};
 use super::{baseline, report::Baseline};
 use crate::client::AllotClient;
 use crate::error::{Error, ErrorKind, Result};
-use crate::wire::{label, timestamp, BidReply, OutcomeEvent, RejectReason};
+use crate::wire::{label, timestamp, AuctionSpec, BidReply, OutcomeEvent, RejectReason};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -111,6 +111,12 @@ struct Record {
 /// State shared by the senders, the outcome reader and the sampler.
 struct Shared {
     workload: Workload,
+    /// Every auction as opened.
+    specs: Vec<AuctionSpec>,
+    /// Accepted replies name the try's place in allot's log (`tcc`); the
+    /// aggregate strategies' name their own stream's, which no outcome
+    /// shares.
+    log_seqs: bool,
     start: Instant,
     records: Mutex<Vec<Option<Record>>>,
     reply_latency: Mutex<Histogram<u64>>,
@@ -174,6 +180,8 @@ async fn run_one(
     let started_at = timestamp::now();
     let shared = Arc::new(Shared {
         workload: w.clone(),
+        specs: vec![spec.clone(); w.auctions as usize],
+        log_seqs: strategy == Strategy::Tcc,
         start: Instant::now(),
         records: Mutex::new(Vec::with_capacity(w.requests.unwrap_or(0) as usize)),
         reply_latency: Mutex::new(histogram()),
@@ -364,11 +372,12 @@ async fn send(engine: &Engine, shared: &Shared, n: u64, due: Instant, attempts: 
         return;
     };
     match result {
-        Ok(BidReply::Accepted { .. }) => {
+        Ok(BidReply::Accepted { try_seq, .. }) => {
             if !record.facts.accepted {
                 shared.accepted.fetch_add(1, Ordering::Relaxed);
             }
             record.facts.accepted = true;
+            record.facts.try_seq = shared.log_seqs.then_some(try_seq);
             record.error = None;
         }
         Ok(BidReply::Rejected { reason, .. }) => {
@@ -440,9 +449,11 @@ async fn match_outcomes(shared: &Shared, mut messages: pull::Ordered) {
             kind: outcome.kind,
             rank: outcome.rank,
             reason: outcome.reason,
+            amount: outcome.amount,
+            try_seq: outcome.try_seq,
+            tried_at: outcome.tried_at,
             matches_bid: shared.workload.auction_index(&outcome.auction_id) == Some(facts.auction)
-                && outcome.bidder_id == format!("u{}", facts.bidder)
-                && outcome.amount == facts.amount,
+                && outcome.bidder_id == format!("u{}", facts.bidder),
         });
         if facts.outcomes.len() == 1 {
             shared.decided.fetch_add(1, Ordering::Relaxed);
@@ -536,9 +547,8 @@ fn summarize(
             None => {}
         }
     }
-    let specs = vec![w.spec(); w.auctions as usize];
     let facts = records.iter().map(|r| r.as_ref().map(|r| &r.facts));
-    let invariants = check::check(&specs, facts, shared.stray.load(Ordering::Relaxed));
+    let invariants = check::check(&shared.specs, facts, shared.stray.load(Ordering::Relaxed));
     drop(records);
 
     let decide_secs = shared.last_outcome_us.load(Ordering::Relaxed) as f64 / 1e6;
