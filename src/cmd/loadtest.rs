@@ -123,7 +123,12 @@ pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
             seed: args.seed,
             // Unique per run, so runs on one server never share an auction.
             run_id: format!("lt{:x}", chrono::Utc::now().timestamp_millis()),
+            // The lifecycle knobs have no flags yet.
             policy: Default::default(),
+            withdraws: 0.0,
+            early_withdraws: 0.0,
+            raises: 0.0,
+            close_after_secs: None,
         },
         strategies,
         baseline: args.baseline,

@@ -8,7 +8,10 @@ use super::report::Contention;
 use crate::client::AllotClient;
 use crate::error::{ErrorKind, Result};
 use crate::strategies::{BidError, Counters, Locking, Optimistic};
-use crate::wire::{label, AuctionSpec, BidReply, BidRequest, OpenReply, Subjects};
+use crate::wire::{
+    label, AuctionSpec, BidReply, BidRequest, CloseReply, ErrorCode, OpenReply, RaiseReply,
+    RaiseRequest, Reply, Subjects, WithdrawReply, WithdrawRequest,
+};
 
 /// How concurrent bids on one auction are kept consistent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -86,22 +89,43 @@ impl Engine {
             label: e.label().to_string(),
         };
         match self {
-            Engine::Tcc(client) => match client.bid(auction_id, bid).await {
-                Ok(BidReply::Error { error, .. }) => Err(Failure {
-                    label: label(&error),
-                    retry: error == crate::wire::ErrorCode::Internal,
-                }),
-                Ok(reply) => Ok(reply),
-                Err(e) => Err(Failure {
-                    label: match e.kind() {
-                        ErrorKind::Timeout => "timeout".into(),
-                        _ => "nats".into(),
-                    },
-                    retry: true,
-                }),
-            },
+            Engine::Tcc(client) => answered(client.bid(auction_id, bid).await),
             Engine::Occ(occ) => occ.bid(auction_id, bid).await.map_err(strategy),
             Engine::Lock(lock) => lock.bid(auction_id, bid).await.map_err(strategy),
+        }
+    }
+
+    /// Withdraws a bid. `tcc` only: the aggregates of `occ` and `lock` hold
+    /// plain first_n bids (see [`super::run`]'s option check).
+    pub async fn withdraw(
+        &self,
+        auction_id: &str,
+        withdraw: &WithdrawRequest,
+    ) -> std::result::Result<WithdrawReply, Failure> {
+        answered(self.allot()?.withdraw(auction_id, withdraw).await)
+    }
+
+    /// Raises a held bid (`tcc` only).
+    pub async fn raise(
+        &self,
+        auction_id: &str,
+        raise: &RaiseRequest,
+    ) -> std::result::Result<RaiseReply, Failure> {
+        answered(self.allot()?.raise(auction_id, raise).await)
+    }
+
+    /// Closes an auction now (`tcc` only); closing twice is harmless.
+    pub async fn close(&self, auction_id: &str) -> std::result::Result<CloseReply, Failure> {
+        answered(self.allot()?.close(auction_id).await)
+    }
+
+    fn allot(&self) -> std::result::Result<&AllotClient, Failure> {
+        match self {
+            Engine::Tcc(client) => Ok(client),
+            _ => Err(Failure {
+                label: "unsupported".into(),
+                retry: false,
+            }),
         }
     }
 
@@ -129,4 +153,49 @@ impl Engine {
             lock_timeouts: Counters::get(&c.lock_timeouts),
         }
     }
+}
+
+/// A gateway reply, with error replies as failures: an internal error (the
+/// verifier had not decided yet, say) is worth sending again.
+fn answered<T: Reply>(reply: Result<T>) -> std::result::Result<T, Failure> {
+    match reply {
+        Ok(reply) => match reply.error() {
+            Some((code, _)) => Err(Failure {
+                label: label(&code),
+                retry: code == ErrorCode::Internal,
+            }),
+            None => Ok(reply),
+        },
+        Err(e) => Err(Failure {
+            label: match e.kind() {
+                ErrorKind::Timeout => "timeout".into(),
+                _ => "nats".into(),
+            },
+            retry: true,
+        }),
+    }
+}
+
+/// Sends with `send` up to `attempts` times, 100 ms apart, while it fails
+/// in a way worth retrying; the label of the last failure if none
+/// succeeded. Every resend is the same request (same ids), so it is safe.
+pub async fn retrying<T, F, Fut>(attempts: u32, mut send: F) -> std::result::Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, Failure>>,
+{
+    let mut last = "no_attempt".to_string();
+    for attempt in 0..attempts.max(1) {
+        match send().await {
+            Ok(reply) => return Ok(reply),
+            Err(f) => {
+                last = f.label;
+                if !f.retry || attempt + 1 >= attempts {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+    Err(last)
 }

@@ -298,6 +298,7 @@ mod tests {
                 per_sec: 50_000.0,
             }),
             baseline_ratio: Some(0.158),
+            lifecycle: Default::default(),
             invariants: Verdict {
                 ok: true,
                 auctions: 10,

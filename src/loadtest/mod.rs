@@ -7,12 +7,18 @@
 //! open loop: on a fixed schedule, latency counted from each bid's due
 //! time so that queueing is not hidden), wait until every accepted bid has
 //! its outcome and the stream has been read to its end, then check.
+//!
+//! With the lifecycle knobs (`tcc` only), bidders also withdraw bids
+//! (some racing the bid itself) and raise held bids in `top_amount`
+//! auctions, and auctions close during the run; the check then covers
+//! every withdraw, raise, held notice and close the client saw answered.
 
 mod baseline;
 mod charts;
 pub mod check;
 mod engine;
 pub mod html;
+mod lifecycle;
 mod progress;
 pub mod report;
 mod run;

@@ -55,6 +55,11 @@ pub struct Report {
     /// `decided_per_sec` over the baseline's rate.
     pub baseline_ratio: Option<f64>,
     pub invariants: Verdict,
+    /// Withdraws, raises and held notices (all zero without the lifecycle
+    /// knobs). Their effect on outcomes shows in `cancelled`: `withdrawn`,
+    /// `outbid`.
+    #[serde(default)]
+    pub lifecycle: Lifecycle,
 }
 
 /// Microseconds for people: "850 µs", "12.3 ms", "1.20 s".
@@ -150,6 +155,32 @@ pub struct Contention {
     pub lock_waits: u64,
     /// Bids that gave up waiting for the lock (`lock`).
     pub lock_timeouts: u64,
+}
+
+/// What the withdraws and raises of a run were answered.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Lifecycle {
+    /// Withdraw requests sent (a resent bid sends its withdraw again).
+    pub withdraws_sent: u64,
+    /// Withdraws answered `withdrawn`...
+    pub withdrawn: u64,
+    /// ... of which empty rollbacks: the withdraw found no try in the log,
+    /// and the try, when it came, was cancelled `withdrawn`.
+    pub empty_rollbacks: u64,
+    /// Withdraws refused, by reason (`already_confirmed`, ...).
+    pub withdraws_refused: BTreeMap<String, u64>,
+    /// Raise requests sent, retries after a conflict included.
+    pub raises_sent: u64,
+    /// Raises answered `raised`.
+    pub raised: u64,
+    /// Raises refused as `conflict`: another raise of the bid came first.
+    pub raise_conflicts: u64,
+    /// Raises refused, by reason (conflicts included).
+    pub raises_refused: BTreeMap<String, u64>,
+    /// Withdraws and raises that got no answer.
+    pub unanswered: u64,
+    /// `held` notices received (core NATS: some may be lost).
+    pub held_notices: u64,
 }
 
 /// Raw pipelined JetStream publishes on the same server.

@@ -10,14 +10,15 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 
 use super::check::{self, BidFacts, SeenOutcome};
-use super::engine::{Engine, Strategy};
+use super::engine::{retrying, Engine, Strategy};
+use super::lifecycle;
 use super::progress::{Progress, Snapshot};
 use super::report::{Latency, Report, Tick, Trend};
-use super::workload::{bid_index, Workload};
+use super::workload::{bid_index, Planned, WithdrawWhen, Workload};
 use super::{baseline, report::Baseline};
 use crate::client::AllotClient;
 use crate::error::{Error, ErrorKind, Result};
-use crate::wire::{label, timestamp, AuctionSpec, BidReply, OutcomeEvent, RejectReason};
+use crate::wire::{label, timestamp, AuctionSpec, BidReply, OutcomeEvent, Policy, RejectReason};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -61,8 +62,43 @@ impl Outcome {
     }
 }
 
+/// The latest deadline a run may set: a day is already far beyond any run.
+const MAX_CLOSE_AFTER_SECS: f64 = 86_400.0;
+
+/// Refuses options the strategies cannot run.
+fn check_options(options: &Options) -> Result<()> {
+    let w = &options.workload;
+    if w.raises > 0.0 && w.policy != Policy::TopAmount {
+        return Err(Error::new(
+            ErrorKind::Config,
+            "raises: only held bids can be raised, so they need policy top_amount",
+        ));
+    }
+    if w.close_after_secs
+        .is_some_and(|s| !(s > 0.0 && s <= MAX_CLOSE_AFTER_SECS))
+    {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!("close after: give 0 to {MAX_CLOSE_AFTER_SECS} seconds"),
+        ));
+    }
+    if let Some(other) = options.strategies.iter().find(|s| **s != Strategy::Tcc) {
+        if w.lifecycle() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "strategy {}: its aggregates take plain first_n bids only; policy top_amount, withdraws, early withdraws, raises and a close need strategy tcc",
+                    other.name()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Runs the workload through each strategy in turn.
 pub async fn run(client: &AllotClient, options: &Options) -> Result<Outcome> {
+    check_options(options)?;
     let baseline = match options.baseline {
         true => {
             let count = options
@@ -109,9 +145,9 @@ struct Record {
 }
 
 /// State shared by the senders, the outcome reader and the sampler.
-struct Shared {
-    workload: Workload,
-    /// Every auction as opened.
+pub(super) struct Shared {
+    pub(super) workload: Workload,
+    /// Every auction as opened, with its `closes_at`.
     specs: Vec<AuctionSpec>,
     /// Accepted replies name the try's place in allot's log (`tcc`); the
     /// aggregate strategies' name their own stream's, which no outcome
@@ -131,6 +167,18 @@ struct Shared {
     read_to: AtomicU64,
     /// Microseconds from the start to the last first outcome.
     last_outcome_us: AtomicU64,
+    /// `held` notices received for this run's auctions.
+    pub(super) held_notices: AtomicU64,
+}
+
+impl Shared {
+    /// Updates what is known of bid `bid`, if it was sent.
+    pub(super) fn facts(&self, bid: u64, update: impl FnOnce(&mut BidFacts)) {
+        let mut records = self.records.lock().expect("lock poisoned");
+        if let Some(Some(record)) = records.get_mut(bid as usize) {
+            update(&mut record.facts);
+        }
+    }
 }
 
 fn histogram() -> Histogram<u64> {
@@ -149,7 +197,17 @@ async fn run_one(
     w: &Workload,
     options: &Options,
 ) -> Result<Report> {
-    let spec = w.spec();
+    let mut spec = w.spec();
+    // The deadline counts from the opening, so that it falls inside the
+    // run; its instant on this machine's clock tells the settling below how
+    // long held bids may wait for it.
+    let close_due = w.close_after_secs.map(|secs| {
+        let after = Duration::from_secs_f64(secs);
+        spec.closes_at = Some(timestamp::micros(
+            chrono::Utc::now() + chrono::Duration::from_std(after).expect("checked: at most a day"),
+        ));
+        Instant::now() + after
+    });
     // Open every auction; the service may still be starting.
     let opening = Instant::now();
     futures::stream::iter(0..w.auctions)
@@ -194,6 +252,7 @@ async fn run_one(
         stray: AtomicU64::new(0),
         read_to: AtomicU64::new(0),
         last_outcome_us: AtomicU64::new(0),
+        held_notices: AtomicU64::new(0),
     });
 
     // Read outcomes from before the first bid, so none is missed.
@@ -211,6 +270,10 @@ async fn run_one(
         .last_sequence;
     shared.read_to.store(from, Ordering::Relaxed);
     let reader = tokio::spawn(read_outcomes(shared.clone(), stream.clone()));
+    let holds = match w.policy {
+        Policy::TopAmount => Some(lifecycle::read_holds(client, shared.clone()).await?),
+        Policy::FirstN => None,
+    };
 
     let (stop_sampling, sampling_stopped) = tokio::sync::oneshot::channel::<()>();
     let sampler = tokio::spawn(sample(
@@ -222,8 +285,14 @@ async fn run_one(
 
     send_all(engine, &shared, options).await;
     let send_secs = shared.start.elapsed().as_secs_f64();
+    // Held bids are decided at the close: without a deadline, the run
+    // closes its ranked auctions once every bid has been sent.
+    if w.policy == Policy::TopAmount && close_due.is_none() {
+        lifecycle::close_all(engine, w, options.attempts).await?;
+    }
 
     // Settle: every accepted bid decided, and the stream read to its end.
+    // Held bids wait for the deadline, so the patience counts from it.
     let mut last_progress = (Instant::now(), 0);
     loop {
         let decided = shared.decided.load(Ordering::Relaxed);
@@ -237,7 +306,9 @@ async fn run_one(
                 .flatten()
                 .any(|r| r.facts.accepted && r.facts.outcomes.is_empty())
         };
-        if !undecided || last_progress.0.elapsed() > options.settle {
+        let waited = last_progress.0.elapsed() > options.settle
+            && close_due.is_none_or(|due| due.elapsed() > options.settle);
+        if !undecided || waited {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -253,6 +324,9 @@ async fn run_one(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     reader.abort();
+    if let Some(holds) = holds {
+        holds.abort();
+    }
     let _ = stop_sampling.send(());
     let timeline = sampler.await.unwrap_or_default();
 
@@ -338,38 +412,45 @@ fn register(shared: &Shared, n: u64, due: Instant) {
     });
 }
 
-/// Sends request `n`, resending on no answer, and records what came back.
+/// Sends request `n`, resending on no answer, and records what came back;
+/// then the bid's withdraw and raise, if the plan has them.
 async fn send(engine: &Engine, shared: &Shared, n: u64, due: Instant, attempts: u32) {
     let w = &shared.workload;
     let p = w.request(n);
-    let auction_id = w.auction_id(p.auction);
-    let bid = w.bid_request(&p);
-    let mut result = Err(None);
-    for attempt in 0..attempts.max(1) {
-        match engine.bid(&auction_id, &bid).await {
-            Ok(reply) => {
-                result = Ok(reply);
-                break;
-            }
-            Err(f) => {
-                let retry = f.retry;
-                result = Err(Some(f.label));
-                if !retry || attempt + 1 == attempts {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+    let bid = async {
+        let auction_id = w.auction_id(p.auction);
+        let bid = w.bid_request(&p);
+        let result = retrying(attempts, || engine.bid(&auction_id, &bid)).await;
+        shared
+            .reply_latency
+            .lock()
+            .expect("lock poisoned")
+            .saturating_record(micros(due.elapsed()));
+        shared.replied.fetch_add(1, Ordering::Relaxed);
+        record_reply(shared, &p, result)
+    };
+    let accepted = match p.withdraw {
+        // The withdraw goes first and the bid right behind it, unanswered:
+        // either may reach the log first.
+        Some(WithdrawWhen::Early) => {
+            tokio::join!(lifecycle::withdraw(engine, shared, &p, attempts), bid).1
         }
+        _ => bid.await,
+    };
+    if accepted {
+        lifecycle::follow_up(engine, shared, &p, attempts).await;
     }
-    shared
-        .reply_latency
-        .lock()
-        .expect("lock poisoned")
-        .saturating_record(micros(due.elapsed()));
-    shared.replied.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Records a bid's reply; true when it was accepted.
+fn record_reply(
+    shared: &Shared,
+    p: &Planned,
+    result: std::result::Result<BidReply, String>,
+) -> bool {
     let mut records = shared.records.lock().expect("lock poisoned");
     let Some(Some(record)) = records.get_mut(p.bid as usize) else {
-        return;
+        return false;
     };
     match result {
         Ok(BidReply::Accepted { try_seq, .. }) => {
@@ -379,21 +460,25 @@ async fn send(engine: &Engine, shared: &Shared, n: u64, due: Instant, attempts: 
             record.facts.accepted = true;
             record.facts.try_seq = shared.log_seqs.then_some(try_seq);
             record.error = None;
+            true
         }
         Ok(BidReply::Rejected { reason, .. }) => {
             record.facts.rejected = true;
             record.rejected = Some(reason);
             record.error = None;
+            false
         }
         Ok(BidReply::Error { error, .. }) => {
             shared.errors.fetch_add(1, Ordering::Relaxed);
             record.error.get_or_insert(label(&error));
+            false
         }
         Err(e) => {
             shared.errors.fetch_add(1, Ordering::Relaxed);
             if !record.facts.accepted && !record.facts.rejected {
-                record.error = Some(e.unwrap_or_else(|| "no_attempt".into()));
+                record.error = Some(e);
             }
+            false
         }
     }
 }
@@ -549,6 +634,10 @@ fn summarize(
     }
     let facts = records.iter().map(|r| r.as_ref().map(|r| &r.facts));
     let invariants = check::check(&shared.specs, facts, shared.stray.load(Ordering::Relaxed));
+    let lifecycle = lifecycle::tally(
+        records.iter().flatten().map(|r| &r.facts),
+        shared.held_notices.load(Ordering::Relaxed),
+    );
     drop(records);
 
     let decide_secs = shared.last_outcome_us.load(Ordering::Relaxed) as f64 / 1e6;
@@ -578,6 +667,7 @@ fn summarize(
         baseline: None,
         baseline_ratio: None,
         invariants,
+        lifecycle,
     }
 }
 

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::wire::{AuctionSpec, BidRequest, Policy};
+use crate::wire::{AuctionSpec, BidRequest, Policy, RaiseRequest, WithdrawRequest};
 
 /// The knobs of a load test.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -39,6 +39,22 @@ pub struct Workload {
     /// How each auction's slots are given out.
     #[serde(default)]
     pub policy: Policy,
+    /// Fraction of bids the bidder withdraws once the bid is accepted
+    /// (drawn among the bids not withdrawn early).
+    #[serde(default)]
+    pub withdraws: f64,
+    /// Fraction of bids whose withdraw is sent just before the bid itself,
+    /// racing it: the empty-rollback and anti-hanging path.
+    #[serde(default)]
+    pub early_withdraws: f64,
+    /// Fraction of bids the bidder raises once accepted (`top_amount` only:
+    /// only held bids can be raised).
+    #[serde(default)]
+    pub raises: f64,
+    /// Every auction's `closes_at` is this many seconds after it is opened,
+    /// so that the deadline can fall inside the run.
+    #[serde(default)]
+    pub close_after_secs: Option<f64>,
 }
 
 impl Default for Workload {
@@ -58,6 +74,10 @@ impl Default for Workload {
             seed: 1,
             run_id: "lt".into(),
             policy: Policy::FirstN,
+            withdraws: 0.0,
+            early_withdraws: 0.0,
+            raises: 0.0,
+            close_after_secs: None,
         }
     }
 }
@@ -72,6 +92,23 @@ pub struct Planned {
     pub auction: u32,
     pub bidder: u32,
     pub amount: u64,
+    /// Whether, and when, the bidder withdraws the bid.
+    pub withdraw: Option<WithdrawWhen>,
+    /// The bidder raises the bid once it is accepted.
+    pub raise: bool,
+    /// How much this request's raise adds to the amount it knows. Drawn
+    /// per request, not per bid: a resend raises by another step from the
+    /// same expected amount, so two raises of one bid can conflict.
+    pub raise_by: u64,
+}
+
+/// When a planned withdraw is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WithdrawWhen {
+    /// Just before the bid, racing it.
+    Early,
+    /// Once the bid is accepted (and raised, if it is to be).
+    Late,
 }
 
 impl Workload {
@@ -101,6 +138,16 @@ impl Workload {
         }
     }
 
+    /// True when any knob beyond plain `first_n` bidding is set: what the
+    /// optimistic and locking strategies do not support.
+    pub fn lifecycle(&self) -> bool {
+        self.policy != Policy::FirstN
+            || self.withdraws > 0.0
+            || self.early_withdraws > 0.0
+            || self.raises > 0.0
+            || self.close_after_secs.is_some()
+    }
+
     /// The `n`th request. Pure: the same `n` always gives the same request.
     pub fn request(&self, n: u64) -> Planned {
         let h = mix(self.seed, n);
@@ -110,6 +157,7 @@ impl Workload {
             let back = 1 + mix(h, 1) % n.min(64);
             let mut original = self.request(n - back);
             original.duplicate = true;
+            original.raise_by = raise_step(h);
             return original;
         }
         let pick = mix(h, 2);
@@ -124,6 +172,15 @@ impl Workload {
             auction,
             bidder: (mix(h, 4) % u64::from(self.bidders.max(1))) as u32,
             amount: 1 + mix(h, 5) % 1000,
+            withdraw: if unit(mix(h, 6)) < self.early_withdraws {
+                Some(WithdrawWhen::Early)
+            } else if unit(mix(h, 7)) < self.withdraws {
+                Some(WithdrawWhen::Late)
+            } else {
+                None
+            },
+            raise: self.policy == Policy::TopAmount && unit(mix(h, 8)) < self.raises,
+            raise_by: raise_step(h),
         }
     }
 
@@ -135,6 +192,31 @@ impl Workload {
             amount: p.amount,
         }
     }
+
+    /// The wire form of a planned request's withdraw.
+    pub fn withdraw_request(&self, p: &Planned) -> WithdrawRequest {
+        WithdrawRequest {
+            bid_id: bid_id(p.bid),
+            bidder_id: format!("u{}", p.bidder),
+        }
+    }
+
+    /// The wire form of a planned request's raise, from the amount the
+    /// bidder last knew.
+    pub fn raise_request(&self, p: &Planned, expected_amount: u64) -> RaiseRequest {
+        RaiseRequest {
+            bid_id: bid_id(p.bid),
+            bidder_id: format!("u{}", p.bidder),
+            amount: expected_amount + p.raise_by,
+            expected_amount,
+        }
+    }
+}
+
+/// A raise's step: 1 to 100, small beside the amounts bid (1 to 1000), so
+/// that a raised bid can still be outbid.
+fn raise_step(h: u64) -> u64 {
+    1 + mix(h, 9) % 100
 }
 
 /// The bid id of bid `i`.
@@ -196,5 +278,79 @@ mod tests {
         assert_eq!(w.auction_index(&w.auction_id(7)), Some(7));
         assert_eq!(w.auction_index("other-a1"), None);
         assert_eq!(bid_index(&bid_id(42)), Some(42));
+        assert!(!w.lifecycle());
+        assert!(plan.iter().all(|p| p.withdraw.is_none() && !p.raise));
+    }
+
+    #[test]
+    fn a_report_from_before_the_lifecycle_knobs_still_reads() {
+        let old = r#"{"auctions":10,"capacity":100,"min_amount":0,"max_wins_per_bidder":1,
+            "bidders":10000,"requests":20000,"duration_secs":null,"concurrency":256,"rate":null,
+            "duplicates":0.01,"hot":0.0,"seed":1,"run_id":"lt-tcc"}"#;
+        let w: Workload = serde_json::from_str(old).unwrap();
+        assert!(!w.lifecycle());
+        assert_eq!((w.policy, w.close_after_secs), (Policy::FirstN, None));
+        let verdict = r#"{"ok":true,"auctions":1,"bids":2,"violation_count":0,"violations":[]}"#;
+        let v: crate::loadtest::check::Verdict = serde_json::from_str(verdict).unwrap();
+        assert_eq!((v.replayed, v.not_replayed), (0, 0));
+    }
+
+    #[test]
+    fn lifecycle_knobs_pick_bids_without_moving_the_plain_plan() {
+        let plain = Workload {
+            duplicates: 0.1,
+            ..Workload::default()
+        };
+        let w = Workload {
+            policy: Policy::TopAmount,
+            withdraws: 0.2,
+            early_withdraws: 0.1,
+            raises: 0.3,
+            ..plain.clone()
+        };
+        assert!(w.lifecycle());
+        let plan: Vec<_> = (0..10_000).map(|n| w.request(n)).collect();
+        for (n, p) in plan.iter().enumerate() {
+            let q = plain.request(n as u64);
+            assert_eq!(
+                (p.bid, p.duplicate, p.auction, p.bidder, p.amount),
+                (q.bid, q.duplicate, q.auction, q.bidder, q.amount),
+                "the knobs leave every bid where it was"
+            );
+            assert!((1..=100).contains(&p.raise_by));
+            if p.duplicate {
+                let original = &plan[p.bid as usize];
+                assert_eq!((p.withdraw, p.raise), (original.withdraw, original.raise));
+            }
+        }
+        let count =
+            |f: &dyn Fn(&Planned) -> bool| plan.iter().filter(|p| !p.duplicate && f(p)).count();
+        let bids = count(&|_| true);
+        let early = count(&|p| p.withdraw == Some(WithdrawWhen::Early));
+        let late = count(&|p| p.withdraw == Some(WithdrawWhen::Late));
+        let raised = count(&|p| p.raise);
+        assert!(
+            (bids / 10 - 150..bids / 10 + 150).contains(&early),
+            "{early}"
+        );
+        // Late withdraws are drawn among the 90% not withdrawn early.
+        assert!(
+            (bids * 18 / 100 - 200..bids * 18 / 100 + 200).contains(&late),
+            "{late}"
+        );
+        assert!(
+            (bids * 3 / 10 - 200..bids * 3 / 10 + 200).contains(&raised),
+            "{raised}"
+        );
+        // Raises only apply to ranked auctions.
+        let first_n = Workload {
+            policy: Policy::FirstN,
+            ..w.clone()
+        };
+        assert!((0..1000).all(|n| !first_n.request(n).raise));
+        let p = plan.iter().find(|p| p.raise).unwrap();
+        let r = w.raise_request(p, 500);
+        assert_eq!((r.expected_amount, r.amount), (500, 500 + p.raise_by));
+        assert_eq!(w.withdraw_request(p).bidder_id, format!("u{}", p.bidder));
     }
 }
