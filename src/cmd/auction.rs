@@ -43,7 +43,7 @@ pub struct OpenArgs {
     pub policy: Policy,
 }
 
-fn parse_policy(s: &str) -> Result<Policy, String> {
+pub(crate) fn parse_policy(s: &str) -> Result<Policy, String> {
     match s {
         "first_n" => Ok(Policy::FirstN),
         "top_amount" => Ok(Policy::TopAmount),

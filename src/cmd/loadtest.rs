@@ -9,6 +9,7 @@ use super::Common;
 use crate::loadtest::report::{micros_text as duration, Latency, Report};
 use crate::loadtest::workload::Workload;
 use crate::loadtest::{self, html, Options, Outcome, Strategy};
+use crate::wire::{label, Policy};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Strategies {
@@ -61,6 +62,26 @@ pub struct Args {
     /// Fraction of requests sent to one hot auction (the rest are uniform).
     #[arg(long, default_value_t = 0.0, value_parser = fraction)]
     pub hot: f64,
+    /// Who wins each auction: the first N eligible bids, or the N highest
+    /// amounts at the close (held until then).
+    #[arg(long, default_value = "first_n", value_parser = super::auction::parse_policy)]
+    pub policy: Policy,
+    /// Fraction of bids the bidder withdraws once accepted.
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
+    pub withdraws: f64,
+    /// Fraction of bids whose withdraw is sent just before the bid, racing
+    /// it (empty rollback: the late try must never hold a slot).
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
+    pub early_withdraws: f64,
+    /// Fraction of bids the bidder raises once accepted (needs --policy
+    /// top_amount); a conflict is retried once from the current amount.
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
+    pub raises: f64,
+    /// Close every auction this many seconds after it is opened, inside the
+    /// run; top_amount verdicts arrive at the close. (Without it, top_amount
+    /// auctions are closed once every bid is sent.)
+    #[arg(long, value_parser = positive)]
+    pub close_after: Option<f64>,
     /// Seed of the workload's random choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -101,35 +122,43 @@ fn fraction(s: &str) -> Result<f64, String> {
 }
 
 pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
+    let workload = Workload {
+        auctions: args.auctions,
+        capacity: args.capacity,
+        min_amount: args.min_amount,
+        max_wins_per_bidder: args.max_wins,
+        bidders: args.bidders,
+        requests: args.duration.is_none().then_some(args.bids),
+        duration_secs: args.duration,
+        concurrency: args.concurrency as usize,
+        rate: args.rate,
+        duplicates: args.duplicates,
+        hot: args.hot,
+        seed: args.seed,
+        // Unique per run, so runs on one server never share an auction.
+        run_id: format!("lt{:x}", chrono::Utc::now().timestamp_millis()),
+        policy: args.policy,
+        withdraws: args.withdraws,
+        early_withdraws: args.early_withdraws,
+        raises: args.raises,
+        close_after_secs: args.close_after,
+    };
     let strategies = match args.strategy {
         Strategies::Tcc => vec![Strategy::Tcc],
         Strategies::Occ => vec![Strategy::Occ],
         Strategies::Lock => vec![Strategy::Lock],
+        // Asked by name, occ and lock refuse the knobs (in the library);
+        // asked as "all", they step aside.
+        Strategies::All if workload.lifecycle() => {
+            eprintln!(
+                "note: occ and lock take plain first_n bids only, so with --policy top_amount, --withdraws, --early-withdraws, --raises or --close-after, --strategy all runs tcc alone"
+            );
+            vec![Strategy::Tcc]
+        }
         Strategies::All => vec![Strategy::Tcc, Strategy::Occ, Strategy::Lock],
     };
     let options = Options {
-        workload: Workload {
-            auctions: args.auctions,
-            capacity: args.capacity,
-            min_amount: args.min_amount,
-            max_wins_per_bidder: args.max_wins,
-            bidders: args.bidders,
-            requests: args.duration.is_none().then_some(args.bids),
-            duration_secs: args.duration,
-            concurrency: args.concurrency as usize,
-            rate: args.rate,
-            duplicates: args.duplicates,
-            hot: args.hot,
-            seed: args.seed,
-            // Unique per run, so runs on one server never share an auction.
-            run_id: format!("lt{:x}", chrono::Utc::now().timestamp_millis()),
-            // The lifecycle knobs have no flags yet.
-            policy: Default::default(),
-            withdraws: 0.0,
-            early_withdraws: 0.0,
-            raises: 0.0,
-            close_after_secs: None,
-        },
+        workload,
         strategies,
         baseline: args.baseline,
         settle: Duration::from_secs(args.settle_secs),
@@ -185,6 +214,25 @@ fn table(outcome: &Outcome) -> String {
             w.hot * 100.0,
         );
     }
+    if let Some(w) = outcome
+        .reports
+        .first()
+        .map(|r| &r.workload)
+        .filter(|w| w.lifecycle())
+    {
+        out += &format!(
+            "lifecycle: {}, {:.0}% withdrawn once accepted, {:.0}% withdrawn early, {:.0}% raised, {}\n",
+            label(&w.policy),
+            w.withdraws * 100.0,
+            w.early_withdraws * 100.0,
+            w.raises * 100.0,
+            match w.close_after_secs {
+                Some(s) => format!("closing {s} s after opening"),
+                None if w.policy == Policy::TopAmount => "closed after the last bid".into(),
+                None => "no close".into(),
+            },
+        );
+    }
     if let Some(b) = &outcome.baseline {
         out += &format!(
             "baseline: {:.0} raw JetStream publishes/s ({} bytes, {} in flight)\n",
@@ -200,7 +248,7 @@ fn table(outcome: &Outcome) -> String {
             duration(l.max_us)
         )
     };
-    let rows: Vec<(&str, Cell<'_>)> = vec![
+    let mut rows: Vec<(&str, Cell<'_>)> = vec![
         (
             "bids/s replied",
             Box::new(|r| format!("{:.0}", r.replied_per_sec)),
@@ -265,6 +313,14 @@ fn table(outcome: &Outcome) -> String {
             }),
         ),
     ];
+    if outcome.reports.iter().any(|r| r.workload.lifecycle()) {
+        // After "cancelled", where `withdrawn` and `outbid` show.
+        let at = rows
+            .iter()
+            .position(|(name, _)| *name == "cancelled")
+            .map_or(rows.len(), |i| i + 1);
+        rows.splice(at..at, lifecycle_rows());
+    }
     let width = 28;
     out += &format!("{:<width$}", "");
     for r in &outcome.reports {
@@ -288,6 +344,41 @@ fn table(outcome: &Outcome) -> String {
         }
     }
     out
+}
+
+/// The rows of withdraws, raises and held notices.
+fn lifecycle_rows<'a>() -> Vec<(&'static str, Cell<'a>)> {
+    vec![
+        (
+            "withdraws sent / withdrawn",
+            Box::new(|r| {
+                let l = &r.lifecycle;
+                format!(
+                    "{} / {} ({} empty rollbacks)",
+                    l.withdraws_sent, l.withdrawn, l.empty_rollbacks
+                )
+            }),
+        ),
+        (
+            "withdraws refused",
+            Box::new(|r| counts(&r.lifecycle.withdraws_refused)),
+        ),
+        (
+            "raises sent/raised/conflicts",
+            Box::new(|r| {
+                let l = &r.lifecycle;
+                format!("{} / {} / {}", l.raises_sent, l.raised, l.raise_conflicts)
+            }),
+        ),
+        (
+            "raises refused",
+            Box::new(|r| counts(&r.lifecycle.raises_refused)),
+        ),
+        (
+            "held notices / unanswered",
+            Box::new(|r| format!("{} / {}", r.lifecycle.held_notices, r.lifecycle.unanswered)),
+        ),
+    ]
 }
 
 fn counts(map: &std::collections::BTreeMap<String, u64>) -> String {
