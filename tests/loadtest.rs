@@ -1,5 +1,6 @@
 //! `allot loadtest` end to end: the CI-sized load test of all three
-//! strategies, failing on any invariant break.
+//! strategies, and of allot's whole bid lifecycle, failing on any invariant
+//! break.
 
 mod common;
 
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use allot::loadtest::workload::Workload;
 use allot::loadtest::{self, Options, Strategy};
+use allot::wire::Policy;
 use common::Harness;
 
 #[tokio::test]
@@ -84,6 +86,66 @@ async fn all_three_strategies_pass_the_invariant_check_on_the_same_workload() {
     assert_eq!(tries.len() as u64, tcc.accepted);
 }
 
+/// Ranked auctions under load with every lifecycle path at once: bids
+/// withdrawn once accepted, withdraws racing their own bid, raises (resends
+/// raise too, so some conflict), and a deadline that falls while bids are
+/// still being sent. The check replays each auction in log order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_lifecycle_under_load_passes_the_invariant_check() {
+    let h = Harness::start().await;
+    let options = Options {
+        workload: Workload {
+            auctions: 3,
+            capacity: 10,
+            bidders: 1000,
+            requests: Some(2000),
+            // Open loop, 4 s of bids: the close at 2.5 s falls inside.
+            rate: Some(500.0),
+            concurrency: 64,
+            duplicates: 0.05,
+            policy: Policy::TopAmount,
+            withdraws: 0.1,
+            early_withdraws: 0.1,
+            raises: 0.3,
+            close_after_secs: Some(2.5),
+            run_id: "life".into(),
+            ..Workload::default()
+        },
+        strategies: vec![Strategy::Tcc],
+        progress: false,
+        settle: Duration::from_secs(20),
+        ..Options::default()
+    };
+    let outcome = loadtest::run(&h.client, &options).await.unwrap();
+    let r = &outcome.reports[0];
+    assert!(r.invariants.ok, "{:?}", r.invariants.violations);
+    assert_eq!(
+        (r.invariants.replayed, r.invariants.not_replayed),
+        (3, 0),
+        "every auction replayed in log order"
+    );
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let l = &r.lifecycle;
+    let cancelled = |reason: &str| r.cancelled.get(reason).copied().unwrap_or(0);
+    assert!(l.empty_rollbacks > 0, "{l:?}");
+    assert!(l.raised > 0, "{l:?}");
+    assert!(l.held_notices > 0, "{l:?}");
+    assert_eq!(l.unanswered, 0, "{l:?}");
+    assert!(cancelled("outbid") > 0, "{:?}", r.cancelled);
+    assert!(cancelled("withdrawn") > 0, "{:?}", r.cancelled);
+    let closed =
+        cancelled("auction_closed") + r.rejected.get("auction_closed").copied().unwrap_or(0);
+    assert!(
+        closed > 0,
+        "bids after the deadline: {:?} {:?}",
+        r.cancelled,
+        r.rejected
+    );
+    assert!((1..=30).contains(&r.confirmed), "{}", r.confirmed);
+    assert_eq!(r.outcome_latency.count, r.accepted);
+    common::assert_replay_matches_outcomes(&h).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_writes_its_reports_and_fails_on_bad_flags() {
     let h = Harness::start().await;
@@ -153,4 +215,67 @@ async fn the_command_writes_its_reports_and_fails_on_bad_flags() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a fraction between 0 and 1"));
+
+    // With a lifecycle flag, "all" runs tcc alone, says so, and shows the
+    // lifecycle rows; by name, occ and lock refuse; raises need ranked
+    // auctions.
+    let ranked = dir.path().join("ranked.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_allot"))
+        .args([
+            "--nats-url",
+            h.server.url(),
+            "loadtest",
+            "-q",
+            "--strategy",
+            "all",
+        ])
+        .args(["--bids", "300", "--auctions", "2", "--capacity", "5"])
+        .args(["--policy", "top_amount", "--withdraws", "0.2"])
+        .args(["--early-withdraws", "0.2", "--raises", "0.3", "--report"])
+        .arg(&ranked)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("runs tcc alone"), "{stderr}");
+    for row in [
+        "lifecycle: top_amount",
+        "withdraws sent / withdrawn",
+        "raises sent/raised/conflicts",
+        "held notices / unanswered",
+    ] {
+        assert!(stdout.contains(row), "{row} missing from\n{stdout}");
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&ranked).unwrap()).unwrap();
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0]["workload"]["policy"], "top_amount");
+    assert!(runs[0]["lifecycle"]["withdraws_sent"].as_u64().unwrap() > 0);
+
+    for (flags, says) in [
+        (
+            &["--strategy", "occ", "--withdraws", "0.1"][..],
+            "strategy occ",
+        ),
+        (
+            &["--strategy", "lock", "--policy", "top_amount"][..],
+            "strategy lock",
+        ),
+        (&["--raises", "0.1"][..], "need policy top_amount"),
+    ] {
+        let refused = Command::new(env!("CARGO_BIN_EXE_allot"))
+            .args(["--nats-url", h.server.url(), "loadtest", "-q"])
+            .args(flags)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success() && stderr.contains(says),
+            "{flags:?}: {stderr}"
+        );
+    }
 }
