@@ -20,8 +20,10 @@ mod engine;
 pub mod html;
 mod lifecycle;
 mod progress;
+mod reader;
 pub mod report;
 mod run;
+mod summary;
 pub mod workload;
 
 pub use engine::Strategy;

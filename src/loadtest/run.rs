@@ -1,24 +1,24 @@
 //! Running a workload against the strategies.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
+use async_nats::jetstream::{self};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 
-use super::check::{self, BidFacts, SeenOutcome};
+use super::check::BidFacts;
 use super::engine::{retrying, Engine, Strategy};
 use super::lifecycle;
-use super::progress::{Progress, Snapshot};
-use super::report::{Latency, Report, Tick, Trend};
-use super::workload::{bid_index, Planned, WithdrawWhen, Workload};
+use super::reader::read_outcomes;
+use super::report::Report;
+use super::summary::{sample, summarize};
+use super::workload::{Planned, WithdrawWhen, Workload};
 use super::{baseline, report::Baseline};
 use crate::client::AllotClient;
 use crate::error::{Error, ErrorKind, Result};
-use crate::wire::{label, timestamp, AuctionSpec, BidReply, OutcomeEvent, Policy, RejectReason};
+use crate::wire::{label, timestamp, AuctionSpec, BidReply, Policy, RejectReason};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -133,40 +133,40 @@ pub async fn run(client: &AllotClient, options: &Options) -> Result<Outcome> {
 }
 
 /// One distinct bid, as the run sees it.
-struct Record {
-    facts: BidFacts,
+pub(super) struct Record {
+    pub(super) facts: BidFacts,
     /// When its first request was due.
-    due: Instant,
+    pub(super) due: Instant,
     /// Why it was rejected, if it was.
-    rejected: Option<RejectReason>,
+    pub(super) rejected: Option<RejectReason>,
     /// What went wrong on its last unanswered request, while it has no
     /// answer.
-    error: Option<String>,
+    pub(super) error: Option<String>,
 }
 
 /// State shared by the senders, the outcome reader and the sampler.
 pub(super) struct Shared {
     pub(super) workload: Workload,
     /// Every auction as opened, with its `closes_at`.
-    specs: Vec<AuctionSpec>,
+    pub(super) specs: Vec<AuctionSpec>,
     /// Accepted replies name the try's place in allot's log (`tcc`); the
     /// aggregate strategies' name their own stream's, which no outcome
     /// shares.
-    log_seqs: bool,
-    start: Instant,
-    records: Mutex<Vec<Option<Record>>>,
-    reply_latency: Mutex<Histogram<u64>>,
-    outcome_latency: Mutex<Histogram<u64>>,
-    sent: AtomicU64,
-    replied: AtomicU64,
-    accepted: AtomicU64,
-    decided: AtomicU64,
-    errors: AtomicU64,
-    stray: AtomicU64,
+    pub(super) log_seqs: bool,
+    pub(super) start: Instant,
+    pub(super) records: Mutex<Vec<Option<Record>>>,
+    pub(super) reply_latency: Mutex<Histogram<u64>>,
+    pub(super) outcome_latency: Mutex<Histogram<u64>>,
+    pub(super) sent: AtomicU64,
+    pub(super) replied: AtomicU64,
+    pub(super) accepted: AtomicU64,
+    pub(super) decided: AtomicU64,
+    pub(super) errors: AtomicU64,
+    pub(super) stray: AtomicU64,
     /// Stream sequence of the last message read.
-    read_to: AtomicU64,
+    pub(super) read_to: AtomicU64,
     /// Microseconds from the start to the last first outcome.
-    last_outcome_us: AtomicU64,
+    pub(super) last_outcome_us: AtomicU64,
     /// `held` notices received for this run's auctions.
     pub(super) held_notices: AtomicU64,
 }
@@ -181,12 +181,12 @@ impl Shared {
     }
 }
 
-fn histogram() -> Histogram<u64> {
+pub(super) fn histogram() -> Histogram<u64> {
     // 1 µs to 10 min, 3 significant digits.
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("bounds are valid")
 }
 
-fn micros(d: Duration) -> u64 {
+pub(super) fn micros(d: Duration) -> u64 {
     (d.as_micros() as u64).max(1)
 }
 
@@ -481,222 +481,4 @@ fn record_reply(
             false
         }
     }
-}
-
-/// Reads the outcome stream from just after `shared.read_to`, and goes on
-/// from where it stopped whenever the read fails (NATS restarting, say).
-async fn read_outcomes(shared: Arc<Shared>, stream: jetstream::stream::Stream) {
-    loop {
-        let from = shared.read_to.load(Ordering::Relaxed) + 1;
-        let consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: from,
-                },
-                ..Default::default()
-            })
-            .await;
-        if let Ok(consumer) = consumer {
-            if let Ok(messages) = consumer.messages().await {
-                match_outcomes(&shared, messages).await;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Matches outcome events to the run's bids, as they arrive, until the
-/// read fails.
-async fn match_outcomes(shared: &Shared, mut messages: pull::Ordered) {
-    while let Some(Ok(message)) = messages.next().await {
-        if let Ok(info) = message.info() {
-            shared
-                .read_to
-                .store(info.stream_sequence, Ordering::Relaxed);
-        }
-        let Ok(outcome) = serde_json::from_slice::<OutcomeEvent>(&message.payload) else {
-            continue; // an aggregate's open event
-        };
-        if shared.workload.auction_index(&outcome.auction_id).is_none() {
-            continue; // another run's
-        }
-        let now = Instant::now();
-        let mut records = shared.records.lock().expect("lock poisoned");
-        let record = bid_index(&outcome.bid_id)
-            .and_then(|i| records.get_mut(i as usize))
-            .and_then(Option::as_mut);
-        let Some(record) = record else {
-            shared.stray.fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
-        let facts = &mut record.facts;
-        facts.outcomes.push(SeenOutcome {
-            kind: outcome.kind,
-            rank: outcome.rank,
-            reason: outcome.reason,
-            amount: outcome.amount,
-            try_seq: outcome.try_seq,
-            tried_at: outcome.tried_at,
-            matches_bid: shared.workload.auction_index(&outcome.auction_id) == Some(facts.auction)
-                && outcome.bidder_id == format!("u{}", facts.bidder),
-        });
-        if facts.outcomes.len() == 1 {
-            shared.decided.fetch_add(1, Ordering::Relaxed);
-            let since_due = now.duration_since(record.due);
-            shared
-                .outcome_latency
-                .lock()
-                .expect("lock poisoned")
-                .saturating_record(micros(since_due));
-            shared
-                .last_outcome_us
-                .fetch_max(micros(now.duration_since(shared.start)), Ordering::Relaxed);
-        }
-    }
-}
-
-/// Samples the counters into a timeline, and shows progress.
-async fn sample(
-    shared: Arc<Shared>,
-    strategy: &'static str,
-    show: bool,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-) -> Vec<Tick> {
-    let every = Duration::from_millis(250);
-    let mut progress = show.then(|| Progress::new(strategy, shared.workload.requests));
-    let mut ticks = Vec::new();
-    let mut last = (0, 0, 0);
-    let mut interval = tokio::time::interval(every);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let stopping = tokio::select! {
-            _ = interval.tick() => false,
-            _ = &mut stop => true,
-        };
-        let now = (
-            shared.replied.load(Ordering::Relaxed),
-            shared.decided.load(Ordering::Relaxed),
-            shared.errors.load(Ordering::Relaxed),
-        );
-        ticks.push(Tick {
-            at_secs: shared.start.elapsed().as_secs_f64(),
-            replied: now.0 - last.0,
-            decided: now.1 - last.1,
-            errors: now.2 - last.2,
-        });
-        last = now;
-        if let Some(p) = &mut progress {
-            p.update(Snapshot {
-                sent: shared.sent.load(Ordering::Relaxed),
-                replied: now.0,
-                accepted: shared.accepted.load(Ordering::Relaxed),
-                decided: now.1,
-                errors: now.2,
-            });
-            if stopping {
-                p.finish();
-            }
-        }
-        if stopping {
-            return ticks;
-        }
-    }
-}
-
-fn summarize(
-    shared: &Shared,
-    engine: &Engine,
-    strategy: Strategy,
-    started_at: chrono::DateTime<chrono::Utc>,
-    send_secs: f64,
-    timeline: Vec<Tick>,
-) -> Report {
-    let w = &shared.workload;
-    let records = shared.records.lock().expect("lock poisoned");
-    let mut rejected = BTreeMap::new();
-    let mut errors = BTreeMap::new();
-    let mut cancelled = BTreeMap::new();
-    let (mut bids, mut accepted, mut confirmed) = (0, 0, 0);
-    for r in records.iter().flatten() {
-        bids += 1;
-        if r.facts.accepted {
-            accepted += 1;
-        } else if let Some(reason) = &r.rejected {
-            *rejected.entry(label(reason)).or_insert(0) += 1;
-        } else if let Some(e) = &r.error {
-            *errors.entry(e.clone()).or_insert(0) += 1;
-        }
-        match r.facts.outcomes.first() {
-            Some(o) if o.rank.is_some() => confirmed += 1,
-            Some(o) => *cancelled.entry(label(&o.reason)).or_insert(0) += 1,
-            None => {}
-        }
-    }
-    let facts = records.iter().map(|r| r.as_ref().map(|r| &r.facts));
-    let invariants = check::check(&shared.specs, facts, shared.stray.load(Ordering::Relaxed));
-    let lifecycle = lifecycle::tally(
-        records.iter().flatten().map(|r| &r.facts),
-        shared.held_notices.load(Ordering::Relaxed),
-    );
-    drop(records);
-
-    let decide_secs = shared.last_outcome_us.load(Ordering::Relaxed) as f64 / 1e6;
-    let decided = shared.decided.load(Ordering::Relaxed);
-    let requests = shared.sent.load(Ordering::Relaxed);
-    Report {
-        strategy: strategy.name().into(),
-        workload: w.clone(),
-        started_at,
-        send_secs,
-        decide_secs,
-        offered_rate: w.rate,
-        requests,
-        bids,
-        replied_per_sec: shared.replied.load(Ordering::Relaxed) as f64 / send_secs.max(1e-9),
-        decided_per_sec: decided as f64 / decide_secs.max(1e-9),
-        accepted,
-        rejected,
-        errors,
-        confirmed,
-        cancelled,
-        reply_latency: Latency::of(&shared.reply_latency.lock().expect("lock poisoned")),
-        outcome_latency: Latency::of(&shared.outcome_latency.lock().expect("lock poisoned")),
-        trend: trend(&timeline, decide_secs),
-        timeline,
-        contention: engine.contention(),
-        baseline: None,
-        baseline_ratio: None,
-        invariants,
-        lifecycle,
-    }
-}
-
-/// Decided bids per second in the first and the last tenth of the time to
-/// the last outcome.
-fn trend(ticks: &[Tick], decide_secs: f64) -> Option<Trend> {
-    let tenth = decide_secs / 10.0;
-    let rate = |from: f64, to: f64| {
-        let mut prev = 0.0;
-        let (mut n, mut secs) = (0u64, 0.0);
-        for t in ticks {
-            let mid = (prev + t.at_secs) / 2.0;
-            if mid >= from && mid < to {
-                n += t.decided;
-                secs += t.at_secs - prev;
-            }
-            prev = t.at_secs;
-        }
-        (secs > 0.0).then(|| n as f64 / secs)
-    };
-    // Too short a run has no tenths worth comparing.
-    if tenth < 0.5 {
-        return None;
-    }
-    let first = rate(0.0, tenth)?;
-    let last = rate(decide_secs - tenth, decide_secs)?;
-    Some(Trend {
-        first_tenth_per_sec: first,
-        last_tenth_per_sec: last,
-        ratio: last / first.max(1e-9),
-    })
 }
