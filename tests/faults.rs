@@ -55,27 +55,58 @@ async fn nats_restart_mid_run_loses_and_doubles_nothing() {
 /// replay of the log agrees with every published outcome.
 #[tokio::test]
 async fn verifier_crash_loop_under_load_keeps_every_invariant() {
-    use allot::loadtest::workload::Workload;
+    crash_loop(allot::loadtest::workload::Workload {
+        auctions: 10,
+        capacity: 300,
+        bidders: 2000,
+        max_wins_per_bidder: 2,
+        requests: Some(8000),
+        rate: Some(2000.0),
+        concurrency: 256,
+        duplicates: 0.02,
+        run_id: "crashloop".into(),
+        ..Default::default()
+    })
+    .await;
+}
+
+/// The same with the whole lifecycle: ranked auctions, withdraws (some
+/// racing their bid), raises, and a deadline close in the middle of the
+/// kills. Holds, tombstones and closes must survive each kill.
+#[tokio::test]
+async fn verifier_crash_loop_with_the_whole_lifecycle_keeps_every_invariant() {
+    crash_loop(allot::loadtest::workload::Workload {
+        auctions: 10,
+        capacity: 100,
+        bidders: 2000,
+        max_wins_per_bidder: 2,
+        requests: Some(8000),
+        rate: Some(2000.0),
+        concurrency: 256,
+        duplicates: 0.02,
+        policy: allot::wire::Policy::TopAmount,
+        withdraws: 0.1,
+        early_withdraws: 0.05,
+        raises: 0.1,
+        close_after_secs: Some(3.0),
+        run_id: "crashlife".into(),
+        ..Default::default()
+    })
+    .await;
+}
+
+/// Kills `allot serve` (SIGKILL) three times while `workload` runs.
+async fn crash_loop(workload: allot::loadtest::workload::Workload) {
     use allot::loadtest::{self, Options, Strategy};
 
+    let lifecycle = workload.withdraws > 0.0;
     let h = Harness::server_only().await;
     let mut serve = common::serve_process(&h, &[], &[]);
     h.wait_until_serving().await;
     let mut client = h.client.clone();
     client.timeout = Duration::from_secs(2);
     let options = Options {
-        workload: Workload {
-            auctions: 10,
-            capacity: 300,
-            bidders: 2000,
-            max_wins_per_bidder: 2,
-            requests: Some(8000),
-            rate: Some(2000.0),
-            concurrency: 256,
-            duplicates: 0.02,
-            run_id: "crashloop".into(),
-            ..Workload::default()
-        },
+        workload,
         strategies: vec![Strategy::Tcc],
         progress: false,
         // Generous: restarts of a debug build on a busy machine are slow.
@@ -116,6 +147,21 @@ async fn verifier_crash_loop_under_load_keeps_every_invariant() {
         "bids got through: {}",
         report.accepted
     );
+    let l = &report.lifecycle;
+    eprintln!(
+        "lifecycle: {l:?}; auctions replayed {} (not: {})",
+        report.invariants.replayed, report.invariants.not_replayed
+    );
+    if lifecycle {
+        assert!(
+            l.withdrawn > 0 && l.empty_rollbacks > 0 && l.raised > 0,
+            "{l:?}"
+        );
+        assert!(
+            report.invariants.replayed > 0,
+            "some auction checked in full"
+        );
+    }
     h.wait_until_decided().await;
     assert_replay_matches_outcomes(&h).await;
     serve.kill().unwrap();

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::check::{self};
+use super::check;
 use super::engine::{Engine, Strategy};
 use super::lifecycle;
 use super::progress::{Progress, Snapshot};
