@@ -78,19 +78,19 @@ pub enum Step {
     Decided(Verdict),
     /// `top_amount`: the try holds a slot until the close. It may have
     /// pushed the lowest holder out (cancelled `outbid`).
-    Held { displaced: Option<Decision> },
+    Held { displaced: Option<Box<Decision>> },
     /// A try for a bid already decided or held (a resend past JetStream's
     /// de-duplication window). The bid keeps its one outcome; no new one.
     Duplicate,
     /// A withdraw: what it did, and the held try it cancelled, if any.
     Withdraw {
         result: CommandResult,
-        cancelled: Option<Decision>,
+        cancelled: Option<Box<Decision>>,
     },
     /// A raise: what it did, and the bid's new hold if it applied.
     Raise {
         result: CommandResult,
-        held: Option<Hold>,
+        held: Option<Box<Hold>>,
     },
     /// The auction closed; in a `top_amount` auction, every held try is
     /// confirmed, ranked by amount.
@@ -112,8 +112,8 @@ impl Step {
                 })
                 .into_iter()
                 .collect(),
-            Step::Held { displaced } => displaced.iter().cloned().collect(),
-            Step::Withdraw { cancelled, .. } => cancelled.iter().cloned().collect(),
+            Step::Held { displaced } => displaced.iter().map(|d| (**d).clone()).collect(),
+            Step::Withdraw { cancelled, .. } => cancelled.iter().map(|d| (**d).clone()).collect(),
             Step::Closed { confirmed } => confirmed.clone(),
             _ => Vec::new(),
         }
@@ -126,7 +126,7 @@ impl Step {
                 try_seq: seq,
                 bid: t.clone(),
             }),
-            Step::Raise { held, .. } => held.clone(),
+            Step::Raise { held, .. } => held.as_deref().cloned(),
             _ => None,
         }
     }
@@ -170,8 +170,15 @@ impl From<Verdict> for SettledAs {
     }
 }
 
+/// The core's maps: foldhash is several times faster than the standard
+/// SipHash on short ids, and still seeded per process, so bid ids chosen
+/// to collide cannot be prepared in advance. No decision depends on a
+/// map's iteration order (what is iterated is sorted first, or a BTreeMap).
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type Set<K> = HashSet<K, foldhash::fast::RandomState>;
+
 /// Bid ids decided in an auction.
-type Decided = HashMap<Box<str>, Settled>;
+type Decided = Map<Box<str>, Settled>;
 
 /// Rank order of held tries: highest amount first, then the earlier try.
 type HoldKey = (Reverse<u64>, u64);
@@ -184,7 +191,7 @@ struct Auction {
     /// Confirmed slots so far; the next confirmation gets rank `confirmed + 1`.
     confirmed: u32,
     /// Confirmed slots per bidder. At most `capacity` entries.
-    wins: HashMap<Box<str>, u32>,
+    wins: Map<Box<str>, u32>,
     /// Every bid id decided in this auction, so that a late duplicate try
     /// never gets a second outcome.
     decided: Decided,
@@ -194,11 +201,11 @@ struct Auction {
     /// empty rollback), with the bidders who withdrew them: the id has no
     /// owner until its try arrives, so each bidder's withdraw counts for
     /// that bidder's try alone.
-    withdrawn_early: HashMap<Box<str>, Vec<Box<str>>>,
+    withdrawn_early: Map<Box<str>, Vec<Box<str>>>,
     /// `top_amount`: the tries holding slots, in rank order.
     held: BTreeMap<HoldKey, Hold>,
     /// `top_amount`: each held bid's key in `held`.
-    held_bids: HashMap<Box<str>, HoldKey>,
+    held_bids: Map<Box<str>, HoldKey>,
 }
 
 /// The parts of an auction's state that are not decisions: kept in the
@@ -215,12 +222,12 @@ pub struct Life {
 #[derive(Clone, Debug, Default)]
 pub struct Ledger {
     /// Open auctions by id.
-    auctions: HashMap<String, Auction>,
+    auctions: Map<String, Auction>,
     /// Tries for auctions that were never opened. They are decided
     /// (cancelled) once each too.
-    orphans: HashMap<String, Decided>,
+    orphans: Map<String, Decided>,
     /// Auctions whose [`Life`] changed since [`Ledger::take_changed`].
-    changed: HashSet<String>,
+    changed: Set<String>,
 }
 
 /// A read-only view of one auction, for status and fast rejects.
@@ -265,12 +272,12 @@ impl Auction {
         Auction {
             spec,
             confirmed: 0,
-            wins: HashMap::new(),
+            wins: Map::default(),
             decided,
             closed: false,
-            withdrawn_early: HashMap::new(),
+            withdrawn_early: Map::default(),
             held: BTreeMap::new(),
-            held_bids: HashMap::new(),
+            held_bids: Map::default(),
         }
     }
 
@@ -407,7 +414,7 @@ impl Ledger {
                 auction.record(&t.bid_id, &t.bidder_id, outbid, seq);
                 return Step::Decided(outbid);
             }
-            displaced = Some(auction.release(lowest, outbid));
+            displaced = Some(Box::new(auction.release(lowest, outbid)));
         }
         auction.hold(Hold {
             try_seq: seq,
@@ -515,7 +522,7 @@ impl Ledger {
                 result: CommandResult::Withdrawn {
                     empty_rollback: false,
                 },
-                cancelled: Some(cancelled),
+                cancelled: Some(Box::new(cancelled)),
             };
         }
         // Empty rollback: no try yet. The tombstone cancels it on arrival.
@@ -576,7 +583,7 @@ impl Ledger {
         self.changed.insert(r.auction_id.clone());
         Step::Raise {
             result: CommandResult::Raised { amount: r.amount },
-            held: Some(hold),
+            held: Some(Box::new(hold)),
         }
     }
 

@@ -2,7 +2,11 @@
 //! how far the verifier has decided, and its own appends in progress.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+
+use foldhash::fast::RandomState;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::stream;
@@ -17,13 +21,13 @@ use crate::wire::{AuctionSpec, AuctionView};
 pub(super) struct View {
     /// Specs of auctions seen open. Specs never change once opened, so a
     /// cached one is never stale; auctions not found are not cached.
-    pub(super) specs: RwLock<HashMap<String, Arc<AuctionSpec>>>,
+    pub(super) specs: RwLock<HashMap<String, Arc<AuctionSpec>, RandomState>>,
     /// Auctions the verifier has reported sold out. In first-come, first-N
     /// allocation a sold-out auction stays sold out.
-    pub(super) sold_out: RwLock<HashSet<String>>,
+    pub(super) sold_out: RwLock<HashSet<String, RandomState>>,
     /// Auctions whose close event the verifier has decided. Closed stays
     /// closed.
-    pub(super) closed: RwLock<HashSet<String>>,
+    pub(super) closed: RwLock<HashSet<String, RandomState>>,
     /// The verifier consumer's ack floor and when it was read. An async
     /// lock, held across the read, so that concurrent requests share one
     /// consumer-info request per interval instead of each sending its own.
@@ -37,38 +41,52 @@ pub(super) struct View {
 /// Lets one request at a time handle a given (auction, bid id) in this
 /// gateway, so that a bid and its resend, arriving together, get the same
 /// answer. Different bids never wait for each other.
+///
+/// Bids are known by a hash of (auction, bid id): no allocation per bid,
+/// and two bids whose hashes collide merely take turns.
 #[derive(Default)]
 pub(super) struct OneAtATime {
-    busy: Mutex<HashSet<(String, String)>>,
-    /// Woken whenever a bid is released.
+    busy: Mutex<HashSet<u64, RandomState>>,
+    hasher: RandomState,
+    /// Woken whenever a bid is released...
     released: Notify,
+    /// ... if anyone waits: nearly always no one does.
+    waiting: AtomicUsize,
 }
 
 /// A bid being handled, until dropped.
 pub(super) struct Handling<'a> {
     owner: &'a OneAtATime,
-    key: (String, String),
+    key: u64,
 }
 
 impl OneAtATime {
     pub(super) async fn handle(&self, auction_id: &str, bid_id: &str) -> Handling<'_> {
-        let key = (auction_id.to_string(), bid_id.to_string());
-        loop {
+        let key = self.hasher.hash_one((auction_id, bid_id));
+        if self.busy.lock().unwrap().insert(key) {
+            return Handling { owner: self, key };
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let handling = loop {
             let released = self.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            if self.busy.lock().unwrap().insert(key.clone()) {
-                return Handling { owner: self, key };
+            if self.busy.lock().unwrap().insert(key) {
+                break Handling { owner: self, key };
             }
             released.await;
-        }
+        };
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        handling
     }
 }
 
 impl Drop for Handling<'_> {
     fn drop(&mut self) {
         self.owner.busy.lock().unwrap().remove(&self.key);
-        self.owner.released.notify_waiters();
+        if self.owner.waiting.load(Ordering::SeqCst) > 0 {
+            self.owner.released.notify_waiters();
+        }
     }
 }
 
@@ -76,34 +94,42 @@ impl Drop for Handling<'_> {
 /// they began, so that a resend that finds its auction sold out or closed
 /// can wait for the appends that began before it: one of them may be its
 /// own original.
+///
+/// Auctions are known by a hash of their id: two auctions whose hashes
+/// collide share one order, and a resend may wait for the other's appends
+/// too, which is slower but never wrong.
 #[derive(Default)]
 pub(super) struct Appends {
     /// Per auction: the next ticket, and the tickets still appending.
-    tickets: Mutex<HashMap<String, (u64, BTreeSet<u64>)>>,
-    /// Woken whenever an append ends.
+    tickets: Mutex<HashMap<u64, (u64, BTreeSet<u64>), RandomState>>,
+    hasher: RandomState,
+    /// Woken whenever an append ends...
     ended: Notify,
+    /// ... if anyone waits.
+    waiting: AtomicUsize,
 }
 
 /// One append in progress, until dropped.
 pub(super) struct Appending<'a> {
     /// The appends this one is part of.
     appends: &'a Appends,
-    /// Its auction.
-    auction_id: String,
+    /// Its auction's hash.
+    auction: u64,
     /// Its place in the order appends began.
     pub(super) ticket: u64,
 }
 
 impl Appends {
     pub(super) fn start(&self, auction_id: &str) -> Appending<'_> {
+        let auction = self.hasher.hash_one(auction_id);
         let mut tickets = self.tickets.lock().unwrap();
-        let (next, in_flight) = tickets.entry(auction_id.to_string()).or_default();
+        let (next, in_flight) = tickets.entry(auction).or_default();
         let ticket = *next;
         *next += 1;
         in_flight.insert(ticket);
         Appending {
             appends: self,
-            auction_id: auction_id.to_string(),
+            auction,
             ticket,
         }
     }
@@ -112,6 +138,14 @@ impl Appends {
     /// has ended. False if that takes too long (an append ends with its ack
     /// or its timeout, so this is a safety net).
     pub(super) async fn drained(&self, auction_id: &str, ticket: u64) -> bool {
+        let auction = self.hasher.hash_one(auction_id);
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let drained = self.wait_for_earlier(auction, ticket).await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        drained
+    }
+
+    async fn wait_for_earlier(&self, auction: u64, ticket: u64) -> bool {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
             // Registered before the check, so an end in between still wakes us.
@@ -122,7 +156,7 @@ impl Appends {
                 .tickets
                 .lock()
                 .unwrap()
-                .get(auction_id)
+                .get(&auction)
                 .and_then(|(_, in_flight)| in_flight.first().copied())
                 .is_some_and(|first| first < ticket);
             if !earlier {
@@ -137,16 +171,12 @@ impl Appends {
 
 impl Drop for Appending<'_> {
     fn drop(&mut self) {
-        if let Some((_, in_flight)) = self
-            .appends
-            .tickets
-            .lock()
-            .unwrap()
-            .get_mut(&self.auction_id)
-        {
+        if let Some((_, in_flight)) = self.appends.tickets.lock().unwrap().get_mut(&self.auction) {
             in_flight.remove(&self.ticket);
         }
-        self.appends.ended.notify_waiters();
+        if self.appends.waiting.load(Ordering::SeqCst) > 0 {
+            self.appends.ended.notify_waiters();
+        }
     }
 }
 

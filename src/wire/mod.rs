@@ -284,6 +284,15 @@ impl LogEntry {
         else {
             return LogEntry::Unreadable(format!("unexpected subject {subject:?}"));
         };
+        if kind == "try" {
+            if let Some(t) = read_try(payload) {
+                let well_formed =
+                    valid_id(&t.bid_id) && valid_id(&t.bidder_id) && t.amount <= MAX_AMOUNT;
+                if t.auction_id == auction_id && well_formed {
+                    return LogEntry::Event(LogEvent::Try(t));
+                }
+            }
+        }
         let problem = match serde_json::from_slice::<LogEvent>(payload) {
             // Tries on the try subject; every other event on the auction's.
             Ok(event)
@@ -322,6 +331,32 @@ impl LogEntry {
     }
 }
 
+/// A try event read straight into its fields: most of the log is tries,
+/// and serde reads an internally tagged enum through a buffer first.
+/// `None` for anything that is not plainly a try; the caller then reads it
+/// the general way.
+fn read_try(payload: &[u8]) -> Option<TryEvent> {
+    #[derive(Deserialize)]
+    struct Try<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: std::borrow::Cow<'a, str>,
+        bid_id: String,
+        auction_id: String,
+        bidder_id: String,
+        amount: u64,
+        #[serde(with = "timestamp")]
+        tried_at: DateTime<Utc>,
+    }
+    let t: Try = serde_json::from_slice(payload).ok()?;
+    (t.kind == "try").then_some(TryEvent {
+        bid_id: t.bid_id,
+        auction_id: t.auction_id,
+        bidder_id: t.bidder_id,
+        amount: t.amount,
+        tried_at: t.tried_at,
+    })
+}
+
 /// An auction was opened. Written once per auction: the append expects no
 /// earlier event on the auction's subject.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -348,7 +383,7 @@ pub struct TryEvent {
 impl TryEvent {
     /// JetStream de-duplication id: one try per (auction, bid).
     pub fn msg_id(auction_id: &str, bid_id: &str) -> String {
-        format!("try:{auction_id}:{bid_id}")
+        subjects::join(&["try:", auction_id, ":", bid_id])
     }
 }
 
@@ -416,7 +451,7 @@ pub struct OutcomeEvent {
 impl OutcomeEvent {
     /// JetStream de-duplication id: one outcome per (auction, bid).
     pub fn msg_id(auction_id: &str, bid_id: &str) -> String {
-        format!("outcome:{auction_id}:{bid_id}")
+        subjects::join(&["outcome:", auction_id, ":", bid_id])
     }
 }
 
