@@ -120,7 +120,10 @@ impl AllotClient {
     /// Places a bid on `auction_id`.
     pub async fn bid(&self, auction_id: &str, bid: &BidRequest) -> Result<BidReply> {
         let body = serde_json::to_vec(bid).expect("bids serialize");
-        self.request(self.subjects.bid(auction_id), body).await
+        let subject = self.subjects.bid(auction_id);
+        let reply = self.request_bytes(&subject, body).await?;
+        BidReply::from_json(&reply)
+            .map_err(|e| Error::with_source(ErrorKind::Protocol, e).context(subject))
     }
 
     /// Withdraws a bid on `auction_id`, whether or not its try is in the
@@ -162,9 +165,16 @@ impl AllotClient {
 
     /// Sends raw bytes to a subject and decodes the JSON reply.
     pub async fn request<T: DeserializeOwned>(&self, subject: String, body: Vec<u8>) -> Result<T> {
+        let reply = self.request_bytes(&subject, body).await?;
+        serde_json::from_slice(&reply)
+            .map_err(|e| Error::with_source(ErrorKind::Protocol, e).context(subject))
+    }
+
+    /// Sends raw bytes to a subject and returns the reply's body.
+    async fn request_bytes(&self, subject: &str, body: Vec<u8>) -> Result<bytes::Bytes> {
         let reply = tokio::time::timeout(
             self.timeout,
-            self.client.request(subject.clone(), body.into()),
+            self.client.request(subject.to_string(), body.into()),
         )
         .await
         .map_err(|_| {
@@ -178,12 +188,11 @@ impl AllotClient {
                 async_nats::RequestErrorKind::NoResponders => {
                     format!("{subject}: no allot gateway is running (start one with `allot serve`)")
                 }
-                _ => subject.clone(),
+                _ => subject.to_string(),
             };
             Error::with_source(ErrorKind::Nats, e).context(hint)
         })?;
-        serde_json::from_slice(&reply.payload)
-            .map_err(|e| Error::with_source(ErrorKind::Protocol, e).context(subject))
+        Ok(reply.payload)
     }
 
     /// Outcome events as they are published, for one auction or all.

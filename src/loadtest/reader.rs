@@ -10,7 +10,12 @@ use futures::StreamExt;
 
 use super::check::SeenOutcome;
 use super::workload::bid_index;
-use crate::wire::OutcomeEvent;
+use std::borrow::Cow;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use crate::wire::{CancelReason, OutcomeKind};
 
 use super::run::{micros, Shared};
 
@@ -45,12 +50,12 @@ async fn match_outcomes(shared: &Shared, mut messages: pull::Ordered) {
                 .read_to
                 .store(info.stream_sequence, Ordering::Relaxed);
         }
-        let Ok(outcome) = serde_json::from_slice::<OutcomeEvent>(&message.payload) else {
+        let Ok(outcome) = serde_json::from_slice::<Seen>(&message.payload) else {
             continue; // an aggregate's open event
         };
-        if shared.workload.auction_index(&outcome.auction_id).is_none() {
+        let Some(auction) = shared.workload.auction_index(&outcome.auction_id) else {
             continue; // another run's
-        }
+        };
         let now = Instant::now();
         let mut records = shared.records.lock().expect("lock poisoned");
         let record = bid_index(&outcome.bid_id)
@@ -68,8 +73,7 @@ async fn match_outcomes(shared: &Shared, mut messages: pull::Ordered) {
             amount: outcome.amount,
             try_seq: outcome.try_seq,
             tried_at: outcome.tried_at,
-            matches_bid: shared.workload.auction_index(&outcome.auction_id) == Some(facts.auction)
-                && outcome.bidder_id == format!("u{}", facts.bidder),
+            matches_bid: auction == facts.auction && is_bidder(&outcome.bidder_id, facts.bidder),
         });
         if facts.outcomes.len() == 1 {
             shared.decided.fetch_add(1, Ordering::Relaxed);
@@ -83,5 +87,48 @@ async fn match_outcomes(shared: &Shared, mut messages: pull::Ordered) {
                 .last_outcome_us
                 .fetch_max(micros(now.duration_since(shared.start)), Ordering::Relaxed);
         }
+    }
+}
+
+/// The parts of an outcome event the check needs, borrowed where they can
+/// be: the reader sees every outcome of the run.
+#[derive(Deserialize)]
+struct Seen<'a> {
+    #[serde(rename = "type")]
+    kind: OutcomeKind,
+    #[serde(borrow)]
+    bid_id: Cow<'a, str>,
+    #[serde(borrow)]
+    auction_id: Cow<'a, str>,
+    #[serde(borrow)]
+    bidder_id: Cow<'a, str>,
+    amount: u64,
+    try_seq: u64,
+    #[serde(with = "crate::wire::timestamp")]
+    tried_at: DateTime<Utc>,
+    #[serde(default)]
+    rank: Option<u32>,
+    #[serde(default)]
+    reason: Option<CancelReason>,
+}
+
+/// True when `bidder_id` is the workload's name for bidder `n` (`u<n>`).
+fn is_bidder(bidder_id: &str, n: u32) -> bool {
+    let Some(digits) = bidder_id.strip_prefix('u') else {
+        return false;
+    };
+    let canonical = digits == "0" || !digits.starts_with('0');
+    canonical && digits.parse::<u32>() == Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bidder_names_match_exactly() {
+        assert!(is_bidder("u0", 0) && is_bidder("u42", 42));
+        assert!(!is_bidder("u042", 42) && !is_bidder("x42", 42) && !is_bidder("u4", 42));
+        assert!(!is_bidder("u", 0) && !is_bidder("u-1", 1));
     }
 }
