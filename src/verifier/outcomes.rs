@@ -65,23 +65,11 @@ pub(super) async fn announce_sold_out<'o>(
     outcomes: impl Iterator<Item = &'o OutcomeEvent>,
 ) -> Result<()> {
     for o in outcomes {
-        let Some(fill) = ledger.fill(&o.auction_id) else {
-            continue;
-        };
-        if o.rank.is_some_and(|rank| rank >= fill.capacity) {
-            let view = AuctionView {
-                confirmed: fill.confirmed,
-                sold_out: fill.sold_out(),
-                closed: fill.closed,
-            };
-            streams
-                .status
-                .put(
-                    &o.auction_id,
-                    serde_json::to_vec(&view).expect("views serialize").into(),
-                )
-                .await
-                .map_err(|e| Error::with_source(ErrorKind::Nats, e).context("status bucket"))?;
+        let filled = ledger
+            .fill(&o.auction_id)
+            .is_some_and(|fill| o.rank.is_some_and(|rank| rank >= fill.capacity));
+        if filled {
+            announce(streams, ledger, &o.auction_id).await?;
         }
     }
     Ok(())
@@ -95,22 +83,28 @@ pub(super) async fn announce_closed(
     auctions: &HashSet<String>,
 ) -> Result<()> {
     for auction_id in auctions {
-        let Some(fill) = ledger.fill(auction_id) else {
-            continue;
-        };
-        let view = AuctionView {
-            confirmed: fill.confirmed,
-            sold_out: fill.sold_out(),
-            closed: fill.closed,
-        };
-        streams
-            .status
-            .put(
-                auction_id,
-                serde_json::to_vec(&view).expect("views serialize").into(),
-            )
-            .await
-            .map_err(|e| Error::with_source(ErrorKind::Nats, e).context("status bucket"))?;
+        announce(streams, ledger, auction_id).await?;
     }
+    Ok(())
+}
+
+/// Writes an auction's view to the status bucket, which the gateways watch.
+async fn announce(streams: &Streams, ledger: &Ledger, auction_id: &str) -> Result<()> {
+    let Some(fill) = ledger.fill(auction_id) else {
+        return Ok(());
+    };
+    let view = AuctionView {
+        confirmed: fill.confirmed,
+        sold_out: fill.sold_out(),
+        closed: fill.closed,
+    };
+    streams
+        .status
+        .put(
+            auction_id,
+            serde_json::to_vec(&view).expect("views serialize").into(),
+        )
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::Nats, e).context("status bucket"))?;
     Ok(())
 }
