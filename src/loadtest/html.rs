@@ -52,7 +52,7 @@ fn knobs(o: &mut String, w: &Workload) -> fmt::Result {
     let rate = w
         .rate
         .map_or("closed loop".into(), |r| format!("{} /s", num(r)));
-    let knobs = [
+    let mut knobs = vec![
         ("run", esc(&w.run_id)),
         ("auctions", w.auctions.to_string()),
         ("capacity", w.capacity.to_string()),
@@ -66,6 +66,21 @@ fn knobs(o: &mut String, w: &Workload) -> fmt::Result {
         ("hot", format!("{:.1}%", w.hot * 100.0)),
         ("seed", w.seed.to_string()),
     ];
+    if w.lifecycle() {
+        knobs.extend([
+            ("policy", crate::wire::label(&w.policy)),
+            ("withdraws", format!("{:.1}%", w.withdraws * 100.0)),
+            (
+                "early withdraws",
+                format!("{:.1}%", w.early_withdraws * 100.0),
+            ),
+            ("raises", format!("{:.1}%", w.raises * 100.0)),
+            (
+                "close after",
+                w.close_after_secs.map_or("-".into(), |s| format!("{s} s")),
+            ),
+        ]);
+    }
     o.write_str("<table><tr>")?;
     for (k, _) in &knobs {
         write!(o, "<th>{k}</th>")?;
@@ -155,6 +170,24 @@ fn section(o: &mut String, r: &Report) -> fmt::Result {
             writeln!(o, "<p>{name}: {}</p>", breakdown(m))?;
         }
     }
+    let l = &r.lifecycle;
+    if l.withdraws_sent + l.raises_sent > 0 {
+        writeln!(
+            o,
+            "<p>Lifecycle: {} withdraws sent, {} withdrawn ({} empty rollbacks), refused: {}; \
+             {} raises sent, {} raised, {} conflicts, refused: {}; {} unanswered; {} held notices.</p>",
+            l.withdraws_sent,
+            l.withdrawn,
+            l.empty_rollbacks,
+            breakdown_or_none(&l.withdraws_refused),
+            l.raises_sent,
+            l.raised,
+            l.raise_conflicts,
+            breakdown_or_none(&l.raises_refused),
+            l.unanswered,
+            l.held_notices
+        )?;
+    }
     for (name, l) in [("Reply", &r.reply_latency), ("Outcome", &r.outcome_latency)] {
         if l.count > 0 {
             let (mean, p90) = (micros_text(l.mean_us.round() as u64), micros_text(l.p90_us));
@@ -226,6 +259,13 @@ fn breakdown(m: &BTreeMap<String, u64>) -> String {
         .map(|(k, n)| format!("{} {n}", esc(k)))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+fn breakdown_or_none(m: &BTreeMap<String, u64>) -> String {
+    match m.is_empty() {
+        true => "none".into(),
+        false => breakdown(m),
+    }
 }
 
 pub(super) fn esc(s: &str) -> String {
@@ -332,6 +372,28 @@ mod tests {
         assert!(page.contains("&lt;b&gt;101&lt;/b&gt;") && !page.contains("<b>101</b>"));
         assert!(page.contains(">PASS<") && page.contains(">FAIL<"));
         assert!(page.contains("0.16×") && page.contains("0.75×"));
+    }
+
+    #[test]
+    fn a_lifecycle_run_shows_its_knobs_and_counts() {
+        let mut r = report("tcc");
+        r.workload.policy = crate::wire::Policy::TopAmount;
+        r.workload.withdraws = 0.1;
+        r.lifecycle.withdraws_sent = 12;
+        r.lifecycle.withdrawn = 9;
+        r.lifecycle.empty_rollbacks = 4;
+        r.lifecycle
+            .withdraws_refused
+            .insert("already_confirmed".into(), 3);
+        let page = render(&[r]);
+        assert!(page.contains("<td>top_amount</td>"), "{page}");
+        assert!(page.contains(
+            "12 withdraws sent, 9 withdrawn (4 empty rollbacks), refused: already_confirmed 3"
+        ));
+        assert!(
+            page.contains("raises refused") || page.contains("raised, 0 conflicts, refused: none")
+        );
+        assert!(!render(&[report("tcc")]).contains("Lifecycle:"));
     }
 
     #[test]
