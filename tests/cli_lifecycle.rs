@@ -147,3 +147,61 @@ async fn a_ranked_auction_from_the_command_line() {
         ["open", "raise", "raise", "withdraw", "withdraw", "close", "withdraw"]
     );
 }
+
+/// `allot watch --holds` prints held notices beside the outcomes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_shows_holds_and_outcomes() {
+    let h = Harness::start().await;
+    let watch = Command::new(env!("CARGO_BIN_EXE_allot"))
+        .args(["watch", "w", "--holds"])
+        .env("NATS_URL", h.server.url())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its subscriptions are made once it has connected.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (ok, _, _) = reply(
+        &h,
+        &[
+            "auction",
+            "open",
+            "w",
+            "--capacity",
+            "1",
+            "--policy",
+            "top_amount",
+        ],
+        "auction-open-reply.schema.json",
+    );
+    assert!(ok);
+    for (bid, amount) in [("b1", "10"), ("b2", "20")] {
+        let args = [
+            "bid", "w", "--bidder", bid, "--amount", amount, "--bid-id", bid,
+        ];
+        assert!(reply(&h, &args, "bid-reply.schema.json").0);
+    }
+    reply(&h, &["auction", "close", "w"], "close-reply.schema.json");
+    h.wait_for_outcomes("w", 2).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // SIGTERM: watch stops cleanly.
+    let pid = watch.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let out = watch.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|l| (l["type"].as_str().unwrap(), l["bid_id"].as_str().unwrap()))
+        .collect();
+    assert!(
+        kinds.contains(&("held", "b1")) && kinds.contains(&("held", "b2")),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&("cancelled", "b1")) && kinds.contains(&("confirmed", "b2")),
+        "{kinds:?}"
+    );
+}

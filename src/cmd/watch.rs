@@ -1,10 +1,11 @@
-//! `allot watch`: print outcome events as JSON lines.
+//! `allot watch`: print outcome events as JSON lines, and with `--holds`
+//! the `held` notices of ranked auctions too.
 
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
 use super::{print_json, Common};
-use crate::wire::OutcomeEvent;
+use crate::wire::{HeldEvent, OutcomeEvent};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -13,6 +14,10 @@ pub struct Args {
     /// Replay the outcome stream from its start before following it.
     #[arg(long)]
     pub from_start: bool,
+    /// Also print `held` notices (`top_amount` auctions) as they come.
+    /// They are not stored, so `--from-start` cannot replay them.
+    #[arg(long)]
+    pub holds: bool,
 }
 
 pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
@@ -27,6 +32,14 @@ pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
     } else {
         client.live_outcomes(auction).await?.map(Ok).boxed()
     };
+    let mut holds = match args.holds {
+        true => {
+            let subject = common.prefix.hold(auction.unwrap_or("*"));
+            let sub = client.client.subscribe(subject).await?;
+            sub.boxed()
+        }
+        false => futures::stream::pending().boxed(),
+    };
     // One signal future for the whole run, so no signal falls between two.
     let stop = super::shutdown_signal();
     tokio::pin!(stop);
@@ -36,6 +49,10 @@ pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
             o = outcomes.next() => match o {
                 Some(o) => print_json(&o?),
                 None => return Ok(()),
+            },
+            Some(h) = holds.next() => match serde_json::from_slice::<HeldEvent>(&h.payload) {
+                Ok(h) => print_json(&h),
+                Err(e) => eprintln!("allot: unreadable held notice on {}: {e}", h.subject),
             },
         }
     }
