@@ -206,6 +206,8 @@ struct Auction {
     held: BTreeMap<HoldKey, Hold>,
     /// `top_amount`: each held bid's key in `held`.
     held_bids: Map<Box<str>, HoldKey>,
+    /// `top_amount`: slots held per bidder, for the bidder limit.
+    held_per_bidder: Map<Box<str>, u32>,
 }
 
 /// The parts of an auction's state that are not decisions: kept in the
@@ -278,6 +280,7 @@ impl Auction {
             withdrawn_early: Map::default(),
             held: BTreeMap::new(),
             held_bids: Map::default(),
+            held_per_bidder: Map::default(),
         }
     }
 
@@ -298,8 +301,7 @@ impl Auction {
 
     /// Takes a held try out, decided with `verdict`.
     fn release(&mut self, key: HoldKey, verdict: Verdict) -> Decision {
-        let hold = self.held.remove(&key).expect("held keys are in `held`");
-        self.held_bids.remove(hold.bid.bid_id.as_str());
+        let hold = self.unhold(key);
         self.record(&hold.bid.bid_id, &hold.bid.bidder_id, verdict, hold.try_seq);
         Decision {
             try_seq: hold.try_seq,
@@ -311,14 +313,29 @@ impl Auction {
     fn hold(&mut self, hold: Hold) {
         let key = (Reverse(hold.bid.amount), hold.try_seq);
         self.held_bids.insert(hold.bid.bid_id.as_str().into(), key);
+        *self
+            .held_per_bidder
+            .entry(hold.bid.bidder_id.as_str().into())
+            .or_insert(0) += 1;
         self.held.insert(key, hold);
     }
 
+    /// Takes a held try out of the holds, undecided.
+    fn unhold(&mut self, key: HoldKey) -> Hold {
+        let hold = self.held.remove(&key).expect("held keys are in `held`");
+        self.held_bids.remove(hold.bid.bid_id.as_str());
+        let bidder = hold.bid.bidder_id.as_str();
+        if let Some(n) = self.held_per_bidder.get_mut(bidder) {
+            *n -= 1;
+            if *n == 0 {
+                self.held_per_bidder.remove(bidder);
+            }
+        }
+        hold
+    }
+
     fn held_by(&self, bidder_id: &str) -> u32 {
-        self.held
-            .values()
-            .filter(|h| h.bid.bidder_id == bidder_id)
-            .count() as u32
+        self.held_per_bidder.get(bidder_id).copied().unwrap_or(0)
     }
 
     /// Why a bid that is already decided cannot be withdrawn or raised.
@@ -464,7 +481,9 @@ impl Ledger {
             Some(CancelReason::AuctionClosed)
         } else if t.amount < spec.min_amount {
             Some(CancelReason::BelowMinimum)
-        } else if !ranked && auction.confirmed >= spec.capacity {
+        } else if auction.confirmed >= spec.capacity {
+            // (A ranked auction confirms only at its close; this is an
+            // auction with no slot at all, which no gateway opens.)
             Some(CancelReason::CapacityFull)
         } else if wins >= spec.max_wins_per_bidder {
             Some(CancelReason::BidderLimit)
@@ -525,6 +544,10 @@ impl Ledger {
                 cancelled: Some(Box::new(cancelled)),
             };
         }
+        // A closed auction cancels every later try anyway: no tombstone.
+        if auction.closed {
+            return unchanged(RefuseReason::AuctionClosed);
+        }
         // Empty rollback: no try yet. The tombstone cancels it on arrival.
         let by = auction.withdrawn_early.entry(bid.into()).or_default();
         if !by.iter().any(|b| **b == *w.bidder_id) {
@@ -577,7 +600,7 @@ impl Ledger {
         if r.amount <= current.amount {
             return refuse(RefuseReason::NotHigher, current.amount);
         }
-        let mut hold = auction.held.remove(&key).expect("held keys are in `held`");
+        let mut hold = auction.unhold(key);
         hold.bid.amount = r.amount;
         auction.hold(hold.clone());
         self.changed.insert(r.auction_id.clone());
@@ -713,6 +736,7 @@ impl Ledger {
         }
         auction.held.clear();
         auction.held_bids.clear();
+        auction.held_per_bidder.clear();
         for hold in life.held {
             auction.hold(hold);
         }
@@ -749,6 +773,18 @@ impl Ledger {
                 .get(auction_id)
                 .is_some_and(|d| d.contains_key(bid_id)),
         }
+    }
+
+    /// The auctions whose close event is decided.
+    pub fn closed_auctions(&self) -> Vec<String> {
+        let mut closed: Vec<String> = self
+            .auctions
+            .iter()
+            .filter(|(_, a)| a.closed)
+            .map(|(id, _)| id.clone())
+            .collect();
+        closed.sort();
+        closed
     }
 
     /// The spec of an open auction.
@@ -1633,12 +1669,16 @@ mod lifecycle_tests {
                 let step = ledger.apply(e, seq);
                 match e {
                     LogEvent::Open(o) => { specs.entry(o.auction_id.clone()).or_insert_with(|| o.spec.clone()); }
-                    // A withdraw for an auction not open yet is refused.
-                    LogEvent::Withdraw(w)
-                        if specs.contains_key(&w.auction_id)
-                            && !tried.contains(&(w.auction_id.clone(), w.bid_id.clone())) =>
-                    {
-                        withdrawn_first.insert((w.auction_id.clone(), w.bid_id.clone(), w.bidder_id.clone()));
+                    // Before its try, a withdraw on an open auction is an
+                    // empty rollback (refused only if the auction is not
+                    // open yet, or closed).
+                    LogEvent::Withdraw(w) if !tried.contains(&(w.auction_id.clone(), w.bid_id.clone())) => {
+                        let open = ledger.fill(&w.auction_id).is_some_and(|f| !f.closed);
+                        let rollback = step.command_result() == Some(CommandResult::Withdrawn { empty_rollback: true });
+                        prop_assert_eq!(open, rollback, "{:?}: {:?}", w, step);
+                        if rollback {
+                            withdrawn_first.insert((w.auction_id.clone(), w.bid_id.clone(), w.bidder_id.clone()));
+                        }
                     }
                     LogEvent::Try(t) => {
                         let key = (t.auction_id.clone(), t.bid_id.clone());

@@ -315,3 +315,55 @@ async fn held_bids_and_tombstones_survive_a_restart() {
     assert_eq!((verdict(b1), b1.amount), (confirmed(2), 25));
     common::assert_replay_matches_outcomes(&h).await;
 }
+
+/// Another bidder's raise identical to the owner's is its own event: it is
+/// refused `not_owner`, and the owner's raise, sent after it, applies.
+#[tokio::test]
+async fn another_bidders_identical_raise_does_not_shadow_the_owners() {
+    let h = Harness::start().await;
+    h.open("o", ranked(2)).await;
+    bid(&h, "o", "b1", "u1", 10).await;
+    let theirs = raise(&h, "o", "b1", "u2", 10, 20).await;
+    assert_eq!(theirs["reason"], "not_owner", "{theirs}");
+    let mine = raise(&h, "o", "b1", "u1", 10, 20).await;
+    assert_eq!(mine["status"], "raised", "{mine}");
+    assert_ne!(mine["raise_seq"], theirs["raise_seq"]);
+}
+
+/// A verifier killed right after committing a close, before telling the
+/// gateways, tells them when it starts again: the status says closed, and
+/// new bids are refused at once.
+#[tokio::test]
+async fn a_close_is_announced_even_after_a_crash_right_after_it() {
+    let h = Harness::server_only().await;
+    let mut serve = common::serve_process(&h, &[], &[("ALLOT_CRASH_AT", "after_close_commit")]);
+    h.wait_until_serving().await;
+    h.open("k", AuctionSpec::with_capacity(5)).await;
+    bid(&h, "k", "b1", "u1", 10).await;
+    h.wait_for_outcomes("k", 1).await;
+    close(&h, "k").await;
+    let status = common::wait_exit(&mut serve, 30).await;
+    assert!(!status.success(), "the crash point was reached");
+
+    let mut serve = common::serve_process(&h, &[], &[]);
+    h.wait_until_serving().await;
+    h.wait_until_decided().await;
+    let mut state = Value::Null;
+    for _ in 0..100 {
+        let reply = raw(&h, h.client.subjects.status_request("k"), b"").await;
+        state = serde_json::from_slice::<Value>(&reply.payload).unwrap()["state"].clone();
+        if state == "closed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, "closed");
+    let late = bid(&h, "k", "b2", "u2", 10).await;
+    assert_eq!(
+        (late["status"].as_str(), late["reason"].as_str()),
+        (Some("rejected"), Some("auction_closed")),
+        "{late}"
+    );
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+}

@@ -151,8 +151,10 @@ impl Gateway {
         Ok((ack.sequence, ack.duplicate))
     }
 
-    /// Asks the verifier, until it has decided the event at `seq`, what
-    /// that withdraw or raise did.
+    /// Asks the verifier what the withdraw or raise at `seq` did. The
+    /// verifier answers once it has decided it; asked again if that answer
+    /// is lost (a verifier restarting) or says "not yet" (one with too many
+    /// requests waiting).
     async fn command_result(
         &self,
         auction_id: &str,
@@ -163,24 +165,31 @@ impl Gateway {
             .expect("requests serialize")
             .into();
         let deadline = tokio::time::Instant::now() + COMMAND_WAIT;
-        let mut pause = std::time::Duration::from_millis(2);
-        while tokio::time::Instant::now() < deadline {
-            let asked = tokio::time::timeout(
-                COMMAND_WAIT,
+        loop {
+            let asked = tokio::time::timeout_at(
+                deadline,
                 self.client.request(subject.clone(), body.clone()),
             )
             .await;
-            if let Ok(Ok(reply)) = asked {
-                if let Ok(CommandReply {
-                    result: Some(result),
-                    ..
-                }) = serde_json::from_slice(&reply.payload)
-                {
-                    return Ok(result);
+            match asked {
+                Err(_) => break,
+                Ok(Ok(reply)) => {
+                    if let Ok(CommandReply {
+                        result: Some(result),
+                        ..
+                    }) = serde_json::from_slice(&reply.payload)
+                    {
+                        return Ok(result);
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "cannot ask the verifier about a command")
                 }
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            if tokio::time::Instant::now() + COMMAND_RETRY >= deadline {
+                break;
+            }
+            tokio::time::sleep(COMMAND_RETRY).await;
         }
         Err(RequestError::new(
             ErrorCode::Internal,
@@ -190,6 +199,9 @@ impl Gateway {
         ))
     }
 }
+
+/// Pause before asking the verifier again about a command.
+const COMMAND_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 
 fn not_a(seq: u64, what: &str) -> RequestError {
     RequestError::new(

@@ -42,8 +42,8 @@ use crate::faults::{crash_point, stall_point};
 use crate::snapshot::{Batch, Position, Snapshot, StoredOutcome, Sync};
 use crate::streams::Streams;
 use crate::wire::{
-    timestamp, CloseEvent, ClosedBy, CommandReply, CommandRequest, DecidedReply, DecidedRequest,
-    HeldEvent, HeldKind, LogEntry, LogEvent, OutcomeEvent, OutcomeKind,
+    timestamp, CloseEvent, ClosedBy, CommandReply, CommandRequest, CommandResult, DecidedReply,
+    DecidedRequest, HeldEvent, HeldKind, LogEntry, LogEvent, OutcomeEvent, OutcomeKind,
 };
 use lease::{DirLock, Lease};
 use outcomes::{announce_closed, announce_sold_out, send, Acks};
@@ -153,6 +153,9 @@ struct Verifier<'a> {
     already_published: Published,
     /// Auctions whose deadline close this verifier has written.
     closing: HashSet<String>,
+    /// Gateways' command requests for log sequences not decided yet, with
+    /// where to answer: answered as the batches that decide them commit.
+    parked: Vec<(u64, async_nats::Subject)>,
 }
 
 /// How a verifier run ended badly.
@@ -264,6 +267,11 @@ const PIPELINE_DEPTH: usize = 4;
 /// How often the verifier looks for auctions past their `closes_at`: how
 /// late, at most, their close event is written.
 const DEADLINE_CHECK: Duration = Duration::from_millis(250);
+
+/// Most command requests parked at once; past it, a request for a
+/// sequence not decided yet is answered "not yet", and the gateway asks
+/// again a little later.
+const MAX_PARKED: usize = 100_000;
 
 /// Queue group of the verifiers' lookup subscription.
 const VERIFIER_GROUP: &str = "allot-verifier";
@@ -438,7 +446,11 @@ impl Verifier<'_> {
             .await?;
         let decided = batch.decisions;
         crash_point("after_commit");
+        if !announce.is_empty() {
+            crash_point("after_close_commit");
+        }
         self.position.last_seq = last_seq;
+        self.answer_parked(&batch.commands).await;
         let acks = send(self.streams, &decided, &reused).await?;
         send_holds(self.streams, &holds).await;
         let poison = poison.iter().map(|&i| chunk[i].clone()).collect();
@@ -511,6 +523,13 @@ impl Verifier<'_> {
                 return;
             };
             let through = self.position.last_seq;
+            if asked.seq > through && self.parked.len() < MAX_PARKED {
+                // Not decided yet: answered when it is, rather than polled.
+                if let Some(reply_to) = request.reply {
+                    self.parked.push((asked.seq, reply_to));
+                }
+                return;
+            }
             let result = match asked.seq <= through {
                 true => match self.with_snapshot(move |s| s.command(asked.seq)).await {
                     Ok(result) => result,
@@ -537,6 +556,31 @@ impl Verifier<'_> {
             .await
         {
             tracing::warn!(error = %e, "cannot answer a gateway's request");
+        }
+    }
+
+    /// Answers the parked command requests that the batch just committed
+    /// (through `position.last_seq`) has decided.
+    async fn answer_parked(&mut self, commands: &[(u64, String, CommandResult)]) {
+        let through = self.position.last_seq;
+        if self.parked.is_empty() {
+            return;
+        }
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|(seq, _)| *seq <= through);
+        self.parked = waiting;
+        let client = self.streams.js.client();
+        for (seq, reply_to) in ready {
+            let result = commands
+                .iter()
+                .find(|(s, _, _)| *s == seq)
+                .map(|(_, _, r)| *r);
+            let body =
+                serde_json::to_vec(&CommandReply { result, through }).expect("replies serialize");
+            if let Err(e) = client.publish(reply_to, body.into()).await {
+                tracing::warn!(error = %e, "cannot answer a gateway's request");
+            }
         }
     }
 

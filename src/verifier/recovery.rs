@@ -10,7 +10,7 @@ use async_nats::jetstream::stream;
 use futures::StreamExt;
 
 use super::lease::Lease;
-use super::outcomes::{announce_sold_out, publish};
+use super::outcomes::{announce_closed, announce_sold_out, publish};
 use super::{blocking, Verifier, VerifierConfig};
 use crate::core::Ledger;
 use crate::error::{Error, ErrorKind, Result};
@@ -60,6 +60,7 @@ impl<'a> Verifier<'a> {
             position,
             already_published: Published::default(),
             closing: HashSet::new(),
+            parked: Vec::new(),
         };
         if !unpublished.is_empty() {
             let published: HashSet<(String, String)> = unpublished
@@ -76,6 +77,11 @@ impl<'a> Verifier<'a> {
             found.stored_through(acked);
             announce_sold_out(streams, &v.ledger, unpublished.iter().map(|d| &d.outcome)).await?;
         }
+        // A stop between a close's commit and its notice would leave the
+        // gateways taking bids for a closed auction (the verifier still
+        // cancels them): tell them again.
+        let closed: HashSet<String> = v.ledger.closed_auctions().into_iter().collect();
+        announce_closed(streams, &v.ledger, &closed).await?;
         // Outcomes of tries the snapshot has applied are settled; the rest
         // will be matched as the log is decided again.
         found.forget_decided(&v.ledger);

@@ -40,11 +40,13 @@ pub struct RaiseEvent {
 
 impl RaiseEvent {
     /// JetStream de-duplication id: a resent raise is the same event, two
-    /// different raises are two events.
+    /// different raises (or the same raise by two bidders) are two events.
     pub fn msg_id(auction_id: &str, r: &RaiseRequest) -> String {
+        // The bidder is part of it: another bidder's identical raise must
+        // be its own event (refused `not_owner`), never taken for this one.
         format!(
-            "raise:{auction_id}:{}:{}:{}",
-            r.bid_id, r.expected_amount, r.amount
+            "raise:{auction_id}:{}:{}:{}:{}",
+            r.bid_id, r.bidder_id, r.expected_amount, r.amount
         )
     }
 }

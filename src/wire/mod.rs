@@ -265,7 +265,10 @@ impl LogEvent {
     /// Ids in the event that must be valid, and the amounts in range.
     fn well_formed(&self) -> bool {
         match self {
-            LogEvent::Open(_) | LogEvent::Close(_) => true,
+            // The gateway never writes these, but a hand-written one must
+            // not reach the core: no slot to hold, no win allowed.
+            LogEvent::Open(o) => o.spec.capacity >= 1 && o.spec.max_wins_per_bidder >= 1,
+            LogEvent::Close(_) => true,
             LogEvent::Try(t) => {
                 valid_id(&t.bid_id) && valid_id(&t.bidder_id) && t.amount <= MAX_AMOUNT
             }
