@@ -367,3 +367,45 @@ async fn a_close_is_announced_even_after_a_crash_right_after_it() {
     serve.kill().unwrap();
     serve.wait().unwrap();
 }
+
+/// A close of a ranked auction decides every held bid at once: here 6,000
+/// outcomes from one log entry, more than the 5,000 publishes JetStream's
+/// client lets be unacked at once. They are all published (the verifier
+/// once waited forever for a permit only its own unawaited acks held).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_deciding_thousands_of_bids_publishes_them_all() {
+    const BIDS: u32 = 6000;
+    let h = Harness::start().await;
+    h.open("big", ranked(BIDS)).await;
+    let client = &h.client;
+    let accepted = futures::stream::iter(0..BIDS)
+        .map(|i| async move {
+            let reply = client
+                .bid(
+                    "big",
+                    &common::bid(&format!("b{i}"), &format!("u{i}"), 10 + u64::from(i)),
+                )
+                .await
+                .unwrap();
+            matches!(reply, allot::wire::BidReply::Accepted { .. })
+        })
+        .buffer_unordered(256)
+        .filter(|ok| futures::future::ready(*ok))
+        .count()
+        .await;
+    assert_eq!(accepted, BIDS as usize);
+    h.wait_until_decided().await;
+    assert!(
+        h.outcomes(Some("big")).await.is_empty(),
+        "all held until the close"
+    );
+    close(&h, "big").await;
+    let outcomes = h.wait_for_outcomes("big", BIDS as usize).await;
+    let ranks: std::collections::HashSet<u32> = outcomes.iter().filter_map(|o| o.rank).collect();
+    assert_eq!(ranks.len(), BIDS as usize);
+    // The highest amount has rank 1.
+    assert_eq!(
+        outcome_of(&outcomes, &format!("b{}", BIDS - 1)).rank,
+        Some(1)
+    );
+}

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 
+use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::PublishMessage;
 
 use crate::core::Ledger;
@@ -27,8 +28,18 @@ pub(super) async fn publish(
     send(streams, outcomes, published).await?.await
 }
 
-/// Sends outcomes in order, without waiting for their acks. Outcomes in
-/// `published` are already in the outcome stream and are skipped.
+/// Most outcome acks one batch leaves outstanding. Each unacked publish
+/// holds one of the JetStream context's 5,000 permits until its ack is
+/// awaited, and up to [`super::PIPELINE_DEPTH`] batches are in flight: past
+/// 5,000, the next publish would wait for a permit that only awaiting an
+/// earlier ack can free. A ranked close decides a whole auction at once, so
+/// a batch can hold many more outcomes than log entries.
+const MAX_UNACKED: usize = 1024;
+
+/// Sends outcomes in order, waiting for acks only to keep at most
+/// [`MAX_UNACKED`] outstanding; the returned future waits for the rest.
+/// Outcomes in `published` are already in the outcome stream and are
+/// skipped.
 pub(super) async fn send(
     streams: &Streams,
     outcomes: &[StoredOutcome],
@@ -36,22 +47,26 @@ pub(super) async fn send(
 ) -> Result<Acks> {
     let subjects = &streams.subjects;
     let nats = || Error::wrap(ErrorKind::Nats, "publish outcome");
-    let mut acks = Vec::with_capacity(outcomes.len());
+    let mut acks = std::collections::VecDeque::with_capacity(outcomes.len().min(MAX_UNACKED));
+    let mut last = 0;
     for d in outcomes {
         let o = &d.outcome;
         if published.contains(&(o.auction_id.clone(), o.bid_id.clone())) {
             continue;
+        }
+        if acks.len() >= MAX_UNACKED {
+            let oldest: PublishAckFuture = acks.pop_front().expect("not empty");
+            last = last.max(oldest.await.map_err(nats())?.sequence);
         }
         let outcome = PublishMessage::build()
             .message_id(OutcomeEvent::msg_id(&o.auction_id, &o.bid_id))
             .payload(d.payload.clone());
         let subject = subjects.outcome(&o.auction_id, o.kind);
         let ack = streams.js.send_publish(subject, outcome).await;
-        acks.push(ack.map_err(nats())?.into_future());
+        acks.push_back(ack.map_err(nats())?);
     }
     Ok(Box::pin(async move {
-        let mut last = 0;
-        for ack in futures::future::join_all(acks).await {
+        for ack in futures::future::join_all(acks.into_iter().map(IntoFuture::into_future)).await {
             last = last.max(ack.map_err(nats())?.sequence);
         }
         Ok(last)
