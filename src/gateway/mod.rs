@@ -33,6 +33,9 @@ use view::View;
 /// then for the requests already buffered.
 const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How long a starting gateway waits for its view of the auctions.
+const VIEW_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Queue group shared by every gateway, so each request is served once.
 pub const QUEUE_GROUP: &str = "allot-gateway";
 
@@ -81,7 +84,16 @@ pub async fn run(
         config: config.clone(),
         view: View::default(),
     });
-    let watcher = tokio::spawn(view::watch_fill(gateway.clone()));
+    // A gateway that answered bids before its view of sold-out and closed
+    // auctions had caught up could accept a resend that another gateway
+    // (or this one, before a restart) has rejected. Bounded: with the
+    // bucket unreadable, serving beats waiting, and the verifier still
+    // decides every try correctly.
+    let (caught_up, view_ready) = tokio::sync::oneshot::channel();
+    let watcher = tokio::spawn(view::watch_fill(gateway.clone(), caught_up));
+    if tokio::time::timeout(VIEW_WAIT, view_ready).await.is_err() {
+        tracing::warn!("the auction view did not catch up in time; serving anyway");
+    }
     let subjects = gateway.streams.subjects.clone();
     let mut requests = futures::stream::SelectAll::new();
     for kind in [

@@ -207,10 +207,22 @@ impl View {
 }
 
 /// Follows the status bucket, so fast rejects see what the verifier decided.
-pub(super) async fn watch_fill(gateway: Arc<Gateway>) {
+/// `caught_up` is told once the view holds everything the bucket held when
+/// the watch began.
+pub(super) async fn watch_fill(gateway: Arc<Gateway>, caught_up: tokio::sync::oneshot::Sender<()>) {
+    let mut caught_up = Some(caught_up);
     loop {
+        let empty = gateway
+            .streams
+            .status
+            .status()
+            .await
+            .is_ok_and(|s| s.values() == 0);
         match gateway.streams.status.watch_with_history(">").await {
             Ok(mut entries) => {
+                if empty {
+                    caught_up.take().map(|tx| tx.send(()));
+                }
                 while let Some(entry) = entries.next().await {
                     let Ok(entry) = entry else { break };
                     if let Ok(view) = serde_json::from_slice::<AuctionView>(&entry.value) {
@@ -221,6 +233,9 @@ pub(super) async fn watch_fill(gateway: Arc<Gateway>) {
                         if view.sold_out {
                             gateway.view.sold_out.write().unwrap().insert(entry.key);
                         }
+                    }
+                    if entry.delta == 0 {
+                        caught_up.take().map(|tx| tx.send(()));
                     }
                 }
             }
