@@ -98,7 +98,7 @@ async fn a_lost_snapshot_is_rebuilt_from_the_streams_without_duplicates() {
     assert_replay_matches_outcomes(&h).await;
 }
 
-fn serve(h: &Harness) -> std::process::Child {
+fn serve(h: &Harness) -> common::Serve {
     common::serve_process(h, &[], &[])
 }
 

@@ -285,8 +285,33 @@ fn serve_command(
     command
 }
 
+/// An `allot serve` child process, killed when dropped: a test that fails
+/// midway must not leave one running, reconnecting to whatever server
+/// later takes its port.
+pub struct Serve(pub std::process::Child);
+
+impl std::ops::Deref for Serve {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Serve {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `allot serve` on the harness's data directory, stderr discarded.
-pub fn serve_process(h: &Harness, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+pub fn serve_process(h: &Harness, args: &[&str], env: &[(&str, &str)]) -> Serve {
     serve_process_in(h, h.data_dir(), args, env)
 }
 
@@ -296,11 +321,13 @@ pub fn serve_process_in(
     data_dir: &Path,
     args: &[&str],
     env: &[(&str, &str)],
-) -> std::process::Child {
-    serve_command(h, data_dir, args, env)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("allot serve starts")
+) -> Serve {
+    Serve(
+        serve_command(h, data_dir, args, env)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("allot serve starts"),
+    )
 }
 
 /// Runs `allot serve` with `data_dir` and `args`, expects it to fail, and
