@@ -150,6 +150,16 @@ struct Settled {
     verdict: SettledAs,
 }
 
+impl Settled {
+    fn new(bidder_id: &str, verdict: Verdict, seq: u64) -> Settled {
+        Settled {
+            seq,
+            owner: owner(bidder_id),
+            verdict: verdict.into(),
+        }
+    }
+}
+
 /// As much of a verdict as later withdraws and raises need.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SettledAs {
@@ -285,14 +295,8 @@ impl Auction {
     }
 
     fn record(&mut self, bid_id: &str, bidder_id: &str, verdict: Verdict, seq: u64) {
-        self.decided.insert(
-            bid_id.into(),
-            Settled {
-                seq,
-                owner: owner(bidder_id),
-                verdict: verdict.into(),
-            },
-        );
+        self.decided
+            .insert(bid_id.into(), Settled::new(bidder_id, verdict, seq));
         if let Verdict::Confirmed { rank } = verdict {
             self.confirmed = self.confirmed.max(rank);
             *self.wins.entry(bidder_id.into()).or_insert(0) += 1;
@@ -385,18 +389,8 @@ impl Ledger {
     pub fn decide(&mut self, t: &TryEvent, seq: u64) -> Step {
         let step = self.judge(t);
         let Some(auction) = self.auctions.get_mut(&t.auction_id) else {
-            if let Step::Decided(_) = step {
-                self.orphans
-                    .entry(t.auction_id.clone())
-                    .or_default()
-                    .insert(
-                        t.bid_id.as_str().into(),
-                        Settled {
-                            seq,
-                            owner: owner(&t.bidder_id),
-                            verdict: SettledAs::Cancelled,
-                        },
-                    );
+            if let Step::Decided(verdict) = step {
+                self.record_orphan(&t.auction_id, &t.bid_id, &t.bidder_id, verdict, seq);
             }
             return step;
         };
@@ -647,18 +641,10 @@ impl Ledger {
                 auction.record(&t.bid_id, &t.bidder_id, invalid, seq);
             }
             None => {
-                let decided = self.orphans.entry(t.auction_id.clone()).or_default();
-                if decided.contains_key(t.bid_id.as_str()) {
+                if self.is_decided(&t.auction_id, &t.bid_id) {
                     return Step::Duplicate;
                 }
-                decided.insert(
-                    t.bid_id.as_str().into(),
-                    Settled {
-                        seq,
-                        owner: owner(&t.bidder_id),
-                        verdict: invalid.into(),
-                    },
-                );
+                self.record_orphan(&t.auction_id, &t.bid_id, &t.bidder_id, invalid, seq);
             }
         }
         Step::Decided(invalid)
@@ -686,20 +672,23 @@ impl Ledger {
     ) {
         match self.auctions.get_mut(auction_id) {
             Some(auction) => auction.record(bid_id, bidder_id, verdict, seq),
-            None => {
-                self.orphans
-                    .entry(auction_id.to_string())
-                    .or_default()
-                    .insert(
-                        bid_id.into(),
-                        Settled {
-                            seq,
-                            owner: owner(bidder_id),
-                            verdict: verdict.into(),
-                        },
-                    );
-            }
+            None => self.record_orphan(auction_id, bid_id, bidder_id, verdict, seq),
         }
+    }
+
+    /// Records a decision on a try for an auction never opened.
+    fn record_orphan(
+        &mut self,
+        auction_id: &str,
+        bid_id: &str,
+        bidder_id: &str,
+        verdict: Verdict,
+        seq: u64,
+    ) {
+        self.orphans
+            .entry(auction_id.to_string())
+            .or_default()
+            .insert(bid_id.into(), Settled::new(bidder_id, verdict, seq));
     }
 
     /// An auction's state besides its decisions; `None` for an auction

@@ -269,9 +269,7 @@ impl LogEvent {
             // not reach the core: no slot to hold, no win allowed.
             LogEvent::Open(o) => o.spec.capacity >= 1 && o.spec.max_wins_per_bidder >= 1,
             LogEvent::Close(_) => true,
-            LogEvent::Try(t) => {
-                valid_id(&t.bid_id) && valid_id(&t.bidder_id) && t.amount <= MAX_AMOUNT
-            }
+            LogEvent::Try(t) => t.well_formed(),
             LogEvent::Withdraw(w) => valid_id(&w.bid_id) && valid_id(&w.bidder_id),
             LogEvent::Raise(r) => {
                 valid_id(&r.bid_id)
@@ -316,9 +314,7 @@ impl LogEntry {
         };
         if kind == "try" {
             if let Some(t) = read_try(payload) {
-                let well_formed =
-                    valid_id(&t.bid_id) && valid_id(&t.bidder_id) && t.amount <= MAX_AMOUNT;
-                if t.auction_id == auction_id && well_formed {
+                if t.auction_id == auction_id && t.well_formed() {
                     return LogEntry::Event(LogEvent::Try(t));
                 }
             }
@@ -414,6 +410,11 @@ impl TryEvent {
     /// JetStream de-duplication id: one try per (auction, bid).
     pub fn msg_id(auction_id: &str, bid_id: &str) -> String {
         subjects::join(&["try:", auction_id, ":", bid_id])
+    }
+
+    /// Valid ids and an amount in range.
+    fn well_formed(&self) -> bool {
+        valid_id(&self.bid_id) && valid_id(&self.bidder_id) && self.amount <= MAX_AMOUNT
     }
 }
 
