@@ -1,6 +1,6 @@
 //! Opening auctions and reading their status.
 
-mod common;
+use crate::common;
 
 use allot::wire::AuctionSpec;
 use chrono::Utc;

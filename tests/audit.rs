@@ -1,7 +1,7 @@
 //! `allot audit` against a real history: a faithful one passes, a forged
 //! outcome is found, and the command's exit code says which.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 

@@ -1,7 +1,7 @@
 //! Bad input: every malformed request gets an error naming what is wrong,
 //! nothing is written, and the service keeps serving.
 
-mod common;
+use crate::common;
 
 use allot::wire::{AuctionSpec, BidReply};
 use common::{assert_matches, bid, raw, Harness};

@@ -1,7 +1,7 @@
 //! Bidding end to end against a real nats-server: many concurrent bids,
 //! the winners, and the outcome subjects.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! The `allot` binary's commands against a running service.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};

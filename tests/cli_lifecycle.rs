@@ -3,7 +3,7 @@
 //! reply and log event checked against its schema, and the exit status of
 //! each refusal and error.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 

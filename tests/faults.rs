@@ -1,6 +1,6 @@
 //! Faults outside the service: NATS itself stops and comes back.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! auctions with held notices, closes (by request and at the deadline) and
 //! raises.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! strategies, and of allot's whole bid lifecycle, failing on any invariant
 //! break.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

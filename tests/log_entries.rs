@@ -1,7 +1,7 @@
 //! Entries in the log that the gateway did not write: the verifier decides
 //! around them and never lets them block an auction.
 
-mod common;
+use crate::common;
 
 use futures::StreamExt;
 

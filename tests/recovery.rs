@@ -1,7 +1,7 @@
 //! Restarts: with the snapshot, without it, and after `kill -9` of a real
 //! `allot serve` process in the middle of a bidding run.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Resent bids, conflicts and fast rejects: nothing written twice, and a
 //! resend always gets its original reply.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! what the request decoders refuse, and they refuse what allot never
 //! writes.
 
-mod common;
+use crate::common;
 
 use allot::wire::{
     decode_close, decode_open, decode_raise, decode_withdraw, timestamp, AuctionSpec, AuctionState,

@@ -1,7 +1,7 @@
 //! The optimistic and the locking strategies on a real server: what allot
 //! is compared against must itself be correct.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

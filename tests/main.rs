@@ -1,0 +1,21 @@
+//! Every integration test in one binary: each test file is a module here.
+//! One binary links the service and its dependencies once instead of once
+//! per file, which took most of a test build's time and disk.
+
+mod common;
+
+mod access;
+mod auctions;
+mod audit;
+mod bad_input;
+mod bidding;
+mod cli;
+mod cli_lifecycle;
+mod faults;
+mod lifecycle;
+mod loadtest;
+mod log_entries;
+mod recovery;
+mod resends;
+mod schemas;
+mod strategies;
