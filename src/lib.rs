@@ -40,6 +40,7 @@ pub mod faults;
 pub mod gateway;
 pub mod loadtest;
 pub mod nats_server;
+pub mod observe;
 pub mod service;
 pub mod snapshot;
 pub mod strategies;

@@ -1,13 +1,19 @@
 //! `allot serve` as a library call: connect, create the streams, run the
 //! gateway and the verifier until shutdown.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
 
 use tokio::sync::watch;
 
 use crate::client::{connect, flush};
 use crate::error::{Error, ErrorKind, Result};
 use crate::gateway::{self, GatewayConfig};
+use crate::observe::{http, micro, Metrics};
 use crate::streams::{StreamOptions, Streams};
 use crate::verifier::{self, VerifierConfig};
 use crate::wire::Subjects;
@@ -39,6 +45,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     /// Verifier settings.
     pub verifier: VerifierConfig,
+    /// Where to serve the Prometheus page (`GET /metrics`), if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -50,6 +58,7 @@ impl Default for Config {
             streams: StreamOptions::default(),
             gateway: GatewayConfig::default(),
             verifier: VerifierConfig::default(),
+            metrics_addr: None,
         }
     }
 }
@@ -60,6 +69,14 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
     // The gateway watches the verifier's progress through its consumer.
     config.gateway.verifier_consumer = config.verifier.consumer.clone();
     let role = config.role;
+    // Bound first, so that a taken address fails the start, not a scrape.
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            Error::with_source(ErrorKind::Config, e)
+                .context(format!("cannot serve --metrics-addr {addr}"))
+        })?),
+        None => None,
+    };
     let client = connect(&config.nats_url).await?;
     let js = async_nats::jetstream::new(client.clone());
     let streams = Streams::ensure(js, config.subjects.clone(), &config.streams).await?;
@@ -72,18 +89,40 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
     let signal = |mut rx: watch::Receiver<()>| async move {
         let _ = rx.changed().await;
     };
+    let metrics = Arc::new(Metrics::default());
+    let registration = micro::Registration {
+        subjects: config.subjects.clone(),
+        serves_requests: role != Role::Verifier,
+        metadata: HashMap::from([
+            ("role".to_string(), format!("{role:?}").to_lowercase()),
+            ("prefix".to_string(), config.subjects.prefix().to_string()),
+        ]),
+    };
+    let micro = tokio::spawn(micro::serve(
+        client.clone(),
+        registration,
+        metrics.clone(),
+        signal(stopped.clone()),
+    ));
+    let page = metrics_listener.map(|listener| {
+        let lag = Arc::new(http::Lag {
+            streams: streams.clone(),
+            consumer: config.verifier.consumer.clone(),
+        });
+        tokio::spawn(http::serve(listener, metrics.clone(), lag, signal(stopped.clone())))
+    });
     // Each half runs as its own task, on its own connection: a connection
     // is served by one task in the client, and the gateway's requests and
     // the verifier's deliveries and acks then use both cores.
     let gateway = {
-        let (client, streams) = (client.clone(), streams.clone());
+        let (client, streams, metrics) = (client.clone(), streams.clone(), metrics.clone());
         let (config, stopped) = (config.gateway.clone(), stopped.clone());
         let stop = stop.clone();
         tokio::spawn(async move {
             if role == Role::Verifier {
                 return Ok(());
             }
-            let result = gateway::run(client.clone(), streams, config, signal(stopped)).await;
+            let result = gateway::run(client.clone(), streams, config, metrics, signal(stopped)).await;
             // The last replies; in this task, so that it overlaps the
             // verifier's own stopping.
             let flushed = flush(&client).await;
@@ -92,7 +131,7 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
         })
     };
     let verifier = {
-        let (stopped, stop) = (stopped.clone(), stop.clone());
+        let (stopped, stop, metrics) = (stopped.clone(), stop.clone(), metrics.clone());
         let (url, subjects) = (config.nats_url.clone(), config.subjects.clone());
         let (streams_config, config) = (config.streams.clone(), config.verifier.clone());
         tokio::spawn(async move {
@@ -103,7 +142,7 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
                 let client = connect(&url).await?;
                 let js = async_nats::jetstream::new(client.clone());
                 let streams = Streams::ensure(js, subjects, &streams_config).await?;
-                let result = verifier::run(streams, config, signal(stopped)).await;
+                let result = verifier::run(streams, config, metrics, signal(stopped)).await;
                 let flushed = flush(&client).await;
                 result?;
                 flushed
@@ -121,6 +160,14 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
         }
     };
     let (_, gateway, verifier) = tokio::join!(trigger, gateway, verifier);
+    // Both stop on the same signal; a failure to answer stats is no
+    // failure of the service.
+    if let Ok(Err(e)) = micro.await {
+        tracing::warn!(error = %e, "micro service answers stopped");
+    }
+    if let Some(page) = page {
+        let _ = page.await;
+    }
     gateway.map_err(panicked)??;
     verifier.map_err(panicked)??;
     Ok(())

@@ -38,6 +38,10 @@ pub struct Args {
     /// verifier takes over this long after the last renewal.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub lease_secs: u64,
+    /// Serve Prometheus metrics at http://<addr>/metrics (for example
+    /// 127.0.0.1:9464). Off unless given.
+    #[arg(long, env = "ALLOT_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
@@ -61,6 +65,7 @@ pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
             },
             ..VerifierConfig::default()
         },
+        metrics_addr: args.metrics_addr,
         ..Config::default()
     };
     service::run(config, super::shutdown_signal()).await?;

@@ -18,6 +18,7 @@ mod view;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::{Client, HeaderMap, Message, Subject};
@@ -25,8 +26,9 @@ use futures::StreamExt;
 use tokio::sync::Semaphore;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::observe::{BidResult, Endpoint, Metrics};
 use crate::streams::Streams;
-use crate::wire::{self, AuctionSpec, ErrorCode, LogEvent, Reply, RequestError};
+use crate::wire::{self, AuctionSpec, BidReply, ErrorCode, LogEvent, Reply, RequestError};
 use view::View;
 
 /// How long a stopping gateway waits for its subscriptions to drain, and
@@ -68,6 +70,8 @@ struct Gateway {
     config: GatewayConfig,
     /// What this gateway knows of each auction.
     view: View,
+    /// Request counts for the operators' metrics.
+    metrics: Arc<Metrics>,
 }
 
 /// Serves requests until `shutdown` completes, then stops taking new ones,
@@ -76,6 +80,7 @@ pub async fn run(
     client: Client,
     streams: Streams,
     config: GatewayConfig,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let gateway = Arc::new(Gateway {
@@ -83,6 +88,7 @@ pub async fn run(
         streams,
         config: config.clone(),
         view: View::default(),
+        metrics,
     });
     // A gateway that answered bids before its view of sold-out and closed
     // auctions had caught up could accept a resend that another gateway
@@ -96,15 +102,8 @@ pub async fn run(
     }
     let subjects = gateway.streams.subjects.clone();
     let mut requests = futures::stream::SelectAll::new();
-    for kind in [
-        "bid",
-        "withdraw",
-        "raise",
-        "admin.open",
-        "admin.close",
-        "status",
-    ] {
-        let subject = subjects.request_wildcard(kind);
+    for endpoint in Endpoint::ALL {
+        let subject = subjects.request_wildcard(endpoint.kind());
         let sub = client
             .queue_subscribe(subject.clone(), QUEUE_GROUP.into())
             .await
@@ -153,39 +152,55 @@ impl Gateway {
             tracing::debug!(subject = %message.subject, "request without a reply subject ignored");
             return;
         };
+        let received = Instant::now();
         let prefix = self.streams.subjects.prefix();
         let kind = message
             .subject
             .strip_prefix(prefix)
             .and_then(|rest| rest.strip_prefix('.'))
             .unwrap_or_default();
-        if kind.starts_with("bid.") {
-            self.respond(reply_to, self.bid(&message).await).await
-        } else if kind.starts_with("withdraw.") {
-            self.respond(reply_to, self.withdraw(&message).await).await
-        } else if kind.starts_with("raise.") {
-            self.respond(reply_to, self.raise(&message).await).await
-        } else if kind.starts_with("admin.close.") {
-            self.respond(reply_to, self.close(&message).await).await
-        } else if kind.starts_with("admin.open.") {
-            self.respond(reply_to, self.open(&message).await).await
-        } else {
-            self.respond(reply_to, self.status(&message).await).await
-        }
+        // Only the six kinds are subscribed to.
+        let endpoint = Endpoint::of(kind).unwrap_or(Endpoint::Status);
+        let error = match endpoint {
+            Endpoint::Bid => {
+                let result = self.bid(&message).await;
+                self.metrics.bid(match &result {
+                    Ok(BidReply::Accepted { .. }) => BidResult::Accepted,
+                    Ok(BidReply::Rejected { .. }) => BidResult::Rejected,
+                    _ => BidResult::Error,
+                });
+                self.respond(reply_to, result).await
+            }
+            Endpoint::Withdraw => self.respond(reply_to, self.withdraw(&message).await).await,
+            Endpoint::Raise => self.respond(reply_to, self.raise(&message).await).await,
+            Endpoint::Close => self.respond(reply_to, self.close(&message).await).await,
+            Endpoint::Open => self.respond(reply_to, self.open(&message).await).await,
+            Endpoint::Status => self.respond(reply_to, self.status(&message).await).await,
+        };
+        let error = error.as_ref().map(|(code, text)| (*code, text.as_str()));
+        self.metrics.request(endpoint, received.elapsed(), error);
     }
 
     /// Sends a reply; error replies also carry the NATS micro error headers.
-    async fn respond<R: Reply>(&self, reply_to: Subject, result: Result<R, RequestError>) {
+    /// Returns an error reply's status code and text, for the stats.
+    async fn respond<R: Reply>(
+        &self,
+        reply_to: Subject,
+        result: Result<R, RequestError>,
+    ) -> Option<(u16, String)> {
         let reply = result.unwrap_or_else(R::from);
         let body = serde_json::to_vec(&reply)
             .expect("replies serialize")
             .into();
-        let sent = match reply.error() {
+        let error = reply
+            .error()
+            .map(|(code, text)| (code.status(), one_line(text)));
+        let sent = match &error {
             None => self.client.publish(reply_to, body).await,
             Some((code, text)) => {
                 let mut headers = HeaderMap::new();
-                headers.insert(wire::SERVICE_ERROR, one_line(text).as_str());
-                headers.insert(wire::SERVICE_ERROR_CODE, code.status().to_string().as_str());
+                headers.insert(wire::SERVICE_ERROR, text.as_str());
+                headers.insert(wire::SERVICE_ERROR_CODE, code.to_string().as_str());
                 self.client
                     .publish_with_headers(reply_to, headers, body)
                     .await
@@ -194,6 +209,7 @@ impl Gateway {
         if let Err(e) = sent {
             tracing::warn!(error = %e, "cannot send reply");
         }
+        error
     }
 
     /// An auction's spec: from the cache, else from its `open` event (the

@@ -30,6 +30,8 @@ mod recovery;
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::stream::DirectGetErrorKind;
@@ -39,6 +41,7 @@ use futures::StreamExt;
 use crate::core::{Decision, Ledger, Step, Verdict};
 use crate::error::{Error, ErrorKind, Result};
 use crate::faults::{crash_point, stall_point};
+use crate::observe::Metrics;
 use crate::snapshot::{Batch, Position, Snapshot, StoredOutcome, Sync};
 use crate::streams::Streams;
 use crate::wire::{
@@ -90,6 +93,7 @@ impl Default for VerifierConfig {
 pub async fn run(
     streams: Streams,
     config: VerifierConfig,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     tokio::pin!(shutdown);
@@ -98,8 +102,10 @@ pub async fn run(
         _ = &mut shutdown => return Ok(()),
         lease = Lease::acquire(streams.leases.clone(), &config.data_dir, streams.lease_ttl) => lease?,
     };
-    let result = follow(&streams, &config, &lease, &mut shutdown).await;
+    metrics.partitions_owned.store(1, Ordering::Relaxed);
+    let result = follow(&streams, &config, &lease, &metrics, &mut shutdown).await;
     lease.release().await;
+    metrics.partitions_owned.store(0, Ordering::Relaxed);
     result
 }
 
@@ -108,13 +114,14 @@ async fn follow(
     streams: &Streams,
     config: &VerifierConfig,
     lease: &Lease,
+    metrics: &Metrics,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Result<()> {
     let mut backoff = Duration::from_millis(200);
     let mut first = true;
     loop {
         let started = tokio::time::Instant::now();
-        match run_once(streams, config, lease, shutdown, first).await {
+        match run_once(streams, config, lease, metrics, shutdown, first).await {
             Ok(()) => {
                 tracing::info!("verifier stopped");
                 return Ok(());
@@ -142,6 +149,8 @@ struct Verifier<'a> {
     streams: &'a Streams,
     /// Checked before each batch: only the lease holder decides.
     lease: &'a Lease,
+    /// Counts outcomes for the operators' metrics.
+    metrics: &'a Metrics,
     /// `None` only while a blocking snapshot call has it.
     snapshot: Option<Snapshot>,
     /// The decision state, equal to the snapshot's after each batch.
@@ -179,11 +188,12 @@ async fn run_once(
     streams: &Streams,
     config: &VerifierConfig,
     lease: &Lease,
+    metrics: &Metrics,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
     first: bool,
 ) -> std::result::Result<(), Failure> {
     let started = async {
-        let v = Verifier::start(streams, lease, config).await?;
+        let v = Verifier::start(streams, lease, metrics, config).await?;
         let consumer = align_consumer(streams, v.position.last_seq, config).await?;
         Ok::<_, Error>((v, consumer))
     };
@@ -472,6 +482,9 @@ impl Verifier<'_> {
     /// the snapshot's record of what is published, then the ack of its tries.
     async fn finish(&mut self, batch: InFlight, acked: u64) -> Result<()> {
         self.already_published.stored_through(acked);
+        for d in &batch.decided {
+            self.metrics.outcome(&d.outcome);
+        }
         let outcomes = batch.decided.iter().map(|d| &d.outcome);
         announce_sold_out(self.streams, &self.ledger, outcomes).await?;
         announce_closed(self.streams, &self.ledger, &batch.announce).await?;

@@ -13,6 +13,7 @@ use super::lease::Lease;
 use super::outcomes::{announce_closed, announce_sold_out, publish};
 use super::{blocking, Verifier, VerifierConfig};
 use crate::core::Ledger;
+use crate::observe::Metrics;
 use crate::error::{Error, ErrorKind, Result};
 use crate::snapshot::{Position, Snapshot, SnapshotError, StoredOutcome, Sync};
 use crate::streams::Streams;
@@ -24,6 +25,7 @@ impl<'a> Verifier<'a> {
     pub(super) async fn start(
         streams: &'a Streams,
         lease: &'a Lease,
+        metrics: &'a Metrics,
         config: &VerifierConfig,
     ) -> Result<Verifier<'a>> {
         let log = log_info(streams).await?;
@@ -55,6 +57,7 @@ impl<'a> Verifier<'a> {
         let mut v = Verifier {
             streams,
             lease,
+            metrics,
             snapshot: Some(snapshot),
             ledger,
             position,

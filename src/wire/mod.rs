@@ -457,6 +457,33 @@ pub enum CancelReason {
     Outbid,
 }
 
+impl CancelReason {
+    pub const ALL: [CancelReason; 8] = [
+        CancelReason::CapacityFull,
+        CancelReason::AuctionClosed,
+        CancelReason::BelowMinimum,
+        CancelReason::BidderLimit,
+        CancelReason::UnknownAuction,
+        CancelReason::InvalidEvent,
+        CancelReason::Withdrawn,
+        CancelReason::Outbid,
+    ];
+
+    /// As written in outcome events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CancelReason::CapacityFull => "capacity_full",
+            CancelReason::AuctionClosed => "auction_closed",
+            CancelReason::BelowMinimum => "below_minimum",
+            CancelReason::BidderLimit => "bidder_limit",
+            CancelReason::UnknownAuction => "unknown_auction",
+            CancelReason::InvalidEvent => "invalid_event",
+            CancelReason::Withdrawn => "withdrawn",
+            CancelReason::Outbid => "outbid",
+        }
+    }
+}
+
 /// The one final decision on one try (stream `<PREFIX>_OUTCOMES`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutcomeEvent {

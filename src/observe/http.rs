@@ -1,0 +1,184 @@
+//! The Prometheus page: `GET /metrics` on `--metrics-addr`, in the text
+//! exposition format (version 0.0.4).
+//!
+//! A scrape is one small request every few seconds, so this is a plain
+//! HTTP/1.1 responder on a tokio listener rather than a web framework in
+//! the build: it reads the request head, answers, and closes.
+
+use std::future::Future;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{BidResult, Endpoint, Metrics, LATENCY_BOUNDS};
+use crate::streams::Streams;
+use crate::wire::CancelReason;
+
+/// Where the verifier's lag is read: the log and its consumer.
+pub struct Lag {
+    pub streams: Streams,
+    pub consumer: String,
+}
+
+impl Lag {
+    /// Log entries not yet decided and acked: undelivered plus delivered
+    /// but unacked. `None` when NATS cannot say.
+    async fn pending(&self) -> Option<u64> {
+        let mut consumer: PullConsumer = self
+            .streams
+            .log
+            .get_consumer(&self.consumer)
+            .await
+            .ok()?;
+        let info = consumer.info().await.ok()?;
+        Some(info.num_pending + info.num_ack_pending as u64)
+    }
+}
+
+/// Serves the page until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    lag: Arc<Lag>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (socket, _) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics listener");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let (metrics, lag) = (metrics.clone(), lag.clone());
+        tokio::spawn(async move {
+            // A client that never finishes its request holds nothing for long.
+            let answered = tokio::time::timeout(
+                Duration::from_secs(10),
+                answer(socket, &metrics, &lag),
+            );
+            if let Ok(Err(e)) = answered.await {
+                tracing::debug!(error = %e, "metrics request");
+            }
+        });
+    }
+}
+
+async fn answer(mut socket: TcpStream, metrics: &Metrics, lag: &Lag) -> std::io::Result<()> {
+    // The request line is all that matters; read until the head ends.
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+        let n = socket.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or("");
+    let (status, content_type, body) = match (method, path) {
+        ("GET", "/metrics") => {
+            let pending = lag.pending().await;
+            (
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                render(metrics, pending),
+            )
+        }
+        ("GET", _) => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "only /metrics is served here\n".to_string(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain; charset=utf-8",
+            "only GET /metrics is served here\n".to_string(),
+        ),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(response.as_bytes()).await?;
+    socket.shutdown().await
+}
+
+/// The page's text. `pending` is the verifier's lag, when known.
+pub fn render(m: &Metrics, pending: Option<u64>) -> String {
+    let mut out = String::with_capacity(4096);
+    let mut w = |line: String| {
+        out.push_str(&line);
+        out.push('\n');
+    };
+
+    w(header("allot_bids_total", "counter", "Bid requests answered, by result."));
+    for (result, label) in [
+        (BidResult::Accepted, "accepted"),
+        (BidResult::Rejected, "rejected"),
+        (BidResult::Error, "error"),
+    ] {
+        w(format!("allot_bids_total{{result=\"{label}\"}} {}", m.bids(result)));
+    }
+
+    w(header("allot_requests_total", "counter", "Requests answered, by endpoint."));
+    for e in Endpoint::ALL {
+        let n = m.endpoint(e).requests.load(Relaxed);
+        w(format!("allot_requests_total{{endpoint=\"{}\"}} {n}", e.name()));
+    }
+    w(header("allot_request_errors_total", "counter", "Error replies, by endpoint."));
+    for e in Endpoint::ALL {
+        let n = m.endpoint(e).errors.load(Relaxed);
+        w(format!("allot_request_errors_total{{endpoint=\"{}\"}} {n}", e.name()));
+    }
+
+    w(header("allot_outcomes_total", "counter", "Outcomes published by this process's verifier, by type and reason."));
+    w(format!("allot_outcomes_total{{type=\"confirmed\",reason=\"\"}} {}", m.confirmed()));
+    for reason in CancelReason::ALL {
+        w(format!(
+            "allot_outcomes_total{{type=\"cancelled\",reason=\"{}\"}} {}",
+            reason.as_str(),
+            m.cancelled(reason)
+        ));
+    }
+
+    w(header("allot_decision_latency_seconds", "histogram", "From a try's tried_at to its outcome's decided_at."));
+    let mut cumulative = 0;
+    for (i, bound) in LATENCY_BOUNDS.iter().enumerate() {
+        cumulative += m.latency[i].load(Relaxed);
+        w(format!("allot_decision_latency_seconds_bucket{{le=\"{bound}\"}} {cumulative}"));
+    }
+    cumulative += m.latency[LATENCY_BOUNDS.len()].load(Relaxed);
+    w(format!("allot_decision_latency_seconds_bucket{{le=\"+Inf\"}} {cumulative}"));
+    w(format!(
+        "allot_decision_latency_seconds_sum {}",
+        m.latency_sum_us.load(Relaxed) as f64 / 1e6
+    ));
+    w(format!("allot_decision_latency_seconds_count {cumulative}"));
+
+    // One partition, the whole log, until partitioning lands.
+    w(header("allot_verifier_pending", "gauge", "Log entries not yet decided and acked, per partition."));
+    if let Some(pending) = pending {
+        w(format!("allot_verifier_pending{{partition=\"0\"}} {pending}"));
+    }
+    w(header("allot_partitions_owned", "gauge", "Partitions this process decides."));
+    w(format!("allot_partitions_owned {}", m.partitions_owned.load(Relaxed)));
+    out
+}
+
+fn header(name: &str, kind: &str, help: &str) -> String {
+    format!("# HELP {name} {help}\n# TYPE {name} {kind}")
+}

@@ -1,0 +1,196 @@
+//! What an operator sees of a running `allot serve`: counters kept by the
+//! gateway and the verifier as they work, answered as NATS micro service
+//! stats (`$SRV.PING`, `$SRV.INFO`, `$SRV.STATS`, in [`micro`]) and as a
+//! Prometheus page (`--metrics-addr`, in [`http`]).
+//!
+//! Counting is a few relaxed atomic adds per request or outcome, so that
+//! it costs the bid path next to nothing; everything else (the verifier's
+//! lag, the text formats) is computed when someone asks.
+
+pub mod http;
+pub mod micro;
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::wire::{CancelReason, OutcomeEvent, OutcomeKind};
+
+/// The request endpoints a gateway serves, in the order they are listed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Bid,
+    Withdraw,
+    Raise,
+    Open,
+    Close,
+    Status,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 6] = [
+        Endpoint::Bid,
+        Endpoint::Withdraw,
+        Endpoint::Raise,
+        Endpoint::Open,
+        Endpoint::Close,
+        Endpoint::Status,
+    ];
+
+    /// The endpoint's name in `$SRV` answers and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::Bid => "bid",
+            Endpoint::Withdraw => "withdraw",
+            Endpoint::Raise => "raise",
+            Endpoint::Open => "open",
+            Endpoint::Close => "close",
+            Endpoint::Status => "status",
+        }
+    }
+
+    /// The request kind in its subject, `<prefix>.<kind>.<auction_id>`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Endpoint::Bid => "bid",
+            Endpoint::Withdraw => "withdraw",
+            Endpoint::Raise => "raise",
+            Endpoint::Open => "admin.open",
+            Endpoint::Close => "admin.close",
+            Endpoint::Status => "status",
+        }
+    }
+
+    /// The endpoint a request subject's kind (after the prefix) belongs to.
+    pub fn of(kind: &str) -> Option<Endpoint> {
+        Endpoint::ALL.into_iter().find(|e| {
+            kind.strip_prefix(e.kind())
+                .is_some_and(|rest| rest.starts_with('.'))
+        })
+    }
+}
+
+/// What became of a bid request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BidResult {
+    /// A try is in the log (a resend's original reply included).
+    Accepted,
+    /// Refused early, before any try was written.
+    Rejected,
+    /// Bad input, or the gateway could not append.
+    Error,
+}
+
+/// Upper bounds of the decision-latency buckets, in seconds: from a try's
+/// `tried_at` to its outcome's `decided_at`.
+pub const LATENCY_BOUNDS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// One endpoint's counts.
+#[derive(Default)]
+pub struct EndpointStats {
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+    /// Total time from receiving a request to sending its reply.
+    pub processing_ns: AtomicU64,
+    /// The last error reply, as `code:text`; only written on errors.
+    pub last_error: Mutex<Option<(u16, String)>>,
+}
+
+/// The counters of one `allot serve` process. Shared by the gateway's
+/// request tasks and the verifier; read by the micro service and the
+/// metrics page.
+pub struct Metrics {
+    /// This process's id in `$SRV` answers: unique per start.
+    pub id: String,
+    pub started: chrono::DateTime<chrono::Utc>,
+    endpoints: [EndpointStats; 6],
+    bids: [AtomicU64; 3],
+    confirmed: AtomicU64,
+    cancelled: [AtomicU64; CancelReason::ALL.len()],
+    /// Decision latency: one count per bucket of [`LATENCY_BOUNDS`], then
+    /// the overflow.
+    latency: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    latency_sum_us: AtomicU64,
+    /// Partitions whose lease this process holds.
+    pub partitions_owned: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let started = chrono::Utc::now();
+        let nanos = started.timestamp_nanos_opt().unwrap_or_default() as u64;
+        Metrics {
+            // The pid tells processes on one host apart, the start time
+            // restarts of one pid apart.
+            id: format!("{:x}{:016x}", std::process::id(), nanos),
+            started,
+            endpoints: Default::default(),
+            bids: Default::default(),
+            confirmed: AtomicU64::new(0),
+            cancelled: Default::default(),
+            latency: Default::default(),
+            latency_sum_us: AtomicU64::new(0),
+            partitions_owned: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one answered request; `error` is the error reply's status
+    /// code and text, if it was one.
+    pub fn request(&self, endpoint: Endpoint, took: Duration, error: Option<(u16, &str)>) {
+        let stats = self.endpoint(endpoint);
+        stats.requests.fetch_add(1, Relaxed);
+        stats
+            .processing_ns
+            .fetch_add(took.as_nanos().min(u64::MAX as u128) as u64, Relaxed);
+        if let Some((code, text)) = error {
+            stats.errors.fetch_add(1, Relaxed);
+            *stats.last_error.lock().expect("lock poisoned") = Some((code, text.to_string()));
+        }
+    }
+
+    pub fn bid(&self, result: BidResult) {
+        self.bids[result as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a published outcome and how long its try waited for it.
+    pub fn outcome(&self, o: &OutcomeEvent) {
+        match (o.kind, o.reason) {
+            (OutcomeKind::Cancelled, Some(reason)) => {
+                self.cancelled[reason as usize].fetch_add(1, Relaxed);
+            }
+            _ => {
+                self.confirmed.fetch_add(1, Relaxed);
+            }
+        }
+        // Clocks of different hosts can disagree: a negative wait is zero.
+        let waited = (o.decided_at - o.tried_at).to_std().unwrap_or_default();
+        let secs = waited.as_secs_f64();
+        let bucket = LATENCY_BOUNDS
+            .iter()
+            .position(|&bound| secs <= bound)
+            .unwrap_or(LATENCY_BOUNDS.len());
+        self.latency[bucket].fetch_add(1, Relaxed);
+        self.latency_sum_us
+            .fetch_add(waited.as_micros().min(u64::MAX as u128) as u64, Relaxed);
+    }
+
+    pub fn endpoint(&self, endpoint: Endpoint) -> &EndpointStats {
+        &self.endpoints[endpoint as usize]
+    }
+
+    pub fn bids(&self, result: BidResult) -> u64 {
+        self.bids[result as usize].load(Relaxed)
+    }
+
+    pub fn confirmed(&self) -> u64 {
+        self.confirmed.load(Relaxed)
+    }
+
+    pub fn cancelled(&self, reason: CancelReason) -> u64 {
+        self.cancelled[reason as usize].load(Relaxed)
+    }
+}
