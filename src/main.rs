@@ -40,6 +40,8 @@ enum Command {
     Loadtest(cmd::loadtest::Args),
     /// Decide the log again offline and compare with the published outcomes.
     Audit(cmd::audit::Args),
+    /// Show running instances, partitions with owner and lag, and auction fill.
+    Status(cmd::status::Args),
 }
 
 #[tokio::main]
@@ -68,6 +70,7 @@ async fn main() -> std::process::ExitCode {
         Command::Demo(args) => cmd::demo::run(cli.common, args).await,
         Command::Loadtest(args) => cmd::loadtest::run(cli.common, args).await,
         Command::Audit(args) => cmd::audit::run(cli.common, args).await,
+        Command::Status(args) => cmd::status::run(cli.common, args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -109,7 +109,12 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
             streams: streams.clone(),
             consumer: config.verifier.consumer.clone(),
         });
-        tokio::spawn(http::serve(listener, metrics.clone(), lag, signal(stopped.clone())))
+        tokio::spawn(http::serve(
+            listener,
+            metrics.clone(),
+            lag,
+            signal(stopped.clone()),
+        ))
     });
     // Each half runs as its own task, on its own connection: a connection
     // is served by one task in the client, and the gateway's requests and
@@ -122,7 +127,8 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
             if role == Role::Verifier {
                 return Ok(());
             }
-            let result = gateway::run(client.clone(), streams, config, metrics, signal(stopped)).await;
+            let result =
+                gateway::run(client.clone(), streams, config, metrics, signal(stopped)).await;
             // The last replies; in this task, so that it overlaps the
             // verifier's own stopping.
             let flushed = flush(&client).await;

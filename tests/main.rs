@@ -15,6 +15,7 @@ mod faults;
 mod lifecycle;
 mod loadtest;
 mod log_entries;
+mod observability;
 mod recovery;
 mod resends;
 mod schemas;

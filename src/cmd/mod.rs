@@ -9,6 +9,7 @@ pub mod embedded;
 pub mod loadtest;
 pub mod raise;
 pub mod serve;
+pub mod status;
 pub mod watch;
 pub mod withdraw;
 

@@ -28,12 +28,8 @@ impl Lag {
     /// Log entries not yet decided and acked: undelivered plus delivered
     /// but unacked. `None` when NATS cannot say.
     async fn pending(&self) -> Option<u64> {
-        let mut consumer: PullConsumer = self
-            .streams
-            .log
-            .get_consumer(&self.consumer)
-            .await
-            .ok()?;
+        let mut consumer: PullConsumer =
+            self.streams.log.get_consumer(&self.consumer).await.ok()?;
         let info = consumer.info().await.ok()?;
         Some(info.num_pending + info.num_ack_pending as u64)
     }
@@ -62,10 +58,8 @@ pub async fn serve(
         let (metrics, lag) = (metrics.clone(), lag.clone());
         tokio::spawn(async move {
             // A client that never finishes its request holds nothing for long.
-            let answered = tokio::time::timeout(
-                Duration::from_secs(10),
-                answer(socket, &metrics, &lag),
-            );
+            let answered =
+                tokio::time::timeout(Duration::from_secs(10), answer(socket, &metrics, &lag));
             if let Ok(Err(e)) = answered.await {
                 tracing::debug!(error = %e, "metrics request");
             }
@@ -125,28 +119,56 @@ pub fn render(m: &Metrics, pending: Option<u64>) -> String {
         out.push('\n');
     };
 
-    w(header("allot_bids_total", "counter", "Bid requests answered, by result."));
+    w(header(
+        "allot_bids_total",
+        "counter",
+        "Bid requests answered, by result.",
+    ));
     for (result, label) in [
         (BidResult::Accepted, "accepted"),
         (BidResult::Rejected, "rejected"),
         (BidResult::Error, "error"),
     ] {
-        w(format!("allot_bids_total{{result=\"{label}\"}} {}", m.bids(result)));
+        w(format!(
+            "allot_bids_total{{result=\"{label}\"}} {}",
+            m.bids(result)
+        ));
     }
 
-    w(header("allot_requests_total", "counter", "Requests answered, by endpoint."));
+    w(header(
+        "allot_requests_total",
+        "counter",
+        "Requests answered, by endpoint.",
+    ));
     for e in Endpoint::ALL {
         let n = m.endpoint(e).requests.load(Relaxed);
-        w(format!("allot_requests_total{{endpoint=\"{}\"}} {n}", e.name()));
+        w(format!(
+            "allot_requests_total{{endpoint=\"{}\"}} {n}",
+            e.name()
+        ));
     }
-    w(header("allot_request_errors_total", "counter", "Error replies, by endpoint."));
+    w(header(
+        "allot_request_errors_total",
+        "counter",
+        "Error replies, by endpoint.",
+    ));
     for e in Endpoint::ALL {
         let n = m.endpoint(e).errors.load(Relaxed);
-        w(format!("allot_request_errors_total{{endpoint=\"{}\"}} {n}", e.name()));
+        w(format!(
+            "allot_request_errors_total{{endpoint=\"{}\"}} {n}",
+            e.name()
+        ));
     }
 
-    w(header("allot_outcomes_total", "counter", "Outcomes published by this process's verifier, by type and reason."));
-    w(format!("allot_outcomes_total{{type=\"confirmed\",reason=\"\"}} {}", m.confirmed()));
+    w(header(
+        "allot_outcomes_total",
+        "counter",
+        "Outcomes published by this process's verifier, by type and reason.",
+    ));
+    w(format!(
+        "allot_outcomes_total{{type=\"confirmed\",reason=\"\"}} {}",
+        m.confirmed()
+    ));
     for reason in CancelReason::ALL {
         w(format!(
             "allot_outcomes_total{{type=\"cancelled\",reason=\"{}\"}} {}",
@@ -155,14 +177,22 @@ pub fn render(m: &Metrics, pending: Option<u64>) -> String {
         ));
     }
 
-    w(header("allot_decision_latency_seconds", "histogram", "From a try's tried_at to its outcome's decided_at."));
+    w(header(
+        "allot_decision_latency_seconds",
+        "histogram",
+        "From a try's tried_at to its outcome's decided_at.",
+    ));
     let mut cumulative = 0;
     for (i, bound) in LATENCY_BOUNDS.iter().enumerate() {
         cumulative += m.latency[i].load(Relaxed);
-        w(format!("allot_decision_latency_seconds_bucket{{le=\"{bound}\"}} {cumulative}"));
+        w(format!(
+            "allot_decision_latency_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+        ));
     }
     cumulative += m.latency[LATENCY_BOUNDS.len()].load(Relaxed);
-    w(format!("allot_decision_latency_seconds_bucket{{le=\"+Inf\"}} {cumulative}"));
+    w(format!(
+        "allot_decision_latency_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+    ));
     w(format!(
         "allot_decision_latency_seconds_sum {}",
         m.latency_sum_us.load(Relaxed) as f64 / 1e6
@@ -170,12 +200,25 @@ pub fn render(m: &Metrics, pending: Option<u64>) -> String {
     w(format!("allot_decision_latency_seconds_count {cumulative}"));
 
     // One partition, the whole log, until partitioning lands.
-    w(header("allot_verifier_pending", "gauge", "Log entries not yet decided and acked, per partition."));
+    w(header(
+        "allot_verifier_pending",
+        "gauge",
+        "Log entries not yet decided and acked, per partition.",
+    ));
     if let Some(pending) = pending {
-        w(format!("allot_verifier_pending{{partition=\"0\"}} {pending}"));
+        w(format!(
+            "allot_verifier_pending{{partition=\"0\"}} {pending}"
+        ));
     }
-    w(header("allot_partitions_owned", "gauge", "Partitions this process decides."));
-    w(format!("allot_partitions_owned {}", m.partitions_owned.load(Relaxed)));
+    w(header(
+        "allot_partitions_owned",
+        "gauge",
+        "Partitions this process decides.",
+    ));
+    w(format!(
+        "allot_partitions_owned {}",
+        m.partitions_owned.load(Relaxed)
+    ));
     out
 }
 

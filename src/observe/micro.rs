@@ -135,15 +135,15 @@ fn stats(r: &Registration, m: &Metrics) -> Stats {
                 let s = m.endpoint(e);
                 let requests = s.requests.load(Relaxed);
                 let processing_time = Duration::from_nanos(s.processing_ns.load(Relaxed));
-                let last_error = s
-                    .last_error
-                    .lock()
-                    .expect("lock poisoned")
-                    .clone()
-                    .map(|(code, status)| error::Error {
-                        code: code.into(),
-                        status,
-                    });
+                let last_error =
+                    s.last_error
+                        .lock()
+                        .expect("lock poisoned")
+                        .clone()
+                        .map(|(code, status)| error::Error {
+                            code: code.into(),
+                            status,
+                        });
                 endpoint::Stats {
                     name: e.name().into(),
                     subject,

@@ -9,6 +9,7 @@
 
 pub mod http;
 pub mod micro;
+pub mod status;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
@@ -192,5 +193,61 @@ impl Metrics {
 
     pub fn cancelled(&self, reason: CancelReason) -> u64 {
         self.cancelled[reason as usize].load(Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_listed_in_declaration_order_with_their_wire_names() {
+        // The counters are indexed by `reason as usize`.
+        for (i, reason) in CancelReason::ALL.into_iter().enumerate() {
+            assert_eq!(reason as usize, i);
+            assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
+        }
+        for (i, e) in Endpoint::ALL.into_iter().enumerate() {
+            assert_eq!(e as usize, i);
+        }
+    }
+
+    #[test]
+    fn a_request_kind_names_its_endpoint() {
+        assert_eq!(Endpoint::of("bid.a1"), Some(Endpoint::Bid));
+        assert_eq!(Endpoint::of("admin.open.a1"), Some(Endpoint::Open));
+        assert_eq!(Endpoint::of("admin.close.a1"), Some(Endpoint::Close));
+        assert_eq!(Endpoint::of("status.a1"), Some(Endpoint::Status));
+        assert_eq!(Endpoint::of("bidder.a1"), None);
+        assert_eq!(Endpoint::of("admin.a1"), None);
+    }
+
+    #[test]
+    fn decision_latency_falls_in_its_bucket() {
+        let m = Metrics::default();
+        let mut o = OutcomeEvent {
+            kind: OutcomeKind::Confirmed,
+            bid_id: "b".into(),
+            auction_id: "a".into(),
+            bidder_id: "u".into(),
+            amount: 1,
+            try_seq: 1,
+            tried_at: chrono::Utc::now(),
+            decided_at: chrono::Utc::now(),
+            rank: Some(1),
+            reason: None,
+        };
+        o.decided_at = o.tried_at + chrono::Duration::milliseconds(3);
+        m.outcome(&o);
+        o.decided_at = o.tried_at - chrono::Duration::seconds(1);
+        m.outcome(&o);
+        o.decided_at = o.tried_at + chrono::Duration::seconds(60);
+        m.outcome(&o);
+        let counts: Vec<u64> = m.latency.iter().map(|c| c.load(Relaxed)).collect();
+        // 3 ms in the 5 ms bucket, a clock skew in the first, a minute over.
+        assert_eq!(counts[0], 1);
+        assert_eq!(counts[2], 1);
+        assert_eq!(counts[LATENCY_BOUNDS.len()], 1);
+        assert_eq!(m.confirmed(), 3);
     }
 }

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::error::{Error, ErrorKind, Result};
 
 /// The key of the verifier's lease in the leases bucket.
-const KEY: &str = "verifier";
+pub(crate) const KEY: &str = "verifier";
 
 /// Holds the data directory for this process alone, until dropped.
 pub(super) struct DirLock {

@@ -24,6 +24,7 @@
 //! taken from there rather than published twice.
 
 mod lease;
+pub(crate) use lease::KEY as LEASE_KEY;
 mod outcomes;
 mod recovery;
 

@@ -1,0 +1,233 @@
+//! `allot status`: what an operator wants to see at a glance, read from
+//! NATS alone (the streams, the verifier's consumer, the leases bucket and
+//! the running instances' `$SRV.PING` answers), so it works from any
+//! machine that can reach the cluster and changes nothing.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
+use async_nats::jetstream::{self, kv};
+use async_nats::service::PingResponse;
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::wire::{LogEvent, Policy, Subjects};
+
+/// How long `$SRV.PING` answers are collected.
+const PING_WAIT: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// Running `allot serve` processes.
+    pub instances: Vec<Instance>,
+    pub partitions: Vec<Partition>,
+    /// Auctions with the most tries first, at most the limit asked for.
+    pub auctions: Vec<AuctionFill>,
+    /// Auctions in the log in all.
+    pub auctions_total: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Instance {
+    pub id: String,
+    pub role: String,
+    pub version: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Partition {
+    pub partition: u32,
+    /// The log subjects it covers.
+    pub subjects: Vec<String>,
+    /// The lease holder (host and data directory), if any.
+    pub owner: Option<String>,
+    /// The log's last sequence.
+    pub log_last_seq: u64,
+    /// Log entries the verifier has not yet decided and acked.
+    pub pending: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AuctionFill {
+    pub auction_id: String,
+    pub capacity: u32,
+    pub policy: Policy,
+    pub tries: u64,
+    pub confirmed: u64,
+    pub cancelled: u64,
+    /// Tries with no outcome yet: held (in `top_amount` auctions) or not
+    /// yet decided.
+    pub open: u64,
+}
+
+/// Reads the status. `limit` bounds how many auctions are described.
+pub async fn read(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    consumer: &str,
+    limit: usize,
+) -> Result<Status> {
+    let js = jetstream::new(client.clone());
+    let mut log = js
+        .get_stream(subjects.tries_stream())
+        .await
+        .map_err(Error::wrap(
+            ErrorKind::Nats,
+            format!(
+                "stream {} (is allot serve running here?)",
+                subjects.tries_stream()
+            ),
+        ))?;
+    let outcomes = js
+        .get_stream(subjects.outcomes_stream())
+        .await
+        .map_err(Error::wrap(ErrorKind::Nats, subjects.outcomes_stream()))?;
+    let instances = instances(client).await?;
+
+    let log_last_seq = log
+        .info()
+        .await
+        .map_err(Error::wrap(ErrorKind::Nats, "log info"))?
+        .state
+        .last_sequence;
+    let pending = match log
+        .get_consumer::<jetstream::consumer::pull::Config>(consumer)
+        .await
+    {
+        Ok(mut c) => {
+            let c: &mut PullConsumer = &mut c;
+            let info = c
+                .info()
+                .await
+                .map_err(Error::wrap(ErrorKind::Nats, "verifier consumer"))?;
+            info.num_pending + info.num_ack_pending as u64
+        }
+        // No verifier has started yet: everything is pending.
+        Err(_) => log_last_seq,
+    };
+    let owner = match js.get_key_value(subjects.leases_bucket()).await {
+        Ok(bucket) => lease_owner(&bucket).await,
+        Err(_) => None,
+    };
+    let partitions = vec![Partition {
+        partition: 0,
+        subjects: subjects.log_subjects(),
+        owner,
+        log_last_seq,
+        pending,
+    }];
+
+    let prefix = subjects.prefix();
+    let opened = per_subject(&log, &format!("{prefix}.auction.*")).await?;
+    let tries = per_subject(&log, &format!("{prefix}.try.*")).await?;
+    let decided = per_subject(&outcomes, &format!("{prefix}.outcome.*.*")).await?;
+    let mut fills: Vec<AuctionFill> = opened
+        .keys()
+        .filter_map(|subject| subject.rsplit('.').next())
+        .map(|auction_id| {
+            let count = |subject: String| decided.get(&subject).copied().unwrap_or(0);
+            let tries = tries
+                .get(&subjects.try_event(auction_id))
+                .copied()
+                .unwrap_or(0);
+            let confirmed = count(format!("{prefix}.outcome.{auction_id}.confirmed"));
+            let cancelled = count(format!("{prefix}.outcome.{auction_id}.cancelled"));
+            AuctionFill {
+                auction_id: auction_id.to_string(),
+                capacity: 0,
+                policy: Policy::default(),
+                tries,
+                confirmed,
+                cancelled,
+                open: tries.saturating_sub(confirmed + cancelled),
+            }
+        })
+        .collect();
+    let auctions_total = fills.len();
+    fills.sort_by(|a, b| {
+        b.tries
+            .cmp(&a.tries)
+            .then_with(|| a.auction_id.cmp(&b.auction_id))
+    });
+    fills.truncate(limit);
+    // Each auction's settings are in its first event, the open.
+    for fill in &mut fills {
+        let subject = subjects.auction_event(&fill.auction_id);
+        match log.direct_get_first_for_subject(subject).await {
+            Ok(open) => {
+                if let Ok(LogEvent::Open(open)) = serde_json::from_slice(&open.payload) {
+                    fill.capacity = open.spec.capacity;
+                    fill.policy = open.spec.policy;
+                }
+            }
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => {}
+            Err(e) => return Err(Error::wrap(ErrorKind::Nats, fill.auction_id.clone())(e)),
+        }
+    }
+    Ok(Status {
+        instances,
+        partitions,
+        auctions: fills,
+        auctions_total,
+    })
+}
+
+/// Message counts per subject matching `filter`.
+async fn per_subject(stream: &Stream, filter: &str) -> Result<BTreeMap<String, u64>> {
+    let mut counts = BTreeMap::new();
+    let mut info = stream
+        .info_with_subjects(filter)
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::Nats, e).context(filter.to_string()))?;
+    while let Some(entry) = info.next().await {
+        let (subject, count) = entry
+            .map_err(|e| Error::with_source(ErrorKind::Nats, e).context(filter.to_string()))?;
+        counts.insert(subject, count as u64);
+    }
+    Ok(counts)
+}
+
+async fn lease_owner(bucket: &kv::Store) -> Option<String> {
+    let value = bucket.get(crate::verifier::LEASE_KEY).await.ok()??;
+    Some(String::from_utf8_lossy(&value).into_owned())
+}
+
+/// Every `allot serve` that answers `$SRV.PING.allot` within [`PING_WAIT`].
+async fn instances(client: &async_nats::Client) -> Result<Vec<Instance>> {
+    let inbox = client.new_inbox();
+    let mut answers = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::Nats, e).context("ping"))?;
+    client
+        .publish_with_reply(
+            format!("$SRV.PING.{}", super::micro::NAME),
+            inbox,
+            "".into(),
+        )
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::Nats, e).context("ping"))?;
+    let mut found = Vec::new();
+    let deadline = tokio::time::sleep(PING_WAIT);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => break,
+            answer = answers.next() => {
+                let Some(answer) = answer else { break };
+                if let Ok(ping) = serde_json::from_slice::<PingResponse>(&answer.payload) {
+                    found.push(Instance {
+                        role: ping.metadata.get("role").cloned().unwrap_or_default(),
+                        id: ping.id,
+                        version: ping.version,
+                    });
+                }
+            }
+        }
+    }
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(found)
+}

@@ -1,0 +1,173 @@
+//! What operators see: the NATS micro service answers, the Prometheus
+//! page and `allot status`, against a real `allot serve` process.
+
+use crate::common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use allot::wire::{AuctionSpec, BidReply};
+use async_nats::service::{Info, PingResponse, Stats};
+use common::{bid, raw, serve_failure, serve_process, Harness};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A 127.0.0.1 address nothing listens on (just now).
+fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+async fn http_get(addr: &str, path: &str) -> String {
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+async fn micro<T: serde::de::DeserializeOwned>(h: &Harness, subject: &str) -> T {
+    let answer = h
+        .client
+        .client
+        .request(subject.to_string(), "".into())
+        .await
+        .unwrap_or_else(|e| panic!("{subject}: {e}"));
+    serde_json::from_slice(&answer.payload).unwrap_or_else(|e| panic!("{subject}: {e}"))
+}
+
+fn allot_status(h: &Harness, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_allot"))
+        .arg("status")
+        .args(args)
+        .env("NATS_URL", h.server.url())
+        .output()
+        .expect("allot runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn micro_stats_metrics_page_and_status_count_what_happened() {
+    let h = Harness::server_only().await;
+    let addr = free_addr();
+    let _serve = serve_process(&h, &["--metrics-addr", &addr], &[]);
+    h.wait_until_serving().await;
+    h.open("obs", AuctionSpec::with_capacity(2)).await;
+
+    // Three bids for two slots, one for an auction that does not exist,
+    // one that is not JSON.
+    for (id, bidder) in [("b1", "u1"), ("b2", "u2"), ("b3", "u3")] {
+        let reply = h.client.bid("obs", &bid(id, bidder, 10)).await.unwrap();
+        assert!(matches!(reply, BidReply::Accepted { .. }), "{reply:?}");
+    }
+    let reply = h.client.bid("nowhere", &bid("b4", "u4", 10)).await.unwrap();
+    assert!(matches!(reply, BidReply::Rejected { .. }), "{reply:?}");
+    let subject = h.client.subjects.bid("obs");
+    let garbage = raw(&h, subject, b"not json").await;
+    assert!(
+        garbage.headers.is_some(),
+        "an error reply carries the micro headers"
+    );
+    h.wait_for_outcomes("obs", 3).await;
+
+    // $SRV: one instance, the six endpoints, the bid endpoint's counts.
+    let ping: PingResponse = micro(&h, "$SRV.PING.allot").await;
+    assert_eq!(ping.name, "allot");
+    assert_eq!(ping.metadata.get("role").map(String::as_str), Some("all"));
+    let info: Info = micro(&h, &format!("$SRV.INFO.allot.{}", ping.id)).await;
+    let names: Vec<&str> = info.endpoints.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["bid", "withdraw", "raise", "open", "close", "status"]
+    );
+    assert_eq!(info.endpoints[0].subject, "allot.bid.>");
+    let stats: Stats = micro(&h, "$SRV.STATS").await;
+    let endpoint = |name: &str| {
+        stats
+            .endpoints
+            .iter()
+            .find(|e| e.name == name)
+            .unwrap_or_else(|| panic!("no {name} endpoint"))
+            .clone()
+    };
+    let bids = endpoint("bid");
+    assert_eq!((bids.requests, bids.errors), (5, 1));
+    assert_eq!(bids.last_error.as_ref().map(|e| e.code), Some(400));
+    assert!(bids.processing_time > Duration::ZERO);
+    assert_eq!((endpoint("open").requests, endpoint("open").errors), (1, 0));
+
+    // The Prometheus page, once the verifier has acked everything.
+    let mut page = String::new();
+    for _ in 0..100 {
+        page = http_get(&addr, "/metrics").await;
+        if page.contains("allot_verifier_pending{partition=\"0\"} 0\n") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
+    for line in [
+        "allot_bids_total{result=\"accepted\"} 3",
+        "allot_bids_total{result=\"rejected\"} 1",
+        "allot_bids_total{result=\"error\"} 1",
+        "allot_request_errors_total{endpoint=\"bid\"} 1",
+        "allot_outcomes_total{type=\"confirmed\",reason=\"\"} 2",
+        "allot_outcomes_total{type=\"cancelled\",reason=\"capacity_full\"} 1",
+        "allot_outcomes_total{type=\"cancelled\",reason=\"outbid\"} 0",
+        "allot_decision_latency_seconds_bucket{le=\"+Inf\"} 3",
+        "allot_decision_latency_seconds_count 3",
+        "allot_verifier_pending{partition=\"0\"} 0",
+        "allot_partitions_owned 1",
+    ] {
+        assert!(
+            page.contains(&format!("{line}\n")),
+            "no {line:?} in\n{page}"
+        );
+    }
+    assert!(http_get(&addr, "/other").await.starts_with("HTTP/1.1 404"));
+
+    // allot status: the instance, the owner, the auction's fill.
+    let status: serde_json::Value =
+        serde_json::from_str(allot_status(&h, &["--json"]).trim()).unwrap();
+    assert_eq!(status["instances"].as_array().unwrap().len(), 1);
+    assert_eq!(status["instances"][0]["id"], ping.id.as_str());
+    let partition = &status["partitions"][0];
+    assert!(partition["owner"].as_str().is_some(), "{partition}");
+    assert_eq!(partition["pending"], 0);
+    assert_eq!(status["auctions_total"], 1);
+    let fill = &status["auctions"][0];
+    assert_eq!(fill["auction_id"], "obs");
+    assert_eq!(
+        (
+            &fill["capacity"],
+            &fill["tries"],
+            &fill["confirmed"],
+            &fill["cancelled"],
+            &fill["open"]
+        ),
+        (&2.into(), &3.into(), &2.into(), &1.into(), &0.into())
+    );
+    let table = allot_status(&h, &[]);
+    assert!(table.contains("instances: 1"), "{table}");
+    let row: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("obs "))
+        .unwrap_or_else(|| panic!("no row for obs in\n{table}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row, ["obs", "first_n", "2", "3", "2", "0", "1"]);
+}
+
+#[tokio::test]
+async fn a_metrics_address_in_use_stops_the_start_with_its_name() {
+    let h = Harness::server_only().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let log = serve_failure(&h, h.data_dir(), &["--metrics-addr", &addr]).await;
+    assert!(log.contains(&format!("--metrics-addr {addr}")), "{log}");
+}
