@@ -27,6 +27,8 @@
 //!   event-sourced aggregates, the alternatives allot is measured against.
 //! - [`audit`]: `allot audit`, an offline replay of the log compared with
 //!   the published outcomes and the snapshot.
+//! - [`observe`]: counters, `$SRV` answers, the `/metrics` page and
+//!   `allot status`.
 //! - [`client`]: a typed client; [`nats_server`]: a private server for the
 //!   demo and tests; [`faults`]: crash points for fault tests; [`cmd`]: one
 //!   module per CLI command.

@@ -180,6 +180,21 @@ async fn a_bidder_can_bid_and_watch_but_cannot_write_the_log_open_auctions_or_de
         1
     );
 
+    // The operator's view: `allot status` works with the admin's read-only
+    // rights, and sees the service and its lease through them.
+    let status = allot::observe::status::read(
+        &admin.client,
+        &Subjects::default(),
+        allot::verifier::CONSUMER,
+        10,
+    )
+    .await
+    .expect("admin reads the status");
+    assert_eq!(status.instances.len(), 1, "the service answers $SRV.PING");
+    assert!(status.partitions[0].owner.is_some(), "{status:?}");
+    assert_eq!(status.auctions[0].auction_id, "a");
+    assert_eq!(status.auctions[0].capacity, 5);
+
     let _ = stop.send(());
     running
         .await
