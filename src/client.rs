@@ -40,15 +40,20 @@ fn split_credentials(url: &str) -> (String, Credentials) {
     (format!("{scheme}://{host}"), credentials)
 }
 
-/// The URL as it may be shown: without a password or token.
+/// The URL (or comma-separated URLs) as it may be shown: without a
+/// password or token.
 pub fn redact(url: &str) -> String {
-    match split_credentials(url) {
-        (address, Credentials::None) => address,
-        (address, Credentials::User(user, _)) => {
-            address.replacen("://", &format!("://{user}:***@"), 1)
-        }
-        (address, Credentials::Token(_)) => address.replacen("://", "://***@", 1),
-    }
+    let shown: Vec<String> = url
+        .split(',')
+        .map(|url| match split_credentials(url.trim()) {
+            (address, Credentials::None) => address,
+            (address, Credentials::User(user, _)) => {
+                address.replacen("://", &format!("://{user}:***@"), 1)
+            }
+            (address, Credentials::Token(_)) => address.replacen("://", "://***@", 1),
+        })
+        .collect();
+    shown.join(",")
 }
 
 /// How long a stopping process waits for NATS to take its last messages.
@@ -67,10 +72,21 @@ pub async fn flush(client: &Client) -> Result<()> {
     }
 }
 
-/// Connects to NATS, failing fast with the URL in the error.
+/// Connects to NATS, failing fast with the URL in the error. `url` may
+/// list several servers of a cluster, comma-separated; the client moves to
+/// another when its server goes away.
 pub async fn connect(url: &str) -> Result<Client> {
     // The client does not send credentials written into the URL itself.
-    let (address, credentials) = split_credentials(url);
+    // With several URLs, the first that carries credentials gives them.
+    let mut addresses = Vec::new();
+    let mut credentials = Credentials::None;
+    for url in url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let (address, found) = split_credentials(url);
+        addresses.push(address);
+        if matches!(credentials, Credentials::None) {
+            credentials = found;
+        }
+    }
     let options = match credentials {
         Credentials::None => ConnectOptions::new(),
         Credentials::User(user, password) => ConnectOptions::with_user_and_password(user, password),
@@ -80,7 +96,7 @@ pub async fn connect(url: &str) -> Result<Client> {
     let client = options
         .name("allot")
         .connection_timeout(Duration::from_secs(5))
-        .connect(address.as_str())
+        .connect(addresses)
         .await
         .map_err(|e| Error::with_source(ErrorKind::Connect, e).context(shown.clone()))?;
     let url = shown.as_str();
@@ -271,5 +287,9 @@ mod tests {
         assert_eq!(redact("nats://u:p@h:1"), "nats://u:***@h:1");
         assert_eq!(redact("nats://t@h:1"), "nats://***@h:1");
         assert_eq!(redact("nats://h:1"), "nats://h:1");
+        assert_eq!(
+            redact("nats://u:p@h:1, nats://u:p@h:2"),
+            "nats://u:***@h:1,nats://u:***@h:2"
+        );
     }
 }

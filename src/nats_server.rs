@@ -70,6 +70,8 @@ pub struct NatsServer {
     binary: PathBuf,
     /// A configuration file given with `-c`, if any.
     config: Option<PathBuf>,
+    /// More arguments for every start (a cluster node's name and routes).
+    extra: Vec<String>,
 }
 
 impl NatsServer {
@@ -87,6 +89,10 @@ impl NatsServer {
     }
 
     fn start_with(config: Option<PathBuf>) -> Result<NatsServer> {
+        NatsServer::start_node(config, Vec::new())
+    }
+
+    fn start_node(config: Option<PathBuf>, extra: Vec<String>) -> Result<NatsServer> {
         let binary = find_binary()?;
         check_version(&binary)?;
         let dir = tempfile::Builder::new()
@@ -99,6 +105,7 @@ impl NatsServer {
             dir,
             binary,
             config,
+            extra,
         };
         server.spawn()?;
         Ok(server)
@@ -172,6 +179,7 @@ impl NatsServer {
             .arg(self.dir.path().join("store"))
             .arg("--ports_file_dir")
             .arg(&ports_dir)
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(
@@ -228,6 +236,59 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A JetStream cluster of `nats-server` nodes on 127.0.0.1, each with its
+/// own store, routed to each other; killed on drop.
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `size` nodes. Their route ports are picked free beforehand,
+    /// since every node must name every other's at start.
+    pub fn start(size: usize) -> Result<NatsCluster> {
+        let routes: Vec<u16> = (0..size).map(|_| free_port()).collect::<Result<_>>()?;
+        let route_urls: Vec<String> = routes
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        let nodes = routes
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                let extra = vec![
+                    "--name".into(),
+                    format!("n{}", i + 1),
+                    "--cluster_name".into(),
+                    "allot".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{port}"),
+                    "--routes".into(),
+                    route_urls.join(","),
+                ];
+                NatsServer::start_node(None, extra)
+            })
+            .collect::<Result<_>>()?;
+        Ok(NatsCluster { nodes })
+    }
+
+    /// Every node's client URL, comma-separated, as `--nats-url` takes them.
+    pub fn urls(&self) -> String {
+        let urls: Vec<&str> = self.nodes.iter().map(NatsServer::url).collect();
+        urls.join(",")
+    }
+}
+
+/// A 127.0.0.1 port that was free a moment ago.
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| {
+        Error::with_source(ErrorKind::NatsServer, e).context("picking a route port")
+    })?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| Error::with_source(ErrorKind::NatsServer, e).context("picking a route port"))
 }
 
 fn check_version(binary: &Path) -> Result<()> {

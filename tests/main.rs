@@ -11,6 +11,7 @@ mod bad_input;
 mod bidding;
 mod cli;
 mod cli_lifecycle;
+mod cluster;
 mod faults;
 mod lifecycle;
 mod loadtest;

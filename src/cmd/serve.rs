@@ -38,6 +38,11 @@ pub struct Args {
     /// verifier takes over this long after the last renewal.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub lease_secs: u64,
+    /// Replicas of each stream and bucket it creates: 3 on a three-node
+    /// JetStream cluster, so that losing a node loses nothing acknowledged.
+    /// Existing streams keep theirs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub replicas: u8,
     /// Serve Prometheus metrics at http://<addr>/metrics (for example
     /// 127.0.0.1:9464). Off unless given.
     #[arg(long, env = "ALLOT_METRICS_ADDR")]
@@ -52,7 +57,7 @@ pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
         streams: StreamOptions {
             duplicate_window: Duration::from_secs(args.dedupe_window_secs),
             lease_ttl: Duration::from_secs(args.lease_secs),
-            ..StreamOptions::default()
+            replicas: args.replicas.into(),
         },
         verifier: VerifierConfig {
             data_dir: args.data_dir,

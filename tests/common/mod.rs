@@ -22,6 +22,9 @@ pub use allot::streams::StoredMessage as Stored;
 
 pub struct Harness {
     pub server: NatsServer,
+    /// What the service is given as `--nats-url`: the server's URL, or
+    /// every node's on a cluster.
+    pub nats_url: String,
     pub client: AllotClient,
     pub js: jetstream::Context,
     /// The verifier's data directory.
@@ -39,6 +42,13 @@ impl Harness {
 
     /// A server, no service yet.
     pub async fn server_only() -> Harness {
+        let server = NatsServer::start().expect("nats-server starts");
+        Harness::on(server, None).await
+    }
+
+    /// A harness whose own client uses `server`, and whose service is
+    /// given `urls` (all of a cluster's nodes), or `server`'s alone.
+    pub async fn on(server: NatsServer, urls: Option<String>) -> Harness {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -46,9 +56,9 @@ impl Harness {
             )
             .with_test_writer()
             .try_init();
-        let server = NatsServer::start().expect("nats-server starts");
         let nats = connect(server.url()).await.expect("connects");
         Harness {
+            nats_url: urls.unwrap_or_else(|| server.url().to_string()),
             client: AllotClient::new(nats.clone(), Subjects::default()),
             js: jetstream::new(nats),
             server,
@@ -59,7 +69,7 @@ impl Harness {
 
     pub fn config(&self) -> Config {
         Config {
-            nats_url: self.server.url().to_string(),
+            nats_url: self.nats_url.clone(),
             role: Role::All,
             verifier: VerifierConfig {
                 data_dir: self.data.path().to_path_buf(),
@@ -277,7 +287,7 @@ fn serve_command(
 ) -> std::process::Command {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_allot"));
     command
-        .args(["serve", "--nats-url", h.server.url(), "--data-dir"])
+        .args(["serve", "--nats-url", &h.nats_url, "--data-dir"])
         .arg(data_dir)
         .args(args)
         .envs(env.iter().copied())
