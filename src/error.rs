@@ -24,6 +24,10 @@ pub enum ErrorKind {
     Config,
     /// The log and the published outcomes disagree.
     Integrity,
+    /// Another verifier has taken the lease.
+    Superseded,
+    /// JetStream refused an outcome: another verifier's fence is newer.
+    Fenced,
 }
 
 impl fmt::Display for ErrorKind {
@@ -38,6 +42,8 @@ impl fmt::Display for ErrorKind {
             ErrorKind::NatsServer => "cannot run nats-server",
             ErrorKind::Config => "invalid configuration",
             ErrorKind::Integrity => "log and outcomes disagree",
+            ErrorKind::Superseded => "another verifier took over",
+            ErrorKind::Fenced => "fenced out by another verifier",
         })
     }
 }

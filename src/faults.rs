@@ -5,6 +5,9 @@
 //! - `ALLOT_CRASH_AT=<point>`: the process aborts (as `kill -9` would stop
 //!   it: no cleanup, no flush) the first time it reaches that point;
 //! - `ALLOT_STALL_AT=<point>:<millis>`: it pauses there once;
+//! - `ALLOT_STOP_AT=<point>`: it stops itself with `SIGSTOP` there once,
+//!   all of it (lease renewals included), until someone sends `SIGCONT`:
+//!   a process frozen at an exact step, as a VM pause would freeze it;
 //! - `ALLOT_FAIL_AT=<point>:<millis>`: the step fails, from the first time
 //!   it is reached, for that long.
 
@@ -19,6 +22,24 @@ pub fn crash_point(point: &str) {
     if AT.get_or_init(|| std::env::var(CRASH_AT).ok()).as_deref() == Some(point) {
         eprintln!("allot: crash point {point:?} reached; aborting");
         std::process::abort();
+    }
+}
+
+/// Environment variable naming a point to stop the process at once.
+pub const STOP_AT: &str = "ALLOT_STOP_AT";
+
+/// Stops the whole process with `SIGSTOP` the first time `point` is
+/// reached, if it is the configured stop point.
+pub fn stop_point(point: &str) {
+    static AT: OnceLock<Option<String>> = OnceLock::new();
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if AT.get_or_init(|| std::env::var(STOP_AT).ok()).as_deref() == Some(point)
+        && !DONE.swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        eprintln!("allot: stop point {point:?} reached; stopping until SIGCONT");
+        let _ = std::process::Command::new("kill")
+            .args(["-STOP", &std::process::id().to_string()])
+            .status();
     }
 }
 

@@ -89,14 +89,30 @@ impl Streams {
             .await
             .map_err(Error::wrap(ErrorKind::Setup, name))?;
         let name = subjects.outcomes_stream();
-        let outcomes = js
+        let mut outcomes = js
             .get_or_create_stream(stream(
                 name.clone(),
                 "one confirmed or cancelled event per try",
-                vec![subjects.outcomes(None)],
+                subjects.outcome_stream_subjects(),
             ))
             .await
-            .map_err(Error::wrap(ErrorKind::Setup, name))?;
+            .map_err(Error::wrap(ErrorKind::Setup, name.clone()))?;
+        // Streams made before fences existed get the fence subject added.
+        let info = outcomes
+            .info()
+            .await
+            .map_err(Error::wrap(ErrorKind::Setup, name.clone()))?
+            .clone();
+        let wanted = subjects.outcome_stream_subjects();
+        if wanted.iter().any(|s| !info.config.subjects.contains(s)) {
+            let mut config = info.config.clone();
+            config.subjects = wanted;
+            outcomes = js
+                .update_stream(config)
+                .await
+                .map(|_| outcomes)
+                .map_err(Error::wrap(ErrorKind::Setup, name))?;
+        }
         let name = subjects.status_bucket();
         let status = js
             .create_or_update_key_value(bucket(name.clone(), "auction fill for fast rejects"))

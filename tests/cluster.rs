@@ -7,7 +7,8 @@ use std::time::Duration;
 use allot::nats_server::NatsCluster;
 use allot::wire::AuctionSpec;
 use common::{
-    assert_replay_matches_outcomes, one_outcome_per_bid, serve_process, Bidders, Harness,
+    assert_replay_matches_outcomes, bid, free_addr, metric, one_outcome_per_bid, serve_process,
+    serve_process_in, Bidders, Harness,
 };
 
 /// A harness on the first node of a new three-node cluster, once the
@@ -108,5 +109,138 @@ async fn losing_the_log_leaders_node_mid_run_loses_and_doubles_nothing() {
         accepted.len(),
         "no outcome for a bid never accepted"
     );
+    assert_replay_matches_outcomes(&h).await;
+}
+
+/// Places bid `b<i>` on auction `f`; it must be accepted.
+async fn place(h: &Harness, i: usize) {
+    let reply = h
+        .client
+        .bid("f", &bid(&format!("b{i}"), &format!("u{i}"), 10))
+        .await
+        .unwrap();
+    assert!(
+        matches!(reply, allot::wire::BidReply::Accepted { .. }),
+        "{reply:?}"
+    );
+}
+
+/// The process state letter in `/proc/<pid>/stat` (`T` when stopped).
+fn state(pid: u32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    after_name.trim_start().chars().next().unwrap_or('?')
+}
+
+/// Polls `name` on a serve's metrics page until it reads `want` (60 s).
+async fn until_metric(addr: &str, name: &str, want: f64) -> Duration {
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        if metric(addr, name).await == Some(want) {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{name} on {addr} did not reach {want} in 60 s");
+}
+
+/// The verifier that owns the log freezes (`SIGSTOP`) just before it
+/// publishes a batch of outcomes, and stays frozen past its lease. A
+/// standby takes over and decides those tries itself. When the first
+/// wakes (`SIGCONT`) it goes on publishing the batch it held: JetStream
+/// refuses every outcome of it (the fence), and it stands by. Every bid
+/// has exactly one outcome, and a replay of the log agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_frozen_past_its_lease_is_fenced_out_when_it_wakes() {
+    let (h, _others) = cluster().await;
+    let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (first_metrics, second_metrics) = (free_addr(), free_addr());
+    // A de-duplication window shorter than the freeze: without the fence,
+    // JetStream would store the frozen owner's late outcomes as doubles.
+    let common_args = [
+        "--lease-secs",
+        "3",
+        "--dedupe-window-secs",
+        "1",
+        "--replicas",
+        "3",
+        "--metrics-addr",
+    ];
+    let mut first_args = vec!["--role", "verifier"];
+    first_args.extend(common_args);
+    first_args.push(&first_metrics);
+    let first = serve_process_in(
+        &h,
+        first_dir.path(),
+        &first_args,
+        &[("ALLOT_STOP_AT", "before_publish")],
+    );
+    until_metric(&first_metrics, "allot_partitions_owned", 1.0).await;
+    let mut second_args = common_args.to_vec();
+    second_args.push(&second_metrics);
+    let _second = serve_process_in(&h, second_dir.path(), &second_args, &[]);
+    for _ in 0..3 {
+        if tokio::time::timeout(Duration::from_secs(20), h.wait_until_serving())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+    }
+    assert_eq!(
+        metric(&second_metrics, "allot_partitions_owned").await,
+        Some(0.0),
+        "the second stands by"
+    );
+
+    // The first batch with outcomes freezes the owner.
+    h.open("f", AuctionSpec::with_capacity(10)).await;
+    let mut placed = 0;
+    for i in 0..4 {
+        place(&h, i).await;
+        placed += 1;
+    }
+    let pid = first.id();
+    let frozen = std::time::Instant::now();
+    while state(pid) != 'T' {
+        assert!(
+            frozen.elapsed() < Duration::from_secs(30),
+            "the owner never stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The standby takes the lease once it lapses, and decides everything.
+    let took = until_metric(&second_metrics, "allot_partitions_owned", 1.0).await;
+    eprintln!("the standby took over {took:?} after the owner froze (lease 3 s)");
+    for i in 4..8 {
+        place(&h, i).await;
+        placed += 1;
+    }
+    h.wait_for_outcomes("f", placed).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // The first wakes mid-batch: its outcomes are refused, it stands by.
+    std::process::Command::new("kill")
+        .args(["-CONT", &pid.to_string()])
+        .status()
+        .unwrap();
+    until_metric(&first_metrics, "allot_fenced_total", 1.0).await;
+    until_metric(&first_metrics, "allot_partitions_owned", 0.0).await;
+    assert_eq!(
+        metric(&second_metrics, "allot_partitions_owned").await,
+        Some(1.0)
+    );
+
+    for i in 8..10 {
+        place(&h, i).await;
+        placed += 1;
+    }
+    h.wait_for_outcomes("f", placed).await;
+    h.wait_until_decided().await;
+    let outcomes = h.outcomes(Some("f")).await;
+    assert_eq!(outcomes.len(), placed, "nothing published twice");
+    one_outcome_per_bid(&outcomes);
+    assert_eq!(outcomes.iter().filter(|o| o.rank.is_some()).count(), 10);
     assert_replay_matches_outcomes(&h).await;
 }

@@ -202,7 +202,9 @@ async fn redelivery_past_the_ack_wait_has_no_duplicate_effect() {
         &[("ALLOT_STALL_AT", "before_ack:2500")],
     );
     h.wait_until_serving().await;
-    h.open("r", AuctionSpec::with_capacity(30)).await;
+    // Room for every bid: a sold-out notice would turn later ones into
+    // fast rejects, depending on how quickly the first batch is decided.
+    h.open("r", AuctionSpec::with_capacity(60)).await;
     let accepted = place(&h, "r", 60).await;
     h.wait_for_outcomes("r", accepted).await;
     h.wait_until_decided().await;

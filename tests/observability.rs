@@ -8,23 +8,7 @@ use std::time::Duration;
 
 use allot::wire::{AuctionSpec, BidReply};
 use async_nats::service::{Info, PingResponse, Stats};
-use common::{bid, raw, serve_failure, serve_process, Harness};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A 127.0.0.1 address nothing listens on (just now).
-fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
-
-async fn http_get(addr: &str, path: &str) -> String {
-    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
-    socket.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    socket.read_to_string(&mut response).await.unwrap();
-    response
-}
+use common::{bid, free_addr, http_get, raw, serve_failure, serve_process, Harness};
 
 async fn micro<T: serde::de::DeserializeOwned>(h: &Harness, subject: &str) -> T {
     let answer = h

@@ -235,10 +235,10 @@ async fn an_interrupted_rebuild_publishes_nothing_twice() {
 }
 
 /// A second verifier on the same log (another data directory, as on
-/// another machine) is refused while the first holds its lease, and takes
+/// another machine) stands by while the first holds its lease, and takes
 /// over when the first dies.
 #[tokio::test]
-async fn a_second_verifier_waits_for_the_lease() {
+async fn a_second_verifier_stands_by_and_takes_over() {
     let h = Harness::server_only().await;
     let mut first = common::serve_process(&h, &["--lease-secs", "2"], &[]);
     h.wait_until_serving().await;
@@ -247,11 +247,19 @@ async fn a_second_verifier_waits_for_the_lease() {
     h.wait_for_outcomes("l", before).await;
 
     let other = tempfile::tempdir().unwrap();
-    let log = common::serve_failure(&h, other.path(), &["--lease-secs", "2"]).await;
-    assert!(log.contains("another verifier holds the lease"), "{log}");
+    let mut standby = common::serve_process_in(&h, other.path(), &["--lease-secs", "2"], &[]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        standby.try_wait().unwrap().is_none(),
+        "the standby keeps running"
+    );
+    let owner = lease_owner(&h).await;
+    assert!(
+        owner.ends_with(&h.data_dir().display().to_string()),
+        "{owner}"
+    );
 
-    // The first dies; the second takes over and rebuilds from the log.
-    let mut takeover = common::serve_process_in(&h, other.path(), &["--lease-secs", "2"], &[]);
+    // The first dies; the standby takes over and rebuilds from the log.
     first.kill().unwrap();
     first.wait().unwrap();
     h.wait_until_serving().await;
@@ -262,8 +270,24 @@ async fn a_second_verifier_waits_for_the_lease() {
     one_outcome_per_bid(&outcomes);
     assert_eq!(ranks(&outcomes), vec![1, 2, 3]);
     assert_replay_matches_outcomes(&h).await;
-    takeover.kill().unwrap();
-    takeover.wait().unwrap();
+    let owner = lease_owner(&h).await;
+    assert!(
+        owner.ends_with(&other.path().display().to_string()),
+        "{owner}"
+    );
+    standby.kill().unwrap();
+    standby.wait().unwrap();
+}
+
+/// Who holds the verifier's lease: host and data directory.
+async fn lease_owner(h: &Harness) -> String {
+    let bucket = h.js.get_key_value("ALLOT_LEASES").await.unwrap();
+    let value = bucket
+        .get("verifier")
+        .await
+        .unwrap()
+        .expect("a lease is held");
+    String::from_utf8(value.to_vec()).unwrap()
 }
 
 /// A damaged snapshot file stops `allot serve` with an error that says what

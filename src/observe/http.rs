@@ -219,6 +219,21 @@ pub fn render(m: &Metrics, pending: Option<u64>) -> String {
         "allot_partitions_owned {}",
         m.partitions_owned.load(Relaxed)
     ));
+    w(header(
+        "allot_superseded_total",
+        "counter",
+        "Times this process's verifier found another had taken over, and stood by.",
+    ));
+    w(format!(
+        "allot_superseded_total {}",
+        m.superseded.load(Relaxed)
+    ));
+    w(header(
+        "allot_fenced_total",
+        "counter",
+        "Times JetStream refused this process's outcomes because another verifier's fence was newer.",
+    ));
+    w(format!("allot_fenced_total {}", m.fenced.load(Relaxed)));
     out
 }
 

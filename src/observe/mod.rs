@@ -116,6 +116,12 @@ pub struct Metrics {
     latency_sum_us: AtomicU64,
     /// Partitions whose lease this process holds.
     pub partitions_owned: AtomicU64,
+    /// Times this process's verifier found another had taken over (its
+    /// lease lost, or its outcomes refused by the fence) and stood by.
+    pub superseded: AtomicU64,
+    /// Outcome batches JetStream refused because another verifier's fence
+    /// was newer.
+    pub fenced: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -134,6 +140,8 @@ impl Default for Metrics {
             latency: Default::default(),
             latency_sum_us: AtomicU64::new(0),
             partitions_owned: AtomicU64::new(0),
+            superseded: AtomicU64::new(0),
+            fenced: AtomicU64::new(0),
         }
     }
 }

@@ -4,9 +4,12 @@
 //! confirm more than N bids. So a verifier holds a lease: an entry in the
 //! leases bucket, whose `max_age` is the lease time, renewed with a
 //! compare-and-set well within it. The server ages out the entry of a
-//! verifier that died, and its successor then takes the lease. A verifier
-//! that cannot renew stops deciding before its lease can lapse, and one
-//! that finds its lease taken stops for good.
+//! verifier that died, and a standby (another `allot serve`, waiting in
+//! [`Lease::acquire`]) then takes the lease. A verifier that cannot renew
+//! stops deciding before its lease can lapse, and one that finds its lease
+//! taken goes back to standing by. A verifier paused past its lease does
+//! not know it has lost it until it looks; the fence (`fence.rs`) keeps
+//! what it publishes meanwhile out of the outcome stream.
 //!
 //! A restart of the same verifier (same host, same data directory, which a
 //! file lock keeps to one process) takes its own lease over at once.
@@ -77,15 +80,15 @@ struct State {
 }
 
 impl Lease {
-    /// Takes the lease, waiting up to twice its time for a previous holder's
-    /// to lapse.
+    /// Takes the lease, standing by for as long as another verifier holds
+    /// it: its entry ages out `ttl` after its holder's last renewal.
     pub(super) async fn acquire(
         bucket: kv::Store,
         data_dir: &Path,
         ttl: Duration,
     ) -> Result<Lease> {
         let owner = owner(data_dir);
-        let deadline = Instant::now() + ttl * 2;
+        let mut standing_by = None;
         let revision = loop {
             match bucket.create(KEY, owner.clone().into()).await {
                 Ok(revision) => break revision,
@@ -115,18 +118,17 @@ impl Lease {
                     }
                 }
                 let holder = String::from_utf8_lossy(&entry.value).to_string();
-                if Instant::now() >= deadline {
-                    return Err(Error::new(
-                        ErrorKind::Config,
-                        format!("another verifier holds the lease on this log ({holder}); run one verifier per prefix"),
-                    ));
+                if standing_by.as_ref() != Some(&holder) {
+                    tracing::info!(
+                        holder,
+                        "another verifier holds the lease; standing by to take over"
+                    );
+                    standing_by = Some(holder);
                 }
-                tracing::warn!(
-                    holder,
-                    "another verifier holds the lease; waiting for it to lapse"
-                );
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            // A fifth of the lease time: a successor starts within that
+            // much of the lapse.
+            tokio::time::sleep((ttl / 5).min(Duration::from_millis(500))).await;
         };
         let state = Arc::new(Mutex::new(State {
             revision,
@@ -144,15 +146,15 @@ impl Lease {
         })
     }
 
-    /// Ok while deciding is safe. A lost lease is an integrity error (stop
-    /// for good); an expired one a transient error (start over, which takes
-    /// the lease again).
+    /// Ok while deciding is safe. A lost lease means superseded (stand
+    /// by); an expired one is a transient error (start over, which takes
+    /// the lease again unless someone else has).
     pub(super) fn check(&self) -> Result<()> {
         let state = self.state.lock().unwrap();
         if state.lost {
             return Err(Error::new(
-                ErrorKind::Integrity,
-                "another verifier took the lease on this log; stopping",
+                ErrorKind::Superseded,
+                "another verifier took the lease on this log",
             ));
         }
         if Instant::now() >= state.valid_until {
@@ -162,6 +164,17 @@ impl Lease {
             ));
         }
         Ok(())
+    }
+
+    /// Who holds it: host and data directory.
+    pub(super) fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Stops renewing a lease that another verifier holds now, leaving its
+    /// entry alone.
+    pub(super) fn abandon(self) {
+        self.renewer.abort();
     }
 
     /// Gives the lease up, so a successor need not wait for it to lapse.
@@ -285,10 +298,10 @@ mod tests {
         lease.check().expect("still ours");
         assert!(!lease.state.lock().unwrap().lost);
 
-        // Another owner's name in the entry: lost, for good.
+        // Another owner's name in the entry: superseded, stand by.
         bucket.put(KEY, "elsewhere:/data".into()).await.unwrap();
         tokio::time::sleep(ttl / 3 + Duration::from_millis(500)).await;
         let lost = lease.check().expect_err("taken");
-        assert_eq!(lost.kind(), ErrorKind::Integrity);
+        assert_eq!(lost.kind(), ErrorKind::Superseded);
     }
 }

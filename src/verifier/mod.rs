@@ -23,6 +23,7 @@
 //! the decisions are the same, and those already in the outcome stream are
 //! taken from there rather than published twice.
 
+mod fence;
 mod lease;
 pub(crate) use lease::KEY as LEASE_KEY;
 mod outcomes;
@@ -41,7 +42,7 @@ use futures::StreamExt;
 
 use crate::core::{Decision, Ledger, Step, Verdict};
 use crate::error::{Error, ErrorKind, Result};
-use crate::faults::{crash_point, stall_point};
+use crate::faults::{crash_point, stall_point, stop_point};
 use crate::observe::Metrics;
 use crate::snapshot::{Batch, Position, Snapshot, StoredOutcome, Sync};
 use crate::streams::Streams;
@@ -49,12 +50,16 @@ use crate::wire::{
     timestamp, CloseEvent, ClosedBy, CommandReply, CommandRequest, CommandResult, DecidedReply,
     DecidedRequest, HeldEvent, HeldKind, LogEntry, LogEvent, OutcomeEvent, OutcomeKind,
 };
+use fence::Fence;
 use lease::{DirLock, Lease};
 use outcomes::{announce_closed, announce_sold_out, send, Acks};
-use recovery::{align_consumer, Published};
+use recovery::{align_consumer, Published, PULL_GROUP};
 
 /// Default name of the verifier's durable consumer.
 pub const CONSUMER: &str = "allot-verifier";
+
+/// The log is decided as one partition.
+const PARTITION: u32 = 0;
 
 /// Verifier settings.
 #[derive(Clone, Debug)]
@@ -99,15 +104,39 @@ pub async fn run(
 ) -> Result<()> {
     tokio::pin!(shutdown);
     let _dir = DirLock::acquire(&config.data_dir)?;
-    let lease = tokio::select! {
-        _ = &mut shutdown => return Ok(()),
-        lease = Lease::acquire(streams.leases.clone(), &config.data_dir, streams.lease_ttl) => lease?,
-    };
-    metrics.partitions_owned.store(1, Ordering::Relaxed);
-    let result = follow(&streams, &config, &lease, &metrics, &mut shutdown).await;
-    lease.release().await;
-    metrics.partitions_owned.store(0, Ordering::Relaxed);
-    result
+    // A verifier that finds the lease taken stands by until it lapses; one
+    // that is superseded while deciding (its lease lost, or its outcomes
+    // refused by a successor's fence) goes back to standing by.
+    loop {
+        let lease = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            lease = Lease::acquire(streams.leases.clone(), &config.data_dir, streams.lease_ttl) => lease?,
+        };
+        let fence = match Fence::take(&streams, PARTITION, lease.owner()).await {
+            Ok(fence) => fence,
+            Err(e) => {
+                lease.release().await;
+                return Err(e);
+            }
+        };
+        metrics.partitions_owned.store(1, Ordering::Relaxed);
+        let result = follow(&streams, &config, &lease, &fence, &metrics, &mut shutdown).await;
+        metrics.partitions_owned.store(0, Ordering::Relaxed);
+        match result {
+            Err(e) if matches!(e.kind(), ErrorKind::Superseded | ErrorKind::Fenced) => {
+                if e.kind() == ErrorKind::Fenced {
+                    metrics.fenced.fetch_add(1, Ordering::Relaxed);
+                }
+                metrics.superseded.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "superseded by another verifier; standing by");
+                lease.abandon();
+            }
+            result => {
+                lease.release().await;
+                return result;
+            }
+        }
+    }
 }
 
 /// Runs and restarts the verifier until shutdown or a fatal error.
@@ -115,6 +144,7 @@ async fn follow(
     streams: &Streams,
     config: &VerifierConfig,
     lease: &Lease,
+    fence: &Fence,
     metrics: &Metrics,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Result<()> {
@@ -122,7 +152,7 @@ async fn follow(
     let mut first = true;
     loop {
         let started = tokio::time::Instant::now();
-        match run_once(streams, config, lease, metrics, shutdown, first).await {
+        match run_once(streams, config, lease, fence, metrics, shutdown, first).await {
             Ok(()) => {
                 tracing::info!("verifier stopped");
                 return Ok(());
@@ -150,6 +180,9 @@ struct Verifier<'a> {
     streams: &'a Streams,
     /// Checked before each batch: only the lease holder decides.
     lease: &'a Lease,
+    /// Every outcome is stamped with it, so that none gets through once a
+    /// successor has taken over.
+    fence: &'a Fence,
     /// Counts outcomes for the operators' metrics.
     metrics: &'a Metrics,
     /// `None` only while a blocking snapshot call has it.
@@ -179,7 +212,7 @@ enum Failure {
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         match e.kind() {
-            ErrorKind::Integrity => Failure::Fatal(e),
+            ErrorKind::Integrity | ErrorKind::Superseded | ErrorKind::Fenced => Failure::Fatal(e),
             _ => Failure::Transient(e),
         }
     }
@@ -189,12 +222,16 @@ async fn run_once(
     streams: &Streams,
     config: &VerifierConfig,
     lease: &Lease,
+    fence: &Fence,
     metrics: &Metrics,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
     first: bool,
 ) -> std::result::Result<(), Failure> {
+    // A verifier woken from a pause past its lease must not touch the
+    // shared consumer: the lease's own clock says whether it may.
+    lease.check()?;
     let started = async {
-        let v = Verifier::start(streams, lease, metrics, config).await?;
+        let v = Verifier::start(streams, lease, fence, metrics, config).await?;
         let consumer = align_consumer(streams, v.position.last_seq, config).await?;
         Ok::<_, Error>((v, consumer))
     };
@@ -205,11 +242,32 @@ async fn run_once(
     };
     let (mut v, consumer) = match started {
         Ok(started) => started,
-        Err(e) if first => return Err(Failure::Fatal(e)),
+        // A first start that cannot work (a damaged snapshot, streams from
+        // another log) stops at once, with the reason; NATS being slow or
+        // briefly away (a cluster electing a leader) is waited out.
+        Err(e)
+            if first
+                && !matches!(
+                    e.kind(),
+                    ErrorKind::Nats | ErrorKind::Setup | ErrorKind::Timeout
+                ) =>
+        {
+            return Err(Failure::Fatal(e))
+        }
         Err(e) => return Err(e.into()),
     };
+    // Whoever pulled before (this verifier's previous run, or a
+    // predecessor that lost the lease) is unpinned: this run pulls now.
+    if let Err(e) = streams
+        .log
+        .unpin_consumer(&config.consumer, PULL_GROUP)
+        .await
+    {
+        tracing::debug!(error = %e, "nothing to unpin");
+    }
     let mut messages = consumer
         .stream()
+        .group(PULL_GROUP)
         .max_messages_per_batch(config.batch_size)
         .heartbeat(Duration::from_secs(5))
         .messages()
@@ -236,7 +294,7 @@ async fn run_once(
     // Deciding the next batch while the last one's acks travel keeps both
     // the verifier and the server busy; batches still finish in log order.
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
-    loop {
+    let failed = loop {
         let next = tokio::select! {
             biased;
             _ = &mut *shutdown => return Ok(()),
@@ -247,28 +305,66 @@ async fn run_once(
             // a chunk after about 128 messages, whatever the batch size.
             chunk = tokio::task::unconstrained(messages.next()), if in_flight.len() < PIPELINE_DEPTH => Next::Chunk(chunk),
         };
-        match next {
-            Next::Lookup(request) => v.answer(request).await,
-            Next::Deadlines => v.close_due().await,
+        let step: Result<()> = match next {
+            Next::Lookup(request) => {
+                v.answer(request).await;
+                Ok(())
+            }
+            Next::Deadlines => {
+                v.close_due().await;
+                Ok(())
+            }
             Next::Acked(acked) => {
                 let batch = in_flight.pop_front().expect("an acked batch is in flight");
-                v.finish(batch, acked?).await?;
-            }
-            Next::Chunk(None) => {
-                return Err(Error::new(ErrorKind::Nats, "verifier consumer ended").into());
-            }
-            Next::Chunk(Some(chunk)) => {
-                let chunk = chunk
-                    .into_iter()
-                    .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(|e| {
-                        Error::with_source(ErrorKind::Nats, e).context("verifier consumer")
-                    })?;
-                if let Some(batch) = v.process(chunk).await? {
-                    in_flight.push_back(batch);
+                match acked {
+                    Ok(acked) => v.finish(batch, acked).await,
+                    Err(e) => Err(e),
                 }
             }
+            Next::Chunk(None) => Err(Error::new(ErrorKind::Nats, "verifier consumer ended")),
+            Next::Chunk(Some(chunk)) => {
+                match chunk
+                    .into_iter()
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                {
+                    Ok(chunk) => match v.process(chunk).await {
+                        Ok(Some(batch)) => {
+                            in_flight.push_back(batch);
+                            Ok(())
+                        }
+                        Ok(None) => Ok(()),
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => {
+                        Err(Error::with_source(ErrorKind::Nats, e).context("verifier consumer"))
+                    }
+                }
+            }
+        };
+        if let Err(e) = step {
+            break e;
         }
+    };
+    Err(settle(&mut in_flight, failed).await.into())
+}
+
+/// Waits a little for the acks of the batches in flight before a run
+/// gives up on them. A refusal by the fence (another verifier has taken
+/// over) then wins over `error`: it says to stand by, not to start over.
+async fn settle(in_flight: &mut VecDeque<InFlight>, error: Error) -> Error {
+    let acks = async {
+        while !in_flight.is_empty() {
+            let acked = oldest_acked(in_flight).await;
+            in_flight.pop_front();
+            if let Err(e) = acked {
+                return Some(e);
+            }
+        }
+        None
+    };
+    match tokio::time::timeout(Duration::from_secs(5), acks).await {
+        Ok(Some(refused)) if refused.kind() == ErrorKind::Fenced => refused,
+        _ => error,
     }
 }
 
@@ -462,7 +558,10 @@ impl Verifier<'_> {
         }
         self.position.last_seq = last_seq;
         self.answer_parked(&batch.commands).await;
-        let acks = send(self.streams, &decided, &reused).await?;
+        if !decided.is_empty() {
+            stop_point("before_publish");
+        }
+        let acks = send(self.streams, self.fence, &decided, &reused).await?;
         send_holds(self.streams, &holds).await;
         let poison = poison.iter().map(|&i| chunk[i].clone()).collect();
         Ok(Some(InFlight {

@@ -8,6 +8,7 @@ use std::pin::Pin;
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::PublishMessage;
 
+use super::fence::{refused, Fence};
 use crate::core::Ledger;
 use crate::error::{Error, ErrorKind, Result};
 use crate::snapshot::StoredOutcome;
@@ -22,10 +23,11 @@ pub(super) type Acks = Pin<Box<dyn Future<Output = Result<u64>> + Send>>;
 /// acked.
 pub(super) async fn publish(
     streams: &Streams,
+    fence: &Fence,
     outcomes: &[StoredOutcome],
     published: &HashSet<(String, String)>,
 ) -> Result<u64> {
-    send(streams, outcomes, published).await?.await
+    send(streams, fence, outcomes, published).await?.await
 }
 
 /// Most outcome acks one batch leaves outstanding. Each unacked publish
@@ -34,7 +36,7 @@ pub(super) async fn publish(
 /// 5,000, the next publish would wait for a permit that only awaiting an
 /// earlier ack can free. A ranked close decides a whole auction at once, so
 /// a batch can hold many more outcomes than log entries.
-const MAX_UNACKED: usize = 1024;
+pub(super) const MAX_UNACKED: usize = 1024;
 
 /// Sends outcomes in order, waiting for acks only to keep at most
 /// [`MAX_UNACKED`] outstanding; the returned future waits for the rest.
@@ -42,6 +44,7 @@ const MAX_UNACKED: usize = 1024;
 /// skipped.
 pub(super) async fn send(
     streams: &Streams,
+    fence: &Fence,
     outcomes: &[StoredOutcome],
     published: &HashSet<(String, String)>,
 ) -> Result<Acks> {
@@ -51,23 +54,25 @@ pub(super) async fn send(
     let mut last = 0;
     for d in outcomes {
         let o = &d.outcome;
-        if published.contains(&(o.auction_id.clone(), o.bid_id.clone())) {
+        if !published.is_empty() && published.contains(&(o.auction_id.clone(), o.bid_id.clone())) {
             continue;
         }
         if acks.len() >= MAX_UNACKED {
             let oldest: PublishAckFuture = acks.pop_front().expect("not empty");
-            last = last.max(oldest.await.map_err(nats())?.sequence);
+            last = last.max(oldest.await.map_err(refused)?.sequence);
         }
-        let outcome = PublishMessage::build()
-            .message_id(OutcomeEvent::msg_id(&o.auction_id, &o.bid_id))
-            .payload(d.payload.clone());
+        let outcome = fence.stamp(
+            PublishMessage::build()
+                .message_id(OutcomeEvent::msg_id(&o.auction_id, &o.bid_id))
+                .payload(d.payload.clone()),
+        );
         let subject = subjects.outcome(&o.auction_id, o.kind);
         let ack = streams.js.send_publish(subject, outcome).await;
         acks.push_back(ack.map_err(nats())?);
     }
     Ok(Box::pin(async move {
         for ack in futures::future::join_all(acks.into_iter().map(IntoFuture::into_future)).await {
-            last = last.max(ack.map_err(nats())?.sequence);
+            last = last.max(ack.map_err(refused)?.sequence);
         }
         Ok(last)
     }))

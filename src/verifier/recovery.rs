@@ -5,10 +5,13 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::consumer::{
+    pull, AckPolicy, DeliverPolicy, PriorityPolicy, PullConsumer,
+};
 use async_nats::jetstream::stream;
 use futures::StreamExt;
 
+use super::fence::Fence;
 use super::lease::Lease;
 use super::outcomes::{announce_closed, announce_sold_out, publish};
 use super::{blocking, Verifier, VerifierConfig};
@@ -25,6 +28,7 @@ impl<'a> Verifier<'a> {
     pub(super) async fn start(
         streams: &'a Streams,
         lease: &'a Lease,
+        fence: &'a Fence,
         metrics: &'a Metrics,
         config: &VerifierConfig,
     ) -> Result<Verifier<'a>> {
@@ -57,6 +61,7 @@ impl<'a> Verifier<'a> {
         let mut v = Verifier {
             streams,
             lease,
+            fence,
             metrics,
             snapshot: Some(snapshot),
             ledger,
@@ -76,7 +81,7 @@ impl<'a> Verifier<'a> {
                 already_published = published.len(),
                 "publishing outcomes decided before a stop"
             );
-            let acked = publish(streams, &unpublished, &published).await?;
+            let acked = publish(streams, fence, &unpublished, &published).await?;
             found.stored_through(acked);
             announce_sold_out(streams, &v.ledger, unpublished.iter().map(|d| &d.outcome)).await?;
         }
@@ -252,6 +257,10 @@ fn key(o: &OutcomeEvent) -> (String, String) {
 /// a consumer that is ahead (snapshot lost) or holds unacked deliveries
 /// (crash before ack) is re-created at the right sequence, so recovery
 /// does not wait for redelivery timeouts.
+/// The verifier consumer's priority group: the server delivers to the
+/// one client pinned in it.
+pub(super) const PULL_GROUP: &str = "verifier";
+
 pub(super) async fn align_consumer(
     streams: &Streams,
     last_seq: u64,
@@ -260,7 +269,10 @@ pub(super) async fn align_consumer(
     let log = &streams.log;
     let name = config.consumer.as_str();
     if let Ok(info) = log.consumer_info(name).await {
-        let aligned = info.ack_floor.stream_sequence == last_seq && info.num_ack_pending == 0;
+        // A consumer made before pinning is made again, with it.
+        let pinned = info.config.priority_policy == PriorityPolicy::PinnedClient;
+        let aligned =
+            pinned && info.ack_floor.stream_sequence == last_seq && info.num_ack_pending == 0;
         if aligned {
             return log
                 .get_consumer(name)
@@ -289,6 +301,11 @@ pub(super) async fn align_consumer(
         ack_policy: AckPolicy::All,
         ack_wait: config.ack_wait,
         max_ack_pending: (config.batch_size * 8) as i64,
+        // One puller at a time: a verifier woken from a pause past its
+        // lease, still pulling, is refused deliveries meant for its
+        // successor (who unpins it on taking over).
+        priority_policy: PriorityPolicy::PinnedClient,
+        priority_groups: vec![PULL_GROUP.to_string()],
         ..Default::default()
     })
     .await

@@ -106,6 +106,22 @@ impl Subjects {
         format!("{}.outcome.{}.*", self.prefix, auction_id.unwrap_or("*"))
     }
 
+    /// One lane of a partition's fence, in the outcome stream: its last
+    /// marker is the verifier allowed to publish outcomes.
+    pub fn fence(&self, partition: u32, lane: usize) -> String {
+        format!("{}.fence.{partition}.{lane}", self.prefix)
+    }
+
+    /// Every lane of a partition's fence.
+    pub fn fence_lanes(&self, partition: u32) -> String {
+        format!("{}.fence.{partition}.*", self.prefix)
+    }
+
+    /// Every subject the outcome stream captures: outcomes and fences.
+    pub fn outcome_stream_subjects(&self) -> Vec<String> {
+        vec![self.outcomes(None), format!("{}.fence.*.*", self.prefix)]
+    }
+
     /// The wildcard a request handler listens on, for one request kind
     /// (`bid`, `admin.open`, `status`). `>` rather than `*`, so that a
     /// subject with extra tokens reaches the handler and gets a clear error

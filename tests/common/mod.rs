@@ -88,6 +88,30 @@ impl Harness {
         }));
         self.service = Some((stop, task));
         self.wait_until_serving().await;
+        self.wait_until_verifying().await;
+    }
+
+    /// Waits until the verifier answers gateways' lookups: until then, a
+    /// gateway cannot prove a bid new, and appends rather than rejects it.
+    pub async fn wait_until_verifying(&self) {
+        let body = serde_json::to_vec(&allot::wire::DecidedRequest {
+            bid_id: "probe".into(),
+        })
+        .unwrap();
+        for _ in 0..200 {
+            let subject = self.client.subjects.decided("probe");
+            if self
+                .client
+                .client
+                .request(subject, body.clone().into())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the verifier did not start answering");
     }
 
     /// Waits until a gateway answers status requests.
@@ -332,9 +356,22 @@ pub fn serve_process_in(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> Serve {
+    // ALLOT_TEST_LOG_DIR keeps each serve's log there, for a failing test.
+    let stderr = match std::env::var_os("ALLOT_TEST_LOG_DIR") {
+        Some(dir) => {
+            let name = format!(
+                "serve-{}.log",
+                std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos()
+            );
+            std::fs::File::create(std::path::Path::new(&dir).join(name))
+                .map(std::process::Stdio::from)
+                .unwrap_or_else(|_| std::process::Stdio::null())
+        }
+        None => std::process::Stdio::null(),
+    };
     Serve(
         serve_command(h, data_dir, args, env)
-            .stderr(std::process::Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("allot serve starts"),
     )
@@ -494,4 +531,33 @@ impl Bidders {
         }
         accepted
     }
+}
+
+/// A 127.0.0.1 address nothing listens on (just now).
+pub fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// The whole HTTP response to `GET path` on `addr`.
+pub async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+/// A metric's value on a serve's `/metrics` page, if it answers.
+pub async fn metric(addr: &str, name: &str) -> Option<f64> {
+    let mut socket = tokio::net::TcpStream::connect(addr).await.ok()?;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.ok()?;
+    let mut page = String::new();
+    socket.read_to_string(&mut page).await.ok()?;
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
