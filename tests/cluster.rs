@@ -244,3 +244,93 @@ async fn an_owner_frozen_past_its_lease_is_fenced_out_when_it_wakes() {
     assert_eq!(outcomes.iter().filter(|o| o.rank.is_some()).count(), 10);
     assert_replay_matches_outcomes(&h).await;
 }
+
+/// Three `allot serve` processes on the cluster: their gateways share the
+/// requests, one verifier decides and two stand by. The owner is killed
+/// with SIGKILL under load; a standby takes over, and every accepted bid
+/// has exactly one outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_owner_killed_mid_run_is_replaced_by_a_standby() {
+    let (h, _others) = cluster().await;
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let pages: Vec<String> = (0..3).map(|_| free_addr()).collect();
+    let mut serves = Vec::new();
+    for (dir, page) in dirs.iter().zip(&pages) {
+        let args = [
+            "--lease-secs",
+            "3",
+            "--replicas",
+            "3",
+            "--metrics-addr",
+            page,
+        ];
+        serves.push(serve_process_in(&h, dir.path(), &args, &[]));
+        if serves.len() == 1 {
+            until_metric(page, "allot_partitions_owned", 1.0).await;
+        }
+    }
+    for _ in 0..3 {
+        if tokio::time::timeout(Duration::from_secs(20), h.wait_until_serving())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+    }
+    h.open(
+        "k",
+        AuctionSpec {
+            max_wins_per_bidder: 1_000_000,
+            ..AuctionSpec::with_capacity(1_000_000)
+        },
+    )
+    .await;
+    let bidders = Bidders::start(&h, "k", 8, 300);
+    bidders.reach(300).await;
+
+    serves[0].kill().unwrap();
+    serves[0].wait().unwrap();
+    let killed = std::time::Instant::now();
+    let owner = loop {
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "no standby took over"
+        );
+        if metric(&pages[1], "allot_partitions_owned").await == Some(1.0) {
+            break 1;
+        }
+        if metric(&pages[2], "allot_partitions_owned").await == Some(1.0) {
+            break 2;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!(
+        "serve {owner} took over {:?} after the kill (lease 3 s)",
+        killed.elapsed()
+    );
+    let before = bidders.accepted_now();
+    bidders.reach(before + 300).await;
+    let accepted = bidders.stop().await;
+
+    h.wait_until_decided().await;
+    let outcomes = h.outcomes(Some("k")).await;
+    let by_bid = one_outcome_per_bid(&outcomes);
+    for bid in &accepted {
+        assert!(
+            by_bid.contains_key(bid),
+            "accepted bid {bid} has no outcome"
+        );
+    }
+    assert_eq!(
+        by_bid.len(),
+        accepted.len(),
+        "no outcome for a bid never accepted"
+    );
+    let other = 3 - owner;
+    assert_eq!(
+        metric(&pages[other], "allot_partitions_owned").await,
+        Some(0.0),
+        "one owner"
+    );
+    assert_replay_matches_outcomes(&h).await;
+}
