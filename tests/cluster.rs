@@ -7,8 +7,8 @@ use std::time::Duration;
 use allot::nats_server::NatsCluster;
 use allot::wire::AuctionSpec;
 use common::{
-    assert_replay_matches_outcomes, bid, free_addr, metric, one_outcome_per_bid, serve_process,
-    serve_process_in, Bidders, Harness,
+    assert_replay_matches_outcomes, bid, metric, one_outcome_per_bid, serve_process,
+    serve_with_page, Bidders, Harness,
 };
 
 /// A harness on the first node of a new three-node cluster, once the
@@ -154,7 +154,6 @@ async fn until_metric(addr: &str, name: &str, want: f64) -> Duration {
 async fn an_owner_frozen_past_its_lease_is_fenced_out_when_it_wakes() {
     let (h, _others) = cluster().await;
     let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (first_metrics, second_metrics) = (free_addr(), free_addr());
     // A de-duplication window shorter than the freeze: without the fence,
     // JetStream would store the frozen owner's late outcomes as doubles.
     let common_args = [
@@ -164,21 +163,18 @@ async fn an_owner_frozen_past_its_lease_is_fenced_out_when_it_wakes() {
         "1",
         "--replicas",
         "3",
-        "--metrics-addr",
     ];
     let mut first_args = vec!["--role", "verifier"];
     first_args.extend(common_args);
-    first_args.push(&first_metrics);
-    let first = serve_process_in(
+    let (first, first_metrics) = serve_with_page(
         &h,
         first_dir.path(),
         &first_args,
         &[("ALLOT_STOP_AT", "before_publish")],
-    );
+    )
+    .await;
     until_metric(&first_metrics, "allot_partitions_owned", 1.0).await;
-    let mut second_args = common_args.to_vec();
-    second_args.push(&second_metrics);
-    let _second = serve_process_in(&h, second_dir.path(), &second_args, &[]);
+    let (_second, second_metrics) = serve_with_page(&h, second_dir.path(), &common_args, &[]).await;
     for _ in 0..3 {
         if tokio::time::timeout(Duration::from_secs(20), h.wait_until_serving())
             .await
@@ -253,21 +249,16 @@ async fn an_owner_frozen_past_its_lease_is_fenced_out_when_it_wakes() {
 async fn the_lease_owner_killed_mid_run_is_replaced_by_a_standby() {
     let (h, _others) = cluster().await;
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let pages: Vec<String> = (0..3).map(|_| free_addr()).collect();
     let mut serves = Vec::new();
-    for (dir, page) in dirs.iter().zip(&pages) {
-        let args = [
-            "--lease-secs",
-            "3",
-            "--replicas",
-            "3",
-            "--metrics-addr",
-            page,
-        ];
-        serves.push(serve_process_in(&h, dir.path(), &args, &[]));
-        if serves.len() == 1 {
-            until_metric(page, "allot_partitions_owned", 1.0).await;
+    let mut pages = Vec::new();
+    for dir in &dirs {
+        let args = ["--lease-secs", "3", "--replicas", "3"];
+        let (serve, page) = serve_with_page(&h, dir.path(), &args, &[]).await;
+        if serves.is_empty() {
+            until_metric(&page, "allot_partitions_owned", 1.0).await;
         }
+        serves.push(serve);
+        pages.push(page);
     }
     for _ in 0..3 {
         if tokio::time::timeout(Duration::from_secs(20), h.wait_until_serving())

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use allot::wire::{AuctionSpec, BidReply};
 use async_nats::service::{Info, PingResponse, Stats};
-use common::{bid, free_addr, http_get, raw, serve_failure, serve_process, Harness};
+use common::{bid, http_get, raw, serve_failure, serve_with_page, Harness};
 
 async fn micro<T: serde::de::DeserializeOwned>(h: &Harness, subject: &str) -> T {
     let answer = h
@@ -38,8 +38,7 @@ fn allot_status(h: &Harness, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn micro_stats_metrics_page_and_status_count_what_happened() {
     let h = Harness::server_only().await;
-    let addr = free_addr();
-    let _serve = serve_process(&h, &["--metrics-addr", &addr], &[]);
+    let (_serve, addr) = serve_with_page(&h, h.data_dir(), &[], &[]).await;
     h.wait_until_serving().await;
     h.open("obs", AuctionSpec::with_capacity(2)).await;
 

@@ -561,3 +561,31 @@ pub async fn metric(addr: &str, name: &str) -> Option<f64> {
     page.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
+
+/// Starts `allot serve` with a metrics page on a free port, and waits until
+/// the page answers. A port picked free can be taken again before the
+/// process binds it (by any outgoing connection): then it starts over on
+/// another.
+pub async fn serve_with_page(
+    h: &Harness,
+    data_dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Serve, String) {
+    for _ in 0..5 {
+        let page = free_addr();
+        let mut all = args.to_vec();
+        all.extend(["--metrics-addr", page.as_str()]);
+        let mut serve = serve_process_in(h, data_dir, &all, env);
+        for _ in 0..400 {
+            if metric(&page, "allot_partitions_owned").await.is_some() {
+                return (serve, page);
+            }
+            if serve.try_wait().unwrap().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    panic!("allot serve did not start with a metrics page");
+}
