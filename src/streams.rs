@@ -55,8 +55,28 @@ pub struct Streams {
 }
 
 impl Streams {
-    /// Creates the streams and the buckets if missing.
+    /// Creates the streams and the buckets if missing. A JetStream that
+    /// does not answer in time (a cluster still electing its leaders, or
+    /// several processes creating replicated streams at once) is asked
+    /// again for up to [`SETUP_PATIENCE`].
     pub async fn ensure(
+        js: jetstream::Context,
+        subjects: Subjects,
+        options: &StreamOptions,
+    ) -> Result<Streams, Error> {
+        let started = std::time::Instant::now();
+        loop {
+            match Streams::ensure_once(js.clone(), subjects.clone(), options).await {
+                Err(e) if e.kind() == ErrorKind::Timeout && started.elapsed() < SETUP_PATIENCE => {
+                    tracing::warn!(error = %e, "JetStream setup timed out; asking again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn ensure_once(
         js: jetstream::Context,
         subjects: Subjects,
         options: &StreamOptions,
@@ -87,7 +107,7 @@ impl Streams {
                 subjects.log_subjects(),
             ))
             .await
-            .map_err(Error::wrap(ErrorKind::Setup, name))?;
+            .map_err(|e| stream_error(e, name))?;
         let name = subjects.outcomes_stream();
         let mut outcomes = js
             .get_or_create_stream(stream(
@@ -96,7 +116,7 @@ impl Streams {
                 subjects.outcome_stream_subjects(),
             ))
             .await
-            .map_err(Error::wrap(ErrorKind::Setup, name.clone()))?;
+            .map_err(|e| stream_error(e, name.clone()))?;
         // Streams made before fences existed get the fence subject added.
         let info = outcomes
             .info()
@@ -117,7 +137,7 @@ impl Streams {
         let status = js
             .create_or_update_key_value(bucket(name.clone(), "auction fill for fast rejects"))
             .await
-            .map_err(Error::wrap(ErrorKind::Setup, name))?;
+            .map_err(|e| bucket_error(e, name))?;
         let name = subjects.leases_bucket();
         let leases = js
             .create_or_update_key_value(kv::Config {
@@ -125,7 +145,7 @@ impl Streams {
                 ..bucket(name.clone(), "the verifier's lease")
             })
             .await
-            .map_err(Error::wrap(ErrorKind::Setup, name))?;
+            .map_err(|e| bucket_error(e, name))?;
         Ok(Streams {
             js,
             subjects,
@@ -157,6 +177,28 @@ impl Streams {
         let _ = stream.delete_consumer(&name).await;
         Ok(pending)
     }
+}
+
+/// How long [`Streams::ensure`] asks a JetStream that does not answer.
+const SETUP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// A stream that could not be created: a timeout is worth asking again.
+fn stream_error(e: jetstream::context::CreateStreamError, name: String) -> Error {
+    use jetstream::context::CreateStreamErrorKind::{JetStreamUnavailable, TimedOut};
+    let kind = match e.kind() {
+        TimedOut | JetStreamUnavailable => ErrorKind::Timeout,
+        _ => ErrorKind::Setup,
+    };
+    Error::with_source(kind, e).context(name)
+}
+
+/// A bucket that could not be created: a timeout is worth asking again.
+fn bucket_error(e: jetstream::context::CreateKeyValueError, name: String) -> Error {
+    let kind = match e.kind() {
+        jetstream::context::CreateKeyValueErrorKind::TimedOut => ErrorKind::Timeout,
+        _ => ErrorKind::Setup,
+    };
+    Error::with_source(kind, e).context(name)
 }
 
 /// A stream message as read back.
