@@ -187,15 +187,23 @@ fn stream_error(e: jetstream::context::CreateStreamError, name: String) -> Error
     use jetstream::context::CreateStreamErrorKind::{JetStreamUnavailable, TimedOut};
     let kind = match e.kind() {
         TimedOut | JetStreamUnavailable => ErrorKind::Timeout,
+        _ if timed_out(&e) => ErrorKind::Timeout,
         _ => ErrorKind::Setup,
     };
     Error::with_source(kind, e).context(name)
+}
+
+/// The client reports some timeouts inside a generic `JetStream` error
+/// kind (creating a bucket on a busy cluster did): only its text tells.
+fn timed_out(e: &dyn std::error::Error) -> bool {
+    e.to_string().contains("timed out")
 }
 
 /// A bucket that could not be created: a timeout is worth asking again.
 fn bucket_error(e: jetstream::context::CreateKeyValueError, name: String) -> Error {
     let kind = match e.kind() {
         jetstream::context::CreateKeyValueErrorKind::TimedOut => ErrorKind::Timeout,
+        _ if timed_out(&e) => ErrorKind::Timeout,
         _ => ErrorKind::Setup,
     };
     Error::with_source(kind, e).context(name)
