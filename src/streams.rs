@@ -180,7 +180,7 @@ impl Streams {
 }
 
 /// How long [`Streams::ensure`] asks a JetStream that does not answer.
-const SETUP_PATIENCE: Duration = Duration::from_secs(30);
+const SETUP_PATIENCE: Duration = Duration::from_secs(120);
 
 /// A stream that could not be created: a timeout is worth asking again.
 fn stream_error(e: jetstream::context::CreateStreamError, name: String) -> Error {
