@@ -41,15 +41,8 @@ async fn log_leader(h: &Harness) -> String {
 async fn losing_the_log_leaders_node_mid_run_loses_and_doubles_nothing() {
     let (h, mut others) = cluster().await;
     let _serve = serve_process(&h, &["--replicas", "3"], &[]);
-    for _ in 0..3 {
-        // Stream creation waits on the cluster; serving starts after it.
-        if tokio::time::timeout(Duration::from_secs(20), h.wait_until_serving())
-            .await
-            .is_ok()
-        {
-            break;
-        }
-    }
+    // Stream creation waits on the cluster; serving starts after it.
+    h.wait_until_serving_for(Duration::from_secs(120)).await;
     let mut log = h.js.get_stream("ALLOT_TRIES").await.unwrap();
     assert_eq!(log.info().await.unwrap().config.num_replicas, 3);
     // Never sold out: a sold-out auction's bids are rejected, not accepted,
@@ -175,14 +168,8 @@ async fn an_owner_frozen_past_its_lease_is_fenced_out_when_it_wakes() {
     .await;
     until_metric(&first_metrics, "allot_partitions_owned", 1.0).await;
     let (_second, second_metrics) = serve_with_page(&h, second_dir.path(), &common_args, &[]).await;
-    for _ in 0..3 {
-        if tokio::time::timeout(Duration::from_secs(20), h.wait_until_serving())
-            .await
-            .is_ok()
-        {
-            break;
-        }
-    }
+    // Stream creation waits on the cluster; serving starts after it.
+    h.wait_until_serving_for(Duration::from_secs(120)).await;
     assert_eq!(
         metric(&second_metrics, "allot_partitions_owned").await,
         Some(0.0),
@@ -260,14 +247,8 @@ async fn the_lease_owner_killed_mid_run_is_replaced_by_a_standby() {
         serves.push(serve);
         pages.push(page);
     }
-    for _ in 0..3 {
-        if tokio::time::timeout(Duration::from_secs(20), h.wait_until_serving())
-            .await
-            .is_ok()
-        {
-            break;
-        }
-    }
+    // Stream creation waits on the cluster; serving starts after it.
+    h.wait_until_serving_for(Duration::from_secs(120)).await;
     h.open(
         "k",
         AuctionSpec {

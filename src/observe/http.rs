@@ -135,30 +135,24 @@ pub fn render(m: &Metrics, pending: Option<u64>) -> String {
         ));
     }
 
-    w(header(
+    let per_endpoint = |name: &str, help: &str, count: fn(&super::EndpointStats) -> u64| {
+        let mut lines = vec![header(name, "counter", help)];
+        for e in Endpoint::ALL {
+            let n = count(m.endpoint(e));
+            lines.push(format!("{name}{{endpoint=\"{}\"}} {n}", e.name()));
+        }
+        lines.join("\n")
+    };
+    w(per_endpoint(
         "allot_requests_total",
-        "counter",
         "Requests answered, by endpoint.",
+        |s| s.requests.load(Relaxed),
     ));
-    for e in Endpoint::ALL {
-        let n = m.endpoint(e).requests.load(Relaxed);
-        w(format!(
-            "allot_requests_total{{endpoint=\"{}\"}} {n}",
-            e.name()
-        ));
-    }
-    w(header(
+    w(per_endpoint(
         "allot_request_errors_total",
-        "counter",
         "Error replies, by endpoint.",
+        |s| s.errors.load(Relaxed),
     ));
-    for e in Endpoint::ALL {
-        let n = m.endpoint(e).errors.load(Relaxed);
-        w(format!(
-            "allot_request_errors_total{{endpoint=\"{}\"}} {n}",
-            e.name()
-        ));
-    }
 
     w(header(
         "allot_outcomes_total",

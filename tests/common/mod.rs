@@ -116,7 +116,13 @@ impl Harness {
 
     /// Waits until a gateway answers status requests.
     pub async fn wait_until_serving(&self) {
-        for _ in 0..200 {
+        self.wait_until_serving_for(Duration::from_secs(10)).await
+    }
+
+    /// Waits up to `patience` until a gateway answers status requests.
+    pub async fn wait_until_serving_for(&self, patience: Duration) {
+        let started = std::time::Instant::now();
+        while started.elapsed() < patience {
             let probe: allot::Result<serde_json::Value> = self
                 .client
                 .request(self.client.subjects.status_request("probe"), Vec::new())
@@ -541,23 +547,25 @@ pub fn free_addr() -> String {
 
 /// The whole HTTP response to `GET path` on `addr`.
 pub async fn http_get(addr: &str, path: &str) -> String {
+    try_http_get(addr, path)
+        .await
+        .unwrap_or_else(|| panic!("no answer from {addr}"))
+}
+
+/// The whole HTTP response to `GET path` on `addr`, if it answers.
+pub async fn try_http_get(addr: &str, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut socket = tokio::net::TcpStream::connect(addr).await.ok()?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
-    socket.write_all(request.as_bytes()).await.unwrap();
+    socket.write_all(request.as_bytes()).await.ok()?;
     let mut response = String::new();
-    socket.read_to_string(&mut response).await.unwrap();
-    response
+    socket.read_to_string(&mut response).await.ok()?;
+    Some(response)
 }
 
 /// A metric's value on a serve's `/metrics` page, if it answers.
 pub async fn metric(addr: &str, name: &str) -> Option<f64> {
-    let mut socket = tokio::net::TcpStream::connect(addr).await.ok()?;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n");
-    socket.write_all(request.as_bytes()).await.ok()?;
-    let mut page = String::new();
-    socket.read_to_string(&mut page).await.ok()?;
+    let page = try_http_get(addr, "/metrics").await?;
     page.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
