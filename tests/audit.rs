@@ -3,20 +3,9 @@
 
 use crate::common;
 
-use std::process::{Command, Output};
-
 use allot::audit;
 use allot::wire::AuctionSpec;
-use common::{bid, Harness};
-
-fn allot(h: &Harness, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_allot"))
-        .arg("--nats-url")
-        .arg(h.server.url())
-        .args(args)
-        .output()
-        .expect("allot runs")
-}
+use common::{allot, bid, Harness};
 
 #[tokio::test]
 async fn audit_passes_a_faithful_history_and_finds_a_forged_outcome() {

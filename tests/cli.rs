@@ -5,15 +5,7 @@ use crate::common;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 
-use common::{assert_matches, Harness};
-
-fn allot(h: &Harness, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_allot"))
-        .args(args)
-        .env("NATS_URL", h.server.url())
-        .output()
-        .expect("allot runs")
-}
+use common::{allot, assert_matches, Harness};
 
 fn stdout_lines(out: &Output) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&out.stdout)

@@ -5,19 +5,11 @@
 
 use crate::common;
 
-use std::process::{Command, Output};
+use std::process::Command;
 
 use allot::wire::{LogEvent, OutcomeKind};
-use common::{assert_matches, Harness};
+use common::{allot, assert_matches, Harness};
 use serde_json::Value;
-
-fn allot(h: &Harness, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_allot"))
-        .args(args)
-        .env("NATS_URL", h.server.url())
-        .output()
-        .expect("allot runs")
-}
 
 #[test]
 fn a_raise_to_no_more_than_expected_is_refused_before_connecting() {

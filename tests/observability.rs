@@ -3,12 +3,11 @@
 
 use crate::common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use allot::wire::{AuctionSpec, BidReply};
 use async_nats::service::{Info, PingResponse, Stats};
-use common::{bid, http_get, raw, serve_failure, serve_with_page, Harness};
+use common::{allot, bid, http_get, raw, serve_failure, serve_with_page, Harness};
 
 async fn micro<T: serde::de::DeserializeOwned>(h: &Harness, subject: &str) -> T {
     let answer = h
@@ -21,12 +20,7 @@ async fn micro<T: serde::de::DeserializeOwned>(h: &Harness, subject: &str) -> T 
 }
 
 fn allot_status(h: &Harness, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_allot"))
-        .arg("status")
-        .args(args)
-        .env("NATS_URL", h.server.url())
-        .output()
-        .expect("allot runs");
+    let out = allot(h, &[&["status"], args].concat());
     assert!(
         out.status.success(),
         "{}",

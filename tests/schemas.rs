@@ -84,20 +84,13 @@ fn withdraw_refusal(reason: RefuseReason) -> bool {
 
 fn every_cancel_reason() -> Vec<CancelReason> {
     use CancelReason::*;
+    // A new reason stops this from compiling: list it in
+    // `CancelReason::ALL` too.
     let _exhaustive = |reason| match reason {
         CapacityFull | AuctionClosed | BelowMinimum | BidderLimit | UnknownAuction
         | InvalidEvent | Withdrawn | Outbid => {}
     };
-    vec![
-        CapacityFull,
-        AuctionClosed,
-        BelowMinimum,
-        BidderLimit,
-        UnknownAuction,
-        InvalidEvent,
-        Withdrawn,
-        Outbid,
-    ]
+    CancelReason::ALL.to_vec()
 }
 
 fn error_replies<R: From<RequestError>>() -> Vec<R> {

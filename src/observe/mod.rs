@@ -169,7 +169,11 @@ impl Metrics {
     pub fn outcome(&self, o: &OutcomeEvent) {
         match (o.kind, o.reason) {
             (OutcomeKind::Cancelled, Some(reason)) => {
-                self.cancelled[reason as usize].fetch_add(1, Relaxed);
+                // A reason missing from `CancelReason::ALL` goes uncounted
+                // rather than stopping the verifier.
+                if let Some(count) = self.cancelled.get(reason as usize) {
+                    count.fetch_add(1, Relaxed);
+                }
             }
             _ => {
                 self.confirmed.fetch_add(1, Relaxed);
@@ -200,7 +204,9 @@ impl Metrics {
     }
 
     pub fn cancelled(&self, reason: CancelReason) -> u64 {
-        self.cancelled[reason as usize].load(Relaxed)
+        self.cancelled
+            .get(reason as usize)
+            .map_or(0, |count| count.load(Relaxed))
     }
 }
 

@@ -597,3 +597,13 @@ pub async fn serve_with_page(
     }
     panic!("allot serve did not start with a metrics page");
 }
+
+/// Runs the `allot` binary with `args` against the harness's NATS, and
+/// waits for it.
+pub fn allot(h: &Harness, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_allot"))
+        .args(args)
+        .env("NATS_URL", &h.nats_url)
+        .output()
+        .expect("allot runs")
+}
