@@ -35,8 +35,10 @@ pub struct Findings {
     pub differences: Vec<String>,
 }
 
-/// The verifier's snapshot as the audit sees it.
+/// One partition's snapshot as the audit sees it.
 pub struct SnapshotView {
+    /// The partition it decides, and the log's number of partitions.
+    pub partition: (u32, u32),
     /// The last log sequence the snapshot has applied.
     pub last_seq: u64,
     /// Its decisions.
@@ -44,11 +46,12 @@ pub struct SnapshotView {
 }
 
 /// Replays `log` (sequence and entry, in log order) and compares the
-/// decisions with the published `outcomes` and the `snapshot`'s.
+/// decisions with the published `outcomes` and the `snapshots`' (one per
+/// partition; none when no data directory was given).
 pub fn compare(
     log: &[(u64, LogEntry)],
     outcomes: &[OutcomeEvent],
-    snapshot: Option<&SnapshotView>,
+    snapshots: Option<&[SnapshotView]>,
 ) -> Findings {
     let mut ledger = Ledger::new();
     // By (auction, bid): the decision, and the sequence of the log event
@@ -106,7 +109,8 @@ pub fn compare(
             ));
         }
     }
-    if let Some(snapshot) = snapshot {
+    for snapshot in snapshots.unwrap_or_default() {
+        let (partition, partitions) = snapshot.partition;
         let mut stored: HashMap<(&str, &str), &OutcomeEvent> = HashMap::new();
         for o in &snapshot.decisions {
             let what = format!("bid {:?} in auction {:?}", o.bid_id, o.auction_id);
@@ -125,9 +129,10 @@ pub fn compare(
             }
         }
         for (&(auction, bid), &(d, decided_at)) in &replayed {
-            if decided_at <= snapshot.last_seq && !stored.contains_key(&(auction, bid)) {
+            let covered = crate::wire::partition_of(auction, partitions) == partition;
+            if covered && decided_at <= snapshot.last_seq && !stored.contains_key(&(auction, bid)) {
                 differences.push(format!(
-                    "bid {bid:?} in auction {auction:?}: the snapshot has applied the log to {} but lacks the decision {} (try {})",
+                    "bid {bid:?} in auction {auction:?}: the snapshot of partition {partition} has applied the log to {} but lacks the decision {} (try {})",
                     snapshot.last_seq,
                     show(d.verdict),
                     d.try_seq
@@ -146,7 +151,7 @@ pub fn compare(
         auctions,
         decided: replayed.len(),
         outcomes: outcomes.len(),
-        snapshot: snapshot.map(|s| s.decisions.len()),
+        snapshot: snapshots.map(|s| s.iter().map(|s| s.decisions.len()).sum()),
         differences,
     }
 }
@@ -175,7 +180,23 @@ fn show(v: Verdict) -> String {
     }
 }
 
-/// Reads the log, the outcome stream and (with `data_dir`) the snapshot,
+/// The partition snapshots a verifier's data directory holds: those of
+/// the partitions it decides or decided earlier.
+fn partition_snapshots(dir: &Path, partitions: u32) -> Result<Vec<(u32, std::path::PathBuf)>> {
+    let found: Vec<(u32, std::path::PathBuf)> = (0..partitions)
+        .map(|p| (p, crate::verifier::partition_dir(dir, p)))
+        .filter(|(_, d)| d.join(crate::snapshot::FILE_NAME).exists())
+        .collect();
+    if found.is_empty() {
+        return Err(Error::new(
+            ErrorKind::Snapshot,
+            format!("no verifier snapshot in {}", dir.display()),
+        ));
+    }
+    Ok(found)
+}
+
+/// Reads the log, the outcome stream and (with `data_dir`) the snapshots,
 /// for one auction or all, and compares them.
 pub async fn run(
     js: &jetstream::Context,
@@ -183,22 +204,29 @@ pub async fn run(
     auction_id: Option<&str>,
     data_dir: Option<&Path>,
 ) -> Result<Findings> {
-    // Read the snapshot first: anything it holds is then in the streams.
-    let snapshot = match data_dir {
+    let subjects = &crate::streams::log_subjects(js, subjects.clone()).await?;
+    // Read the snapshots first: anything they hold is then in the streams.
+    let snapshots = match data_dir {
         None => None,
         Some(dir) => {
-            let dir = dir.to_path_buf();
+            let found = partition_snapshots(dir, subjects.partitions())?;
             let auction = auction_id.map(str::to_string);
-            let view = tokio::task::spawn_blocking(move || {
-                let snapshot = Snapshot::open_read_only(&dir)?;
-                Ok::<_, crate::snapshot::SnapshotError>(SnapshotView {
-                    last_seq: snapshot.position()?.last_seq,
-                    decisions: snapshot.decisions(auction.as_deref())?,
-                })
+            let partitions = subjects.partitions();
+            let views = tokio::task::spawn_blocking(move || {
+                let mut views = Vec::new();
+                for (partition, dir) in found {
+                    let snapshot = Snapshot::open_read_only(&dir)?;
+                    views.push(SnapshotView {
+                        partition: (partition, partitions),
+                        last_seq: snapshot.position()?.last_seq,
+                        decisions: snapshot.decisions(auction.as_deref())?,
+                    });
+                }
+                Ok::<_, crate::snapshot::SnapshotError>(views)
             })
             .await
             .map_err(Error::wrap(ErrorKind::Snapshot, "snapshot thread"))??;
-            Some(view)
+            Some(views)
         }
     };
     let log_filters = match auction_id {
@@ -226,7 +254,7 @@ pub async fn run(
             )),
         }
     }
-    let mut findings = compare(&log, &events, snapshot.as_ref());
+    let mut findings = compare(&log, &events, snapshots.as_deref());
     findings.outcomes = outcomes.len();
     findings.differences.extend(unreadable);
     Ok(findings)
@@ -279,10 +307,11 @@ mod tests {
     fn a_faithful_history_has_no_differences() {
         let outcomes = [outcome("b1", 2, Some(1)), outcome("b2", 3, None)];
         let snapshot = SnapshotView {
+            partition: (0, 1),
             last_seq: 3,
             decisions: outcomes.to_vec(),
         };
-        let f = compare(&log(), &outcomes, Some(&snapshot));
+        let f = compare(&log(), &outcomes, Some(std::slice::from_ref(&snapshot)));
         assert_eq!(f.differences, Vec::<String>::new());
         assert_eq!((f.decided, f.outcomes, f.auctions), (2, 2, 1));
     }
@@ -323,24 +352,29 @@ mod tests {
     fn a_snapshot_behind_is_fine_but_a_gap_or_a_wrong_decision_is_not() {
         let outcomes = [outcome("b1", 2, Some(1)), outcome("b2", 3, None)];
         let behind = SnapshotView {
+            partition: (0, 1),
             last_seq: 2,
             decisions: vec![outcome("b1", 2, Some(1))],
         };
-        assert!(compare(&log(), &outcomes, Some(&behind))
-            .differences
-            .is_empty());
+        assert!(
+            compare(&log(), &outcomes, Some(std::slice::from_ref(&behind)))
+                .differences
+                .is_empty()
+        );
         let gap = SnapshotView {
+            partition: (0, 1),
             last_seq: 3,
             decisions: vec![outcome("b1", 2, Some(1))],
         };
-        let f = compare(&log(), &outcomes, Some(&gap));
+        let f = compare(&log(), &outcomes, Some(std::slice::from_ref(&gap)));
         assert_eq!(f.differences.len(), 1);
         assert!(f.differences[0].contains("lacks"));
         let wrong = SnapshotView {
+            partition: (0, 1),
             last_seq: 3,
             decisions: vec![outcome("b1", 2, None), outcome("b2", 3, None)],
         };
-        let f = compare(&log(), &outcomes, Some(&wrong));
+        let f = compare(&log(), &outcomes, Some(std::slice::from_ref(&wrong)));
         assert_eq!(f.differences.len(), 1);
         assert!(f.differences[0].contains("the snapshot holds cancelled"));
     }

@@ -4,12 +4,12 @@
 //! The flow, and who owns each step:
 //!
 //! ```text
-//! bidder ──allot.bid.<a>──► gateway ──allot.try.<a>──► ALLOT_TRIES ──► verifier ──► ALLOT_OUTCOMES
+//! bidder ──allot.bid.<a>──► gateway ──allot.try.<p>.<a>──► ALLOT_TRIES ──► verifier ──► ALLOT_OUTCOMES
 //!                           gateway/                   (the log)       verifier/    allot.outcome.<a>.confirmed
 //!                           fast rejects                               core.rs      allot.outcome.<a>.cancelled
 //!                             ▲                                        snapshot.rs
 //!                             ├── ALLOT_STATUS (fill) ◄────────────────────┤
-//!                             └── allot.verifier.decided.<a> (resends) ◄───┘
+//!                             └── allot.verifier.decided.<p>.<a> (resends) ◄─┘
 //! ```
 //!
 //! - [`wire`]: subjects, JSON messages, request decoding and reading log

@@ -23,14 +23,21 @@ pub struct StreamOptions {
     /// How long a verifier's lease lasts unrenewed: how long a successor
     /// waits after a verifier dies without releasing it.
     pub lease_ttl: Duration,
+    /// Partitions of a new log. An existing log keeps the number it was
+    /// created with, recorded in its metadata.
+    pub partitions: u32,
 }
+
+/// The log stream's metadata key recording its number of partitions.
+pub const PARTITIONS_KEY: &str = "allot.partitions";
 
 impl Default for StreamOptions {
     fn default() -> Self {
         StreamOptions {
             duplicate_window: Duration::from_secs(120),
             replicas: 1,
-            lease_ttl: Duration::from_secs(10),
+            lease_ttl: Duration::from_secs(3),
+            partitions: crate::wire::DEFAULT_PARTITIONS,
         }
     }
 }
@@ -100,14 +107,31 @@ impl Streams {
             ..Default::default()
         };
         let name = subjects.tries_stream();
-        let log = js
-            .get_or_create_stream(stream(
-                name.clone(),
-                "the ordered log of auction events and bid tries",
-                subjects.log_subjects(),
-            ))
+        let mut log = js
+            .get_or_create_stream(stream::Config {
+                metadata: [(PARTITIONS_KEY.to_string(), options.partitions.to_string())].into(),
+                ..stream(
+                    name.clone(),
+                    "the ordered log of auction events and bid tries",
+                    subjects.log_subjects(),
+                )
+            })
             .await
-            .map_err(|e| stream_error(e, name))?;
+            .map_err(|e| stream_error(e, name.clone()))?;
+        // The log's own number of partitions wins over the option: every
+        // event of an auction must stay in one partition.
+        let info = log
+            .info()
+            .await
+            .map_err(Error::wrap(ErrorKind::Setup, name.clone()))?;
+        let subjects = partitioned(subjects, info)?;
+        if subjects.partitions() != options.partitions {
+            tracing::info!(
+                partitions = subjects.partitions(),
+                asked = options.partitions,
+                "the log keeps the partitions it was created with"
+            );
+        }
         let name = subjects.outcomes_stream();
         let mut outcomes = js
             .get_or_create_stream(stream(
@@ -177,6 +201,38 @@ impl Streams {
         let _ = stream.delete_consumer(&name).await;
         Ok(pending)
     }
+}
+
+/// `subjects` with the number of partitions the log was created with,
+/// as its metadata records it.
+fn partitioned(subjects: Subjects, log: &stream::Info) -> Result<Subjects, Error> {
+    match log.config.metadata.get(PARTITIONS_KEY).map(|p| p.parse::<u32>()) {
+        Some(Ok(p)) => subjects.with_partitions(p),
+        _ => Err(Error::new(
+            ErrorKind::Setup,
+            format!(
+                "stream {} has no valid {PARTITIONS_KEY:?} metadata (made by an allot without partitions?): delete it and {}, or use another --prefix",
+                log.config.name,
+                subjects.outcomes_stream()
+            ),
+        )),
+    }
+}
+
+/// `subjects` with the existing log's number of partitions, for a reader
+/// of the log (`allot audit`, `allot status`): every event subject names
+/// its partition, and a reader must compute the same ones.
+pub async fn log_subjects(js: &jetstream::Context, subjects: Subjects) -> Result<Subjects, Error> {
+    let name = subjects.tries_stream();
+    let mut log = js.get_stream(&name).await.map_err(Error::wrap(
+        ErrorKind::Nats,
+        format!("stream {name} (is allot serve running here?)"),
+    ))?;
+    let info = log
+        .info()
+        .await
+        .map_err(Error::wrap(ErrorKind::Nats, name))?;
+    partitioned(subjects, info)
 }
 
 /// How long [`Streams::ensure`] asks a JetStream that does not answer.

@@ -184,10 +184,20 @@ async fn place(h: &Harness, auction: &str, n: u32) -> usize {
     n as usize
 }
 
-/// The verifier's durable consumer, as the server sees it.
-async fn verifier_consumer(h: &Harness) -> async_nats::jetstream::consumer::Info {
+/// The durable consumer of the verifier deciding `auction_id`, as the
+/// server sees it.
+async fn verifier_consumer(h: &Harness, auction_id: &str) -> async_nats::jetstream::consumer::Info {
     let log = h.js.get_stream("ALLOT_TRIES").await.unwrap();
-    log.consumer_info(allot::verifier::CONSUMER).await.unwrap()
+    let p = h.client.subjects.partition(auction_id);
+    let name = allot::verifier::consumer_name(allot::verifier::CONSUMER, p);
+    // The verifier makes it when it starts deciding the partition.
+    for _ in 0..200 {
+        if let Ok(info) = log.consumer_info(&name).await {
+            return info;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no consumer {name}");
 }
 
 /// The verifier stalls past the consumer's ack wait, so JetStream delivers
@@ -209,7 +219,7 @@ async fn redelivery_past_the_ack_wait_has_no_duplicate_effect() {
     h.wait_for_outcomes("r", accepted).await;
     h.wait_until_decided().await;
     // More deliveries than log entries: some were delivered twice.
-    let delivered = verifier_consumer(&h).await.delivered;
+    let delivered = verifier_consumer(&h, "r").await.delivered;
     assert!(
         delivered.consumer_sequence > delivered.stream_sequence,
         "the stall made JetStream redeliver: {delivered:?}"
@@ -233,7 +243,7 @@ async fn a_failing_snapshot_write_stops_acks_until_it_works_again() {
     h.open("f", AuctionSpec::with_capacity(100)).await;
     let accepted = place(&h, "f", 20).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let consumer = verifier_consumer(&h).await;
+    let consumer = verifier_consumer(&h, "f").await;
     assert_eq!(
         consumer.ack_floor.stream_sequence, 0,
         "nothing acked while the snapshot cannot be written"

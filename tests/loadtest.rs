@@ -82,7 +82,7 @@ async fn all_three_strategies_pass_the_invariant_check_on_the_same_workload() {
         (0, 0)
     );
     // The tries of the tcc run are in allot's log, one per accepted bid.
-    let tries = h.read_stream("ALLOT_TRIES", "allot.try.*").await;
+    let tries = h.read_stream("ALLOT_TRIES", "allot.try.>").await;
     assert_eq!(tries.len() as u64, tcc.accepted);
 }
 

@@ -17,7 +17,7 @@ async fn hand_written_garbage_in_the_log_never_blocks_an_auction() {
     let mut terminated = h
         .client
         .client
-        .subscribe("$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.ALLOT_TRIES.allot-verifier")
+        .subscribe("$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.ALLOT_TRIES.*")
         .await
         .unwrap();
     let garbage: [&[u8]; 4] = [

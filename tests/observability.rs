@@ -78,11 +78,14 @@ async fn micro_stats_metrics_page_and_status_count_what_happened() {
     assert!(bids.processing_time > Duration::ZERO);
     assert_eq!((endpoint("open").requests, endpoint("open").errors), (1, 0));
 
-    // The Prometheus page, once the verifier has acked everything.
+    // The Prometheus page, once the verifier of the auction's partition
+    // has acked everything.
+    let p = h.client.subjects.partition("obs");
+    let pending = format!("allot_verifier_pending{{partition=\"{p}\"}} 0");
     let mut page = String::new();
     for _ in 0..100 {
         page = http_get(&addr, "/metrics").await;
-        if page.contains("allot_verifier_pending{partition=\"0\"} 0\n") {
+        if page.contains(&format!("{pending}\n")) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -98,8 +101,8 @@ async fn micro_stats_metrics_page_and_status_count_what_happened() {
         "allot_outcomes_total{type=\"cancelled\",reason=\"outbid\"} 0",
         "allot_decision_latency_seconds_bucket{le=\"+Inf\"} 3",
         "allot_decision_latency_seconds_count 3",
-        "allot_verifier_pending{partition=\"0\"} 0",
-        "allot_partitions_owned 1",
+        pending.as_str(),
+        "allot_partitions_owned 8",
     ] {
         assert!(
             page.contains(&format!("{line}\n")),
@@ -113,9 +116,14 @@ async fn micro_stats_metrics_page_and_status_count_what_happened() {
         serde_json::from_str(allot_status(&h, &["--json"]).trim()).unwrap();
     assert_eq!(status["instances"].as_array().unwrap().len(), 1);
     assert_eq!(status["instances"][0]["id"], ping.id.as_str());
-    let partition = &status["partitions"][0];
-    assert!(partition["owner"].as_str().is_some(), "{partition}");
-    assert_eq!(partition["pending"], 0);
+    let partitions = status["partitions"].as_array().unwrap();
+    assert_eq!(partitions.len(), 8, "the default number of partitions");
+    for partition in partitions {
+        assert!(partition["owner"].as_str().is_some(), "{partition}");
+        assert_eq!(partition["pending"], 0);
+        let auctions = u64::from(partition["partition"] == p);
+        assert_eq!(partition["auctions"], auctions, "{partition}");
+    }
     assert_eq!(status["auctions_total"], 1);
     let fill = &status["auctions"][0];
     assert_eq!(fill["auction_id"], "obs");

@@ -234,20 +234,21 @@ async fn an_interrupted_rebuild_publishes_nothing_twice() {
     verifier.wait().unwrap();
 }
 
-/// A second verifier on the same log (another data directory, as on
-/// another machine) stands by while the first holds its lease, and takes
-/// over when the first dies.
+/// On a log of one partition, a second verifier (another data directory,
+/// as on another machine) stands by while the first holds its lease, and
+/// takes over when the first dies.
 #[tokio::test]
 async fn a_second_verifier_stands_by_and_takes_over() {
     let h = Harness::server_only().await;
-    let mut first = common::serve_process(&h, &["--lease-secs", "2"], &[]);
+    let args = ["--lease-secs", "2", "--partitions", "1"];
+    let mut first = common::serve_process(&h, &args, &[]);
     h.wait_until_serving().await;
     h.open("l", AuctionSpec::with_capacity(3)).await;
     let before = place(&h, "l", 0..2).await;
     h.wait_for_outcomes("l", before).await;
 
     let other = tempfile::tempdir().unwrap();
-    let mut standby = common::serve_process_in(&h, other.path(), &["--lease-secs", "2"], &[]);
+    let mut standby = common::serve_process_in(&h, other.path(), &args, &[]);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
         standby.try_wait().unwrap().is_none(),
@@ -279,11 +280,11 @@ async fn a_second_verifier_stands_by_and_takes_over() {
     standby.wait().unwrap();
 }
 
-/// Who holds the verifier's lease: host and data directory.
+/// Who holds the lease of a log's only partition: host and data directory.
 async fn lease_owner(h: &Harness) -> String {
     let bucket = h.js.get_key_value("ALLOT_LEASES").await.unwrap();
     let value = bucket
-        .get("verifier")
+        .get("verifier.0")
         .await
         .unwrap()
         .expect("a lease is held");
@@ -331,8 +332,10 @@ async fn a_damaged_or_truncated_snapshot_is_set_aside_and_rebuilt_without_duplic
         );
         assert_replay_matches_outcomes(&h).await;
     }
-    let aside = std::fs::read_dir(h.data_dir())
-        .unwrap()
+    let aside = (0..8)
+        .map(|p| allot::verifier::partition_dir(h.data_dir(), p))
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flatten()
         .flatten()
         .filter(|e| {
             e.file_name()

@@ -36,8 +36,14 @@ pub struct Args {
     pub ack_wait_secs: u64,
     /// Seconds a verifier's lease lasts unrenewed: after a crash, another
     /// verifier takes over this long after the last renewal.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub lease_secs: u64,
+    /// Partitions of a new log: auctions are spread over them by a hash of
+    /// their id, and each is decided by one verifier at a time, so this is
+    /// how many processes can share the deciding. An existing log keeps
+    /// the number it was created with.
+    #[arg(long, default_value_t = crate::wire::DEFAULT_PARTITIONS, value_parser = clap::value_parser!(u32).range(1..=crate::wire::MAX_PARTITIONS as i64))]
+    pub partitions: u32,
     /// Replicas of each stream and bucket it creates: 3 on a three-node
     /// JetStream cluster, so that losing a node loses nothing acknowledged.
     /// Existing streams keep theirs.
@@ -58,6 +64,7 @@ pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
             duplicate_window: Duration::from_secs(args.dedupe_window_secs),
             lease_ttl: Duration::from_secs(args.lease_secs),
             replicas: args.replicas.into(),
+            partitions: args.partitions,
         },
         verifier: VerifierConfig {
             data_dir: args.data_dir,

@@ -40,12 +40,13 @@ pub fn render(s: &Status) -> String {
     }
     out.push('\n');
     out.push_str(&table(
-        &["partition", "owner", "log last seq", "pending"],
+        &["partition", "owner", "auctions", "events", "pending"],
         s.partitions.iter().map(|p| {
             vec![
                 p.partition.to_string(),
                 p.owner.clone().unwrap_or_else(|| "(none)".into()),
-                p.log_last_seq.to_string(),
+                p.auctions.to_string(),
+                p.events.to_string(),
                 p.pending.to_string(),
             ]
         }),

@@ -176,10 +176,14 @@ impl Gateway {
             Err(e) => return Err(internal(e)),
         };
         // The verifier acks a try only after its outcome is stored, so its ack floor tells what is decided.
+        let consumer = crate::verifier::consumer_name(
+            &self.config.verifier_consumer,
+            self.streams.subjects.partition(auction_id),
+        );
         for _ in 0..25 {
             match self
                 .view
-                .decided_through(&self.streams.log, &self.config.verifier_consumer)
+                .decided_through(&self.streams.log, &consumer)
                 .await
             {
                 Some(floor) if floor >= last_try => return Ok(Some(last_try)),

@@ -28,10 +28,11 @@ pub(super) struct View {
     /// Auctions whose close event the verifier has decided. Closed stays
     /// closed.
     pub(super) closed: RwLock<HashSet<String, RandomState>>,
-    /// The verifier consumer's ack floor and when it was read. An async
-    /// lock, held across the read, so that concurrent requests share one
-    /// consumer-info request per interval instead of each sending its own.
-    ack_floor: tokio::sync::Mutex<Option<(Instant, u64)>>,
+    /// Each partition's verifier consumer's ack floor and when it was read.
+    /// An async lock, held across the read, so that concurrent requests
+    /// share one consumer-info request per interval instead of each sending
+    /// its own.
+    ack_floor: tokio::sync::Mutex<std::collections::HashMap<String, (Instant, u64)>>,
     /// Try appends in progress in this gateway, per auction.
     pub(super) appends: Appends,
     /// Bids being handled, by auction and bid id.
@@ -190,9 +191,9 @@ impl View {
     ) -> Option<u64> {
         const FRESH: Duration = Duration::from_millis(10);
         let mut cached = self.ack_floor.lock().await;
-        if let Some((at, floor)) = *cached {
+        if let Some((at, floor)) = cached.get(consumer) {
             if at.elapsed() < FRESH {
-                return Some(floor);
+                return Some(*floor);
             }
         }
         let floor = log
@@ -201,7 +202,7 @@ impl View {
             .ok()?
             .ack_floor
             .stream_sequence;
-        *cached = Some((Instant::now(), floor));
+        cached.insert(consumer.to_string(), (Instant::now(), floor));
         Some(floor)
     }
 }

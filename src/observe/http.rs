@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::consumer::{pull, PullConsumer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -25,13 +25,23 @@ pub struct Lag {
 }
 
 impl Lag {
-    /// Log entries not yet decided and acked: undelivered plus delivered
-    /// but unacked. `None` when NATS cannot say.
-    async fn pending(&self) -> Option<u64> {
-        let mut consumer: PullConsumer =
-            self.streams.log.get_consumer(&self.consumer).await.ok()?;
-        let info = consumer.info().await.ok()?;
-        Some(info.num_pending + info.num_ack_pending as u64)
+    /// Per partition, log entries not yet decided and acked: undelivered
+    /// plus delivered but unacked. Partitions NATS cannot say about (no
+    /// verifier has decided them yet) are left out.
+    async fn pending(&self) -> Vec<(u32, u64)> {
+        let mut lag = Vec::new();
+        for p in 0..self.streams.subjects.partitions() {
+            let name = crate::verifier::consumer_name(&self.consumer, p);
+            let Ok(mut consumer) = self.streams.log.get_consumer::<pull::Config>(&name).await
+            else {
+                continue;
+            };
+            let consumer: &mut PullConsumer = &mut consumer;
+            if let Ok(info) = consumer.info().await {
+                lag.push((p, info.num_pending + info.num_ack_pending as u64));
+            }
+        }
+        lag
     }
 }
 
@@ -111,8 +121,8 @@ async fn answer(mut socket: TcpStream, metrics: &Metrics, lag: &Lag) -> std::io:
     socket.shutdown().await
 }
 
-/// The page's text. `pending` is the verifier's lag, when known.
-pub fn render(m: &Metrics, pending: Option<u64>) -> String {
+/// The page's text. `pending` is the verifiers' lag per partition, where known.
+pub fn render(m: &Metrics, pending: Vec<(u32, u64)>) -> String {
     let mut out = String::with_capacity(4096);
     let mut w = |line: String| {
         out.push_str(&line);
@@ -193,15 +203,14 @@ pub fn render(m: &Metrics, pending: Option<u64>) -> String {
     ));
     w(format!("allot_decision_latency_seconds_count {cumulative}"));
 
-    // One partition, the whole log, until partitioning lands.
     w(header(
         "allot_verifier_pending",
         "gauge",
         "Log entries not yet decided and acked, per partition.",
     ));
-    if let Some(pending) = pending {
+    for (p, pending) in pending {
         w(format!(
-            "allot_verifier_pending{{partition=\"0\"}} {pending}"
+            "allot_verifier_pending{{partition=\"{p}\"}} {pending}"
         ));
     }
     w(header(

@@ -41,12 +41,14 @@ pub struct Instance {
 pub struct Partition {
     pub partition: u32,
     /// The log subjects it covers.
-    pub subjects: Vec<String>,
+    pub subject: String,
     /// The lease holder (host and data directory), if any.
     pub owner: Option<String>,
-    /// The log's last sequence.
-    pub log_last_seq: u64,
-    /// Log entries the verifier has not yet decided and acked.
+    /// Auctions in it.
+    pub auctions: u64,
+    /// Log entries in it.
+    pub events: u64,
+    /// Log entries its verifier has not yet decided and acked.
     pub pending: u64,
 }
 
@@ -71,7 +73,8 @@ pub async fn read(
     limit: usize,
 ) -> Result<Status> {
     let js = jetstream::new(client.clone());
-    let mut log = js
+    let subjects = &crate::streams::log_subjects(&js, subjects.clone()).await?;
+    let log = js
         .get_stream(subjects.tries_stream())
         .await
         .map_err(Error::wrap(
@@ -87,42 +90,47 @@ pub async fn read(
         .map_err(Error::wrap(ErrorKind::Nats, subjects.outcomes_stream()))?;
     let instances = instances(client).await?;
 
-    let log_last_seq = log
-        .info()
-        .await
-        .map_err(Error::wrap(ErrorKind::Nats, "log info"))?
-        .state
-        .last_sequence;
-    let pending = match log
-        .get_consumer::<jetstream::consumer::pull::Config>(consumer)
-        .await
-    {
-        Ok(mut c) => {
-            let c: &mut PullConsumer = &mut c;
-            let info = c
-                .info()
-                .await
-                .map_err(Error::wrap(ErrorKind::Nats, "verifier consumer"))?;
-            info.num_pending + info.num_ack_pending as u64
-        }
-        // No verifier has started yet: everything is pending.
-        Err(_) => log_last_seq,
-    };
-    let owner = match js.get_key_value(subjects.leases_bucket()).await {
-        Ok(bucket) => lease_owner(&bucket).await,
-        Err(_) => None,
-    };
-    let partitions = vec![Partition {
-        partition: 0,
-        subjects: subjects.log_subjects(),
-        owner,
-        log_last_seq,
-        pending,
-    }];
-
     let prefix = subjects.prefix();
-    let opened = per_subject(&log, &format!("{prefix}.auction.*")).await?;
-    let tries = per_subject(&log, &format!("{prefix}.try.*")).await?;
+    let opened = per_subject(&log, &format!("{prefix}.auction.*.*")).await?;
+    let tries = per_subject(&log, &format!("{prefix}.try.*.*")).await?;
+    let leases = js.get_key_value(subjects.leases_bucket()).await.ok();
+    let mut partitions = Vec::new();
+    for p in 0..subjects.partitions() {
+        let in_p =
+            |subject: &&String| subjects.partition(subject.rsplit('.').next().unwrap_or("")) == p;
+        let auctions = opened.keys().filter(in_p).count() as u64;
+        let events: u64 = opened
+            .iter()
+            .chain(tries.iter())
+            .filter(|(s, _)| in_p(s))
+            .map(|(_, n)| n)
+            .sum();
+        let name = crate::verifier::consumer_name(consumer, p);
+        let pending = match log
+            .get_consumer::<jetstream::consumer::pull::Config>(&name)
+            .await
+        {
+            Ok(mut c) => {
+                let c: &mut PullConsumer = &mut c;
+                let info = c.info().await.map_err(Error::wrap(ErrorKind::Nats, name))?;
+                info.num_pending + info.num_ack_pending as u64
+            }
+            // No verifier has decided it yet: everything is pending.
+            Err(_) => events,
+        };
+        let owner = match &leases {
+            Some(bucket) => lease_owner(bucket, p).await,
+            None => None,
+        };
+        partitions.push(Partition {
+            partition: p,
+            subject: subjects.log_partition(p),
+            owner,
+            auctions,
+            events,
+            pending,
+        });
+    }
     let decided = per_subject(&outcomes, &format!("{prefix}.outcome.*.*")).await?;
     let mut fills: Vec<AuctionFill> = opened
         .keys()
@@ -190,8 +198,11 @@ async fn per_subject(stream: &Stream, filter: &str) -> Result<BTreeMap<String, u
     Ok(counts)
 }
 
-async fn lease_owner(bucket: &kv::Store) -> Option<String> {
-    let value = bucket.get(crate::verifier::LEASE_KEY).await.ok()??;
+async fn lease_owner(bucket: &kv::Store, partition: u32) -> Option<String> {
+    let value = bucket
+        .get(crate::verifier::lease_key(partition))
+        .await
+        .ok()??;
     Some(String::from_utf8_lossy(&value).into_owned())
 }
 

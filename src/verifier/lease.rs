@@ -1,11 +1,11 @@
-//! One verifier at a time per log.
+//! One verifier at a time per partition of the log.
 //!
-//! Two verifiers folding the same log would each see part of it and could
-//! confirm more than N bids. So a verifier holds a lease: an entry in the
-//! leases bucket, whose `max_age` is the lease time, renewed with a
-//! compare-and-set well within it. The server ages out the entry of a
-//! verifier that died, and a standby (another `allot serve`, waiting in
-//! [`Lease::acquire`]) then takes the lease. A verifier that cannot renew
+//! Two verifiers folding the same partition would each see part of it and
+//! could confirm more than N bids. So a verifier holds a lease per
+//! partition: an entry in the leases bucket, whose `max_age` is the lease
+//! time, renewed with a compare-and-set well within it. The server ages out
+//! the entries of a verifier that died, and the others (each looking for
+//! free partitions, see `assign.rs`) then take them in [`Lease::try_acquire`]. A verifier that cannot renew
 //! stops deciding before its lease can lapse, and one that finds its lease
 //! taken goes back to standing by. A verifier paused past its lease does
 //! not know it has lost it until it looks; the fence (`fence.rs`) keeps
@@ -24,8 +24,10 @@ use tokio::time::Instant;
 
 use crate::error::{Error, ErrorKind, Result};
 
-/// The key of the verifier's lease in the leases bucket.
-pub(crate) const KEY: &str = "verifier";
+/// The key of a partition's lease in the leases bucket.
+pub(crate) fn key(partition: u32) -> String {
+    format!("verifier.{partition}")
+}
 
 /// Holds the data directory for this process alone, until dropped.
 pub(super) struct DirLock {
@@ -62,6 +64,8 @@ impl DirLock {
 /// A held lease, renewed in the background until released.
 pub(super) struct Lease {
     bucket: kv::Store,
+    /// The lease's entry: one per partition.
+    key: String,
     /// Who holds it: host and data directory.
     owner: String,
     /// How long an unrenewed lease lasts.
@@ -80,70 +84,60 @@ struct State {
 }
 
 impl Lease {
-    /// Takes the lease, standing by for as long as another verifier holds
-    /// it: its entry ages out `ttl` after its holder's last renewal.
-    pub(super) async fn acquire(
-        bucket: kv::Store,
-        data_dir: &Path,
+    /// Takes the lease on `key` if nobody else holds it (or this same
+    /// verifier's earlier run does); `None` while another verifier does:
+    /// its entry ages out `ttl` after its holder's last renewal.
+    pub(super) async fn try_acquire(
+        bucket: &kv::Store,
+        key: &str,
+        owner: &str,
         ttl: Duration,
-    ) -> Result<Lease> {
-        let owner = owner(data_dir);
-        let mut standing_by = None;
-        let revision = loop {
-            match bucket.create(KEY, owner.clone().into()).await {
-                Ok(revision) => break revision,
-                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
-                Err(e) => {
-                    return Err(Error::with_source(ErrorKind::Nats, e).context("verifier lease"))
+    ) -> Result<Option<Lease>> {
+        let context = format!("verifier lease {key}");
+        let revision = match bucket.create(key, owner.to_string().into()).await {
+            Ok(revision) => revision,
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
+                let entry = bucket.entry(key).await;
+                let Some(entry) = entry.map_err(Error::wrap(ErrorKind::Nats, context.as_str()))?
+                else {
+                    return Ok(None);
+                };
+                if entry.value != owner.as_bytes() {
+                    return Ok(None);
+                }
+                // Our own earlier run: take it over at once.
+                match bucket
+                    .update(key, owner.to_string().into(), entry.revision)
+                    .await
+                {
+                    Ok(revision) => revision,
+                    Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => return Ok(None),
+                    Err(e) => return Err(Error::with_source(ErrorKind::Nats, e).context(context)),
                 }
             }
-            let entry = bucket
-                .entry(KEY)
-                .await
-                .map_err(Error::wrap(ErrorKind::Nats, "verifier lease"))?;
-            if let Some(entry) = entry {
-                if entry.value == owner.as_bytes() {
-                    // Our own earlier run: take it over at once.
-                    match bucket
-                        .update(KEY, owner.clone().into(), entry.revision)
-                        .await
-                    {
-                        Ok(revision) => break revision,
-                        Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
-                        Err(e) => {
-                            return Err(
-                                Error::with_source(ErrorKind::Nats, e).context("verifier lease")
-                            )
-                        }
-                    }
-                }
-                let holder = String::from_utf8_lossy(&entry.value).to_string();
-                if standing_by.as_ref() != Some(&holder) {
-                    tracing::info!(
-                        holder,
-                        "another verifier holds the lease; standing by to take over"
-                    );
-                    standing_by = Some(holder);
-                }
-            }
-            // A fifth of the lease time: a successor starts within that
-            // much of the lapse.
-            tokio::time::sleep((ttl / 5).min(Duration::from_millis(500))).await;
+            Err(e) => return Err(Error::with_source(ErrorKind::Nats, e).context(context)),
         };
         let state = Arc::new(Mutex::new(State {
             revision,
             valid_until: Instant::now() + ttl / 2,
             lost: false,
         }));
-        let renewer = tokio::spawn(renew(bucket.clone(), owner.clone(), ttl, state.clone()));
-        tracing::info!(owner, "verifier lease taken");
-        Ok(Lease {
-            bucket,
-            owner,
+        let renewer = tokio::spawn(renew(
+            bucket.clone(),
+            key.to_string(),
+            owner.to_string(),
+            ttl,
+            state.clone(),
+        ));
+        tracing::info!(owner, key, "verifier lease taken");
+        Ok(Some(Lease {
+            bucket: bucket.clone(),
+            key: key.to_string(),
+            owner: owner.to_string(),
             ttl,
             state,
             renewer,
-        })
+        }))
     }
 
     /// Ok while deciding is safe. A lost lease means superseded (stand
@@ -154,7 +148,7 @@ impl Lease {
         if state.lost {
             return Err(Error::new(
                 ErrorKind::Superseded,
-                "another verifier took the lease on this log",
+                format!("another verifier took the lease {}", self.key),
             ));
         }
         if Instant::now() >= state.valid_until {
@@ -181,23 +175,37 @@ impl Lease {
     pub(super) async fn release(self) {
         self.renewer.abort();
         let revision = self.state.lock().unwrap().revision;
-        if let Err(e) = self
+        let released = self
             .bucket
-            .delete_expect_revision(KEY, Some(revision))
-            .await
-        {
-            tracing::warn!(error = %e, owner = self.owner, "cannot release the verifier lease; it will lapse");
+            .delete_expect_revision(&self.key, Some(revision));
+        match tokio::time::timeout(super::assign::GOODBYE, released).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, key = self.key, "cannot release the verifier lease; it will lapse")
+            }
+            Err(_) => tracing::warn!(
+                key = self.key,
+                "no answer releasing the verifier lease; it will lapse"
+            ),
         }
     }
 }
 
-/// Renews the lease every third of its time.
-async fn renew(bucket: kv::Store, owner: String, ttl: Duration, state: Arc<Mutex<State>>) {
+/// Renews the lease every quarter of its time: deciding is allowed for
+/// half of it after each renewal, so one late renewal still leaves a
+/// quarter to spare.
+async fn renew(
+    bucket: kv::Store,
+    key: String,
+    owner: String,
+    ttl: Duration,
+    state: Arc<Mutex<State>>,
+) {
     loop {
-        tokio::time::sleep(ttl / 3).await;
+        tokio::time::sleep(ttl / 4).await;
         let revision = state.lock().unwrap().revision;
         let started = Instant::now();
-        match bucket.update(KEY, owner.clone().into(), revision).await {
+        match bucket.update(&key, owner.clone().into(), revision).await {
             Ok(revision) => {
                 let mut state = state.lock().unwrap();
                 state.revision = revision;
@@ -207,7 +215,7 @@ async fn renew(bucket: kv::Store, owner: String, ttl: Duration, state: Arc<Mutex
                 // Not necessarily taken: a renewal whose reply was lost (NATS
                 // restarting, say) still moved the revision on, or the
                 // entry aged out meanwhile. Only another owner means lost.
-                match reclaim(&bucket, &owner).await {
+                match reclaim(&bucket, &key, &owner).await {
                     Ok(Some(revision)) => {
                         tracing::info!("verifier lease still ours; renewing");
                         let mut state = state.lock().unwrap();
@@ -232,9 +240,9 @@ async fn renew(bucket: kv::Store, owner: String, ttl: Duration, state: Arc<Mutex
 /// After a failed compare-and-set: renews the lease if it is still ours
 /// (or lapsed, and nobody took it), returning the new revision; `None` if
 /// another verifier holds it.
-async fn reclaim(bucket: &kv::Store, owner: &str) -> Result<Option<u64>> {
+async fn reclaim(bucket: &kv::Store, key: &str, owner: &str) -> Result<Option<u64>> {
     let entry = bucket
-        .entry(KEY)
+        .entry(key)
         .await
         .map_err(Error::wrap(ErrorKind::Nats, "verifier lease"))?;
     let written = match entry {
@@ -243,12 +251,12 @@ async fn reclaim(bucket: &kv::Store, owner: &str) -> Result<Option<u64>> {
                 return Ok(None);
             }
             bucket
-                .update(KEY, owner.to_string().into(), entry.revision)
+                .update(key, owner.to_string().into(), entry.revision)
                 .await
                 .map_err(Error::wrap(ErrorKind::Nats, "verifier lease"))
         }
         // Aged out (or deleted): take it again, unless someone is faster.
-        _ => match bucket.create(KEY, owner.to_string().into()).await {
+        _ => match bucket.create(key, owner.to_string().into()).await {
             Err(e) if e.kind() == CreateErrorKind::AlreadyExists => return Ok(None),
             created => created.map_err(Error::wrap(ErrorKind::Nats, "verifier lease")),
         },
@@ -257,7 +265,7 @@ async fn reclaim(bucket: &kv::Store, owner: &str) -> Result<Option<u64>> {
 }
 
 /// Names this verifier: host and data directory.
-fn owner(data_dir: &Path) -> String {
+pub(super) fn owner(data_dir: &Path) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .map(|h| h.trim().to_string())
@@ -287,20 +295,24 @@ mod tests {
             .await
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let lease = Lease::acquire(bucket.clone(), dir.path(), ttl)
+        let key = key(3);
+        let lease = Lease::try_acquire(&bucket, &key, &owner(dir.path()), ttl)
             .await
-            .unwrap();
+            .unwrap()
+            .expect("free");
+        let other = Lease::try_acquire(&bucket, &key, "elsewhere:/data", ttl).await;
+        assert!(other.unwrap().is_none(), "held by the first");
 
         // As a renewal that NATS applied but whose reply never came back:
         // the entry moves on, with our own name in it.
-        bucket.put(KEY, lease.owner.clone().into()).await.unwrap();
-        tokio::time::sleep(ttl / 3 + Duration::from_millis(500)).await;
+        bucket.put(&key, lease.owner.clone().into()).await.unwrap();
+        tokio::time::sleep(ttl / 4 + Duration::from_millis(500)).await;
         lease.check().expect("still ours");
         assert!(!lease.state.lock().unwrap().lost);
 
         // Another owner's name in the entry: superseded, stand by.
-        bucket.put(KEY, "elsewhere:/data".into()).await.unwrap();
-        tokio::time::sleep(ttl / 3 + Duration::from_millis(500)).await;
+        bucket.put(&key, "elsewhere:/data".into()).await.unwrap();
+        tokio::time::sleep(ttl / 4 + Duration::from_millis(500)).await;
         let lost = lease.check().expect_err("taken");
         assert_eq!(lost.kind(), ErrorKind::Superseded);
     }

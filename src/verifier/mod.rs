@@ -23,9 +23,10 @@
 //! the decisions are the same, and those already in the outcome stream are
 //! taken from there rather than published twice.
 
+mod assign;
 mod fence;
 mod lease;
-pub(crate) use lease::KEY as LEASE_KEY;
+pub(crate) use lease::key as lease_key;
 mod outcomes;
 mod recovery;
 
@@ -58,9 +59,6 @@ use recovery::{align_consumer, Published, PULL_GROUP};
 /// Default name of the verifier's durable consumer.
 pub const CONSUMER: &str = "allot-verifier";
 
-/// The log is decided as one partition.
-const PARTITION: u32 = 0;
-
 /// Verifier settings.
 #[derive(Clone, Debug)]
 pub struct VerifierConfig {
@@ -88,61 +86,93 @@ impl Default for VerifierConfig {
     }
 }
 
-/// Runs the verifier until `shutdown` completes.
+/// Runs the verifier until `shutdown` completes: takes a fair share of
+/// the log's partitions (see `assign.rs`) and decides each of them.
 ///
 /// A failure to start at all (an unusable data directory, a corrupt
 /// snapshot, streams that do not belong together) is returned: retrying
 /// would not help. A later failure (NATS gone, a snapshot write refused)
-/// drops all in-memory state and starts over from the snapshot, as a
-/// restart would; nothing is acked that is not durably decided. A replay
-/// that disagrees with a published outcome always stops the verifier.
+/// drops the partition's in-memory state and starts it over from its
+/// snapshot, as a restart would; nothing is acked that is not durably
+/// decided. A replay that disagrees with a published outcome always stops
+/// the verifier.
 pub async fn run(
     streams: Streams,
     config: VerifierConfig,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    tokio::pin!(shutdown);
     let _dir = DirLock::acquire(&config.data_dir)?;
-    // A verifier that finds the lease taken stands by until it lapses; one
-    // that is superseded while deciding (its lease lost, or its outcomes
-    // refused by a successor's fence) goes back to standing by.
-    loop {
-        let lease = tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            lease = Lease::acquire(streams.leases.clone(), &config.data_dir, streams.lease_ttl) => lease?,
-        };
-        let fence = match Fence::take(&streams, PARTITION, lease.owner()).await {
-            Ok(fence) => fence,
-            Err(e) => {
-                lease.release().await;
-                return Err(e);
+    assign::run(streams, config, metrics, shutdown).await
+}
+
+/// Where a verifier keeps one partition's snapshot: `<data_dir>/partition-<p>`.
+pub fn partition_dir(data_dir: &std::path::Path, partition: u32) -> PathBuf {
+    data_dir.join(format!("partition-{partition}"))
+}
+
+/// The durable consumer deciding one partition: `<consumer>-<partition>`.
+pub fn consumer_name(consumer: &str, partition: u32) -> String {
+    format!("{consumer}-{partition}")
+}
+
+/// Decides one partition, whose lease this verifier holds, until `stop`
+/// completes, a fatal error, or another verifier takes the partition over.
+async fn decide_partition(
+    streams: Streams,
+    config: VerifierConfig,
+    partition: u32,
+    lease: Lease,
+    metrics: Arc<Metrics>,
+    stop: impl Future<Output = ()>,
+) -> Result<()> {
+    tokio::pin!(stop);
+    // A JetStream context of its own: a context bounds the publish acks
+    // awaited at once (5,000), and one partition may await 4,096 (its
+    // fence, or its outcomes in flight), so partitions sharing one could
+    // wait on each other for good.
+    let streams = Streams {
+        js: async_nats::jetstream::new(streams.js.client()),
+        ..streams
+    };
+    let config = VerifierConfig {
+        data_dir: partition_dir(&config.data_dir, partition),
+        consumer: consumer_name(&config.consumer, partition),
+        ..config
+    };
+    let fence = match Fence::take(&streams, partition, lease.owner()).await {
+        Ok(fence) => fence,
+        Err(e) => {
+            lease.release().await;
+            return Err(e);
+        }
+    };
+    let result = follow(
+        &streams, &config, partition, &lease, &fence, &metrics, &mut stop,
+    )
+    .await;
+    match result {
+        Err(e) if matches!(e.kind(), ErrorKind::Superseded | ErrorKind::Fenced) => {
+            if e.kind() == ErrorKind::Fenced {
+                metrics.fenced.fetch_add(1, Ordering::Relaxed);
             }
-        };
-        metrics.partitions_owned.store(1, Ordering::Relaxed);
-        let result = follow(&streams, &config, &lease, &fence, &metrics, &mut shutdown).await;
-        metrics.partitions_owned.store(0, Ordering::Relaxed);
-        match result {
-            Err(e) if matches!(e.kind(), ErrorKind::Superseded | ErrorKind::Fenced) => {
-                if e.kind() == ErrorKind::Fenced {
-                    metrics.fenced.fetch_add(1, Ordering::Relaxed);
-                }
-                metrics.superseded.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "superseded by another verifier; standing by");
-                lease.abandon();
-            }
-            result => {
-                lease.release().await;
-                return result;
-            }
+            metrics.superseded.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(partition, error = %e, "superseded by another verifier");
+            lease.abandon();
+            Err(e)
+        }
+        result => {
+            lease.release().await;
+            result
         }
     }
 }
 
-/// Runs and restarts the verifier until shutdown or a fatal error.
+/// Runs and restarts a partition's verifier until shutdown or a fatal error.
 async fn follow(
     streams: &Streams,
     config: &VerifierConfig,
+    partition: u32,
     lease: &Lease,
     fence: &Fence,
     metrics: &Metrics,
@@ -152,9 +182,13 @@ async fn follow(
     let mut first = true;
     loop {
         let started = tokio::time::Instant::now();
-        match run_once(streams, config, lease, fence, metrics, shutdown, first).await {
+        match run_once(
+            streams, config, partition, lease, fence, metrics, shutdown, first,
+        )
+        .await
+        {
             Ok(()) => {
-                tracing::info!("verifier stopped");
+                tracing::info!(partition, "verifier stopped");
                 return Ok(());
             }
             Err(Failure::Fatal(e)) => return Err(e),
@@ -163,7 +197,7 @@ async fn follow(
                 if started.elapsed() > Duration::from_secs(30) {
                     backoff = Duration::from_millis(200);
                 }
-                tracing::error!(error = %e, retry_in = ?backoff, "verifier failed; recovering from the snapshot");
+                tracing::error!(partition, error = %e, retry_in = ?backoff, "verifier failed; recovering from the snapshot");
                 tokio::select! {
                     _ = &mut *shutdown => return Ok(()),
                     _ = tokio::time::sleep(backoff) => {}
@@ -178,6 +212,11 @@ async fn follow(
 struct Verifier<'a> {
     /// Where the log, outcomes and buckets are.
     streams: &'a Streams,
+    /// The partition of the log this verifier decides.
+    partition: u32,
+    /// The consumer sequence the next first delivery should have; any
+    /// other means a delivery went elsewhere.
+    next_delivery: u64,
     /// Checked before each batch: only the lease holder decides.
     lease: &'a Lease,
     /// Every outcome is stamped with it, so that none gets through once a
@@ -218,9 +257,11 @@ impl From<Error> for Failure {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_once(
     streams: &Streams,
     config: &VerifierConfig,
+    partition: u32,
     lease: &Lease,
     fence: &Fence,
     metrics: &Metrics,
@@ -231,8 +272,8 @@ async fn run_once(
     // shared consumer: the lease's own clock says whether it may.
     lease.check()?;
     let started = async {
-        let v = Verifier::start(streams, lease, fence, metrics, config).await?;
-        let consumer = align_consumer(streams, v.position.last_seq, config).await?;
+        let v = Verifier::start(streams, partition, lease, fence, metrics, config).await?;
+        let consumer = align_consumer(streams, partition, v.position.last_seq, config).await?;
         Ok::<_, Error>((v, consumer))
     };
     // Loading a large snapshot takes a while; a shutdown meanwhile wins.
@@ -256,6 +297,9 @@ async fn run_once(
         }
         Err(e) => return Err(e.into()),
     };
+    // Deliveries continue the consumer's count: one that skips a number
+    // went elsewhere, and the log is checked for a gap (see `process`).
+    v.next_delivery = consumer.cached_info().delivered.consumer_sequence + 1;
     // Whoever pulled before (this verifier's previous run, or a
     // predecessor that lost the lease) is unpinned: this run pulls now.
     if let Err(e) = streams
@@ -277,7 +321,7 @@ async fn run_once(
     // Gateways ask which try decided a bid, and what a withdraw or a raise
     // did; answered between batches, when the ledger and the position agree.
     let mut lookups = futures::stream::SelectAll::new();
-    for subject in [streams.subjects.decided("*"), streams.subjects.command("*")] {
+    for subject in streams.subjects.lookups(partition) {
         let sub = streams
             .js
             .client()
@@ -289,7 +333,11 @@ async fn run_once(
     // Auctions whose `closes_at` passed get their close event written.
     let mut deadlines = tokio::time::interval(DEADLINE_CHECK);
     deadlines.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tracing::info!(last_seq = v.position.last_seq, "verifier following the log");
+    tracing::info!(
+        partition,
+        last_seq = v.position.last_seq,
+        "verifier following the log"
+    );
     // Batches whose outcomes are sent and not all acked yet, oldest first.
     // Deciding the next batch while the last one's acks travel keeps both
     // the verifier and the server busy; batches still finish in log order.
@@ -453,8 +501,16 @@ impl Verifier<'_> {
             if seq <= batch.last_seq {
                 continue; // redelivered: already in the snapshot
             }
-            if seq > batch.last_seq + 1 {
-                check_gap(self.streams, batch.last_seq + 1).await?;
+            // Other partitions' events leave gaps in the sequence; a
+            // delivery that went elsewhere (to a superseded puller) leaves a
+            // gap in the consumer's count, and only then is the log asked
+            // whether this partition has an entry in the gap.
+            let counted = info.delivered == 1 && info.consumer_sequence == self.next_delivery;
+            if info.delivered == 1 {
+                self.next_delivery = info.consumer_sequence + 1;
+            }
+            if seq > batch.last_seq + 1 && !counted {
+                check_gap(self.streams, self.partition, batch.last_seq + 1, seq).await?;
             }
             batch.last_seq = seq;
             let entry = LogEntry::read(
@@ -619,9 +675,9 @@ impl Verifier<'_> {
     /// decided, which is always safe.
     async fn answer(&mut self, request: async_nats::Message) {
         let subjects = &self.streams.subjects;
-        let (decided, command) = (subjects.decided(""), subjects.command(""));
         let subject = request.subject.as_str();
-        let body = if let Some(auction_id) = subject.strip_prefix(decided.as_str()) {
+        let auction_id = subject.rsplit('.').next().unwrap_or_default();
+        let body = if subject == subjects.decided(auction_id) {
             let Ok(asked) = serde_json::from_slice::<DecidedRequest>(&request.payload) else {
                 tracing::warn!(subject, "unreadable decided-bid request ignored");
                 return;
@@ -630,7 +686,7 @@ impl Verifier<'_> {
                 try_seq: self.ledger.decided_try(auction_id, &asked.bid_id),
                 through: self.position.last_seq,
             })
-        } else if subject.starts_with(command.as_str()) {
+        } else if subject == subjects.command(auction_id) {
             let Ok(asked) = serde_json::from_slice::<CommandRequest>(&request.payload) else {
                 tracing::warn!(subject, "unreadable command request ignored");
                 return;
@@ -763,16 +819,26 @@ async fn send_holds(streams: &Streams, holds: &[HeldEvent]) {
     }
 }
 
-/// A delivery skipped log sequence `seq`: fine if the entry was deleted
-/// from the stream, but if it is there, a delivery was lost and the
-/// consumer must be re-aligned rather than the entry skipped.
-async fn check_gap(streams: &Streams, seq: u64) -> Result<()> {
-    match streams.log.direct_get(seq).await {
+/// A delivery at `delivered` skipped sequences from `from`: fine if none of
+/// them is in this partition (another partition's, or deleted), but if one
+/// is, a delivery was lost and the consumer must be re-aligned rather than
+/// the entry skipped (acking `delivered` would ack it too).
+async fn check_gap(streams: &Streams, partition: u32, from: u64, delivered: u64) -> Result<()> {
+    let filter = streams.subjects.log_partition(partition);
+    match streams
+        .log
+        .direct_get_next_for_subject(filter, Some(from))
+        .await
+    {
         Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::with_source(ErrorKind::Nats, e).context("log gap check")),
-        Ok(_) => Err(Error::new(
+        Ok(m) if m.sequence >= delivered => Ok(()),
+        Ok(m) => Err(Error::new(
             ErrorKind::Nats,
-            format!("log entry {seq} was not delivered; re-aligning the consumer"),
+            format!(
+                "log entry {} was not delivered; re-aligning the consumer",
+                m.sequence
+            ),
         )),
     }
 }

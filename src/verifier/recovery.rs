@@ -4,11 +4,12 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
+use std::time::Duration;
 
 use async_nats::jetstream::consumer::{
     pull, AckPolicy, DeliverPolicy, PriorityPolicy, PullConsumer,
 };
-use async_nats::jetstream::stream;
+use async_nats::jetstream::stream::{self, DirectGetErrorKind};
 use futures::StreamExt;
 
 use super::fence::Fence;
@@ -27,6 +28,7 @@ impl<'a> Verifier<'a> {
     /// published exactly once.
     pub(super) async fn start(
         streams: &'a Streams,
+        partition: u32,
         lease: &'a Lease,
         fence: &'a Fence,
         metrics: &'a Metrics,
@@ -56,10 +58,12 @@ impl<'a> Verifier<'a> {
         // between publishing and recording it, or the snapshot was lost (or
         // a rebuild after that was interrupted). JetStream's de-duplication
         // only covers a recent window, so look.
-        let mut found = Published::read(streams, position.outcomes_seq).await?;
+        let mut found = Published::read(streams, partition, position.outcomes_seq).await?;
         let last = position.last_seq;
         let mut v = Verifier {
             streams,
+            partition,
+            next_delivery: 0,
             lease,
             fence,
             metrics,
@@ -145,8 +149,9 @@ pub(super) struct Published {
 }
 
 impl Published {
-    /// Outcomes stored after outcome-stream sequence `after`.
-    async fn read(streams: &Streams, after: u64) -> Result<Published> {
+    /// Outcomes of the partition's auctions stored after outcome-stream
+    /// sequence `after`.
+    async fn read(streams: &Streams, partition: u32, after: u64) -> Result<Published> {
         const READING: &str = "reading the outcome stream";
         let mut found = Published {
             high: after,
@@ -163,9 +168,11 @@ impl Published {
         if state.messages == 0 || state.last_sequence <= after {
             return Ok(found);
         }
+        // Outcomes only: the fence markers in between are many and no use.
         let consumer = streams
             .outcomes
             .create_consumer(pull::OrderedConfig {
+                filter_subject: streams.subjects.outcomes(None),
                 deliver_policy: DeliverPolicy::ByStartSequence {
                     start_sequence: after + 1,
                 },
@@ -173,17 +180,35 @@ impl Published {
             })
             .await
             .map_err(Error::wrap(ErrorKind::Nats, READING))?;
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(found);
+        }
         let mut messages = consumer
             .messages()
             .await
             .map_err(Error::wrap(ErrorKind::Nats, READING))?;
-        while let Some(message) = messages.next().await {
-            let message = message.map_err(Error::wrap(ErrorKind::Nats, READING))?;
+        loop {
+            // A stream that stops delivering (its leader lost, say) is read
+            // again from the start by the next run, rather than waited on.
+            let next = tokio::time::timeout(Duration::from_secs(10), messages.next()).await;
+            let message = match next {
+                Ok(Some(message)) => message.map_err(Error::wrap(ErrorKind::Nats, READING))?,
+                Ok(None) => break,
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        "the outcome stream stopped delivering",
+                    ))
+                }
+            };
             let info = message
                 .info()
                 .map_err(Error::wrap(ErrorKind::Nats, READING))?;
             let (seq, pending) = (info.stream_sequence, info.pending);
-            if let Ok(outcome) = serde_json::from_slice::<OutcomeEvent>(&message.payload) {
+            let outcome = serde_json::from_slice::<OutcomeEvent>(&message.payload)
+                .ok()
+                .filter(|o| streams.subjects.partition(&o.auction_id) == partition);
+            if let Some(outcome) = outcome {
                 let payload = message.payload.clone();
                 found.unmatched.insert(seq);
                 let stored = StoredOutcome { outcome, payload };
@@ -263,16 +288,20 @@ pub(super) const PULL_GROUP: &str = "verifier";
 
 pub(super) async fn align_consumer(
     streams: &Streams,
+    partition: u32,
     last_seq: u64,
     config: &VerifierConfig,
 ) -> Result<PullConsumer> {
     let log = &streams.log;
     let name = config.consumer.as_str();
+    let filter = streams.subjects.log_partition(partition);
     if let Ok(info) = log.consumer_info(name).await {
         // A consumer made before pinning is made again, with it.
         let pinned = info.config.priority_policy == PriorityPolicy::PinnedClient;
-        let aligned =
-            pinned && info.ack_floor.stream_sequence == last_seq && info.num_ack_pending == 0;
+        let aligned = pinned
+            && info.config.filter_subject == filter
+            && info.ack_floor.stream_sequence == last_seq
+            && info.num_ack_pending == 0;
         if aligned {
             return log
                 .get_consumer(name)
@@ -296,7 +325,10 @@ pub(super) async fn align_consumer(
     };
     log.create_consumer(pull::Config {
         durable_name: Some(name.to_string()),
-        description: Some("allot verifier: decides every try in log order".into()),
+        description: Some(format!(
+            "allot verifier: decides partition {partition}'s tries in log order"
+        )),
+        filter_subject: filter,
         deliver_policy,
         ack_policy: AckPolicy::All,
         ack_wait: config.ack_wait,
@@ -330,14 +362,17 @@ async fn check_outcomes_follow_log(streams: &Streams, log: &stream::Info) -> Res
         .await
         .map_err(Error::wrap(ErrorKind::Setup, "outcome stream info"))?
         .clone();
-    if info.state.messages == 0 {
-        return Ok(());
-    }
-    let first = streams
+    // The first outcome, not the first message: fence markers come and
+    // go (a new owner purges the old ones) and are never older than the log.
+    let first = match streams
         .outcomes
-        .direct_get(info.state.first_sequence)
+        .direct_get_first_for_subject(streams.subjects.outcomes(None))
         .await
-        .map_err(Error::wrap(ErrorKind::Setup, "outcome stream"))?;
+    {
+        Ok(first) => first,
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::with_source(ErrorKind::Setup, e).context("outcome stream")),
+    };
     if first.time < log.created {
         return Err(Error::new(
             ErrorKind::Integrity,

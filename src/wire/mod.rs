@@ -16,7 +16,7 @@ pub use lifecycle::*;
 pub use request::{
     decode_bid, decode_close, decode_open, decode_raise, decode_withdraw, ErrorCode, RequestError,
 };
-pub use subjects::Subjects;
+pub use subjects::{partition_of, Subjects, DEFAULT_PARTITIONS, MAX_PARTITIONS};
 
 /// Longest `auction_id`, `bid_id` or `bidder_id`.
 pub const MAX_ID_LEN: usize = 64;
@@ -527,7 +527,7 @@ pub struct AuctionView {
 }
 
 /// Asks the verifier which try decided a bid, on
-/// `<prefix>.verifier.decided.<auction_id>`: how a gateway answers a bid
+/// `<prefix>.verifier.decided.<partition>.<auction_id>`: how a gateway answers a bid
 /// resent after its auction filled or closed. Internal to the service.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecidedRequest {

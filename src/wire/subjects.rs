@@ -8,14 +8,36 @@ use crate::error::{Error, ErrorKind};
 pub struct Subjects {
     /// First subject token, `allot` by default.
     prefix: String,
+    /// How many partitions the log is divided into: fixed when the log
+    /// stream is created, and read back from it (see [`crate::streams`]).
+    partitions: u32,
 }
+
+/// Partitions of a new log unless told otherwise.
+pub const DEFAULT_PARTITIONS: u32 = 8;
+
+/// Most partitions a log may have: each costs a verifier consumer, a lease
+/// and a snapshot, and fences of [`crate::verifier`]'s lanes.
+pub const MAX_PARTITIONS: u32 = 1024;
 
 impl Default for Subjects {
     fn default() -> Self {
         Subjects {
             prefix: "allot".into(),
+            partitions: DEFAULT_PARTITIONS,
         }
     }
+}
+
+/// The partition of an auction: 32-bit FNV-1a of its id, modulo the
+/// number of partitions. This is the hash of nats-server's subject
+/// mapping function `partition(P, n)` over the one token holding the
+/// auction id, so a server-side mapping and every allot process agree.
+pub fn partition_of(auction_id: &str, partitions: u32) -> u32 {
+    let hash = auction_id.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    hash % partitions.max(1)
 }
 
 impl Subjects {
@@ -29,11 +51,33 @@ impl Subjects {
         }
         Ok(Subjects {
             prefix: prefix.to_string(),
+            partitions: DEFAULT_PARTITIONS,
         })
+    }
+
+    /// The same subjects over a log of `partitions` partitions.
+    pub fn with_partitions(self, partitions: u32) -> Result<Self, Error> {
+        if !(1..=MAX_PARTITIONS).contains(&partitions) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("{partitions} partitions: use 1 to {MAX_PARTITIONS}"),
+            ));
+        }
+        Ok(Subjects { partitions, ..self })
     }
 
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// How many partitions the log has.
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// The partition holding an auction's events.
+    pub fn partition(&self, auction_id: &str) -> u32 {
+        partition_of(auction_id, self.partitions)
     }
 
     /// Bid requests: `<prefix>.bid.<auction_id>`.
@@ -67,9 +111,12 @@ impl Subjects {
     }
 
     /// Where the verifier answers what it made of a withdraw or a raise
-    /// (see [`crate::wire::CommandRequest`]): `<prefix>.verifier.command.<auction_id>`.
+    /// (see [`crate::wire::CommandRequest`]):
+    /// `<prefix>.verifier.command.<partition>.<auction_id>`, so that only
+    /// the partition's verifier hears it.
     pub fn command(&self, auction_id: &str) -> String {
-        format!("{}.verifier.command.{auction_id}", self.prefix)
+        let p = self.partition(auction_id);
+        format!("{}.verifier.command.{p}.{auction_id}", self.prefix)
     }
 
     /// Auction status requests: `<prefix>.status.<auction_id>`.
@@ -77,15 +124,24 @@ impl Subjects {
         format!("{}.status.{auction_id}", self.prefix)
     }
 
-    /// Try events in the log: `<prefix>.try.<auction_id>`.
+    /// Try events in the log: `<prefix>.try.<partition>.<auction_id>`.
     pub fn try_event(&self, auction_id: &str) -> String {
-        join(&[&self.prefix, ".try.", auction_id])
+        let p = self.partition(auction_id).to_string();
+        join(&[&self.prefix, ".try.", &p, ".", auction_id])
     }
 
     /// Auction lifecycle events (`open`, `close`) and the bidders'
-    /// `withdraw` and `raise` in the log: `<prefix>.auction.<auction_id>`.
+    /// `withdraw` and `raise` in the log:
+    /// `<prefix>.auction.<partition>.<auction_id>`.
     pub fn auction_event(&self, auction_id: &str) -> String {
-        format!("{}.auction.{auction_id}", self.prefix)
+        let p = self.partition(auction_id);
+        format!("{}.auction.{p}.{auction_id}", self.prefix)
+    }
+
+    /// Every log event of one partition, tries and auction events:
+    /// `<prefix>.*.<partition>.*` (the log holds nothing else).
+    pub fn log_partition(&self, partition: u32) -> String {
+        format!("{}.*.{partition}.*", self.prefix)
     }
 
     /// One outcome subject: `<prefix>.outcome.<auction_id>.confirmed|cancelled`.
@@ -96,9 +152,19 @@ impl Subjects {
     }
 
     /// Where the verifier answers which try decided a bid (see
-    /// [`crate::wire::DecidedRequest`]): `<prefix>.verifier.decided.<auction_id>`.
+    /// [`crate::wire::DecidedRequest`]):
+    /// `<prefix>.verifier.decided.<partition>.<auction_id>`.
     pub fn decided(&self, auction_id: &str) -> String {
-        format!("{}.verifier.decided.{auction_id}", self.prefix)
+        let p = self.partition(auction_id);
+        format!("{}.verifier.decided.{p}.{auction_id}", self.prefix)
+    }
+
+    /// The decided-bid and command requests for one partition's auctions.
+    pub fn lookups(&self, partition: u32) -> [String; 2] {
+        [
+            format!("{}.verifier.decided.{partition}.*", self.prefix),
+            format!("{}.verifier.command.{partition}.*", self.prefix),
+        ]
     }
 
     /// Every outcome of one auction, or of all auctions.
@@ -173,18 +239,20 @@ impl Subjects {
     /// Every subject the log stream captures.
     pub fn log_subjects(&self) -> Vec<String> {
         vec![
-            format!("{}.try.*", self.prefix),
-            format!("{}.auction.*", self.prefix),
+            format!("{}.try.*.*", self.prefix),
+            format!("{}.auction.*.*", self.prefix),
         ]
     }
 
-    /// The auction id and kind of an event subject in the log.
+    /// The kind and auction id of an event subject in the log; `None`
+    /// unless the partition token is the auction's partition.
     pub fn parse_log_subject<'a>(&self, subject: &'a str) -> Option<(&'a str, &'a str)> {
         let rest = subject
             .strip_prefix(self.prefix.as_str())?
             .strip_prefix('.')?;
-        let (kind, auction_id) = rest.split_once('.')?;
-        Some((kind, auction_id))
+        let (kind, rest) = rest.split_once('.')?;
+        let (partition, auction_id) = rest.split_once('.')?;
+        (partition.parse::<u32>().ok()? == self.partition(auction_id)).then_some((kind, auction_id))
     }
 }
 
@@ -196,4 +264,81 @@ pub(crate) fn join(parts: &[&str]) -> String {
         out.push_str(p);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_fnv1a_of_the_auction_id() {
+        // FNV-1a 32 of "" is its offset basis, of "a" a published test vector.
+        assert_eq!(partition_of("", u32::MAX), 0x811c_9dc5);
+        assert_eq!(partition_of("a", u32::MAX), 0xe40c_292c);
+        assert_eq!(partition_of("anything", 1), 0);
+        let s = Subjects::default().with_partitions(8).unwrap();
+        let spread: std::collections::BTreeSet<u32> =
+            (0..64).map(|i| s.partition(&format!("a{i}"))).collect();
+        assert_eq!(spread.len(), 8, "64 auctions reach every partition");
+    }
+
+    #[test]
+    fn log_subjects_carry_the_partition_and_parse_back() {
+        let s = Subjects::default().with_partitions(8).unwrap();
+        let p = s.partition("x-1");
+        assert_eq!(s.try_event("x-1"), format!("allot.try.{p}.x-1"));
+        assert_eq!(s.auction_event("x-1"), format!("allot.auction.{p}.x-1"));
+        assert_eq!(
+            s.parse_log_subject(&s.try_event("x-1")),
+            Some(("try", "x-1"))
+        );
+        let wrong = format!("allot.try.{}.x-1", (p + 1) % 8);
+        assert_eq!(
+            s.parse_log_subject(&wrong),
+            None,
+            "an auction in another partition's subject"
+        );
+        assert_eq!(s.parse_log_subject("allot.try.x-1"), None);
+        assert!(Subjects::default().with_partitions(0).is_err());
+        assert!(Subjects::default()
+            .with_partitions(MAX_PARTITIONS + 1)
+            .is_err());
+    }
+}
+
+#[cfg(test)]
+mod nats_mapping {
+    use super::partition_of;
+    use crate::nats_server::NatsServer;
+    use futures::StreamExt;
+
+    /// A server-side subject mapping with nats-server's own `partition()`
+    /// puts every id in the partition allot computes.
+    #[tokio::test]
+    async fn partition_of_is_the_servers_partition_function() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("mapping.conf");
+        std::fs::write(
+            &config,
+            "mappings = { \"in.*\": \"out.{{partition(8,1)}}.{{wildcard(1)}}\" }\n",
+        )
+        .unwrap();
+        let server = NatsServer::start_with_config(&config).unwrap();
+        let client = crate::client::connect(server.url()).await.unwrap();
+        let mut mapped = client.subscribe("out.*.*").await.unwrap();
+        let ids: Vec<String> = (0..200).map(|i| format!("auction-{i}")).collect();
+        for id in &ids {
+            client.publish(format!("in.{id}"), "".into()).await.unwrap();
+        }
+        client.flush().await.unwrap();
+        for _ in &ids {
+            let m = tokio::time::timeout(std::time::Duration::from_secs(5), mapped.next())
+                .await
+                .expect("mapped")
+                .unwrap();
+            let mut tokens = m.subject.split('.').skip(1);
+            let (p, id) = (tokens.next().unwrap(), tokens.next().unwrap());
+            assert_eq!(p.parse::<u32>().unwrap(), partition_of(id, 8), "{id}");
+        }
+    }
 }

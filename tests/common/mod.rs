@@ -142,10 +142,19 @@ impl Harness {
         task.await.unwrap().expect("service stops cleanly");
     }
 
+    /// The snapshot files of every partition the verifier has decided.
     pub fn snapshot_files(&self) -> Vec<PathBuf> {
-        ["allot.sqlite", "allot.sqlite-wal", "allot.sqlite-shm"]
-            .iter()
-            .map(|f| self.data.path().join(f))
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(self.data.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("partition-"))
+            .map(|e| e.path())
+            .collect();
+        dirs.sort();
+        dirs.iter()
+            .flat_map(|d| {
+                ["allot.sqlite", "allot.sqlite-wal", "allot.sqlite-shm"].map(|f| d.join(f))
+            })
             .collect()
     }
 
@@ -292,18 +301,31 @@ impl Harness {
     /// event in the log: after this, no further outcome can appear for
     /// what is in the log now.
     pub async fn wait_until_decided(&self) {
-        let s = &self.client.subjects;
-        let mut log = self.js.get_stream(s.tries_stream()).await.unwrap();
-        let last = log.info().await.unwrap().state.last_sequence;
-        for _ in 0..600 {
-            if let Ok(info) = log.consumer_info(allot::verifier::CONSUMER).await {
-                if info.ack_floor.stream_sequence >= last {
-                    return;
+        let s = allot::streams::log_subjects(&self.js, self.client.subjects.clone())
+            .await
+            .unwrap();
+        let log = self.js.get_stream(s.tries_stream()).await.unwrap();
+        for p in 0..s.partitions() {
+            let last = match log.direct_get_last_for_subject(s.log_partition(p)).await {
+                Ok(m) => m.sequence,
+                Err(_) => continue, // nothing in this partition
+            };
+            let consumer = allot::verifier::consumer_name(allot::verifier::CONSUMER, p);
+            let mut decided = false;
+            for _ in 0..600 {
+                if let Ok(info) = log.consumer_info(&consumer).await {
+                    if info.ack_floor.stream_sequence >= last {
+                        decided = true;
+                        break;
+                    }
                 }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(
+                decided,
+                "the verifier did not decide partition {p} up to {last}"
+            );
         }
-        panic!("the verifier did not decide the log up to {last}");
     }
 }
 
