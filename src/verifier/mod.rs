@@ -885,9 +885,16 @@ fn reuse(published: StoredOutcome, verdict: Verdict) -> Result<StoredOutcome> {
     Ok(published)
 }
 
+/// Snapshot work of all the partitions a process decides, at most two at a
+/// time: each blocking thread keeps an allocator heap of its own, and
+/// eight partitions committing at once held eight (1M-bid soak: 221 MB
+/// resident, against 176 MB with one partition).
+static SNAPSHOT_WORK: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
+    let _slot = SNAPSHOT_WORK.acquire().await.expect("never closed");
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| Error::with_source(ErrorKind::Snapshot, e).context("snapshot thread"))?
