@@ -29,19 +29,31 @@ impl Lag {
     /// plus delivered but unacked. Partitions NATS cannot say about (no
     /// verifier has decided them yet) are left out.
     async fn pending(&self) -> Vec<(u32, u64)> {
-        let mut lag = Vec::new();
-        for p in 0..self.streams.subjects.partitions() {
+        // Asked all at once, each for at most a second: a consumer still
+        // being set up on a cluster can leave its info request waiting for
+        // the client's whole timeout, and the page must not.
+        let asks = (0..self.streams.subjects.partitions()).map(|p| async move {
             let name = crate::verifier::consumer_name(&self.consumer, p);
-            let Ok(mut consumer) = self.streams.log.get_consumer::<pull::Config>(&name).await
-            else {
-                continue;
+            let ask = async {
+                let mut consumer: PullConsumer = self
+                    .streams
+                    .log
+                    .get_consumer::<pull::Config>(&name)
+                    .await
+                    .ok()?;
+                let info = consumer.info().await.ok()?;
+                Some((p, info.num_pending + info.num_ack_pending as u64))
             };
-            let consumer: &mut PullConsumer = &mut consumer;
-            if let Ok(info) = consumer.info().await {
-                lag.push((p, info.num_pending + info.num_ack_pending as u64));
-            }
-        }
-        lag
+            tokio::time::timeout(Duration::from_secs(1), ask)
+                .await
+                .ok()
+                .flatten()
+        });
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 }
 

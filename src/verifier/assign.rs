@@ -62,7 +62,14 @@ pub(super) async fn run(
         // and its requests slow to fail) wins.
         let round = async {
             reap(&mut owned).await?;
-            match members(&streams, &me, &owner).await {
+            let counted = tokio::time::timeout(ASK, members(&streams, &me, &owner)).await;
+            let counted = counted.unwrap_or_else(|_| {
+                Err(Error::new(
+                    ErrorKind::Timeout,
+                    "no answer counting the verifiers",
+                ))
+            });
+            match counted {
                 Ok((count, rank)) => {
                     let fair = partitions.div_ceil(count);
                     if share != Some(fair) {
@@ -112,6 +119,11 @@ pub(super) async fn run(
     result
 }
 
+/// How long one question to the leases bucket may take before the round
+/// moves on: a request stuck on a busy cluster must not hold up taking
+/// over a dead verifier's partitions for the client's 10 s timeout.
+const ASK: Duration = Duration::from_secs(1);
+
 /// How long a stopping verifier tries to hand its entries back (its member
 /// entry, its leases) before leaving them to age out.
 pub(super) const GOODBYE: Duration = Duration::from_secs(2);
@@ -137,7 +149,14 @@ async fn take(
         if owned.contains_key(&p) {
             continue;
         }
-        match Lease::try_acquire(&streams.leases, &lease::key(p), owner, streams.lease_ttl).await {
+        let key = lease::key(p);
+        let taken = Lease::try_acquire(&streams.leases, &key, owner, streams.lease_ttl);
+        // A lease created but not answered in time is ours all the same:
+        // the next round takes it over as this verifier's own.
+        let taken = tokio::time::timeout(ASK, taken)
+            .await
+            .unwrap_or_else(|_| Err(Error::new(ErrorKind::Timeout, "no answer taking the lease")));
+        match taken {
             Ok(Some(lease)) => {
                 owned.insert(p, start(streams, config, p, lease, metrics));
             }
