@@ -107,11 +107,11 @@ async fn losing_the_log_leaders_node_mid_run_loses_and_doubles_nothing() {
     assert_replay_matches_outcomes(&h).await;
 }
 
-/// Places bid `b<i>` on auction `f`; it must be accepted.
-async fn place(h: &Harness, i: usize) {
+/// Places bid `b<i>` on `auction`; it must be accepted.
+async fn place(h: &Harness, auction: &str, i: usize) {
     let reply = h
         .client
-        .bid("f", &bid(&format!("b{i}"), &format!("u{i}"), 10))
+        .bid(auction, &bid(&format!("b{i}"), &format!("u{i}"), 10))
         .await
         .unwrap();
     assert!(
@@ -139,12 +139,12 @@ async fn until_metric(addr: &str, name: &str, want: f64) -> Duration {
     panic!("{name} on {addr} did not reach {want} in 60 s");
 }
 
-/// On a log of one partition, the verifier that owns it freezes
-/// (`SIGSTOP`) just before it publishes a batch of outcomes, and stays
-/// frozen past its lease. A standby takes over and decides those tries
-/// itself. When the first
-/// wakes (`SIGCONT`) it goes on publishing the batch it held: JetStream
-/// refuses every outcome of it (the fence), and it stands by. Every bid
+/// Two processes share the 8 partitions; the first freezes (`SIGSTOP`)
+/// just before it publishes a batch of outcomes, and stays frozen past its
+/// leases. The second takes every partition and decides those tries
+/// itself. When the first wakes (`SIGCONT`) it goes on publishing the
+/// batch it held: JetStream refuses every outcome of it (the fence), it
+/// gives up the partitions it had, and the two share them again. Every bid
 /// has exactly one outcome, and a replay of the log agrees.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_frozen_past_its_lease_is_fenced_out_when_it_wakes() {
@@ -159,8 +159,6 @@ async fn an_owner_frozen_past_its_lease_is_fenced_out_when_it_wakes() {
         "1",
         "--replicas",
         "3",
-        "--partitions",
-        "1",
     ];
     let mut first_args = vec!["--role", "verifier"];
     first_args.extend(common_args);
@@ -171,21 +169,32 @@ async fn an_owner_frozen_past_its_lease_is_fenced_out_when_it_wakes() {
         &[("ALLOT_STOP_AT", "before_publish")],
     )
     .await;
-    until_metric(&first_metrics, "allot_partitions_owned", 1.0).await;
+    until_metric(&first_metrics, "allot_partitions_owned", PARTITIONS as f64).await;
     let (_second, second_metrics) = serve_with_page(&h, second_dir.path(), &common_args, &[]).await;
     // Stream creation waits on the cluster; serving starts after it.
     h.wait_until_serving_for(Duration::from_secs(120)).await;
-    assert_eq!(
-        metric(&second_metrics, "allot_partitions_owned").await,
-        Some(0.0),
-        "the second stands by"
-    );
+    let pages = [first_metrics.clone(), second_metrics.clone()];
+    owned_by(&pages, |owned| owned == [4, 4]).await;
 
-    // The first batch with outcomes freezes the owner.
-    h.open("f", AuctionSpec::with_capacity(10)).await;
+    // An auction in one of the first's partitions: its first batch with
+    // outcomes freezes the first.
+    let leases = h.js.get_key_value("ALLOT_LEASES").await.unwrap();
+    let first_owner = first_dir.path().display().to_string();
+    let mut auction = None;
+    for k in 0.. {
+        let id = format!("f{k}");
+        let key = format!("verifier.{}", h.client.subjects.partition(&id));
+        let owner = leases.get(&key).await.unwrap().unwrap_or_default();
+        if String::from_utf8_lossy(&owner).ends_with(&first_owner) {
+            auction = Some(id);
+            break;
+        }
+    }
+    let auction = auction.unwrap();
+    h.open(&auction, AuctionSpec::with_capacity(10)).await;
     let mut placed = 0;
     for i in 0..4 {
-        place(&h, i).await;
+        place(&h, &auction, i).await;
         placed += 1;
     }
     let pid = first.id();
@@ -198,35 +207,33 @@ async fn an_owner_frozen_past_its_lease_is_fenced_out_when_it_wakes() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    // The standby takes the lease once it lapses, and decides everything.
-    let took = until_metric(&second_metrics, "allot_partitions_owned", 1.0).await;
-    eprintln!("the standby took over {took:?} after the owner froze (lease 3 s)");
+    // The second takes every partition once the first's leases lapse, and
+    // decides everything.
+    let took = until_metric(&second_metrics, "allot_partitions_owned", PARTITIONS as f64).await;
+    eprintln!("the second took every partition {took:?} after the owner froze (lease 3 s)");
     for i in 4..8 {
-        place(&h, i).await;
+        place(&h, &auction, i).await;
         placed += 1;
     }
-    h.wait_for_outcomes("f", placed).await;
+    h.wait_for_outcomes(&auction, placed).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    // The first wakes mid-batch: its outcomes are refused, it stands by.
+    // The first wakes mid-batch: its outcomes are refused, it gives its
+    // partitions up, and then the two share them again.
     std::process::Command::new("kill")
         .args(["-CONT", &pid.to_string()])
         .status()
         .unwrap();
     until_metric(&first_metrics, "allot_fenced_total", 1.0).await;
-    until_metric(&first_metrics, "allot_partitions_owned", 0.0).await;
-    assert_eq!(
-        metric(&second_metrics, "allot_partitions_owned").await,
-        Some(1.0)
-    );
+    owned_by(&pages, |owned| owned == [4, 4]).await;
 
     for i in 8..10 {
-        place(&h, i).await;
+        place(&h, &auction, i).await;
         placed += 1;
     }
-    h.wait_for_outcomes("f", placed).await;
+    h.wait_for_outcomes(&auction, placed).await;
     h.wait_until_decided().await;
-    let outcomes = h.outcomes(Some("f")).await;
+    let outcomes = h.outcomes(Some(&auction)).await;
     assert_eq!(outcomes.len(), placed, "nothing published twice");
     one_outcome_per_bid(&outcomes);
     assert_eq!(outcomes.iter().filter(|o| o.rank.is_some()).count(), 10);
