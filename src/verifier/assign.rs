@@ -122,7 +122,7 @@ pub(super) async fn run(
 /// How long one question to the leases bucket may take before the round
 /// moves on: a request stuck on a busy cluster must not hold up taking
 /// over a dead verifier's partitions for the client's 10 s timeout.
-const ASK: Duration = Duration::from_secs(1);
+const ASK: Duration = Duration::from_secs(2);
 
 /// How long a stopping verifier tries to hand its entries back (its member
 /// entry, its leases) before leaving them to age out.
