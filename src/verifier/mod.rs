@@ -140,11 +140,22 @@ async fn decide_partition(
         consumer: consumer_name(&config.consumer, partition),
         ..config
     };
-    let fence = match Fence::take(&streams, partition, lease.owner()).await {
-        Ok(fence) => fence,
-        Err(e) => {
+    // Writing the fence waits on NATS (a full outgoing buffer, when NATS is
+    // gone); a stop meanwhile wins.
+    let taken = tokio::select! {
+        _ = &mut stop => None,
+        taken = Fence::take(&streams, partition, lease.owner()) => Some(taken),
+    };
+    let fence = match taken {
+        Some(Ok(fence)) => fence,
+        Some(Err(e)) => {
             lease.release().await;
             return Err(e);
+        }
+        None => {
+            tracing::info!(partition, "verifier stopped");
+            lease.release().await;
+            return Ok(());
         }
     };
     let result = follow(
@@ -358,10 +369,17 @@ async fn run_once(
                 v.answer(request).await;
                 Ok(())
             }
-            Next::Deadlines => {
-                v.close_due().await;
-                Ok(())
-            }
+            // An idle verifier must notice a lost lease too, not only at
+            // its next batch: it would go on holding a partition that
+            // another decides, and the processes' shares would not add up.
+            // (A lease merely late to renew waits for the next batch.)
+            Next::Deadlines => match lease.check() {
+                Err(e) if e.kind() == ErrorKind::Superseded => Err(e),
+                _ => {
+                    v.close_due().await;
+                    Ok(())
+                }
+            },
             Next::Acked(acked) => {
                 let batch = in_flight.pop_front().expect("an acked batch is in flight");
                 match acked {
