@@ -327,11 +327,12 @@ async fn verdicts(h: &Harness, mut run: std::process::Child, report: &std::path:
         .unwrap()
         .unwrap();
     let text = std::fs::read_to_string(report).unwrap_or_default();
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
     assert!(
         status.success(),
-        "the loadtest's invariant check failed: {text}"
+        "the loadtest's invariant check failed: {}",
+        report["runs"][0]["invariants"]
     );
-    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert!(report.to_string().contains("accepted"), "{report}");
     h.wait_until_decided().await;
     let audit = common::allot(h, &["audit", "--all"]);

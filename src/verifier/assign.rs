@@ -102,20 +102,24 @@ pub(super) async fn run(
             _ = tokio::time::sleep(tick) => {}
         }
     };
-    // Stop every partition at once, and leave the membership.
+    // Stop every partition and leave the membership, all at once: with
+    // NATS gone, each of these waits out its bound.
     let mut result = failed.map_or(Ok(()), Err);
     for o in owned.values() {
         let _ = o.stop.send(true);
     }
-    for (_, o) in std::mem::take(&mut owned) {
-        if let Err(e) = join(o.task).await {
-            if result.is_ok() && !superseded(&e) {
-                result = Err(e);
+    let stopped = async {
+        for (_, o) in std::mem::take(&mut owned) {
+            if let Err(e) = join(o.task).await {
+                if result.is_ok() && !superseded(&e) {
+                    result = Err(e);
+                }
             }
         }
-    }
+    };
+    let leave = tokio::time::timeout(GOODBYE, streams.leases.delete(&me));
+    let _ = tokio::join!(stopped, leave);
     metrics.partitions_owned.store(0, Ordering::Relaxed);
-    let _ = tokio::time::timeout(GOODBYE, streams.leases.delete(&me)).await;
     result
 }
 
@@ -126,7 +130,7 @@ const ASK: Duration = Duration::from_secs(2);
 
 /// How long a stopping verifier tries to hand its entries back (its member
 /// entry, its leases) before leaving them to age out.
-pub(super) const GOODBYE: Duration = Duration::from_secs(2);
+pub(super) const GOODBYE: Duration = Duration::from_secs(1);
 
 /// Takes free partitions until this member holds `fair` of them.
 async fn take(

@@ -35,8 +35,11 @@ pub(super) async fn publish(
 /// awaited, and up to [`super::PIPELINE_DEPTH`] batches are in flight: past
 /// 5,000, the next publish would wait for a permit that only awaiting an
 /// earlier ack can free. A ranked close decides a whole auction at once, so
-/// a batch can hold many more outcomes than log entries.
-pub(super) const MAX_UNACKED: usize = 1024;
+/// a batch can hold many more outcomes than log entries. It also sets how
+/// many fence lanes a partition needs (`fence.rs`), written at every change
+/// of owner: 256 keeps that at 1,024 per partition, and with several
+/// partitions deciding at once there are still thousands in flight.
+pub(super) const MAX_UNACKED: usize = 256;
 
 /// Sends outcomes in order, waiting for acks only to keep at most
 /// [`MAX_UNACKED`] outstanding; the returned future waits for the rest.
