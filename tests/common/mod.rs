@@ -170,10 +170,21 @@ impl Harness {
     }
 
     /// Every message on `filter` in `stream`, in stream order.
+    /// Asked again a few times: on a cluster that just lost a node, the
+    /// JetStream API can time out while its groups elect leaders.
     pub async fn read_stream(&self, stream: &str, filter: &str) -> Vec<Stored> {
-        allot::streams::read_all(&self.js, stream, vec![filter.to_string()])
-            .await
-            .expect("stream read in time")
+        let mut tries = 0;
+        loop {
+            match allot::streams::read_all(&self.js, stream, vec![filter.to_string()]).await {
+                Ok(messages) => return messages,
+                Err(e) if tries < 5 && e.kind() != allot::ErrorKind::Integrity => {
+                    eprintln!("reading {stream} failed ({e}); asking again");
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => panic!("stream read in time: {e}"),
+            }
+        }
     }
 
     /// Once the log is decided: the auction's outcomes, after checking
