@@ -298,20 +298,19 @@ async fn owned_by(pages: &[String], want: impl Fn(&[usize]) -> bool) -> Duration
     panic!("partitions owned stayed {owned:?} for 60 s");
 }
 
-/// Runs `allot loadtest` against the cluster's serves over many auctions,
-/// for `seconds`; its exit status is the invariant check's verdict.
-fn loadtest(h: &Harness, seconds: u32, report: &std::path::Path) -> std::process::Child {
-    let seconds = seconds.to_string();
+/// Runs `allot loadtest` against the cluster's serves over 32 auctions of
+/// `capacity` slots, for `seconds`; its exit status is the invariant
+/// check's verdict.
+fn loadtest(
+    h: &Harness,
+    seconds: u32,
+    capacity: u32,
+    report: &std::path::Path,
+) -> std::process::Child {
+    let (seconds, capacity) = (seconds.to_string(), capacity.to_string());
     std::process::Command::new(env!("CARGO_BIN_EXE_allot"))
-        .args([
-            "loadtest",
-            "--auctions",
-            "32",
-            "--capacity",
-            "20",
-            "--bidders",
-            "400",
-        ])
+        .args(["loadtest", "--auctions", "32", "--capacity", &capacity])
+        .args(["--bidders", "400", "--max-wins", "1000000"])
         .args(["--concurrency", "32", "--duration", &seconds, "--report"])
         .arg(report)
         .env("NATS_URL", &h.nats_url)
@@ -353,7 +352,7 @@ async fn two_serves_share_the_partitions() {
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let (_serves, pages) = sharing(&h, &dirs).await;
     let report = dirs[0].path().join("report.json");
-    let run = loadtest(&h, 6, &report);
+    let run = loadtest(&h, 6, 20, &report);
     verdicts(&h, run, &report).await;
     owned_by(&pages, |owned| owned == [4, 4]).await;
 }
@@ -389,7 +388,11 @@ async fn three_serves_share_the_partitions_and_survive_a_kill_9() {
         .await
         .unwrap();
     let report = dirs[0].path().join("report.json");
-    let run = loadtest(&h, 12, &report);
+    // Never sold out: with one gateway killed mid-append, a resend that
+    // another gateway rejects as sold out while the dead one's append
+    // still lands is the documented limit of several gateways (README,
+    // "Guarantees"), not what this test is about.
+    let run = loadtest(&h, 12, 1_000_000, &report);
     tokio::time::sleep(Duration::from_secs(4)).await;
 
     serves[0].kill().unwrap();

@@ -132,7 +132,16 @@ async fn crash_loop(workload: allot::loadtest::workload::Workload) {
     for kill in 0..3u64 {
         let gap = 600 + (nanos >> (kill * 7)) % 800;
         tokio::time::sleep(Duration::from_millis(gap)).await;
-        let now = log_end().await;
+        // A restart on a busy machine can take longer than the gap: the
+        // kill waits until tries flow again (10 s at most).
+        let mut now = log_end().await;
+        for _ in 0..100 {
+            if now > last {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            now = log_end().await;
+        }
         assert!(now > last, "tries flow before kill {kill}");
         last = now;
         serve.kill().expect("kill -9");
