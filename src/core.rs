@@ -267,9 +267,7 @@ impl Fill {
 /// anyway: a collision can only turn a `not_owner` refusal into another
 /// refusal.
 fn owner(bidder_id: &str) -> u32 {
-    bidder_id.bytes().fold(0x811c_9dc5, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
+    crate::wire::fnv1a32(bidder_id)
 }
 
 fn refused(reason: RefuseReason) -> CommandResult {

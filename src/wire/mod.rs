@@ -40,6 +40,14 @@ pub fn label<T: Serialize>(value: &T) -> String {
     }
 }
 
+/// 32-bit FNV-1a of `s`: fixed in every process and version, and the hash
+/// nats-server's `partition()` mapping uses.
+pub fn fnv1a32(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
 /// True when `s` is a valid id: 1 to 64 characters of `[A-Za-z0-9_-]`.
 /// This also makes every id a single, wildcard-free NATS subject token.
 pub fn valid_id(s: &str) -> bool {

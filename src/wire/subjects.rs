@@ -34,10 +34,7 @@ impl Default for Subjects {
 /// mapping function `partition(P, n)` over the one token holding the
 /// auction id, so a server-side mapping and every allot process agree.
 pub fn partition_of(auction_id: &str, partitions: u32) -> u32 {
-    let hash = auction_id.bytes().fold(0x811c_9dc5u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    });
-    hash % partitions.max(1)
+    super::fnv1a32(auction_id) % partitions.max(1)
 }
 
 impl Subjects {
