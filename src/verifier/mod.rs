@@ -128,9 +128,9 @@ async fn decide_partition(
 ) -> Result<()> {
     tokio::pin!(stop);
     // A JetStream context of its own: a context bounds the publish acks
-    // awaited at once (5,000), and one partition may await 4,096 (its
-    // fence, or its outcomes in flight), so partitions sharing one could
-    // wait on each other for good.
+    // awaited at once (5,000), and one partition may await one per fence
+    // lane (its fence, or its outcomes in flight), so eight partitions
+    // sharing one could wait on each other for good.
     let streams = Streams {
         js: async_nats::jetstream::new(streams.js.client()),
         ..streams
