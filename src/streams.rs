@@ -14,9 +14,10 @@ use crate::wire::Subjects;
 /// How the streams are created. Existing streams are used as they are.
 #[derive(Clone, Debug)]
 pub struct StreamOptions {
-    /// JetStream's de-duplication window for tries and outcomes: a bid
-    /// resent within it gets its original reply. Past it, the verifier still
-    /// gives each bid one outcome.
+    /// JetStream's de-duplication window for the log: a bid resent within
+    /// it gets its original reply. Past it, the verifier still gives each
+    /// bid one outcome. The outcome stream keeps at most
+    /// [`OUTCOME_DUPLICATE_WINDOW`].
     pub duplicate_window: Duration,
     /// Replicas per stream (1 on a single server).
     pub replicas: usize,
@@ -27,6 +28,16 @@ pub struct StreamOptions {
     /// created with, recorded in its metadata.
     pub partitions: u32,
 }
+
+/// The outcome stream's de-duplication window, at most. One outcome per bid
+/// does not rest on it: a verifier looks in the outcome stream before it
+/// publishes what a predecessor may have published, and the fence refuses
+/// a superseded one. It is a second guard, against an outcome still in
+/// flight from a verifier that just died while its successor reads, which
+/// is a matter of milliseconds. Held longer, every outcome's id stays in
+/// nats-server's memory for the whole window: with 120 s, a million bids
+/// a minute slowed the server down by a quarter as its heap grew.
+pub const OUTCOME_DUPLICATE_WINDOW: Duration = Duration::from_secs(10);
 
 /// The log stream's metadata key recording its number of partitions.
 pub const PARTITIONS_KEY: &str = "allot.partitions";
@@ -133,24 +144,32 @@ impl Streams {
             );
         }
         let name = subjects.outcomes_stream();
+        let window = options.duplicate_window.min(OUTCOME_DUPLICATE_WINDOW);
         let mut outcomes = js
-            .get_or_create_stream(stream(
-                name.clone(),
-                "one confirmed or cancelled event per try",
-                subjects.outcome_stream_subjects(),
-            ))
+            .get_or_create_stream(stream::Config {
+                duplicate_window: window,
+                ..stream(
+                    name.clone(),
+                    "one confirmed or cancelled event per try",
+                    subjects.outcome_stream_subjects(),
+                )
+            })
             .await
             .map_err(|e| stream_error(e, name.clone()))?;
-        // Streams made before fences existed get the fence subject added.
+        // Streams made before fences existed get the fence subject added;
+        // those made with a longer window get the shorter one.
         let info = outcomes
             .info()
             .await
             .map_err(Error::wrap(ErrorKind::Setup, name.clone()))?
             .clone();
         let wanted = subjects.outcome_stream_subjects();
-        if wanted.iter().any(|s| !info.config.subjects.contains(s)) {
+        if wanted.iter().any(|s| !info.config.subjects.contains(s))
+            || info.config.duplicate_window > window
+        {
             let mut config = info.config.clone();
             config.subjects = wanted;
+            config.duplicate_window = window;
             outcomes = js
                 .update_stream(config)
                 .await

@@ -219,3 +219,71 @@ async fn a_bid_and_its_resend_sent_together_get_the_same_reply() {
         "one try per accepted bid"
     );
 }
+
+/// The log keeps the resend window (`--dedupe-window-secs`, 120 s by
+/// default); the outcome stream at most 10 s, since one outcome per bid
+/// does not rest on it and a long window keeps every outcome's id in the
+/// server's memory. An outcome stream made with a longer window (by an
+/// earlier allot) is shortened when the service starts.
+#[tokio::test]
+async fn the_outcome_stream_keeps_a_short_de_duplication_window() {
+    use allot::streams::OUTCOME_DUPLICATE_WINDOW;
+    use async_nats::jetstream::stream;
+
+    let mut h = Harness::server_only().await;
+    let subjects = allot::wire::Subjects::default();
+    h.js.create_stream(stream::Config {
+        name: subjects.outcomes_stream(),
+        subjects: subjects.outcome_stream_subjects(),
+        duplicate_window: Duration::from_secs(120),
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    h.start_service().await;
+
+    let window = |name: String| {
+        let js = h.js.clone();
+        async move {
+            let mut s = js.get_stream(name).await.unwrap();
+            s.info().await.unwrap().config.duplicate_window
+        }
+    };
+    assert_eq!(
+        window(subjects.tries_stream()).await,
+        Duration::from_secs(120)
+    );
+    assert_eq!(OUTCOME_DUPLICATE_WINDOW, Duration::from_secs(10));
+    assert_eq!(
+        window(subjects.outcomes_stream()).await,
+        OUTCOME_DUPLICATE_WINDOW
+    );
+
+    // Outcomes are still de-duplicated within the window: a republished
+    // outcome (same Nats-Msg-Id) is not stored twice.
+    h.open("w", allot::wire::AuctionSpec::with_capacity(1))
+        .await;
+    let reply = h.client.bid("w", &bid("b1", "u1", 10)).await.unwrap();
+    assert!(matches!(reply, BidReply::Accepted { .. }), "{reply:?}");
+    let outcomes = h.wait_for_outcomes("w", 1).await;
+    let stored = h
+        .read_stream(&subjects.outcomes_stream(), "allot.outcome.>")
+        .await;
+    let again =
+        h.js.send_publish(
+            stored[0].subject.clone(),
+            async_nats::jetstream::message::PublishMessage::build()
+                .message_id(allot::wire::OutcomeEvent::msg_id("w", "b1"))
+                .payload(stored[0].payload.clone()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(
+        again.duplicate,
+        "a republished outcome within the window is a duplicate"
+    );
+    assert_eq!(outcomes.len(), 1);
+}
