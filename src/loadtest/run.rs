@@ -370,15 +370,24 @@ async fn send_all(engine: &Engine, shared: &Arc<Shared>, options: &Options) {
             let mut n = 0;
             while more(n) {
                 let due = shared.start + Duration::from_secs_f64(n as f64 / rate);
-                tokio::time::sleep_until(due.into()).await;
+                // The sends already started are driven while waiting for
+                // the next slot, so that a reply is timed when it comes, not
+                // at the next slot (up to a timer tick later).
+                let slot = tokio::time::sleep_until(due.into());
+                tokio::pin!(slot);
+                loop {
+                    tokio::select! {
+                        biased;
+                        Some(()) = tasks.next(), if !tasks.is_empty() => {}
+                        _ = &mut slot => break,
+                    }
+                }
                 register(shared, n, due);
                 let permit = in_flight.clone().acquire_owned();
                 tasks.push(async move {
                     let _permit = permit.await;
                     send(engine, shared, n, due, options.attempts).await
                 });
-                // Drive the sends already started while waiting for the next slot.
-                while let Some(Some(())) = futures::FutureExt::now_or_never(tasks.next()) {}
                 n += 1;
             }
             tasks.collect::<()>().await;
