@@ -321,16 +321,31 @@ fn table(outcome: &Outcome) -> String {
             .map_or(rows.len(), |i| i + 1);
         rows.splice(at..at, lifecycle_rows());
     }
+    // Each strategy's column as wide as its widest cell, two spaces apart,
+    // so that long latencies never run into the next column.
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(_, cell)| outcome.reports.iter().map(cell).collect())
+        .collect();
+    let widths: Vec<usize> = outcome
+        .reports
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let widest = cells.iter().map(|row| row[i].chars().count()).max();
+            widest.unwrap_or(0).max(r.strategy.to_string().len()) + 2
+        })
+        .collect();
     let width = 28;
     out += &format!("{:<width$}", "");
-    for r in &outcome.reports {
-        out += &format!("{:>36}", r.strategy);
+    for (r, w) in outcome.reports.iter().zip(&widths) {
+        out += &format!("{:>w$}", r.strategy.to_string());
     }
     out.push('\n');
-    for (name, cell) in &rows {
+    for ((name, _), row) in rows.iter().zip(&cells) {
         out += &format!("{name:<width$}");
-        for r in &outcome.reports {
-            out += &format!("{:>36}", cell(r));
+        for (cell, w) in row.iter().zip(&widths) {
+            out += &format!("{cell:>w$}");
         }
         out.push('\n');
     }
@@ -389,4 +404,41 @@ fn counts(map: &std::collections::BTreeMap<String, u64>) -> String {
         .map(|(k, n)| format!("{n} {k}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loadtest::html::tests::report;
+
+    /// Latencies as long as a real run's ("522 µs / 29.3 ms / 57.9 ms /
+    /// 86.8 ms") once ran into the next column.
+    #[test]
+    fn the_table_keeps_every_column_apart() {
+        let mut reports: Vec<Report> = ["tcc", "occ", "lock"].map(report).into();
+        for r in &mut reports {
+            r.reply_latency.p50_us = 522;
+            r.reply_latency.p99_us = 29_300;
+            r.reply_latency.p999_us = 157_900;
+            r.reply_latency.max_us = 186_800;
+            r.cancelled.insert("bidder_limit".into(), 57);
+        }
+        let text = table(&Outcome {
+            baseline: None,
+            reports,
+        });
+        let row = |name: &str| {
+            let line = text.lines().find(|l| l.starts_with(name)).expect(name);
+            line[name.len()..]
+                .split("  ")
+                .map(str::trim)
+                .filter(|cell| !cell.is_empty())
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        let latency = "522 µs / 29.3 ms / 157.9 ms / 186.8 ms";
+        assert_eq!(row("reply p50/p99/p99.9/max"), vec![latency; 3], "{text}");
+        let cancelled = "57 bidder_limit, 18000 capacity_full";
+        assert_eq!(row("cancelled"), vec![cancelled; 3], "{text}");
+    }
 }

@@ -284,14 +284,15 @@ pub(super) fn esc(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::loadtest::charts::decade;
     use crate::loadtest::check::Verdict;
     use crate::loadtest::report::{Baseline, Contention, Latency, Tick, Trend};
     use hdrhistogram::Histogram;
 
-    fn report(strategy: &str) -> Report {
+    /// A made-up report, for tests of what shows reports.
+    pub(crate) fn report(strategy: &str) -> Report {
         let mut h = Histogram::<u64>::new(3).unwrap();
         for v in [120, 450, 900, 2_500, 2_600, 40_000, 1_200_000] {
             h.record(v).unwrap();
