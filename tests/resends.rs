@@ -287,3 +287,74 @@ async fn the_outcome_stream_keeps_a_short_de_duplication_window() {
     );
     assert_eq!(outcomes.len(), 1);
 }
+
+/// A bid refused as new while its auction is sold out stays refused: when
+/// the verifier cannot be asked, a bid to the sold-out auction gets an
+/// error to resend it, not a try (which would make a refused bid accepted
+/// on its resend, then cancelled: two answers for one bid).
+#[tokio::test]
+async fn a_refused_bid_stays_refused_while_the_verifier_is_away() {
+    let h = Harness::server_only().await;
+    let mut verifier = common::serve_process(&h, &["--role", "verifier"], &[]);
+    let _gateway = common::serve_process(&h, &["--role", "gateway"], &[]);
+    h.wait_until_serving().await;
+    h.wait_until_verifying().await;
+    h.open("full", AuctionSpec::with_capacity(1)).await;
+    let reply = h.client.bid("full", &bid("win", "u1", 10)).await.unwrap();
+    assert!(matches!(reply, BidReply::Accepted { .. }), "{reply:?}");
+    h.wait_for_outcomes("full", 1).await;
+    // Until the gateway has learned that the auction sold out, a late bid
+    // is written and cancelled; the first one it refuses is kept.
+    let mut refused = None;
+    for i in 0..100 {
+        let id = format!("late{i}");
+        match h.client.bid("full", &bid(&id, "u2", 10)).await.unwrap() {
+            BidReply::Rejected {
+                reason: RejectReason::SoldOut,
+                ..
+            } => {
+                refused = Some(id);
+                break;
+            }
+            BidReply::Accepted { .. } => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let refused = refused.expect("the gateway learns the auction is sold out");
+    let tries = h.tries("full").await.len();
+
+    verifier.kill().unwrap();
+    verifier.wait().unwrap();
+    let body = serde_json::to_vec(&bid(&refused, "u2", 10)).unwrap();
+    let reply = raw(&h, h.client.subjects.bid("full"), &body).await;
+    assert_eq!(common::error_code(&reply), Some("500"), "{reply:?}");
+    let text = String::from_utf8_lossy(&reply.payload);
+    assert!(text.contains("cannot be told from a resend"), "{text}");
+    assert_eq!(h.tries("full").await.len(), tries, "no try written");
+
+    // Back: the verifier proves the bid new again, and it is refused again.
+    let _verifier = common::serve_process(&h, &["--role", "verifier"], &[]);
+    h.wait_until_verifying().await;
+    let mut again = None;
+    for _ in 0..100 {
+        match h.client.bid("full", &bid(&refused, "u2", 10)).await {
+            Ok(reply) => {
+                again = Some(reply);
+                break;
+            }
+            // Until the new verifier has decided the partition's tries.
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert!(
+        matches!(
+            again,
+            Some(BidReply::Rejected {
+                reason: RejectReason::SoldOut,
+                ..
+            })
+        ),
+        "{again:?}"
+    );
+    assert_eq!(h.tries("full").await.len(), tries, "no try written");
+}

@@ -37,7 +37,7 @@ impl Gateway {
         }
         // Counted before the fill and close checks, so that a resend seeing
         // the auction sold out or closed can wait for this append.
-        let mut appending = self.view.appends.start(auction_id);
+        let appending = self.view.appends.start(auction_id);
         let now = timestamp::now();
         let closed =
             spec.is_closed_at(now) || self.view.closed.read().unwrap().contains(auction_id);
@@ -53,9 +53,11 @@ impl Gateway {
             // filled or closed: that one gets its original reply. Once the
             // verifier has decided all of the auction's tries, it knows
             // every such bid. Until then (or if the verifier cannot be
-            // asked) the bid cannot be proven new, and takes the normal path
-            // below: JetStream's de-duplication and the verifier give it
-            // the right answer.
+            // asked) the bid cannot be proven new, and gets an error to
+            // resend it. Writing its try instead would answer a resend
+            // without the verifier, but a bid already refused here as new
+            // would then be accepted on its next resend, and cancelled:
+            // two answers for one bid.
             let ticket = appending.ticket;
             drop(appending);
             let drained = self.view.appends.drained(auction_id, ticket).await;
@@ -72,7 +74,17 @@ impl Gateway {
                     Known::Unknown => {}
                 }
             }
-            appending = self.view.appends.start(auction_id);
+            return Err(RequestError::new(
+                ErrorCode::Internal,
+                format!(
+                    "auction {auction_id:?} is {}, and its verifier has not yet decided all of its tries, so bid_id {:?} cannot be told from a resend of an accepted bid; resend it in a moment",
+                    match reason {
+                        RejectReason::AuctionClosed => "closed",
+                        _ => "sold out",
+                    },
+                    request.bid_id
+                ),
+            ));
         }
         let event = LogEvent::Try(TryEvent {
             bid_id: request.bid_id.clone(),
