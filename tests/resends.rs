@@ -338,12 +338,14 @@ async fn a_refused_bid_stays_refused_while_the_verifier_is_away() {
     let mut again = None;
     for _ in 0..100 {
         match h.client.bid("full", &bid(&refused, "u2", 10)).await {
+            // Until the new verifier has decided the partition's tries.
+            Err(_) | Ok(BidReply::Error { .. }) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
             Ok(reply) => {
                 again = Some(reply);
                 break;
             }
-            // Until the new verifier has decided the partition's tries.
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
     assert!(
