@@ -11,7 +11,8 @@ use futures::StreamExt;
 use crate::error::{Error, ErrorKind};
 use crate::wire::Subjects;
 
-/// How the streams are created. Existing streams are used as they are.
+/// How the streams are created. Existing streams are used as they are,
+/// but for the outcome stream's subjects and de-duplication window.
 #[derive(Clone, Debug)]
 pub struct StreamOptions {
     /// JetStream's de-duplication window for the log: a bid resent within
