@@ -22,26 +22,16 @@ async fn place(h: &Harness, auction: &str, range: std::ops::Range<u32>) -> usize
     let mut accepted = 0;
     for i in range {
         let request = bid(format!("b{i}"), format!("u{i}"));
-        // Resent (same bid id) while the verifier rebuilds: until it has
-        // decided a sold-out auction's tries, a gateway cannot tell a new
-        // bid from a resend, and asks for the bid again.
-        for attempt in 0.. {
-            match h.client.bid(auction, &request).await.unwrap() {
-                BidReply::Accepted { .. } => accepted += 1,
-                BidReply::Rejected {
-                    reason: allot::wire::RejectReason::SoldOut,
-                    ..
-                } => {}
-                BidReply::Error {
-                    error: allot::wire::ErrorCode::Internal,
-                    ..
-                } if attempt < 100 => {
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-                other => panic!("{other:?}"),
-            }
-            break;
+        // Resent while the verifier rebuilds: until it has decided a
+        // sold-out auction's tries, a gateway cannot tell a new bid from a
+        // resend, and asks for the bid again.
+        match common::bid_resent_on_internal(h, auction, &request).await {
+            BidReply::Accepted { .. } => accepted += 1,
+            BidReply::Rejected {
+                reason: allot::wire::RejectReason::SoldOut,
+                ..
+            } => {}
+            other => panic!("{other:?}"),
         }
     }
     accepted

@@ -60,26 +60,7 @@ async fn fast_rejects_write_nothing_and_resends_keep_their_reply() {
     h.wait_for_outcomes("one", 1).await;
     // The verifier reports the auction sold out; the gateway then refuses
     // new bids without writing them.
-    let mut sold_out = false;
-    for i in 0..100 {
-        match h
-            .client
-            .bid("one", &bid(&format!("late{i}"), "u2", 10))
-            .await
-            .unwrap()
-        {
-            BidReply::Rejected {
-                reason: RejectReason::SoldOut,
-                ..
-            } => {
-                sold_out = true;
-                break;
-            }
-            BidReply::Accepted { .. } => tokio::time::sleep(Duration::from_millis(20)).await,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    assert!(sold_out, "gateway learns the auction is sold out");
+    first_refused_as_sold_out(&h, "one").await;
     let tries_before = h.tries("one").await.len();
 
     // The winner resending its bid gets the original acceptance, not a reject.
@@ -303,24 +284,7 @@ async fn a_refused_bid_stays_refused_while_the_verifier_is_away() {
     let reply = h.client.bid("full", &bid("win", "u1", 10)).await.unwrap();
     assert!(matches!(reply, BidReply::Accepted { .. }), "{reply:?}");
     h.wait_for_outcomes("full", 1).await;
-    // Until the gateway has learned that the auction sold out, a late bid
-    // is written and cancelled; the first one it refuses is kept.
-    let mut refused = None;
-    for i in 0..100 {
-        let id = format!("late{i}");
-        match h.client.bid("full", &bid(&id, "u2", 10)).await.unwrap() {
-            BidReply::Rejected {
-                reason: RejectReason::SoldOut,
-                ..
-            } => {
-                refused = Some(id);
-                break;
-            }
-            BidReply::Accepted { .. } => tokio::time::sleep(Duration::from_millis(20)).await,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    let refused = refused.expect("the gateway learns the auction is sold out");
+    let refused = first_refused_as_sold_out(&h, "full").await;
     let tries = h.tries("full").await.len();
 
     verifier.kill().unwrap();
@@ -335,28 +299,36 @@ async fn a_refused_bid_stays_refused_while_the_verifier_is_away() {
     // Back: the verifier proves the bid new again, and it is refused again.
     let _verifier = common::serve_process(&h, &["--role", "verifier"], &[]);
     h.wait_until_verifying().await;
-    let mut again = None;
-    for _ in 0..100 {
-        match h.client.bid("full", &bid(&refused, "u2", 10)).await {
-            // Until the new verifier has decided the partition's tries.
-            Err(_) | Ok(BidReply::Error { .. }) => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            Ok(reply) => {
-                again = Some(reply);
-                break;
-            }
-        }
-    }
+    // Resent until the new verifier has decided the partition's tries.
+    let again = common::bid_resent_on_internal(&h, "full", &bid(&refused, "u2", 10)).await;
     assert!(
         matches!(
             again,
-            Some(BidReply::Rejected {
+            BidReply::Rejected {
                 reason: RejectReason::SoldOut,
                 ..
-            })
+            }
         ),
         "{again:?}"
     );
     assert_eq!(h.tries("full").await.len(), tries, "no try written");
+}
+
+/// Bids `late0`, `late1`, ... by `u2` on a full auction until the gateway
+/// refuses one as sold out, and returns its id. Until the gateway has
+/// learned from the verifier that the auction sold out, a late bid is
+/// written and cancelled.
+async fn first_refused_as_sold_out(h: &Harness, auction: &str) -> String {
+    for i in 0..100 {
+        let id = format!("late{i}");
+        match h.client.bid(auction, &bid(&id, "u2", 10)).await.unwrap() {
+            BidReply::Rejected {
+                reason: RejectReason::SoldOut,
+                ..
+            } => return id,
+            BidReply::Accepted { .. } => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    panic!("the gateway learns the auction is sold out");
 }

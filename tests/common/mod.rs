@@ -451,6 +451,30 @@ pub fn bid(bid_id: &str, bidder: &str, amount: u64) -> allot::wire::BidRequest {
     }
 }
 
+/// A bid, resent (same bid id) while the gateway answers `internal`: as
+/// while a verifier restarts or rebuilds, when a bid to a sold-out auction
+/// cannot yet be told from a resend. Up to 100 times, 100 ms apart; the
+/// last answer otherwise.
+pub async fn bid_resent_on_internal(
+    h: &Harness,
+    auction: &str,
+    request: &allot::wire::BidRequest,
+) -> allot::wire::BidReply {
+    let mut reply = h.client.bid(auction, request).await.unwrap();
+    for _ in 0..100 {
+        let allot::wire::BidReply::Error {
+            error: allot::wire::ErrorCode::Internal,
+            ..
+        } = reply
+        else {
+            break;
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        reply = h.client.bid(auction, request).await.unwrap();
+    }
+    reply
+}
+
 /// Sends raw bytes as a request and returns the reply message.
 pub async fn raw(h: &Harness, subject: String, body: &[u8]) -> async_nats::Message {
     h.client
