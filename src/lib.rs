@@ -17,7 +17,8 @@
 //! - [`core`]: the pure, deterministic decision state machine.
 //! - [`gateway`]: validates bids, refuses early what can never win, appends
 //!   tries without a lock, answers resends; also opens auctions and reports
-//!   their status.
+//!   their status. [`identity`] tells who sent a request: the body's claim
+//!   in the open mode, the NATS user in the bound mode.
 //! - [`verifier`]: folds the log through the core, keeps the SQLite
 //!   [`snapshot`], publishes one outcome per try, recovers after a crash.
 //! - [`streams`]: the JetStream streams and buckets; [`service`] runs the
@@ -40,6 +41,7 @@ pub mod core;
 pub mod error;
 pub mod faults;
 pub mod gateway;
+pub mod identity;
 pub mod loadtest;
 pub mod nats_server;
 pub mod observe;

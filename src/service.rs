@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::client::{connect, flush};
 use crate::error::{Error, ErrorKind, Result};
 use crate::gateway::{self, GatewayConfig};
+use crate::identity;
 use crate::observe::{http, micro, Metrics};
 use crate::streams::{StreamOptions, Streams};
 use crate::verifier::{self, VerifierConfig};
@@ -78,6 +79,15 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
         None => None,
     };
     let client = connect(&config.nats_url).await?;
+    if role != Role::Verifier && config.gateway.identity.mode == identity::Mode::Bound {
+        let version = client.server_info().version;
+        if !identity::server_stamps_identity(&version) {
+            return Err(Error::new(ErrorKind::Config, format!(
+                "--identity bound needs a nats-server that stamps Nats-Request-Info itself (2.11.15, 2.12.6 or newer; CVE-2026-33223), and this one is {version}"
+            ),
+            ));
+        }
+    }
     let js = async_nats::jetstream::new(client.clone());
     let streams = Streams::ensure(js, config.subjects.clone(), &config.streams).await?;
     tracing::info!(url = %crate::client::redact(&config.nats_url), role = ?config.role, "allot serving");

@@ -85,7 +85,7 @@ async fn five_slots_fifty_concurrent_bids() {
             } => {
                 sold_out.insert(bid_id);
             }
-            BidReply::Error { error, message } => {
+            BidReply::Error { error, message, .. } => {
                 errors += 1;
                 assert_eq!(common::error_code(reply), Some("400"));
                 let headers = reply.headers.as_ref().expect("error headers");

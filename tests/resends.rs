@@ -118,9 +118,14 @@ async fn same_bid_id_with_another_body_is_a_conflict() {
         }
     ));
     match h.client.bid("a", &bid("b1", "u2", 5)).await.unwrap() {
-        BidReply::Error { error, message } => {
+        BidReply::Error { error, message, .. } => {
             assert_eq!(error, allot::wire::ErrorCode::Conflict);
             assert!(message.contains("b1"), "{message}");
+            // Never the other bid's bidder or amount.
+            assert!(
+                !message.contains("u1") && !message.contains('5'),
+                "{message}"
+            );
         }
         other => panic!("expected a conflict, got {other:?}"),
     }

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::Common;
+use crate::gateway::GatewayConfig;
+use crate::identity::{self, IdentityConfig};
 use crate::service::{self, Config, Role};
 use crate::snapshot::Sync;
 use crate::streams::StreamOptions;
@@ -21,8 +23,9 @@ pub struct Args {
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_size: u32,
     /// JetStream de-duplication window for new streams, in seconds: a bid
-    /// resent within it gets its original reply.
-    #[arg(long, default_value_t = 120)]
+    /// resent within it gets its original reply. At least 1: JetStream
+    /// reads 0 as its default, 120 s, and cannot turn de-duplication off.
+    #[arg(long, default_value_t = 120, value_parser = parse_dedupe_window)]
     pub dedupe_window_secs: u64,
     /// The durable profile: every snapshot transaction is on disk before the
     /// verifier goes on (SQLite synchronous=FULL). Pair it with a
@@ -53,6 +56,25 @@ pub struct Args {
     /// 127.0.0.1:9464). Off unless given.
     #[arg(long, env = "ALLOT_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Who bids: `open` takes the body's bidder_id as it is (demos, tests,
+    /// trusted networks); `bound` takes the NATS user that the server
+    /// stamps on requests crossing the bidders' service import, and
+    /// refuses requests without one (README, "Access control").
+    #[arg(long, env = "ALLOT_IDENTITY", value_enum, default_value_t = identity::Mode::Open)]
+    pub identity: identity::Mode,
+    /// Bound mode: an account whose users are backends bidding for many
+    /// end users, each backend with bidder ids of its own. Repeatable.
+    #[arg(
+        long = "backend-account",
+        env = "ALLOT_BACKEND_ACCOUNTS",
+        value_delimiter = ','
+    )]
+    pub backend_accounts: Vec<String>,
+    /// Bound mode: most bids, withdraws and raises per second from one
+    /// bidder's own connection (bursts of twice that); more are answered
+    /// `rate_limited` with a retry hint. 0: no limit. Backends are not limited.
+    #[arg(long, env = "ALLOT_BIDDER_RATE", default_value_t = identity::DEFAULT_BIDDER_RATE)]
+    pub bidder_rate: u32,
 }
 
 pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
@@ -78,8 +100,25 @@ pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
             ..VerifierConfig::default()
         },
         metrics_addr: args.metrics_addr,
+        gateway: GatewayConfig {
+            identity: IdentityConfig {
+                mode: args.identity,
+                backend_accounts: args.backend_accounts,
+                bidder_rate: (args.identity == identity::Mode::Bound && args.bidder_rate > 0)
+                    .then_some(args.bidder_rate),
+            },
+            ..GatewayConfig::default()
+        },
         ..Config::default()
     };
     service::run(config, super::shutdown_signal()).await?;
     Ok(())
+}
+
+fn parse_dedupe_window(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("must be at least 1: JetStream takes 0 for its default window of 120 s, and has no way to turn de-duplication off".into()),
+        Ok(secs) => Ok(secs),
+        Err(e) => Err(format!("not a number of seconds: {e}")),
+    }
 }

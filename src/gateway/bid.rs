@@ -6,17 +6,53 @@ use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::Message;
 
 use super::{internal, Gateway};
+use crate::identity::{unqualified, Actor};
 use crate::wire::{
     decode_bid, timestamp, BidReply, BidRequest, DecidedReply, DecidedRequest, ErrorCode, LogEvent,
     RejectReason, RequestError, TryEvent,
 };
 
 impl Gateway {
-    /// A bid: validate, maybe refuse early, else append its try.
-    pub(super) async fn bid(&self, message: &Message) -> Result<BidReply, RequestError> {
-        let subjects = &self.streams.subjects;
-        let auction_id = subjects.auction_in(&message.subject, "bid")?;
+    /// A bid by `actor`: validate, maybe refuse early, else append its
+    /// try. The reply names the bid as the client did.
+    pub(super) async fn bid(
+        &self,
+        message: &Message,
+        actor: &Actor,
+    ) -> Result<BidReply, RequestError> {
+        let auction_id = self.streams.subjects.auction_in(&message.subject, "bid")?;
         let request = decode_bid(&message.payload, auction_id)?;
+        let (bid_id, bidder_id) = actor.log_ids(&request.bid_id, &request.bidder_id)?;
+        let logged = BidRequest {
+            bid_id,
+            bidder_id,
+            amount: request.amount,
+        };
+        Ok(match self.bid_logged(auction_id, logged).await? {
+            BidReply::Accepted {
+                try_seq, duplicate, ..
+            } => BidReply::Accepted {
+                bid_id: request.bid_id,
+                auction_id: auction_id.to_string(),
+                try_seq,
+                duplicate,
+            },
+            BidReply::Rejected { reason, .. } => BidReply::Rejected {
+                bid_id: request.bid_id,
+                auction_id: auction_id.to_string(),
+                reason,
+            },
+            error @ BidReply::Error { .. } => error,
+        })
+    }
+
+    /// A bid with its ids as the log keeps them.
+    async fn bid_logged(
+        &self,
+        auction_id: &str,
+        request: BidRequest,
+    ) -> Result<BidReply, RequestError> {
+        let subjects = &self.streams.subjects;
         let reject = |reason| BidReply::Rejected {
             bid_id: request.bid_id.clone(),
             auction_id: auction_id.to_string(),
@@ -82,7 +118,7 @@ impl Gateway {
                         RejectReason::AuctionClosed => "closed",
                         _ => "sold out",
                     },
-                    request.bid_id
+                    unqualified(&request.bid_id)
                 ),
             ));
         }
@@ -221,7 +257,9 @@ pub(super) enum Known {
 }
 
 /// The reply to a resent bid id whose first try is at `try_seq`: the
-/// original acceptance if the body is the same, a conflict if not.
+/// original acceptance if the body is the same, a conflict if not. The
+/// conflict names neither the bidder nor the amount of the bid that holds
+/// the id: in the open mode anyone can send any bid id.
 fn resend(
     auction_id: &str,
     request: &BidRequest,
@@ -233,8 +271,8 @@ fn resend(
         return Err(RequestError::new(
             ErrorCode::Conflict,
             format!(
-                "bid_id {:?} was already used in auction {auction_id:?} with bidder_id {bidder_id:?} and amount {amount}; use a new bid_id for a different bid",
-                request.bid_id
+                "bid_id {:?} was already used in auction {auction_id:?} for a different bid; use a new bid_id",
+                unqualified(&request.bid_id)
             ),
         ));
     }

@@ -6,11 +6,13 @@
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::Message;
 
+use super::bid::Known;
 use super::{internal, Gateway};
+use crate::identity::Actor;
 use crate::wire::{
     decode_close, decode_raise, decode_withdraw, timestamp, CloseEvent, CloseReply, ClosedBy,
     CommandReply, CommandRequest, CommandResult, ErrorCode, LogEvent, RaiseEvent, RaiseReply,
-    RequestError, WithdrawEvent, WithdrawReply,
+    RaiseRequest, RefuseReason, RequestError, TryEvent, WithdrawEvent, WithdrawReply,
 };
 
 /// How long a gateway waits for the verifier to decide a withdraw or a
@@ -18,24 +20,46 @@ use crate::wire::{
 const COMMAND_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Gateway {
-    /// A withdraw: appended, then answered with the verifier's decision.
-    pub(super) async fn withdraw(&self, message: &Message) -> Result<WithdrawReply, RequestError> {
+    /// A withdraw by `actor`: appended, then answered with the verifier's
+    /// decision. Withdraws that change nothing are in the log too: only
+    /// the verifier, in log order, can tell.
+    pub(super) async fn withdraw(
+        &self,
+        message: &Message,
+        actor: &Actor,
+    ) -> Result<WithdrawReply, RequestError> {
         let auction_id = self
             .streams
             .subjects
             .auction_in(&message.subject, "withdraw")?;
         let request = decode_withdraw(&message.payload, auction_id)?;
+        let (logged_bid, logged_bidder) = actor.log_ids(&request.bid_id, &request.bidder_id)?;
         self.known_auction(auction_id).await?;
-        let msg_id = WithdrawEvent::msg_id(auction_id, &request.bid_id, &request.bidder_id);
+        let msg_id = WithdrawEvent::msg_id(auction_id, &logged_bid, &logged_bidder);
         let event = LogEvent::Withdraw(WithdrawEvent {
-            bid_id: request.bid_id.clone(),
+            bid_id: logged_bid.clone(),
             auction_id: auction_id.to_string(),
-            bidder_id: request.bidder_id,
+            bidder_id: logged_bidder.clone(),
             withdrawn_at: timestamp::now(),
         });
-        let (seq, _) = self.append_event(auction_id, msg_id, &event).await?;
+        let (seq, resent) = self.append_event(auction_id, msg_id, &event).await?;
+        let mut result = self.command_result(auction_id, seq).await?;
+        if resent
+            && result
+                == (CommandResult::Withdrawn {
+                    empty_rollback: true,
+                })
+        {
+            result = self
+                .since_empty_rollback(auction_id, &logged_bid, &logged_bidder, result)
+                .await;
+        }
         let (bid_id, auction_id) = (request.bid_id, auction_id.to_string());
-        Ok(match self.command_result(&auction_id, seq).await? {
+        Ok(match result {
+            CommandResult::Refused {
+                reason: RefuseReason::UnknownAuction,
+                ..
+            } => return Err(no_auction(&auction_id)),
             CommandResult::Withdrawn { empty_rollback } => WithdrawReply::Withdrawn {
                 bid_id,
                 auction_id,
@@ -52,19 +76,30 @@ impl Gateway {
         })
     }
 
-    /// A raise: appended, then answered with the verifier's decision.
-    pub(super) async fn raise(&self, message: &Message) -> Result<RaiseReply, RequestError> {
+    /// A raise by `actor`: appended, then answered with the verifier's
+    /// decision (refused raises are in the log too, like withdraws).
+    pub(super) async fn raise(
+        &self,
+        message: &Message,
+        actor: &Actor,
+    ) -> Result<RaiseReply, RequestError> {
         let auction_id = self
             .streams
             .subjects
             .auction_in(&message.subject, "raise")?;
         let request = decode_raise(&message.payload, auction_id)?;
+        let (bid_id, bidder_id) = actor.log_ids(&request.bid_id, &request.bidder_id)?;
+        let logged = RaiseRequest {
+            bid_id,
+            bidder_id,
+            ..request.clone()
+        };
         self.known_auction(auction_id).await?;
-        let msg_id = RaiseEvent::msg_id(auction_id, &request);
+        let msg_id = RaiseEvent::msg_id(auction_id, &logged);
         let event = LogEvent::Raise(RaiseEvent {
-            bid_id: request.bid_id.clone(),
+            bid_id: logged.bid_id,
             auction_id: auction_id.to_string(),
-            bidder_id: request.bidder_id,
+            bidder_id: logged.bidder_id,
             amount: request.amount,
             expected_amount: request.expected_amount,
             raised_at: timestamp::now(),
@@ -72,6 +107,10 @@ impl Gateway {
         let (seq, _) = self.append_event(auction_id, msg_id, &event).await?;
         let (bid_id, auction_id) = (request.bid_id, auction_id.to_string());
         Ok(match self.command_result(&auction_id, seq).await? {
+            CommandResult::Refused {
+                reason: RefuseReason::UnknownAuction,
+                ..
+            } => return Err(no_auction(&auction_id)),
             CommandResult::Raised { amount } => RaiseReply::Raised {
                 bid_id,
                 auction_id,
@@ -119,10 +158,40 @@ impl Gateway {
     async fn known_auction(&self, auction_id: &str) -> Result<(), RequestError> {
         match self.spec(auction_id).await? {
             Some(_) => Ok(()),
-            None => Err(RequestError::new(
-                ErrorCode::UnknownAuction,
-                format!("no auction {auction_id:?} has been opened"),
-            )),
+            None => Err(no_auction(auction_id)),
+        }
+    }
+
+    /// What a resent withdraw that found no try (an empty rollback) means
+    /// now: if a try of that bid id has since arrived from another bidder,
+    /// the withdraw did not touch it, and saying "withdrawn" would be a
+    /// lie. (Its own try was cancelled by the withdraw: still withdrawn.)
+    async fn since_empty_rollback(
+        &self,
+        auction_id: &str,
+        bid_id: &str,
+        bidder_id: &str,
+        result: CommandResult,
+    ) -> CommandResult {
+        let Known::Decided(try_seq) = self.decided(auction_id, bid_id, 0).await else {
+            return result;
+        };
+        let tried_by = match self.streams.log.direct_get(try_seq).await {
+            Ok(stored) => match serde_json::from_slice::<LogEvent>(&stored.payload) {
+                Ok(LogEvent::Try(TryEvent { bidder_id, .. })) => bidder_id,
+                _ => return result,
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the try of a withdrawn bid");
+                return result;
+            }
+        };
+        if tried_by == bidder_id {
+            return result;
+        }
+        CommandResult::Refused {
+            reason: RefuseReason::NotOwner,
+            current_amount: None,
         }
     }
 
@@ -202,6 +271,14 @@ impl Gateway {
 
 /// Pause before asking the verifier again about a command.
 const COMMAND_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The one answer for an auction never opened: an error, never a refusal.
+fn no_auction(auction_id: &str) -> RequestError {
+    RequestError::new(
+        ErrorCode::UnknownAuction,
+        format!("no auction {auction_id:?} has been opened"),
+    )
+}
 
 fn not_a(seq: u64, what: &str) -> RequestError {
     RequestError::new(

@@ -26,6 +26,7 @@ use futures::StreamExt;
 use tokio::sync::Semaphore;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::identity::{Gate, IdentityConfig};
 use crate::observe::{BidResult, Endpoint, Metrics};
 use crate::streams::Streams;
 use crate::wire::{self, AuctionSpec, BidReply, ErrorCode, LogEvent, Reply, RequestError};
@@ -49,6 +50,8 @@ pub struct GatewayConfig {
     /// The verifier's durable consumer, whose ack floor tells how far the
     /// log is decided.
     pub verifier_consumer: String,
+    /// Who bids, withdraws and raises: the body's claim, or the NATS user.
+    pub identity: IdentityConfig,
 }
 
 impl Default for GatewayConfig {
@@ -56,6 +59,7 @@ impl Default for GatewayConfig {
         GatewayConfig {
             max_in_flight: 4096,
             verifier_consumer: crate::verifier::CONSUMER.into(),
+            identity: IdentityConfig::default(),
         }
     }
 }
@@ -72,6 +76,8 @@ struct Gateway {
     view: View,
     /// Request counts for the operators' metrics.
     metrics: Arc<Metrics>,
+    /// Who sent a bid, withdraw or raise, and whether it may act now.
+    gate: Gate,
 }
 
 /// Serves requests until `shutdown` completes, then stops taking new ones,
@@ -89,6 +95,7 @@ pub async fn run(
         config: config.clone(),
         view: View::default(),
         metrics,
+        gate: Gate::new(config.identity.clone()),
     });
     // A gateway that answered bids before its view of sold-out and closed
     // auctions had caught up could accept a resend that another gateway
@@ -163,7 +170,10 @@ impl Gateway {
         let endpoint = Endpoint::of(kind).unwrap_or(Endpoint::Status);
         let error = match endpoint {
             Endpoint::Bid => {
-                let result = self.bid(&message).await;
+                let result = match self.gate.admit(message.headers.as_ref()) {
+                    Ok(actor) => self.bid(&message, &actor).await,
+                    Err(e) => Err(e),
+                };
                 self.metrics.bid(match &result {
                     Ok(BidReply::Accepted { .. }) => BidResult::Accepted,
                     Ok(BidReply::Rejected { .. }) => BidResult::Rejected,
@@ -171,8 +181,20 @@ impl Gateway {
                 });
                 self.respond(reply_to, result).await
             }
-            Endpoint::Withdraw => self.respond(reply_to, self.withdraw(&message).await).await,
-            Endpoint::Raise => self.respond(reply_to, self.raise(&message).await).await,
+            Endpoint::Withdraw => {
+                let result = match self.gate.admit(message.headers.as_ref()) {
+                    Ok(actor) => self.withdraw(&message, &actor).await,
+                    Err(e) => Err(e),
+                };
+                self.respond(reply_to, result).await
+            }
+            Endpoint::Raise => {
+                let result = match self.gate.admit(message.headers.as_ref()) {
+                    Ok(actor) => self.raise(&message, &actor).await,
+                    Err(e) => Err(e),
+                };
+                self.respond(reply_to, result).await
+            }
             Endpoint::Close => self.respond(reply_to, self.close(&message).await).await,
             Endpoint::Open => self.respond(reply_to, self.open(&message).await).await,
             Endpoint::Status => self.respond(reply_to, self.status(&message).await).await,

@@ -306,6 +306,7 @@ fn handle(known: &Known, auction_id: &str, bid: &BidRequest, now: DateTime<Utc>)
             return Attempt::Reply(BidReply::Error {
                 error: ErrorCode::Internal,
                 message: "the occ and lock strategies decide first_n auctions only".into(),
+                retry_after_ms: None,
             })
         }
     };

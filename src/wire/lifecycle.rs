@@ -187,6 +187,9 @@ pub enum WithdrawReply {
     Error {
         error: ErrorCode,
         message: String,
+        /// When to send the request again, for an error that passes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
 }
 
@@ -214,6 +217,9 @@ pub enum RaiseReply {
     Error {
         error: ErrorCode,
         message: String,
+        /// When to send the request again, for an error that passes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
 }
 
@@ -232,6 +238,9 @@ pub enum CloseReply {
     Error {
         error: ErrorCode,
         message: String,
+        /// When to send the request again, for an error that passes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
 }
 

@@ -57,6 +57,27 @@ pub fn valid_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// True when `s` is a bid or bidder id as the log may hold it: a valid id,
+/// or in the bound identity mode one qualified with its sender's scope,
+/// `<id>@<account>/<user>` or `<id>@#<32 hex digits>` (see `identity`).
+pub fn valid_logged_id(s: &str) -> bool {
+    let Some((id, scope)) = s.split_once('@') else {
+        return valid_id(s);
+    };
+    let scope_ok = match scope.strip_prefix('#') {
+        Some(digest) => {
+            digest.len() == 32
+                && digest
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        }
+        None => scope
+            .split_once('/')
+            .is_some_and(|(account, user)| valid_id(account) && valid_id(user)),
+    };
+    valid_id(id) && scope_ok
+}
+
 /// The rules an auction is opened with. Immutable once opened.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuctionSpec {
@@ -163,6 +184,9 @@ pub enum BidReply {
     Error {
         error: ErrorCode,
         message: String,
+        /// When to send the request again, for an error that passes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
 }
 
@@ -213,6 +237,9 @@ pub enum OpenReply {
     Error {
         error: ErrorCode,
         message: String,
+        /// When to send the request again, for an error that passes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
 }
 
@@ -244,6 +271,9 @@ pub enum StatusReply {
     Error {
         error: ErrorCode,
         message: String,
+        /// When to send the request again, for an error that passes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
 }
 
@@ -278,10 +308,10 @@ impl LogEvent {
             LogEvent::Open(o) => o.spec.capacity >= 1 && o.spec.max_wins_per_bidder >= 1,
             LogEvent::Close(_) => true,
             LogEvent::Try(t) => t.well_formed(),
-            LogEvent::Withdraw(w) => valid_id(&w.bid_id) && valid_id(&w.bidder_id),
+            LogEvent::Withdraw(w) => valid_logged_id(&w.bid_id) && valid_logged_id(&w.bidder_id),
             LogEvent::Raise(r) => {
-                valid_id(&r.bid_id)
-                    && valid_id(&r.bidder_id)
+                valid_logged_id(&r.bid_id)
+                    && valid_logged_id(&r.bidder_id)
                     && r.amount <= MAX_AMOUNT
                     && r.expected_amount <= MAX_AMOUNT
             }
@@ -346,7 +376,7 @@ impl LogEntry {
         let field = |name: &str| {
             body.get(name)
                 .and_then(|v| v.as_str())
-                .filter(|s| valid_id(s))
+                .filter(|s| valid_logged_id(s))
         };
         let Some(bid_id) = field("bid_id") else {
             return LogEntry::Unreadable(problem);
@@ -422,7 +452,9 @@ impl TryEvent {
 
     /// Valid ids and an amount in range.
     fn well_formed(&self) -> bool {
-        valid_id(&self.bid_id) && valid_id(&self.bidder_id) && self.amount <= MAX_AMOUNT
+        valid_logged_id(&self.bid_id)
+            && valid_logged_id(&self.bidder_id)
+            && self.amount <= MAX_AMOUNT
     }
 }
 
@@ -565,6 +597,7 @@ macro_rules! reply {
                 $reply::Error {
                     error: e.code,
                     message: e.message,
+                    retry_after_ms: e.retry_after_ms,
                 }
             }
         }
@@ -572,7 +605,7 @@ macro_rules! reply {
         impl Reply for $reply {
             fn error(&self) -> Option<(ErrorCode, &str)> {
                 match self {
-                    $reply::Error { error, message } => Some((*error, message)),
+                    $reply::Error { error, message, .. } => Some((*error, message)),
                     _ => None,
                 }
             }
@@ -614,6 +647,12 @@ mod tests {
             BidReply::Error {
                 error: ErrorCode::InvalidField,
                 message: "field \"amount\" must not be negative".into(),
+                retry_after_ms: None,
+            },
+            BidReply::Error {
+                error: ErrorCode::RateLimited,
+                message: "more than 20 requests per second from this bidder".into(),
+                retry_after_ms: Some(50),
             },
         ];
         for reply in replies {

@@ -30,6 +30,14 @@ pub enum ErrorCode {
     Conflict,
     /// The auction does not exist (status requests).
     UnknownAuction,
+    /// Bound identity mode: the request carries no identity stamped by
+    /// the server.
+    Unauthenticated,
+    /// Bound identity mode: the identity may not act as the bidder named.
+    Forbidden,
+    /// Bound identity mode: too many requests from one bidder; the reply
+    /// says when to send again.
+    RateLimited,
     /// NATS or the store failed; the request may be retried.
     Internal,
 }
@@ -40,6 +48,9 @@ impl ErrorCode {
         match self {
             ErrorCode::Conflict => 409,
             ErrorCode::UnknownAuction => 404,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
             _ => 400,
         }
@@ -54,6 +65,8 @@ pub struct RequestError {
     pub code: ErrorCode,
     /// What is wrong, naming the field or subject.
     pub message: String,
+    /// For an error that passes: when to send the request again.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl RequestError {
@@ -61,7 +74,14 @@ impl RequestError {
         RequestError {
             code,
             message: message.into(),
+            retry_after_ms: None,
         }
+    }
+
+    /// The same error, with a hint of when to send the request again.
+    pub fn retry_after(mut self, ms: u64) -> Self {
+        self.retry_after_ms = Some(ms);
+        self
     }
 
     fn field(field: &str, problem: impl std::fmt::Display) -> Self {
