@@ -1,22 +1,32 @@
-//! The example nats-server configuration (`deploy/nats-server.conf`): the
-//! service runs with its own user, an admin opens auctions, a bidder bids
-//! and sees outcomes, and a bidder can do nothing else.
+//! The example nats-server configuration (`deploy/nats-server.conf`) with
+//! `serve --identity bound`: bidders and backends are who NATS says they
+//! are. Nobody bids, withdraws or raises as another, squats another's bid
+//! id, or reads another's bidder or amount through a reply; the service
+//! and the admin keep working.
 
 use std::path::Path;
 use std::time::Duration;
 
 use allot::client::{connect, AllotClient};
+use allot::identity::{IdentityConfig, Mode};
 use allot::nats_server::NatsServer;
 use allot::service::{self, Config};
 use allot::streams::Streams;
 use allot::verifier::VerifierConfig;
-use allot::wire::{AuctionSpec, BidReply, BidRequest, OpenReply, Subjects};
+use allot::wire::{
+    AuctionSpec, BidReply, BidRequest, ErrorCode, OpenReply, OutcomeEvent, Policy, RaiseReply,
+    RaiseRequest, RefuseReason, Subjects, WithdrawReply, WithdrawRequest,
+};
 use futures::StreamExt;
 
 /// The server's URL with a user's credentials from the example file.
-fn as_user(server: &NatsServer, user: &str, password: &str) -> String {
+fn as_user(server: &NatsServer, user: &str) -> String {
     let url = server.url();
     let host = url.strip_prefix("nats://").expect("nats:// URL");
+    let password = match user {
+        "allot-service" => "service-secret".to_string(),
+        other => format!("{other}-secret"),
+    };
     format!("nats://{user}:{password}@{host}")
 }
 
@@ -24,29 +34,73 @@ async fn client(url: &str) -> AllotClient {
     AllotClient::new(connect(url).await.expect("connects"), Subjects::default())
 }
 
+fn bid(bid_id: &str, bidder_id: &str, amount: u64) -> BidRequest {
+    BidRequest {
+        bid_id: bid_id.into(),
+        bidder_id: bidder_id.into(),
+        amount,
+    }
+}
+
+/// The error of a reply that must be one, checked to name neither of
+/// `secrets` (another bidder's id or amount).
+fn error_of(reply: &BidReply, secrets: &[&str]) -> ErrorCode {
+    let BidReply::Error { error, message, .. } = reply else {
+        panic!("expected an error, got {reply:?}");
+    };
+    for secret in secrets {
+        assert!(!message.contains(secret), "{message:?} names {secret:?}");
+    }
+    *error
+}
+
+/// Sends a bid as-is with the given headers, reading the reply.
+async fn bid_with_headers(
+    who: &AllotClient,
+    auction_id: &str,
+    headers: async_nats::HeaderMap,
+    body: &BidRequest,
+) -> BidReply {
+    let reply = who
+        .client
+        .request_with_headers(
+            who.subjects.bid(auction_id),
+            headers,
+            serde_json::to_vec(body).unwrap().into(),
+        )
+        .await
+        .expect("a reply");
+    BidReply::from_json(&reply.payload).expect("a bid reply")
+}
+
 #[tokio::test]
-async fn a_bidder_can_bid_and_watch_but_cannot_write_the_log_open_auctions_or_delete_streams() {
+async fn bidders_and_backends_act_only_as_themselves_under_the_example_config() {
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nats-server.conf");
     let server = NatsServer::start_with_config(&config).expect("nats-server starts");
     let data = tempfile::tempdir().unwrap();
-    let service_url = as_user(&server, "allot-service", "service-secret");
+    let service_url = as_user(&server, "allot-service");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(service::run(
-        Config {
-            nats_url: service_url.clone(),
-            verifier: VerifierConfig {
-                data_dir: data.path().to_path_buf(),
-                ..VerifierConfig::default()
-            },
-            ..Config::default()
+    let mut service_config = Config {
+        nats_url: service_url.clone(),
+        verifier: VerifierConfig {
+            data_dir: data.path().to_path_buf(),
+            ..VerifierConfig::default()
         },
-        async {
-            let _ = stopped.await;
-        },
-    ));
+        ..Config::default()
+    };
+    service_config.gateway.identity = IdentityConfig {
+        mode: Mode::Bound,
+        backend_accounts: vec!["BACKENDS".into()],
+        bidder_rate: Some(5),
+    };
+    let running = tokio::spawn(service::run(service_config, async {
+        let _ = stopped.await;
+    }));
 
-    // The admin opens an auction, once the service answers.
-    let admin = client(&as_user(&server, "admin", "admin-secret")).await;
+    // The admin opens two auctions, once the service answers, and watches
+    // the outcomes (bidders cannot: see below).
+    let admin = client(&as_user(&server, "admin")).await;
+    let mut outcomes = admin.live_outcomes(None).await.unwrap();
     let mut opened = None;
     for _ in 0..100 {
         match admin.open("a", &AuctionSpec::with_capacity(5)).await {
@@ -61,30 +115,81 @@ async fn a_bidder_can_bid_and_watch_but_cannot_write_the_log_open_auctions_or_de
         matches!(opened, Some(OpenReply::Opened { .. })),
         "admin opens: {opened:?}"
     );
-
-    // A bidder bids and sees its outcome.
-    let bidder = client(&as_user(&server, "bidder", "bidder-secret")).await;
-    let mut outcomes = bidder.live_outcomes(Some("a")).await.unwrap();
-    let bid = BidRequest {
-        bid_id: "b1".into(),
-        bidder_id: "alice".into(),
-        amount: 10,
+    let ranked = AuctionSpec {
+        policy: Policy::TopAmount,
+        ..AuctionSpec::with_capacity(2)
     };
-    let reply = bidder.bid("a", &bid).await.unwrap();
-    assert!(matches!(reply, BidReply::Accepted { .. }), "{reply:?}");
-    let outcome = tokio::time::timeout(Duration::from_secs(10), outcomes.next())
-        .await
-        .expect("outcome in time")
-        .unwrap();
-    assert_eq!((outcome.bid_id.as_str(), outcome.rank), ("b1", Some(1)));
+    let opened = admin.open("r", &ranked).await.unwrap();
+    assert!(matches!(opened, OpenReply::Opened { .. }), "{opened:?}");
 
-    // A bidder withdraws its own bids (here one whose try never came: an
-    // empty rollback) but cannot close the auction.
-    let withdrawn = bidder
+    let alice = client(&as_user(&server, "alice")).await;
+    let bob = client(&as_user(&server, "bob")).await;
+    let shop_a = client(&as_user(&server, "shop-a")).await;
+    let shop_b = client(&as_user(&server, "shop-b")).await;
+
+    // A bidder bids as itself, and only as itself.
+    let reply = alice.bid("a", &bid("b1", "alice", 10)).await.unwrap();
+    let BidReply::Accepted {
+        bid_id,
+        try_seq: alice_seq,
+        ..
+    } = reply
+    else {
+        panic!("alice bids: {reply:?}");
+    };
+    assert_eq!(bid_id, "b1", "the reply names the bid as sent");
+    let reply = alice.bid("a", &bid("b2", "bob", 10)).await.unwrap();
+    assert_eq!(error_of(&reply, &[]), ErrorCode::Forbidden);
+
+    // A header the client sets is not believed: the server replaces it.
+    let mut forged = async_nats::HeaderMap::new();
+    forged.insert(
+        allot::identity::REQUEST_INFO,
+        r#"{"acc":"BIDDERS","user":"bob"}"#,
+    );
+    let reply = bid_with_headers(&alice, "a", forged, &bid("b3", "bob", 10)).await;
+    assert_eq!(error_of(&reply, &[]), ErrorCode::Forbidden);
+
+    // Bid ids are per identity: bob's b1 is his own bid, not a resend of
+    // alice's and not a conflict that would name her or her amount.
+    let reply = bob.bid("a", &bid("b1", "bob", 99)).await.unwrap();
+    assert!(
+        matches!(reply, BidReply::Accepted { duplicate: false, try_seq, .. } if try_seq != alice_seq),
+        "{reply:?}"
+    );
+
+    // Ranked: bob can neither raise nor withdraw alice's held bid, nor
+    // learn its amount from a refusal or an error.
+    let reply = alice.bid("r", &bid("r1", "alice", 100)).await.unwrap();
+    assert!(matches!(reply, BidReply::Accepted { .. }), "{reply:?}");
+    let raise = |bidder: &str, expected_amount, amount| RaiseRequest {
+        bid_id: "r1".into(),
+        bidder_id: bidder.into(),
+        amount,
+        expected_amount,
+    };
+    let reply = bob.raise("r", &raise("bob", 1, 2)).await.unwrap();
+    assert!(
+        matches!(
+            reply,
+            RaiseReply::Refused {
+                reason: RefuseReason::UnknownBid,
+                current_amount: None,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    let reply = bob.raise("r", &raise("alice", 100, 9_000)).await.unwrap();
+    assert!(
+        matches!(&reply, RaiseReply::Error { error: ErrorCode::Forbidden, message, .. } if !message.contains("100")),
+        "{reply:?}"
+    );
+    let reply = bob
         .withdraw(
-            "a",
-            &allot::wire::WithdrawRequest {
-                bid_id: "b2".into(),
+            "r",
+            &WithdrawRequest {
+                bid_id: "r1".into(),
                 bidder_id: "alice".into(),
             },
         )
@@ -92,46 +197,124 @@ async fn a_bidder_can_bid_and_watch_but_cannot_write_the_log_open_auctions_or_de
         .unwrap();
     assert!(
         matches!(
-            withdrawn,
-            allot::wire::WithdrawReply::Withdrawn {
+            reply,
+            WithdrawReply::Error {
+                error: ErrorCode::Forbidden,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    // Alice's bid is untouched: her raise from 100 applies.
+    let reply = alice.raise("r", &raise("alice", 100, 150)).await.unwrap();
+    assert!(
+        matches!(reply, RaiseReply::Raised { amount: 150, .. }),
+        "{reply:?}"
+    );
+
+    // Backends: each bids for its own end users; shop-b's "carol" is not
+    // shop-a's, so its withdraw of b9 leaves shop-a's bid alone.
+    let reply = shop_a.bid("a", &bid("b9", "carol", 10)).await.unwrap();
+    assert!(matches!(reply, BidReply::Accepted { .. }), "{reply:?}");
+    let reply = shop_b
+        .withdraw(
+            "a",
+            &WithdrawRequest {
+                bid_id: "b9".into(),
+                bidder_id: "carol".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            reply,
+            WithdrawReply::Withdrawn {
                 empty_rollback: true,
                 ..
             }
         ),
-        "{withdrawn:?}"
-    );
-    let close_attempt = tokio::time::timeout(Duration::from_secs(3), bidder.close("a")).await;
-    assert!(
-        !matches!(
-            close_attempt,
-            Ok(Ok(allot::wire::CloseReply::Closing { .. }))
-        ),
-        "a bidder cannot close an auction: {close_attempt:?}"
+        "only shop-b's own (absent) b9: {reply:?}"
     );
 
-    // What the bidder must not do. Each attempt is refused by the server;
+    // The service's own account stamps no identity: a request from it is
+    // refused, never taken at the body's word.
+    let service_client = client(&service_url).await;
+    let reply = service_client
+        .bid("a", &bid("b5", "alice", 10))
+        .await
+        .unwrap();
+    assert_eq!(error_of(&reply, &[]), ErrorCode::Unauthenticated);
+    // The admin may not bid at all.
+    let attempt =
+        tokio::time::timeout(Duration::from_secs(3), admin.bid("a", &bid("b6", "x", 1))).await;
+    assert!(
+        !matches!(attempt, Ok(Ok(BidReply::Accepted { .. }))),
+        "{attempt:?}"
+    );
+
+    // The admin sees the outcomes, with ids qualified by their identity:
+    // alice's and bob's b1 are two bids, and shop-a's b9 stands.
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let outcome: OutcomeEvent = tokio::time::timeout(Duration::from_secs(10), outcomes.next())
+            .await
+            .expect("outcomes in time")
+            .unwrap();
+        seen.push((outcome.bid_id, outcome.bidder_id, outcome.rank));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            (
+                "b1@BIDDERS/alice".to_string(),
+                "alice@BIDDERS/alice".to_string(),
+                Some(1)
+            ),
+            ("b1@BIDDERS/bob".into(), "bob@BIDDERS/bob".into(), Some(2)),
+            (
+                "b9@BACKENDS/shop-a".into(),
+                "carol@BACKENDS/shop-a".into(),
+                Some(3)
+            ),
+        ]
+    );
+
+    // A bidder over its rate is told when to come back.
+    let burst_bids: Vec<BidRequest> = (0..30)
+        .map(|i| bid(&format!("burst-{i}"), "bob", 10))
+        .collect();
+    let burst = futures::future::join_all(burst_bids.iter().map(|b| bob.bid("a", b))).await;
+    let limited: Vec<_> = burst
+        .iter()
+        .filter_map(|r| match r {
+            Ok(BidReply::Error {
+                error: ErrorCode::RateLimited,
+                retry_after_ms,
+                ..
+            }) => Some(*retry_after_ms),
+            _ => None,
+        })
+        .collect();
+    assert!(!limited.is_empty(), "{burst:?}");
+    assert!(limited.iter().all(|ms| ms.is_some_and(|ms| ms > 0)));
+
+    // What a bidder must not do. Each attempt is refused by the server;
     // the streams, read with the service's user, show nothing written.
-    let s = &bidder.subjects;
+    let mut feed = alice.client.subscribe("allot.outcome.>").await.unwrap();
+    let s = &alice.subjects;
     let forged_try = br#"{"type":"try","bid_id":"x","auction_id":"a","bidder_id":"mallory","amount":1,"tried_at":"2026-01-01T00:00:00Z"}"#;
-    bidder
+    alice
         .client
         .publish(s.try_event("a"), forged_try.as_slice().into())
         .await
         .unwrap();
-    let forged_outcome = serde_json::to_vec(&outcome).unwrap();
-    bidder
-        .client
-        .publish(
-            s.outcome("a", allot::wire::OutcomeKind::Confirmed),
-            forged_outcome.into(),
-        )
-        .await
-        .unwrap();
-    let _ = bidder.client.flush().await;
-    let bidder_js = async_nats::jetstream::new(bidder.client.clone());
+    let _ = alice.client.flush().await;
+    let alice_js = async_nats::jetstream::new(alice.client.clone());
     let appended = tokio::time::timeout(
         Duration::from_secs(3),
-        bidder_js.publish(s.try_event("a"), forged_try.as_slice().into()),
+        alice_js.publish(s.try_event("a"), forged_try.as_slice().into()),
     )
     .await;
     let acked = match appended {
@@ -143,21 +326,39 @@ async fn a_bidder_can_bid_and_watch_but_cannot_write_the_log_open_auctions_or_de
     assert!(!acked, "a bidder's try append is refused");
     let open_attempt = tokio::time::timeout(
         Duration::from_secs(3),
-        bidder.open("evil", &AuctionSpec::with_capacity(1)),
+        alice.open("evil", &AuctionSpec::with_capacity(1)),
     )
     .await;
     assert!(
         !matches!(open_attempt, Ok(Ok(OpenReply::Opened { .. }))),
         "a bidder cannot open an auction: {open_attempt:?}"
     );
+    let close_attempt = tokio::time::timeout(Duration::from_secs(3), alice.close("a")).await;
+    assert!(
+        !matches!(
+            close_attempt,
+            Ok(Ok(allot::wire::CloseReply::Closing { .. }))
+        ),
+        "a bidder cannot close an auction: {close_attempt:?}"
+    );
     let deleted = tokio::time::timeout(
         Duration::from_secs(3),
-        bidder_js.delete_stream("ALLOT_TRIES"),
+        alice_js.delete_stream("ALLOT_TRIES"),
     )
     .await;
     assert!(
         !matches!(deleted, Ok(Ok(_))),
         "a bidder cannot delete the log"
+    );
+    // Bob's next bid is decided while alice's feed subscription stands:
+    // nothing reaches her.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let reply = bob.bid("a", &bid("late", "bob", 10)).await.unwrap();
+    assert!(matches!(reply, BidReply::Accepted { .. }), "{reply:?}");
+    let leaked = tokio::time::timeout(Duration::from_secs(2), feed.next()).await;
+    assert!(
+        !matches!(leaked, Ok(Some(_))),
+        "a bidder reads no outcome feed: {leaked:?}"
     );
 
     let service_js = async_nats::jetstream::new(connect(&service_url).await.unwrap());
@@ -165,20 +366,19 @@ async fn a_bidder_can_bid_and_watch_but_cannot_write_the_log_open_auctions_or_de
         .get_stream("ALLOT_TRIES")
         .await
         .expect("the log is still there");
-    let outcomes_stream = service_js.get_stream("ALLOT_OUTCOMES").await.unwrap();
-    assert_eq!(Streams::count(&log, &s.try_event("a")).await.unwrap(), 1);
     assert_eq!(
         Streams::count(&log, &s.auction_event("evil"))
             .await
             .unwrap(),
         0
     );
-    assert_eq!(
-        Streams::count(&outcomes_stream, &s.outcomes(Some("a")))
-            .await
-            .unwrap(),
-        1
-    );
+    let tries = Streams::count(&log, &s.try_event("a")).await.unwrap();
+    // b1 twice, b9, the burst's admitted bids and "late"; nothing forged.
+    let admitted = burst
+        .iter()
+        .filter(|r| matches!(r, Ok(BidReply::Accepted { .. })))
+        .count() as u64;
+    assert_eq!(tries, 3 + admitted + 1);
 
     // The operator's view: `allot status` works with the admin's read-only
     // rights, and sees the service and its lease through them.
@@ -192,8 +392,7 @@ async fn a_bidder_can_bid_and_watch_but_cannot_write_the_log_open_auctions_or_de
     .expect("admin reads the status");
     assert_eq!(status.instances.len(), 1, "the service answers $SRV.PING");
     assert!(status.partitions[0].owner.is_some(), "{status:?}");
-    assert_eq!(status.auctions[0].auction_id, "a");
-    assert_eq!(status.auctions[0].capacity, 5);
+    assert_eq!(status.auctions.len(), 2);
 
     let _ = stop.send(());
     running
