@@ -9,8 +9,8 @@ use async_nats::Message;
 use super::{internal, Gateway};
 use crate::streams::Streams;
 use crate::wire::{
-    decode_open, timestamp, AuctionState, ErrorCode, LogEvent, OpenEvent, OpenReply, OutcomeKind,
-    RequestError, StatusReply,
+    decode_close, decode_open, timestamp, AuctionState, ErrorCode, LogEvent, OpenEvent, OpenReply,
+    OutcomeKind, RequestError, StatusReply,
 };
 
 impl Gateway {
@@ -83,6 +83,9 @@ impl Gateway {
     pub(super) async fn status(&self, message: &Message) -> Result<StatusReply, RequestError> {
         let subjects = &self.streams.subjects;
         let auction_id = subjects.auction_in(&message.subject, "status")?;
+        // A status request takes the body of a close request: empty, `{}`,
+        // or the subject's `auction_id`.
+        decode_close(&message.payload, auction_id)?;
         let Some(spec) = self.spec(auction_id).await? else {
             return Err(RequestError::new(
                 ErrorCode::UnknownAuction,
@@ -103,23 +106,114 @@ impl Gateway {
             subjects.outcome(auction_id, OutcomeKind::Cancelled),
         )
         .await?;
-        let state = if confirmed >= u64::from(spec.capacity) {
-            AuctionState::SoldOut
-        } else if spec.is_closed_at(timestamp::now())
-            || self.view.closed.read().unwrap().contains(auction_id)
-        {
-            AuctionState::Closed
-        } else {
-            AuctionState::Open
-        };
+        let undecided = self.tries_not_reached(auction_id, tries).await?;
+        let closed = spec.is_closed_at(timestamp::now())
+            || self.view.closed.read().unwrap().contains(auction_id);
         Ok(StatusReply::Ok {
             auction_id: auction_id.to_string(),
+            state: state(closed, confirmed, spec.capacity),
             spec: (*spec).clone(),
-            state,
             tries,
             confirmed,
             cancelled,
-            pending: tries.saturating_sub(confirmed + cancelled),
+            pending: pending(tries, confirmed + cancelled, undecided),
         })
+    }
+
+    /// The auction's tries that its verifier has not yet reached, counted
+    /// past its consumer's ack floor (the verifier acks a try once it has
+    /// decided it, held it, or skipped it); all `tries` when there is no
+    /// verifier consumer yet.
+    async fn tries_not_reached(&self, auction_id: &str, tries: u64) -> Result<u64, RequestError> {
+        let consumer = crate::verifier::consumer_name(
+            &self.config.verifier_consumer,
+            self.streams.subjects.partition(auction_id),
+        );
+        let Some(floor) = self
+            .view
+            .decided_through(&self.streams.log, &consumer)
+            .await
+        else {
+            return Ok(tries);
+        };
+        let filter = self.streams.subjects.try_event(auction_id);
+        count_after(&self.streams.log, &filter, floor)
+            .await
+            .map_err(internal)
+    }
+}
+
+/// An auction's state in the status reply. The close is final, so it comes
+/// first: an auction that filled and then closed (every ranked auction that
+/// filled does) is `closed`; `sold_out` is an open auction with every slot
+/// confirmed.
+fn state(closed: bool, confirmed: u64, capacity: u32) -> AuctionState {
+    if closed {
+        AuctionState::Closed
+    } else if confirmed >= u64::from(capacity) {
+        AuctionState::SoldOut
+    } else {
+        AuctionState::Open
+    }
+}
+
+/// Tries with no outcome yet that the verifier has still to reach. Either
+/// count alone overstates it: `tries - outcomes` also holds the tries the
+/// verifier passed for good with no outcome of their own (an unreadable
+/// entry, a resend written again after the de-duplication window) and the
+/// held tries of a ranked auction; `not_reached` also holds the tries whose
+/// outcomes are out but not yet acked.
+fn pending(tries: u64, outcomes: u64, not_reached: u64) -> u64 {
+    tries.saturating_sub(outcomes).min(not_reached)
+}
+
+/// Entries on `filter` after log sequence `after`: a short-lived consumer's
+/// count, as in [`Streams::count`].
+async fn count_after(
+    stream: &async_nats::jetstream::stream::Stream,
+    filter: &str,
+    after: u64,
+) -> Result<u64, async_nats::Error> {
+    use async_nats::jetstream::consumer::{pull, DeliverPolicy, PullConsumer};
+    let consumer: PullConsumer = stream
+        .create_consumer(pull::Config {
+            filter_subject: filter.to_string(),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: after + 1,
+            },
+            inactive_threshold: std::time::Duration::from_secs(5),
+            memory_storage: true,
+            ..Default::default()
+        })
+        .await?;
+    let info = consumer.cached_info();
+    let (pending, name) = (info.num_pending, info.name.clone());
+    // Left alone, the server removes it after `inactive_threshold`.
+    let _ = stream.delete_consumer(&name).await;
+    Ok(pending)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_auction_is_closed_even_when_it_filled() {
+        assert_eq!(state(true, 2, 2), AuctionState::Closed);
+        assert_eq!(state(true, 0, 2), AuctionState::Closed);
+        assert_eq!(state(false, 2, 2), AuctionState::SoldOut);
+        assert_eq!(state(false, 1, 2), AuctionState::Open);
+    }
+
+    #[test]
+    fn pending_ends_once_the_verifier_has_passed_every_try() {
+        // An entry skipped for good: no outcome, but passed.
+        assert_eq!(pending(3, 2, 0), 0);
+        // Two held tries of a ranked auction, passed, and one not reached.
+        assert_eq!(pending(3, 0, 1), 1);
+        // Outcomes out, acks not yet in.
+        assert_eq!(pending(3, 3, 2), 0);
+        // No verifier yet: every try without an outcome.
+        assert_eq!(pending(3, 0, 3), 3);
     }
 }
