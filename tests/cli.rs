@@ -168,3 +168,72 @@ async fn serve_exits_with_a_clear_error_when_it_cannot_start() {
     let log = common::serve_failure(&h, &not_a_dir, &[]).await;
     assert!(log.contains("cannot create data directory"), "{log}");
 }
+
+/// Runs `allot` with `args` against a port nothing listens on: a command
+/// that gets as far as connecting fails with "cannot reach NATS".
+fn offline(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_allot"))
+        .args(args)
+        .args(["--nats-url", "nats://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("cannot reach NATS"), "{stderr}");
+    (out.status.success(), stderr)
+}
+
+#[test]
+fn bad_ids_are_refused_naming_the_argument() {
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["bid", "", "--bidder", "u", "--amount", "1"],
+            "<AUCTION_ID>",
+        ),
+        (
+            &["bid", "a", "--bidder", "x y", "--amount", "1"],
+            "--bidder",
+        ),
+        (
+            &[
+                "bid", "a", "--bidder", "u", "--amount", "1", "--bid-id", "a.b",
+            ],
+            "--bid-id",
+        ),
+        (
+            &["withdraw", "*", "--bid-id", "b", "--bidder", "u"],
+            "<AUCTION_ID>",
+        ),
+        (&["auction", "status", ""], "<AUCTION_ID>"),
+        (&["audit", ">"], "[AUCTION_ID]"),
+    ];
+    for (args, named) in cases {
+        let (ok, stderr) = offline(args);
+        assert!(!ok, "{args:?}");
+        assert!(
+            stderr.contains(named) && stderr.contains("1 to 64 characters of [A-Za-z0-9_-]"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_closes_at_in_the_past_is_refused() {
+    for at in ["0001-01-01T00:00:00Z", "2020-01-01T00:00:00Z"] {
+        let (ok, stderr) = offline(&["auction", "open", "a", "--capacity", "1", "--closes-at", at]);
+        assert!(!ok);
+        assert!(
+            stderr.contains("--closes-at") && stderr.contains("is not in the future"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_dedupe_window_of_zero_is_refused() {
+    let (ok, stderr) = offline(&["serve", "--dedupe-window-secs", "0"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--dedupe-window-secs") && stderr.contains("must be at least 1"),
+        "{stderr}"
+    );
+}

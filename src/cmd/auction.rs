@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{print_json, Common};
+use super::{parse_id, print_json, Common};
 use crate::wire::{timestamp, AuctionSpec, CloseReply, OpenReply, Policy, Reply, StatusReply};
 
 #[derive(Debug, clap::Subcommand)]
@@ -13,11 +13,13 @@ pub enum Command {
     /// auction the held bids are confirmed (idempotent).
     Close {
         /// Auction id.
+        #[arg(value_parser = parse_id)]
         auction_id: String,
     },
     /// Show an auction's settings and fill.
     Status {
         /// Auction id.
+        #[arg(value_parser = parse_id)]
         auction_id: String,
     },
 }
@@ -25,6 +27,7 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct OpenArgs {
     /// Auction id: 1 to 64 characters of [A-Za-z0-9_-].
+    #[arg(value_parser = parse_id)]
     pub auction_id: String,
     /// Number of winning slots.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
@@ -32,8 +35,9 @@ pub struct OpenArgs {
     /// Smallest winning amount, in minor units.
     #[arg(long, default_value_t = 0)]
     pub min_amount: u64,
-    /// When the auction stops taking bids (RFC 3339, e.g. 2026-12-01T12:00:00Z).
-    #[arg(long, value_parser = parse_time)]
+    /// When the auction stops taking bids (RFC 3339, e.g.
+    /// 2026-12-01T12:00:00Z); must be in the future.
+    #[arg(long, value_parser = parse_closes_at)]
     pub closes_at: Option<DateTime<Utc>>,
     /// Most slots one bidder may win.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
@@ -51,8 +55,20 @@ pub(crate) fn parse_policy(s: &str) -> Result<Policy, String> {
     }
 }
 
-fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
-    timestamp::parse(s).map_err(|e| format!("not an RFC 3339 time: {e}"))
+/// A `closes_at` in the future. The service takes a past one (the auction
+/// then opens closed, refusing every bid), but from the command line that
+/// is a typo, not a wish.
+fn parse_closes_at(s: &str) -> Result<DateTime<Utc>, String> {
+    let at = timestamp::parse(s).map_err(|e| format!("not an RFC 3339 time: {e}"))?;
+    let now = timestamp::now();
+    if at <= now {
+        return Err(format!(
+            "{} is not in the future (now is {}): the auction would open closed",
+            timestamp::format(&at),
+            timestamp::format(&now)
+        ));
+    }
+    Ok(at)
 }
 
 pub async fn run(common: Common, command: Command) -> anyhow::Result<()> {

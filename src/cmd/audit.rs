@@ -3,13 +3,13 @@
 
 use std::path::PathBuf;
 
-use super::Common;
+use super::{parse_id, Common};
 use crate::audit::{self, Findings};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The auction to audit.
-    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    #[arg(required_unless_present = "all", conflicts_with = "all", value_parser = parse_id)]
     pub auction_id: Option<String>,
     /// Audit every auction.
     #[arg(long)]

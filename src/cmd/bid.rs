@@ -5,21 +5,22 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use super::{print_json, Common};
+use super::{parse_id, print_json, Common};
 use crate::wire::{BidReply, BidRequest};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Auction id.
+    #[arg(value_parser = parse_id)]
     pub auction_id: String,
     /// Bidder id.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_id)]
     pub bidder: String,
     /// Amount in minor units.
     #[arg(long)]
     pub amount: u64,
     /// Bid id; resending the same one is safe. Default: a new random id.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_id)]
     pub bid_id: Option<String>,
     /// Also wait for the outcome and print it.
     #[arg(long)]

@@ -36,6 +36,19 @@ fn parse_prefix(s: &str) -> Result<Subjects, String> {
     Subjects::new(s).map_err(|e| e.to_string())
 }
 
+/// An id argument (auction, bid or bidder), checked before anything is
+/// sent: clap's error then names the argument, where the service would
+/// answer an id that does not fit in a subject token with no reply at all.
+pub fn parse_id(s: &str) -> Result<String, String> {
+    match crate::wire::valid_id(s) {
+        true => Ok(s.to_string()),
+        false => Err(format!(
+            "must be 1 to {} characters of [A-Za-z0-9_-]",
+            crate::wire::MAX_ID_LEN
+        )),
+    }
+}
+
 impl Common {
     /// A client for the service at `--nats-url`.
     pub async fn client(&self) -> anyhow::Result<AllotClient> {

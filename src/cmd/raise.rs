@@ -4,18 +4,19 @@
 
 use std::time::Duration;
 
-use super::Common;
+use super::{parse_id, Common};
 use crate::wire::{label, RaiseReply, RaiseRequest};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Auction id.
+    #[arg(value_parser = parse_id)]
     pub auction_id: String,
     /// The bid to raise.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_id)]
     pub bid_id: String,
     /// Bidder id: only the bidder who placed a bid may raise it.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_id)]
     pub bidder: String,
     /// The new amount in minor units, above --expected.
     #[arg(long)]

@@ -4,12 +4,13 @@
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
-use super::{print_json, Common};
+use super::{parse_id, print_json, Common};
 use crate::wire::{HeldEvent, OutcomeEvent};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Only this auction's outcomes.
+    #[arg(value_parser = parse_id)]
     pub auction_id: Option<String>,
     /// Replay the outcome stream from its start before following it.
     #[arg(long)]

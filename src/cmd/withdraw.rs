@@ -4,18 +4,19 @@
 
 use std::time::Duration;
 
-use super::Common;
+use super::{parse_id, Common};
 use crate::wire::{label, WithdrawReply, WithdrawRequest};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Auction id.
+    #[arg(value_parser = parse_id)]
     pub auction_id: String,
     /// The bid to withdraw.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_id)]
     pub bid_id: String,
     /// Bidder id: only the bidder who placed a bid may withdraw it.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_id)]
     pub bidder: String,
     /// Seconds to wait for the reply.
     #[arg(long, default_value_t = 10)]
