@@ -197,3 +197,74 @@ async fn watch_shows_holds_and_outcomes() {
         "{kinds:?}"
     );
 }
+
+/// `allot bid --wait` in a ranked auction: an accepted bid exits 0 with
+/// its held notice (its outcome waits for the close), or with its outcome
+/// when one comes first; a resend, which gets no second notice, exits 0
+/// once the wait is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bid_wait_in_a_ranked_auction_exits_0_when_accepted() {
+    let h = Harness::start().await;
+    let open = &[
+        "auction",
+        "open",
+        "rw",
+        "--capacity",
+        "1",
+        "--policy",
+        "top_amount",
+    ];
+    assert!(allot(&h, open).status.success());
+    let bid = |bid_id: &str, amount: &str| {
+        allot(
+            &h,
+            &[
+                "bid",
+                "rw",
+                "--bidder",
+                bid_id,
+                "--amount",
+                amount,
+                "--bid-id",
+                bid_id,
+                "--wait",
+                "--timeout",
+                "3",
+            ],
+        )
+    };
+    let lines = |out: &std::process::Output| -> Vec<Value> {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+
+    let out = bid("b1", "10");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let printed = lines(&out);
+    assert_eq!(printed[0]["status"], "accepted");
+    assert_eq!(
+        (&printed[1]["type"], &printed[1]["bid_id"]),
+        (&"held".into(), &"b1".into())
+    );
+    assert_matches("held-event.schema.json", printed[1].to_string().as_bytes());
+    assert!(stderr.contains("comes at the close"), "{stderr}");
+
+    // Lower than the holder: outbid at once, an outcome.
+    let out = bid("b2", "5");
+    assert!(out.status.success());
+    let printed = lines(&out);
+    assert_eq!(
+        (&printed[1]["type"], &printed[1]["reason"]),
+        (&"cancelled".into(), &"outbid".into())
+    );
+
+    // The holder's resend: no notice comes again, and the wait ends in time.
+    let out = bid("b1", "10");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(lines(&out)[0]["duplicate"], true);
+    assert!(stderr.contains("comes at the close"), "{stderr}");
+}

@@ -6,7 +6,8 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use super::{parse_id, print_json, Common};
-use crate::wire::{BidReply, BidRequest};
+use crate::client::AllotClient;
+use crate::wire::{BidReply, BidRequest, HeldEvent, Policy, StatusReply};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -22,12 +23,20 @@ pub struct Args {
     /// Bid id; resending the same one is safe. Default: a new random id.
     #[arg(long, value_parser = parse_id)]
     pub bid_id: Option<String>,
-    /// Also wait for the outcome and print it.
+    /// Also wait for the outcome and print it. In a top_amount auction,
+    /// where a held bid's outcome comes at the close, print its held
+    /// notice instead.
     #[arg(long)]
     pub wait: bool,
     /// Seconds to wait for the reply and the outcome.
     #[arg(long, default_value_t = 10)]
     pub timeout: u64,
+}
+
+/// What `--wait` saw first for the bid.
+enum Seen {
+    Outcome(crate::wire::OutcomeEvent),
+    Held(HeldEvent),
 }
 
 pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
@@ -40,40 +49,84 @@ pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
     };
     // Follow the auction's outcomes from the start of the stream, set up
     // before bidding: a fast outcome is not missed, and a resent bid's
-    // earlier outcome is found.
-    let mut outcomes = if args.wait {
-        Some(client.replay_outcomes(Some(&args.auction_id)).await?)
+    // earlier outcome is found. Held notices are not stored, so they are
+    // followed live, from before the bid too.
+    let (mut outcomes, mut holds) = if args.wait {
+        let outcomes = client.replay_outcomes(Some(&args.auction_id)).await?;
+        let holds = client
+            .client
+            .subscribe(common.prefix.hold(&args.auction_id))
+            .await?;
+        (Some(outcomes), Some(holds))
     } else {
-        None
+        (None, None)
     };
     let reply = client.bid(&args.auction_id, &bid).await?;
     super::auction::finish(&reply)?;
     if let BidReply::Rejected { reason, .. } = &reply {
         anyhow::bail!("bid rejected: {}", crate::wire::label(reason));
     }
-    let (Some(outcomes), BidReply::Accepted { .. }) = (outcomes.as_mut(), &reply) else {
+    let (Some(outcomes), Some(holds), BidReply::Accepted { .. }) =
+        (outcomes.as_mut(), holds.as_mut(), &reply)
+    else {
         return Ok(());
     };
     let wait = async {
-        while let Some(o) = outcomes.next().await {
-            let o = o?;
-            if o.bid_id == bid.bid_id {
-                return Ok(o);
+        loop {
+            tokio::select! {
+                o = outcomes.next() => match o {
+                    Some(o) => {
+                        let o = o?;
+                        if o.bid_id == bid.bid_id {
+                            return Ok(Seen::Outcome(o));
+                        }
+                    }
+                    None => anyhow::bail!("outcome stream ended"),
+                },
+                Some(h) = holds.next() => {
+                    if let Ok(h) = serde_json::from_slice::<HeldEvent>(&h.payload) {
+                        if h.bid_id == bid.bid_id {
+                            return Ok(Seen::Held(h));
+                        }
+                    }
+                }
             }
         }
-        anyhow::bail!("outcome stream ended")
     };
-    let outcome = tokio::time::timeout(Duration::from_secs(args.timeout), wait)
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "no outcome for bid {:?} within {} s",
-                bid.bid_id,
-                args.timeout
-            )
-        })??;
-    print_json(&outcome);
+    match tokio::time::timeout(Duration::from_secs(args.timeout), wait).await {
+        Ok(Ok(Seen::Outcome(o))) => print_json(&o),
+        Ok(Ok(Seen::Held(h))) => {
+            print_json(&h);
+            eprintln!(
+                "allot: bid {:?} holds a slot; its outcome comes at the close (allot watch {} prints it)",
+                bid.bid_id, args.auction_id
+            );
+        }
+        Ok(Err(e)) => return Err(e),
+        // A resent bid that holds a slot gets no second held notice.
+        Err(_) if ranked(&client, &args.auction_id).await => eprintln!(
+            "allot: no outcome for bid {:?} within {} s: in a top_amount auction a held bid's outcome comes at the close",
+            bid.bid_id, args.timeout
+        ),
+        Err(_) => anyhow::bail!(
+            "no outcome for bid {:?} within {} s",
+            bid.bid_id,
+            args.timeout
+        ),
+    }
     Ok(())
+}
+
+/// Whether the auction ranks its bids, so that an accepted bid may wait for
+/// the close for its outcome. False when the status cannot be read.
+async fn ranked(client: &AllotClient, auction_id: &str) -> bool {
+    match client.status(auction_id).await {
+        Ok(StatusReply::Ok { spec, .. }) => match spec.policy {
+            Policy::FirstN => false,
+            Policy::TopAmount => true,
+        },
+        _ => false,
+    }
 }
 
 /// A fresh bid id: the time in nanoseconds and the process id, unique for
