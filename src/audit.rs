@@ -204,6 +204,16 @@ pub async fn run(
     auction_id: Option<&str>,
     data_dir: Option<&Path>,
 ) -> Result<Findings> {
+    if let Some(a) = auction_id.filter(|a| !crate::wire::valid_id(a)) {
+        // Not a subject token: `*` or `a.>` would read other auctions.
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "auction id {a:?} must be 1 to {} characters of [A-Za-z0-9_-]",
+                crate::wire::MAX_ID_LEN
+            ),
+        ));
+    }
     let subjects = &crate::streams::log_subjects(js, subjects.clone()).await?;
     // Read the snapshots first: anything they hold is then in the streams.
     let snapshots = match data_dir {

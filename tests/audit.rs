@@ -92,3 +92,30 @@ async fn audit_passes_a_faithful_history_and_finds_a_forged_outcome() {
     // Asking for nothing is a usage error, not an audit of nothing.
     assert!(!allot(&h, &["audit"]).status.success());
 }
+
+/// An auction the streams know nothing of is a mistake to say, not a clean
+/// audit; an id that is not one is refused before anything is read.
+#[tokio::test]
+async fn audit_of_an_unknown_auction_fails() {
+    let h = Harness::start().await;
+    h.open("quiet", AuctionSpec::with_capacity(1)).await;
+
+    let out = allot(&h, &["audit", "nope"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(!stdout.contains("differences: none"), "{stdout}");
+    assert!(stderr.contains("no auction \"nope\""), "{stderr}");
+
+    // Opened, with no bid yet: its open event is audited, and agrees.
+    let out = allot(&h, &["audit", "quiet"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("differences: none"), "{stdout}");
+
+    let s = &h.client.subjects;
+    for bad in ["", "*", "a.>"] {
+        let e = audit::run(&h.js, s, Some(bad), None).await.unwrap_err();
+        assert!(e.to_string().contains("must be 1 to 64"), "{e}");
+    }
+}

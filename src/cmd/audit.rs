@@ -33,6 +33,16 @@ pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
         args.data_dir.as_deref(),
     )
     .await?;
+    if let Some(auction_id) = &args.auction_id {
+        // Nothing of it anywhere: nothing was audited, and most likely
+        // the id or --prefix is mistyped.
+        let absent = findings.log_entries == 0 && findings.outcomes == 0;
+        if absent && findings.differences.is_empty() {
+            anyhow::bail!(
+                "no auction {auction_id:?}: the log holds no event of it (is the id or --prefix wrong?)"
+            );
+        }
+    }
     print!("{}", summary(&findings, args.show));
     if !findings.differences.is_empty() {
         anyhow::bail!("audit found {} difference(s)", findings.differences.len());
