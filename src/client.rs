@@ -13,7 +13,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::nats_server::{parse_version, MIN_VERSION};
 use crate::wire::{
     AuctionSpec, BidReply, BidRequest, CloseReply, OpenReply, OutcomeEvent, RaiseReply,
-    RaiseRequest, StatusReply, Subjects, WithdrawReply, WithdrawRequest,
+    RaiseRequest, ResultReply, ResultRequest, StatusReply, Subjects, WithdrawReply,
+    WithdrawRequest,
 };
 
 /// Credentials written into a NATS URL.
@@ -176,6 +177,16 @@ impl AllotClient {
     /// An auction's settings and fill.
     pub async fn status(&self, auction_id: &str) -> Result<StatusReply> {
         self.request(self.subjects.status_request(auction_id), Vec::new())
+            .await
+    }
+
+    /// What became of one of this client's own bids.
+    pub async fn result(&self, auction_id: &str, bid_id: &str) -> Result<ResultReply> {
+        let body = serde_json::to_vec(&ResultRequest {
+            bid_id: bid_id.to_string(),
+        })
+        .expect("requests serialize");
+        self.request(self.subjects.result_request(auction_id), body)
             .await
     }
 

@@ -109,6 +109,15 @@ impl Actor {
         }
     }
 
+    /// The bid id to look up in the log for a request that names only a
+    /// bid: this actor's own.
+    pub fn log_bid_id(&self, bid_id: &str) -> String {
+        match self {
+            Actor::Anyone => bid_id.to_string(),
+            Actor::Bidder { scope, .. } | Actor::Backend { scope } => qualify(bid_id, scope),
+        }
+    }
+
     /// The key its rate is limited by, if it is limited.
     fn limited_as(&self) -> Option<&str> {
         match self {

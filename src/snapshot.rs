@@ -421,6 +421,22 @@ impl Snapshot {
         Ok(Snapshot { conn, path })
     }
 
+    /// The outcome of the try at log sequence `try_seq`, once decided.
+    pub fn outcome(&self, try_seq: u64) -> Result<Option<OutcomeEvent>, SnapshotError> {
+        let payload: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT payload FROM decisions WHERE try_seq = ?1",
+                [try_seq],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))?;
+        payload
+            .map(|p| serde_json::from_slice(&p).map_err(|e| self.corrupt(e)))
+            .transpose()
+    }
+
     /// Every decision, or one auction's, in log order.
     pub fn decisions(&self, auction_id: Option<&str>) -> Result<Vec<OutcomeEvent>, SnapshotError> {
         let mut stmt = self

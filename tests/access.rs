@@ -15,7 +15,7 @@ use allot::streams::Streams;
 use allot::verifier::VerifierConfig;
 use allot::wire::{
     AuctionSpec, BidReply, BidRequest, ErrorCode, OpenReply, OutcomeEvent, Policy, RaiseReply,
-    RaiseRequest, RefuseReason, Subjects, WithdrawReply, WithdrawRequest,
+    RaiseRequest, RefuseReason, ResultReply, Subjects, WithdrawReply, WithdrawRequest,
 };
 use futures::StreamExt;
 
@@ -279,6 +279,36 @@ async fn bidders_and_backends_act_only_as_themselves_under_the_example_config() 
                 Some(3)
             ),
         ]
+    );
+
+    // Each asks for the outcome of its own bids, and gets its own: bob's
+    // b1 is not alice's, and shop-b has no b9.
+    let result = alice.result("a", "b1").await.unwrap();
+    assert!(
+        matches!(&result, ResultReply::Confirmed { bid_id, rank: 1, amount: 10, .. } if bid_id == "b1"),
+        "{result:?}"
+    );
+    let result = bob.result("a", "b1").await.unwrap();
+    assert!(
+        matches!(
+            result,
+            ResultReply::Confirmed {
+                rank: 2,
+                amount: 99,
+                ..
+            }
+        ),
+        "{result:?}"
+    );
+    let result = shop_b.result("a", "b9").await.unwrap();
+    assert!(
+        matches!(result, ResultReply::Undecided { .. }),
+        "{result:?}"
+    );
+    let result = alice.result("r", "r1").await.unwrap();
+    assert!(
+        matches!(result, ResultReply::Undecided { .. }),
+        "held until the close: {result:?}"
     );
 
     // A bidder over its rate is told when to come back.

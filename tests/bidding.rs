@@ -7,7 +7,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use allot::core::{Ledger, Step, Verdict};
-use allot::wire::{AuctionSpec, BidReply, LogEvent, OpenEvent, OutcomeKind, RejectReason};
+use allot::wire::{
+    AuctionSpec, BidReply, LogEvent, OpenEvent, OutcomeKind, RejectReason, ResultReply,
+};
 use chrono::Utc;
 use common::{assert_matches, bid, one_outcome_per_bid, Harness};
 use futures::StreamExt;
@@ -259,4 +261,44 @@ async fn next(sub: &mut async_nats::Subscriber) -> async_nats::Message {
         .await
         .expect("an outcome in time")
         .unwrap()
+}
+
+/// A bidder asks what became of its bid: the outcome itself once decided,
+/// `undecided` before (and for a bid id never accepted), matching the
+/// result-reply schema.
+#[tokio::test]
+async fn a_bidder_asks_for_its_bids_result() {
+    let h = Harness::start().await;
+    // One slot per bidder: u1's second bid is cancelled, and the gateway
+    // cannot refuse it early (as it would a bid to a sold-out auction).
+    h.open("one", AuctionSpec::with_capacity(5)).await;
+    for (b, who) in [("first", "u1"), ("second", "u1")] {
+        let reply = h.client.bid("one", &bid(b, who, 7)).await.unwrap();
+        assert!(matches!(reply, BidReply::Accepted { .. }), "{reply:?}");
+    }
+    h.wait_for_outcomes("one", 2).await;
+    let first = h.client.result("one", "first").await.unwrap();
+    assert!(
+        matches!(&first, ResultReply::Confirmed { bid_id, auction_id, rank: 1, amount: 7, .. } if bid_id == "first" && auction_id == "one"),
+        "{first:?}"
+    );
+    let second = h.client.result("one", "second").await.unwrap();
+    assert!(
+        matches!(
+            second,
+            ResultReply::Cancelled {
+                reason: allot::wire::CancelReason::BidderLimit,
+                ..
+            }
+        ),
+        "{second:?}"
+    );
+    let never = h.client.result("one", "never").await.unwrap();
+    assert!(matches!(never, ResultReply::Undecided { .. }), "{never:?}");
+    for body in [&b"{\"bid_id\":\"first\"}"[..], b"{\"bid_id\":\"never\"}"] {
+        let reply = common::raw(&h, h.client.subjects.result_request("one"), body).await;
+        assert_matches("result-reply.schema.json", &reply.payload);
+    }
+    let bad = common::raw(&h, h.client.subjects.result_request("one"), b"{}").await;
+    assert_eq!(common::error_code(&bad), Some("400"));
 }

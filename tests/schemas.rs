@@ -9,7 +9,8 @@ use allot::wire::{
     decode_close, decode_open, decode_raise, decode_withdraw, timestamp, AuctionSpec, AuctionState,
     CancelReason, CloseEvent, CloseReply, ClosedBy, ErrorCode, HeldEvent, HeldKind, LogEvent,
     OpenEvent, OpenReply, OutcomeEvent, OutcomeKind, Policy, RaiseEvent, RaiseReply, RaiseRequest,
-    RefuseReason, RequestError, StatusReply, WithdrawEvent, WithdrawReply, WithdrawRequest,
+    RefuseReason, RequestError, ResultReply, StatusReply, WithdrawEvent, WithdrawReply,
+    WithdrawRequest,
 };
 use chrono::{DateTime, Utc};
 use common::assert_matches;
@@ -469,4 +470,51 @@ fn schemas_refuse_what_allot_never_writes() {
     for (name, instance) in &bad {
         assert_rejects(name, instance);
     }
+}
+
+#[test]
+fn result_messages_match_their_schemas() {
+    let request = allot::wire::ResultRequest {
+        bid_id: "b-1".into(),
+    };
+    assert_matches("result-request.schema.json", &bytes(&request));
+    let decided_at = at("2030-01-01T00:00:00.000001Z");
+    let mut replies = vec![
+        ResultReply::Confirmed {
+            bid_id: "b-1".into(),
+            auction_id: "a1".into(),
+            try_seq: 2,
+            amount: 150,
+            rank: 1,
+            decided_at,
+        },
+        ResultReply::Undecided {
+            bid_id: "b-1".into(),
+            auction_id: "a1".into(),
+        },
+    ];
+    for reason in every_cancel_reason() {
+        replies.push(ResultReply::Cancelled {
+            bid_id: "b-1".into(),
+            auction_id: "a1".into(),
+            try_seq: 2,
+            amount: 150,
+            reason,
+            decided_at,
+        });
+    }
+    // A result request is never a conflict, and an unknown auction is
+    // only a bid never decided.
+    replies.extend(
+        error_replies::<ResultReply>().into_iter().filter(|r| {
+            !matches!(r, ResultReply::Error { error, .. } if matches!(error, ErrorCode::Conflict | ErrorCode::UnknownAuction))
+        }),
+    );
+    for reply in &replies {
+        assert_matches("result-reply.schema.json", &bytes(reply));
+    }
+    assert_rejects(
+        "result-reply.schema.json",
+        &json!({"status": "confirmed", "bid_id": "b-1", "auction_id": "a1", "try_seq": 2, "amount": 1, "decided_at": "2030-01-01T00:00:00.000001Z"}),
+    );
 }

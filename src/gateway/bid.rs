@@ -188,6 +188,7 @@ impl Gateway {
         let subject = self.streams.subjects.decided(auction_id);
         let body = serde_json::to_vec(&DecidedRequest {
             bid_id: bid_id.to_string(),
+            outcome: false,
         })
         .expect("requests serialize");
         let asked =

@@ -9,11 +9,13 @@
 //! - `bid.rs`: the bid path, including resends and fast rejects;
 //! - `admin.rs`: opening auctions and reporting their status;
 //! - `lifecycle.rs`: withdrawals, raises and closes;
+//! - `result.rs`: a bidder asking for the outcome of its own bid;
 //! - `view.rs`: what the gateway knows of each auction.
 
 mod admin;
 mod bid;
 mod lifecycle;
+mod result;
 mod view;
 
 use std::future::Future;
@@ -166,7 +168,7 @@ impl Gateway {
             .strip_prefix(prefix)
             .and_then(|rest| rest.strip_prefix('.'))
             .unwrap_or_default();
-        // Only the six kinds are subscribed to.
+        // Only the endpoints' kinds are subscribed to.
         let endpoint = Endpoint::of(kind).unwrap_or(Endpoint::Status);
         let error = match endpoint {
             Endpoint::Bid => {
@@ -198,6 +200,13 @@ impl Gateway {
             Endpoint::Close => self.respond(reply_to, self.close(&message).await).await,
             Endpoint::Open => self.respond(reply_to, self.open(&message).await).await,
             Endpoint::Status => self.respond(reply_to, self.status(&message).await).await,
+            Endpoint::Result => {
+                let result = match self.gate.admit(message.headers.as_ref()) {
+                    Ok(actor) => self.result(&message, &actor).await,
+                    Err(e) => Err(e),
+                };
+                self.respond(reply_to, result).await
+            }
         };
         let error = error.as_ref().map(|(code, text)| (*code, text.as_str()));
         self.metrics.request(endpoint, received.elapsed(), error);

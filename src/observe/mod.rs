@@ -26,16 +26,18 @@ pub enum Endpoint {
     Open,
     Close,
     Status,
+    Result,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 6] = [
+    pub const ALL: [Endpoint; 7] = [
         Endpoint::Bid,
         Endpoint::Withdraw,
         Endpoint::Raise,
         Endpoint::Open,
         Endpoint::Close,
         Endpoint::Status,
+        Endpoint::Result,
     ];
 
     /// The endpoint's name in `$SRV` answers and metric labels.
@@ -47,6 +49,7 @@ impl Endpoint {
             Endpoint::Open => "open",
             Endpoint::Close => "close",
             Endpoint::Status => "status",
+            Endpoint::Result => "result",
         }
     }
 
@@ -59,6 +62,7 @@ impl Endpoint {
             Endpoint::Open => "admin.open",
             Endpoint::Close => "admin.close",
             Endpoint::Status => "status",
+            Endpoint::Result => "result",
         }
     }
 
@@ -106,7 +110,7 @@ pub struct Metrics {
     /// This process's id in `$SRV` answers: unique per start.
     pub id: String,
     pub started: chrono::DateTime<chrono::Utc>,
-    endpoints: [EndpointStats; 6],
+    endpoints: [EndpointStats; Endpoint::ALL.len()],
     bids: [AtomicU64; 3],
     confirmed: AtomicU64,
     cancelled: [AtomicU64; CancelReason::ALL.len()],

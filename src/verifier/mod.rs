@@ -700,9 +700,21 @@ impl Verifier<'_> {
                 tracing::warn!(subject, "unreadable decided-bid request ignored");
                 return;
             };
+            let try_seq = self.ledger.decided_try(auction_id, &asked.bid_id);
+            let outcome = match (asked.outcome, try_seq) {
+                (true, Some(seq)) => match self.with_snapshot(move |s| s.outcome(seq)).await {
+                    Ok(outcome) => outcome,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read a bid's outcome");
+                        return;
+                    }
+                },
+                _ => None,
+            };
             serde_json::to_vec(&DecidedReply {
-                try_seq: self.ledger.decided_try(auction_id, &asked.bid_id),
+                try_seq,
                 through: self.position.last_seq,
+                outcome,
             })
         } else if subject == subjects.command(auction_id) {
             let Ok(asked) = serde_json::from_slice::<CommandRequest>(&request.payload) else {

@@ -9,13 +9,16 @@ use serde::{Deserialize, Serialize};
 
 mod lifecycle;
 mod request;
+mod result;
 mod subjects;
 pub mod timestamp;
 
 pub use lifecycle::*;
 pub use request::{
-    decode_bid, decode_close, decode_open, decode_raise, decode_withdraw, ErrorCode, RequestError,
+    decode_bid, decode_close, decode_open, decode_raise, decode_result, decode_withdraw, ErrorCode,
+    RequestError,
 };
+pub use result::{ResultReply, ResultRequest};
 pub use subjects::{partition_of, Subjects, DEFAULT_PARTITIONS, MAX_PARTITIONS};
 
 /// Longest `auction_id`, `bid_id` or `bidder_id`.
@@ -572,6 +575,9 @@ pub struct AuctionView {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecidedRequest {
     pub bid_id: String,
+    /// Also send the bid's outcome, if it has one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outcome: bool,
 }
 
 /// The verifier's answer to a [`DecidedRequest`].
@@ -582,6 +588,10 @@ pub struct DecidedReply {
     pub try_seq: Option<u64>,
     /// The verifier has decided the log up to this sequence.
     pub through: u64,
+    /// The bid's outcome, when asked for and decided (a held bid of a
+    /// ranked auction has a try but no outcome until the close).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<OutcomeEvent>,
 }
 
 /// A request's reply: serializable, built from a [`RequestError`], and able
@@ -619,6 +629,7 @@ reply!(RaiseReply);
 reply!(CloseReply);
 reply!(OpenReply);
 reply!(StatusReply);
+reply!(ResultReply);
 
 #[cfg(test)]
 mod tests {

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
 
 use super::{
-    timestamp, valid_id, AuctionSpec, BidRequest, Policy, RaiseRequest, WithdrawRequest,
-    MAX_AMOUNT, MAX_ID_LEN, MAX_REQUEST_BYTES,
+    timestamp, valid_id, AuctionSpec, BidRequest, Policy, RaiseRequest, ResultRequest,
+    WithdrawRequest, MAX_AMOUNT, MAX_ID_LEN, MAX_REQUEST_BYTES,
 };
 
 /// What kind of request error this is; part of the public error reply.
@@ -157,6 +157,15 @@ pub fn decode_withdraw(payload: &[u8], auction_id: &str) -> Result<WithdrawReque
     Ok(WithdrawRequest {
         bid_id: required(id(&mut body, "bid_id")?, "bid_id")?,
         bidder_id: required(id(&mut body, "bidder_id")?, "bidder_id")?,
+    })
+}
+
+/// Decodes a result request body for the auction named by the subject.
+pub fn decode_result(payload: &[u8], auction_id: &str) -> Result<ResultRequest, RequestError> {
+    let mut body = object(payload, &["bid_id", "auction_id"])?;
+    check_auction_field(&mut body, auction_id)?;
+    Ok(ResultRequest {
+        bid_id: required(id(&mut body, "bid_id")?, "bid_id")?,
     })
 }
 

@@ -116,6 +116,12 @@ impl Subjects {
         format!("{}.verifier.command.{p}.{auction_id}", self.prefix)
     }
 
+    /// A bidder's requests for its own bids' outcomes:
+    /// `<prefix>.result.<auction_id>`.
+    pub fn result_request(&self, auction_id: &str) -> String {
+        format!("{}.result.{auction_id}", self.prefix)
+    }
+
     /// Auction status requests: `<prefix>.status.<auction_id>`.
     pub fn status_request(&self, auction_id: &str) -> String {
         format!("{}.status.{auction_id}", self.prefix)

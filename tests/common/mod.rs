@@ -96,6 +96,7 @@ impl Harness {
     pub async fn wait_until_verifying(&self) {
         let body = serde_json::to_vec(&allot::wire::DecidedRequest {
             bid_id: "probe".into(),
+            outcome: false,
         })
         .unwrap();
         for _ in 0..200 {
