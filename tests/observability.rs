@@ -52,7 +52,7 @@ async fn micro_stats_metrics_page_and_status_count_what_happened() {
     );
     h.wait_for_outcomes("obs", 3).await;
 
-    // $SRV: one instance, the six endpoints, the bid endpoint's counts.
+    // $SRV: one instance, the seven endpoints, the bid endpoint's counts.
     let ping: PingResponse = micro(&h, "$SRV.PING.allot").await;
     assert_eq!(ping.name, "allot");
     assert_eq!(ping.metadata.get("role").map(String::as_str), Some("all"));
@@ -60,7 +60,7 @@ async fn micro_stats_metrics_page_and_status_count_what_happened() {
     let names: Vec<&str> = info.endpoints.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(
         names,
-        ["bid", "withdraw", "raise", "open", "close", "status"]
+        ["bid", "withdraw", "raise", "open", "close", "status", "result"]
     );
     assert_eq!(info.endpoints[0].subject, "allot.bid.>");
     let stats: Stats = micro(&h, "$SRV.STATS").await;
