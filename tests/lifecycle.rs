@@ -134,6 +134,40 @@ async fn withdraws_of_confirmed_bids_and_by_other_bidders_are_refused() {
     assert_eq!(verdict(&outcomes[0]), confirmed(1));
 }
 
+/// Another bidder's withdraw that came before the try (an empty rollback
+/// of its own) does not touch the owner's bid; resent once the owner's try
+/// is decided, it is a refusal, not "withdrawn" again.
+#[tokio::test]
+async fn a_resent_early_withdraw_by_another_bidder_is_refused_once_the_bid_is_tried() {
+    let h = Harness::start().await;
+    h.open("a", AuctionSpec::with_capacity(2)).await;
+    let early = withdraw(&h, "a", "b1", "mallory").await;
+    assert_eq!(
+        (early["status"].as_str(), early["empty_rollback"].as_bool()),
+        (Some("withdrawn"), Some(true)),
+        "{early}"
+    );
+    bid(&h, "a", "b1", "alice", 10).await;
+    let outcomes = h.wait_for_outcomes("a", 1).await;
+    assert_eq!(verdict(&outcomes[0]), confirmed(1));
+    // The same request again: JetStream de-duplicates it to the first
+    // event, whose result was an empty rollback.
+    let again = withdraw(&h, "a", "b1", "mallory").await;
+    assert_eq!(
+        (again["status"].as_str(), again["reason"].as_str()),
+        (Some("refused"), Some("not_owner")),
+        "{again}"
+    );
+    assert_eq!(again["withdraw_seq"], early["withdraw_seq"], "{again}");
+    // The owner's own early withdraw stays what it was.
+    let mine = withdraw(&h, "a", "b2", "bob").await;
+    bid(&h, "a", "b2", "bob", 10).await;
+    h.wait_for_outcomes("a", 2).await;
+    let mine_again = withdraw(&h, "a", "b2", "bob").await;
+    assert_eq!(mine_again, mine, "{mine_again}");
+    assert_eq!(mine_again["empty_rollback"], true);
+}
+
 /// A ranked auction from bids to close: holds with notices, outbids, a
 /// withdrawal of a held bid, two raises of one bid sent together, a close
 /// request, a second close, and a bid after the close.
