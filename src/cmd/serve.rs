@@ -109,7 +109,6 @@ pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
             },
             ..GatewayConfig::default()
         },
-        ..Config::default()
     };
     service::run(config, super::shutdown_signal()).await?;
     Ok(())

@@ -268,7 +268,8 @@ pub enum StatusReply {
         tries: u64,
         confirmed: u64,
         cancelled: u64,
-        /// Tries not decided yet.
+        /// Tries the verifier has not reached yet (held tries of a ranked
+        /// auction, reached but decided at the close, are not pending).
         pending: u64,
     },
     Error {
