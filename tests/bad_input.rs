@@ -78,6 +78,28 @@ async fn malformed_requests_get_clear_errors_and_the_service_keeps_serving() {
             br#"{"capacity":1,"min_amount":-1}"#.to_vec(),
             "min_amount",
         ),
+        // A key given twice, which readers that keep the first or the last
+        // would take for two different requests.
+        (
+            h.client.subjects.bid("m"),
+            br#"{"bid_id":"b","bidder_id":"u","amount":5,"amount":500000}"#.to_vec(),
+            "duplicate key \"amount\"",
+        ),
+        (
+            h.client.subjects.open_request("m2"),
+            br#"{"capacity":1,"capacity":1000}"#.to_vec(),
+            "duplicate key \"capacity\"",
+        ),
+        (
+            h.client.subjects.open_request("m2"),
+            br#"{"capacity":1,"policy":null}"#.to_vec(),
+            "policy",
+        ),
+        (
+            h.client.subjects.bid("m"),
+            br#"{"bid_id":"b","bidder_id":"u","amount":1e2}"#.to_vec(),
+            "digits alone",
+        ),
     ];
     for (subject, body, needle) in &cases {
         let reply = raw(&h, subject.clone(), body).await;

@@ -2,6 +2,8 @@
 //! [`RequestError`] whose message names the field or subject at fault;
 //! nothing here panics, whatever the bytes.
 
+use chrono::{DateTime, Utc};
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
 
@@ -227,26 +229,29 @@ pub fn decode_open(payload: &[u8], auction_id: &str) -> Result<AuctionSpec, Requ
     let capacity = required(count(&mut body, "capacity")?, "capacity")?;
     let min_amount = amount(&mut body, "min_amount")?.unwrap_or(0);
     let max_wins_per_bidder = count(&mut body, "max_wins_per_bidder")?.unwrap_or(1);
-    let closes_at = match body.remove("closes_at") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(timestamp::parse(&s).map_err(|e| {
-            RequestError::field("closes_at", format!("must be an RFC 3339 time: {e}"))
-        })?),
-        Some(other) => {
-            return Err(RequestError::field(
-                "closes_at",
-                format!("must be an RFC 3339 time string, not {}", kind(&other)),
-            ))
-        }
-    };
+    let closes_at = time(&mut body, "closes_at")?;
+    // An optional field is left out for its default: null is a wrong type
+    // here as in every request, as the schemas say.
     let policy = match body.remove("policy") {
-        None | Some(Value::Null) => Policy::FirstN,
+        None => Policy::FirstN,
         Some(Value::String(s)) if s == "first_n" => Policy::FirstN,
         Some(Value::String(s)) if s == "top_amount" => Policy::TopAmount,
+        Some(Value::String(s)) => {
+            return Err(RequestError::field(
+                "policy",
+                format!(
+                    "must be \"first_n\" or \"top_amount\", got {:?}",
+                    truncate(&s)
+                ),
+            ))
+        }
         Some(other) => {
             return Err(RequestError::field(
                 "policy",
-                format!("must be \"first_n\" or \"top_amount\", got {other}"),
+                format!(
+                    "must be \"first_n\" or \"top_amount\", not {}",
+                    kind(&other)
+                ),
             ))
         }
     };
@@ -259,8 +264,8 @@ pub fn decode_open(payload: &[u8], auction_id: &str) -> Result<AuctionSpec, Requ
     })
 }
 
-/// Reads a JSON object, refusing oversized bodies, non-objects and fields
-/// not in `allowed`.
+/// Reads a JSON object, refusing oversized bodies, non-objects, a key
+/// given twice and fields not in `allowed`.
 fn object(payload: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, RequestError> {
     if payload.len() > MAX_REQUEST_BYTES {
         return Err(RequestError::new(
@@ -277,28 +282,114 @@ fn object(payload: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, Reques
             "request body is empty; expected a JSON object",
         ));
     }
-    let value: Value = serde_json::from_slice(payload).map_err(|e| {
+    let body: Body = serde_json::from_slice(payload).map_err(|e| {
         RequestError::new(
             ErrorCode::InvalidJson,
             format!("request body is not valid JSON: {e}"),
         )
     })?;
-    let Value::Object(map) = value else {
-        return Err(RequestError::new(
-            ErrorCode::InvalidJson,
-            format!("request body must be a JSON object, not {}", kind(&value)),
-        ));
+    let map = match body {
+        Body::Object(map) => map,
+        Body::DuplicateKey(key) => {
+            return Err(RequestError::new(
+                ErrorCode::InvalidJson,
+                format!(
+                    "duplicate key {:?}: a request names each field once",
+                    truncate(&key)
+                ),
+            ))
+        }
+        Body::Not(kind) => {
+            return Err(RequestError::new(
+                ErrorCode::InvalidJson,
+                format!("request body must be a JSON object, not {kind}"),
+            ))
+        }
     };
     if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
         return Err(RequestError::new(
             ErrorCode::UnknownField,
             format!(
-                "unknown field {unknown:?}; allowed fields are {}",
+                "unknown field {:?}; allowed fields are {}",
+                truncate(unknown),
                 allowed.join(", ")
             ),
         ));
     }
     Ok(map)
+}
+
+/// A request body as read: an object whose keys all differ, or what else
+/// it is. (serde_json's own map keeps the last of two equal keys, where a
+/// proxy or a logger may read the first: the request must mean one thing
+/// to every reader.)
+enum Body {
+    Object(Map<String, Value>),
+    /// The first key given twice.
+    DuplicateKey(String),
+    /// What the body is instead of an object ("an array", ...).
+    Not(&'static str),
+}
+
+impl<'de> Deserialize<'de> for Body {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(BodyVisitor)
+    }
+}
+
+struct BodyVisitor;
+
+impl<'de> Visitor<'de> for BodyVisitor {
+    type Value = Body;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Body, A::Error> {
+        let mut map = Map::new();
+        while let Some(key) = access.next_key::<String>()? {
+            if map.contains_key(&key) {
+                // The rest is read all the same, so that a body that is
+                // not JSON at all is told so.
+                access.next_value::<IgnoredAny>()?;
+                while access.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                return Ok(Body::DuplicateKey(key));
+            }
+            let value = access.next_value()?;
+            map.insert(key, value);
+        }
+        Ok(Body::Object(map))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut access: A) -> Result<Body, A::Error> {
+        while access.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Body::Not("an array"))
+    }
+
+    fn visit_unit<E>(self) -> Result<Body, E> {
+        Ok(Body::Not("null"))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Body, E> {
+        Ok(Body::Not("a boolean"))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Body, E> {
+        Ok(Body::Not("a number"))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Body, E> {
+        Ok(Body::Not("a number"))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Body, E> {
+        Ok(Body::Not("a number"))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Body, E> {
+        Ok(Body::Not("a string"))
+    }
 }
 
 /// An optional `auction_id` in the body must repeat the subject's.
@@ -353,6 +444,25 @@ fn amount(body: &mut Map<String, Value>, field: &str) -> Result<Option<u64>, Req
     Ok(Some(n))
 }
 
+/// An RFC 3339 time, in ASCII as the schemas' pattern spells it (chrono
+/// alone would also take U+2212 as the offset's minus sign).
+fn time(body: &mut Map<String, Value>, field: &str) -> Result<Option<DateTime<Utc>>, RequestError> {
+    match body.remove(field) {
+        None => Ok(None),
+        Some(Value::String(s)) if !s.is_ascii() => Err(RequestError::field(
+            field,
+            "must be an RFC 3339 time, in ASCII characters",
+        )),
+        Some(Value::String(s)) => timestamp::parse(&s)
+            .map(Some)
+            .map_err(|e| RequestError::field(field, format!("must be an RFC 3339 time: {e}"))),
+        Some(other) => Err(RequestError::field(
+            field,
+            format!("must be an RFC 3339 time string, not {}", kind(&other)),
+        )),
+    }
+}
+
 /// A count that must be at least 1 and fit in 32 bits.
 fn count(body: &mut Map<String, Value>, field: &str) -> Result<Option<u32>, RequestError> {
     let Some(value) = body.remove(field) else {
@@ -380,11 +490,18 @@ fn integer(value: &Value, field: &str) -> Result<u64, RequestError> {
     Err(RequestError::field(field, number_problem(n)))
 }
 
+/// Why a number that is not a `u64` is refused. An integer written with a
+/// fraction or an exponent, or as `-0`, is refused too: JSON Schema's
+/// `integer` cannot tell `1.0`, `1e2` or `-0` from `1`, `100` or `0`, so
+/// the schemas' descriptions say so instead.
 fn number_problem(n: &Number) -> String {
-    if n.as_i64().is_some_and(|n| n < 0) {
-        format!("must not be negative, got {n}")
-    } else if n.as_f64().is_some_and(|f| f.fract() != 0.0) {
+    let f = n.as_f64().unwrap_or(f64::NAN);
+    if f.fract() != 0.0 {
         format!("must be a whole number of minor units, got {n}")
+    } else if f < 0.0 {
+        format!("must not be negative, got {n}")
+    } else if f <= MAX_AMOUNT as f64 {
+        format!("must be written as digits alone, without a fraction, an exponent or a minus sign, got {n}")
     } else {
         format!("is out of range: {n}")
     }
@@ -527,6 +644,156 @@ mod tests {
         assert!(err.message.contains("capacity"), "{err}");
         let err = decode_open(br#"{"capacity":1,"closes_at":"soon"}"#, "a1").unwrap_err();
         assert!(err.message.contains("closes_at"), "{err}");
+    }
+
+    /// Every request kind, decoded for auction `a1`, with only its result
+    /// kept.
+    fn decode_any(kind: &str, body: &[u8]) -> Result<(), RequestError> {
+        match kind {
+            "bid" => decode_bid(body, "a1").map(drop),
+            "open" => decode_open(body, "a1").map(drop),
+            "withdraw" => decode_withdraw(body, "a1").map(drop),
+            "raise" => decode_raise(body, "a1").map(drop),
+            "close" => decode_close(body, "a1"),
+            "result" => decode_result(body, "a1").map(drop),
+            _ => unreachable!("{kind}"),
+        }
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_for_every_request_kind() {
+        let cases = [
+            (
+                "bid",
+                r#"{"bid_id":"b","bidder_id":"a","amount":5,"amount":500000}"#,
+                "amount",
+            ),
+            (
+                "bid",
+                r#"{"bid_id":"b","bidder_id":"a","amount":5,"\u0061mount":5}"#,
+                "amount",
+            ),
+            (
+                "bid",
+                r#"{"auction_id":"a1","bid_id":"b","bidder_id":"a","amount":5,"auction_id":"a1"}"#,
+                "auction_id",
+            ),
+            ("open", r#"{"capacity":1,"capacity":1000}"#, "capacity"),
+            (
+                "withdraw",
+                r#"{"bid_id":"b","bidder_id":"a","bidder_id":"c"}"#,
+                "bidder_id",
+            ),
+            (
+                "raise",
+                r#"{"bid_id":"b","bidder_id":"a","amount":9,"expected_amount":5,"expected_amount":1}"#,
+                "expected_amount",
+            ),
+            (
+                "close",
+                r#"{"auction_id":"a1","auction_id":"a1"}"#,
+                "auction_id",
+            ),
+            ("result", r#"{"bid_id":"b","bid_id":"c"}"#, "bid_id"),
+            // Two unknown fields: the repeat is what is wrong first.
+            ("close", r#"{"x":1,"x":2}"#, "x"),
+        ];
+        for (kind, body, key) in cases {
+            let err = decode_any(kind, body.as_bytes()).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidJson, "{kind} {body}: {err}");
+            assert!(
+                err.message.contains(&format!("duplicate key {key:?}")),
+                "{kind} {body}: {err}"
+            );
+        }
+        // The quick reading of a bid refuses it too, rather than keep one.
+        let twice = br#"{"bid_id":"b","bidder_id":"a","amount":5,"amount":5}"#;
+        assert!(well_formed_bid(twice, "a1").is_none());
+        // A body that is not JSON after the repeat says so.
+        let err = decode_any("open", br#"{"capacity":1,"capacity":2,"#).unwrap_err();
+        assert!(err.message.contains("not valid JSON"), "{err}");
+    }
+
+    #[test]
+    fn long_keys_are_not_echoed_whole() {
+        let key = "k".repeat(1000);
+        let twice = format!(r#"{{"{key}":1,"{key}":2}}"#);
+        let unknown = format!(r#"{{"{key}":1}}"#);
+        for body in [twice, unknown] {
+            let err = decode_any("close", body.as_bytes()).unwrap_err();
+            assert!(err.message.len() < 200, "{err}");
+        }
+        let policy = format!(r#"{{"capacity":1,"policy":"{key}"}}"#);
+        let err = decode_any("open", policy.as_bytes()).unwrap_err();
+        assert!(err.message.len() < 200, "{err}");
+    }
+
+    #[test]
+    fn null_is_refused_for_every_field_of_every_request_kind() {
+        let cases = [
+            (
+                "bid",
+                r#"{"bid_id":"b","bidder_id":"a","amount":5,"auction_id":null}"#,
+            ),
+            ("bid", r#"{"bid_id":"b","bidder_id":"a","amount":null}"#),
+            ("open", r#"{"capacity":1,"closes_at":null}"#),
+            ("open", r#"{"capacity":1,"policy":null}"#),
+            ("open", r#"{"capacity":1,"min_amount":null}"#),
+            ("open", r#"{"capacity":1,"max_wins_per_bidder":null}"#),
+            ("open", r#"{"capacity":1,"auction_id":null}"#),
+            (
+                "withdraw",
+                r#"{"bid_id":"b","bidder_id":"a","auction_id":null}"#,
+            ),
+            (
+                "raise",
+                r#"{"bid_id":"b","bidder_id":"a","amount":9,"expected_amount":5,"auction_id":null}"#,
+            ),
+            ("close", r#"{"auction_id":null}"#),
+            ("result", r#"{"bid_id":null}"#),
+        ];
+        for (kind, body) in cases {
+            let err = decode_any(kind, body.as_bytes()).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidField, "{kind} {body}: {err}");
+            assert!(err.message.contains("null"), "{kind} {body}: {err}");
+        }
+    }
+
+    #[test]
+    fn integers_are_written_as_digits_alone() {
+        for amount in ["1.0", "1e2", "1E2", "-0", "0.0", "-0.0", "1.5e1"] {
+            let body = format!(r#"{{"bid_id":"b","bidder_id":"a","amount":{amount}}}"#);
+            let err = bid(&body).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidField, "{body}: {err}");
+            assert!(err.message.contains("digits alone"), "{body}: {err}");
+            let open = format!(r#"{{"capacity":{amount}}}"#);
+            assert!(decode_open(open.as_bytes(), "a1").is_err(), "{open}");
+        }
+        // The plain spellings of the same numbers are taken.
+        for amount in ["1", "100", "0"] {
+            let body = format!(r#"{{"bid_id":"b","bidder_id":"a","amount":{amount}}}"#);
+            assert!(bid(&body).is_ok(), "{body}");
+        }
+    }
+
+    #[test]
+    fn closes_at_is_an_ascii_rfc_3339_time() {
+        let open = |closes_at: &str| {
+            let body = format!(r#"{{"capacity":1,"closes_at":"{closes_at}"}}"#);
+            decode_open(body.as_bytes(), "a1")
+        };
+        for ok in [
+            "2030-01-01T00:00:00Z",
+            "2030-01-01t00:00:00.5z",
+            "2030-01-01 00:00:00-01:30",
+            "2030-06-30T23:59:60.123456789+23:59",
+        ] {
+            assert!(open(ok).is_ok(), "{ok}");
+        }
+        // U+2212 MINUS SIGN, which chrono alone would take.
+        let err = open("2030-01-01T00:00:00\u{2212}01:00").unwrap_err();
+        assert!(err.message.contains("closes_at"), "{err}");
+        assert!(open("2030-02-30T00:00:00Z").is_err());
     }
 
     use proptest::prelude::*;
