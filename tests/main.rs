@@ -12,6 +12,7 @@ mod bidding;
 mod cli;
 mod cli_lifecycle;
 mod cluster;
+mod decoder_schema;
 mod faults;
 mod lifecycle;
 mod loadtest;
