@@ -24,8 +24,9 @@
 //! - [`streams`]: the JetStream streams and buckets; [`service`] runs the
 //!   gateway and the verifier until shutdown.
 //! - [`loadtest`]: `allot loadtest`, the workload driver and its invariant
-//!   check; [`strategies`]: optimistic concurrency and locking over
-//!   event-sourced aggregates, the alternatives allot is measured against.
+//!   check; its [`alternatives`](loadtest::alternatives): optimistic
+//!   concurrency and locking over event-sourced aggregates, what allot is
+//!   measured against.
 //! - [`audit`]: `allot audit`, an offline replay of the log compared with
 //!   the published outcomes and the snapshot.
 //! - [`observe`]: counters, `$SRV` answers, the `/metrics` page and
@@ -47,7 +48,6 @@ pub mod nats_server;
 pub mod observe;
 pub mod service;
 pub mod snapshot;
-pub mod strategies;
 pub mod streams;
 pub mod verifier;
 pub mod wire;

@@ -5,6 +5,7 @@
 mod common;
 
 mod access;
+mod alternatives;
 mod auctions;
 mod audit;
 mod bad_input;
@@ -21,4 +22,3 @@ mod observability;
 mod recovery;
 mod resends;
 mod schemas;
-mod strategies;

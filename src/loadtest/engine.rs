@@ -4,10 +4,10 @@
 use async_nats::Client;
 use serde::{Deserialize, Serialize};
 
+use super::alternatives::{BidError, Counters, Locking, Optimistic};
 use super::report::Contention;
 use crate::client::AllotClient;
 use crate::error::{ErrorKind, Result};
-use crate::strategies::{BidError, Counters, Locking, Optimistic};
 use crate::wire::{
     label, AuctionSpec, BidReply, BidRequest, CloseReply, ErrorCode, OpenReply, RaiseReply,
     RaiseRequest, Reply, Subjects, WithdrawReply, WithdrawRequest,

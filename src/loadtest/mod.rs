@@ -1,6 +1,7 @@
 //! `allot loadtest`: drives a bidding workload through one of three
-//! strategies (allot's TCC, optimistic concurrency, a lock), measures it,
-//! and checks the invariants on what came out.
+//! strategies (allot's TCC, or one of the [`alternatives`] it is compared
+//! with: optimistic concurrency, a lock), measures it, and checks the
+//! invariants on what came out.
 //!
 //! One run of one strategy: open the run's auctions, start reading the
 //! outcome stream, send the bids (closed loop: `concurrency` in flight;
@@ -13,6 +14,7 @@
 //! auctions, and auctions close during the run; the check then covers
 //! every withdraw, raise, held notice and close the client saw answered.
 
+pub mod alternatives;
 mod baseline;
 mod charts;
 pub mod check;

@@ -1,4 +1,4 @@
-//! The optimistic and the locking strategies on a real server: what allot
+//! The optimistic and the locking alternatives on a real server: what allot
 //! is compared against must itself be correct.
 
 use crate::common;
@@ -6,9 +6,9 @@ use crate::common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use allot::strategies::lock::LockConfig;
-use allot::strategies::occ::OccConfig;
-use allot::strategies::{Counters, Locking, Optimistic};
+use allot::loadtest::alternatives::lock::LockConfig;
+use allot::loadtest::alternatives::occ::OccConfig;
+use allot::loadtest::alternatives::{Counters, Locking, Optimistic};
 use allot::wire::{AuctionSpec, BidReply, OutcomeEvent, OutcomeKind};
 use common::{bid, Harness};
 
