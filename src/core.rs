@@ -434,7 +434,7 @@ impl Ledger {
 
     /// What [`Ledger::decide`] would make of a try, without recording it:
     /// `Decided`, `Duplicate`, or (`top_amount`, eligible) `Held` with no
-    /// displacement worked out. The optimistic and locking strategies
+    /// displacement worked out. The optimistic and locking alternatives
     /// decide on a read of the aggregate and record only what their append
     /// made durable.
     pub fn judge(&self, t: &TryEvent) -> Step {
@@ -455,11 +455,11 @@ impl Ledger {
             return Step::Duplicate;
         }
         let spec = &auction.spec;
-        let ranked = spec.policy == Policy::TopAmount;
-        let wins = if ranked {
-            auction.held_by(&t.bidder_id)
-        } else {
-            auction.wins.get(t.bidder_id.as_str()).copied().unwrap_or(0)
+        // What counts toward the bidder's limit: its slots won, or those
+        // it holds until the close.
+        let wins = match spec.policy {
+            Policy::FirstN => auction.wins.get(t.bidder_id.as_str()).copied().unwrap_or(0),
+            Policy::TopAmount => auction.held_by(&t.bidder_id),
         };
         // Anti-hanging: the bidder withdrew this bid before its try
         // arrived, so it is cancelled before it can take or hold anything.
@@ -482,12 +482,14 @@ impl Ledger {
         } else {
             None
         };
-        match (reason, ranked) {
-            (Some(reason), _) => Step::Decided(Verdict::Cancelled { reason }),
-            (None, false) => Step::Decided(Verdict::Confirmed {
+        if let Some(reason) = reason {
+            return Step::Decided(Verdict::Cancelled { reason });
+        }
+        match spec.policy {
+            Policy::FirstN => Step::Decided(Verdict::Confirmed {
                 rank: auction.confirmed + 1,
             }),
-            (None, true) => Step::Held { displaced: None },
+            Policy::TopAmount => Step::Held { displaced: None },
         }
     }
 
@@ -563,8 +565,10 @@ impl Ledger {
         let Some(auction) = self.auctions.get_mut(&r.auction_id) else {
             return unchanged(refused(RefuseReason::UnknownAuction));
         };
-        if auction.spec.policy != Policy::TopAmount {
-            return unchanged(refused(RefuseReason::NotRanked));
+        match auction.spec.policy {
+            // Only a held bid can be raised.
+            Policy::FirstN => return unchanged(refused(RefuseReason::NotRanked)),
+            Policy::TopAmount => {}
         }
         let bid = r.bid_id.as_str();
         if let Some(settled) = auction.decided.get(bid) {
@@ -1226,7 +1230,7 @@ mod lifecycle_tests {
         ];
         let mut orders = vec![];
         permutations(&mut (0..4).collect::<Vec<_>>(), 0, &mut orders);
-        for policy in [Policy::FirstN, Policy::TopAmount] {
+        for policy in Policy::ALL {
             for order in &orders {
                 let mut log = vec![open(1, policy)];
                 log.extend(order.iter().map(|&i| events[i].clone()));
@@ -1235,7 +1239,11 @@ mod lifecycle_tests {
                 let first_withdraw = order.iter().position(|&i| i >= 2).unwrap();
                 let try_first = first_try < first_withdraw;
                 let context = format!("{policy:?} {order:?}: {steps:?}");
-                if try_first && policy == Policy::FirstN {
+                let confirmed_at_once = match policy {
+                    Policy::FirstN => try_first,
+                    Policy::TopAmount => false,
+                };
+                if confirmed_at_once {
                     assert_eq!(verdicts["b"], Verdict::Confirmed { rank: 1 }, "{context}");
                 } else {
                     assert_eq!(verdicts["b"], withdrawn(), "{context}");
@@ -1552,8 +1560,13 @@ mod lifecycle_tests {
     /// ids and bidders so that they collide.
     fn arb_lifecycle_log() -> impl Strategy<Value = Vec<LogEvent>> {
         let auction = || prop_oneof![Just("a"), Just("c")];
-        let open_event =
-            (auction(), 1..4u32, any::<bool>(), 1..3u32).prop_map(|(a, cap, ranked, wins)| {
+        let open_event = (
+            auction(),
+            1..4u32,
+            proptest::sample::select(Policy::ALL.to_vec()),
+            1..3u32,
+        )
+            .prop_map(|(a, cap, policy, wins)| {
                 LogEvent::Open(OpenEvent {
                     auction_id: a.into(),
                     spec: AuctionSpec {
@@ -1561,11 +1574,7 @@ mod lifecycle_tests {
                         min_amount: 2,
                         closes_at: Some(t0() + Duration::seconds(50)),
                         max_wins_per_bidder: wins,
-                        policy: if ranked {
-                            Policy::TopAmount
-                        } else {
-                            Policy::FirstN
-                        },
+                        policy,
                     },
                     opened_at: t0(),
                 })

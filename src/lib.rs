@@ -37,6 +37,7 @@
 
 pub mod audit;
 pub mod client;
+mod closed;
 pub mod cmd;
 pub mod core;
 pub mod error;

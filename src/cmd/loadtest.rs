@@ -64,7 +64,7 @@ pub struct Args {
     pub hot: f64,
     /// Who wins each auction: the first N eligible bids, or the N highest
     /// amounts at the close (held until then).
-    #[arg(long, default_value = "first_n", value_parser = super::auction::parse_policy)]
+    #[arg(long, default_value = "first_n")]
     pub policy: Policy,
     /// Fraction of bids the bidder withdraws once accepted.
     #[arg(long, default_value_t = 0.0, value_parser = fraction)]
@@ -155,7 +155,7 @@ pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
             );
             vec![Strategy::Tcc]
         }
-        Strategies::All => vec![Strategy::Tcc, Strategy::Occ, Strategy::Lock],
+        Strategies::All => Strategy::ALL.to_vec(),
     };
     let options = Options {
         workload,
@@ -228,7 +228,7 @@ fn table(outcome: &Outcome) -> String {
             w.raises * 100.0,
             match w.close_after_secs {
                 Some(s) => format!("closing {s} s after opening"),
-                None if w.policy == Policy::TopAmount => "closed after the last bid".into(),
+                None if w.holds_until_close() => "closed after the last bid".into(),
                 None => "no close".into(),
             },
         );

@@ -166,8 +166,10 @@ pub fn check<'a>(
             continue;
         };
         lifecycle::check_bid(&mut v, &id, b, spec);
-        if spec.policy == Policy::TopAmount {
-            tally.bids.push((i as u64, b));
+        match spec.policy {
+            Policy::FirstN => {}
+            // Kept for the replay below.
+            Policy::TopAmount => tally.bids.push((i as u64, b)),
         }
         let Some(first) = b.outcomes.first() else {
             continue;

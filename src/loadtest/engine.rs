@@ -2,7 +2,6 @@
 //! its outcome shows up.
 
 use async_nats::Client;
-use serde::{Deserialize, Serialize};
 
 use super::alternatives::{BidError, Counters, Locking, Optimistic};
 use super::report::Contention;
@@ -13,24 +12,27 @@ use crate::wire::{
     RaiseRequest, Reply, Subjects, WithdrawReply, WithdrawRequest,
 };
 
-/// How concurrent bids on one auction are kept consistent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum Strategy {
-    /// allot: un-locked try events, the verifier decides.
-    Tcc,
-    /// Optimistic concurrency on an event-sourced aggregate.
-    Occ,
-    /// A per-auction lock in a KV bucket around read, decide, append.
-    Lock,
+crate::closed::closed_enum! {
+    /// How concurrent bids on one auction are kept consistent.
+    #[derive(clap::ValueEnum)]
+    pub enum Strategy {
+        /// allot: un-locked try events, the verifier decides.
+        Tcc = "tcc",
+        /// Optimistic concurrency on an event-sourced aggregate.
+        Occ = "occ",
+        /// A per-auction lock in a KV bucket around read, decide, append.
+        Lock = "lock",
+    }
 }
 
 impl Strategy {
-    pub fn name(self) -> &'static str {
+    /// Whether this is allot's own service, rather than one of the
+    /// [`alternatives`](super::alternatives) it is compared with: only it
+    /// takes the whole lifecycle, and writes tries to the log.
+    pub fn is_allot(self) -> bool {
         match self {
-            Strategy::Tcc => "tcc",
-            Strategy::Occ => "occ",
-            Strategy::Lock => "lock",
+            Strategy::Tcc => true,
+            Strategy::Occ | Strategy::Lock => false,
         }
     }
 }

@@ -18,7 +18,7 @@ use super::workload::{Planned, WithdrawWhen, Workload};
 use super::{baseline, report::Baseline};
 use crate::client::AllotClient;
 use crate::error::{Error, ErrorKind, Result};
-use crate::wire::{label, timestamp, AuctionSpec, BidReply, Policy, RejectReason};
+use crate::wire::{label, timestamp, AuctionSpec, BidReply, RejectReason};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -68,7 +68,7 @@ const MAX_CLOSE_AFTER_SECS: f64 = 86_400.0;
 /// Refuses options the strategies cannot run.
 fn check_options(options: &Options) -> Result<()> {
     let w = &options.workload;
-    if w.raises > 0.0 && w.policy != Policy::TopAmount {
+    if w.raises > 0.0 && !w.holds_until_close() {
         return Err(Error::new(
             ErrorKind::Config,
             "raises: only held bids can be raised, so they need policy top_amount",
@@ -82,7 +82,7 @@ fn check_options(options: &Options) -> Result<()> {
             format!("close after: give 0 to {MAX_CLOSE_AFTER_SECS} seconds"),
         ));
     }
-    if let Some(other) = options.strategies.iter().find(|s| **s != Strategy::Tcc) {
+    if let Some(other) = options.strategies.iter().find(|s| !s.is_allot()) {
         if w.lifecycle() {
             return Err(Error::new(
                 ErrorKind::Config,
@@ -239,7 +239,7 @@ async fn run_one(
     let shared = Arc::new(Shared {
         workload: w.clone(),
         specs: vec![spec.clone(); w.auctions as usize],
-        log_seqs: strategy == Strategy::Tcc,
+        log_seqs: strategy.is_allot(),
         start: Instant::now(),
         records: Mutex::new(Vec::with_capacity(w.requests.unwrap_or(0) as usize)),
         reply_latency: Mutex::new(histogram()),
@@ -270,9 +270,10 @@ async fn run_one(
         .last_sequence;
     shared.read_to.store(from, Ordering::Relaxed);
     let reader = tokio::spawn(read_outcomes(shared.clone(), stream.clone()));
-    let holds = match w.policy {
-        Policy::TopAmount => Some(lifecycle::read_holds(client, shared.clone()).await?),
-        Policy::FirstN => None,
+    let holds = if w.holds_until_close() {
+        Some(lifecycle::read_holds(client, shared.clone()).await?)
+    } else {
+        None
     };
 
     let (stop_sampling, sampling_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -287,7 +288,7 @@ async fn run_one(
     let send_secs = shared.start.elapsed().as_secs_f64();
     // Held bids are decided at the close: without a deadline, the run
     // closes its ranked auctions once every bid has been sent.
-    if w.policy == Policy::TopAmount && close_due.is_none() {
+    if w.holds_until_close() && close_due.is_none() {
         lifecycle::close_all(engine, w, options.attempts).await?;
     }
 

@@ -138,10 +138,27 @@ impl Workload {
         }
     }
 
+    /// Whether the run's auctions hold bids until their close: their
+    /// bidders get held notices and may raise, and without a deadline the
+    /// run closes them after the last bid, since only the close decides a
+    /// held bid. The load test's one question about a policy outside its
+    /// check, so that a new policy is answered here once.
+    pub fn holds_until_close(&self) -> bool {
+        match self.policy {
+            Policy::FirstN => false,
+            Policy::TopAmount => true,
+        }
+    }
+
     /// True when any knob beyond plain `first_n` bidding is set: what the
-    /// optimistic and locking strategies do not support.
+    /// optimistic and locking alternatives do not support.
     pub fn lifecycle(&self) -> bool {
-        self.policy != Policy::FirstN
+        // Their aggregates decide each bid on its request, as `first_n` does.
+        let decided_at_once = match self.policy {
+            Policy::FirstN => true,
+            Policy::TopAmount => false,
+        };
+        !decided_at_once
             || self.withdraws > 0.0
             || self.early_withdraws > 0.0
             || self.raises > 0.0
@@ -179,7 +196,7 @@ impl Workload {
             } else {
                 None
             },
-            raise: self.policy == Policy::TopAmount && unit(mix(h, 8)) < self.raises,
+            raise: self.holds_until_close() && unit(mix(h, 8)) < self.raises,
             raise_by: raise_step(h),
         }
     }

@@ -146,13 +146,9 @@ pub fn render(m: &Metrics, pending: Vec<(u32, u64)>) -> String {
         "counter",
         "Bid requests answered, by result.",
     ));
-    for (result, label) in [
-        (BidResult::Accepted, "accepted"),
-        (BidResult::Rejected, "rejected"),
-        (BidResult::Error, "error"),
-    ] {
+    for result in BidResult::ALL {
         w(format!(
-            "allot_bids_total{{result=\"{label}\"}} {}",
+            "allot_bids_total{{result=\"{result}\"}} {}",
             m.bids(result)
         ));
     }
@@ -188,7 +184,7 @@ pub fn render(m: &Metrics, pending: Vec<(u32, u64)>) -> String {
     for reason in CancelReason::ALL {
         w(format!(
             "allot_outcomes_total{{type=\"cancelled\",reason=\"{}\"}} {}",
-            reason.as_str(),
+            reason.name(),
             m.cancelled(reason)
         ));
     }

@@ -17,42 +17,22 @@ use std::time::Duration;
 
 use crate::wire::{CancelReason, OutcomeEvent, OutcomeKind};
 
-/// The request endpoints a gateway serves, in the order they are listed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Endpoint {
-    Bid,
-    Withdraw,
-    Raise,
-    Open,
-    Close,
-    Status,
-    Result,
+crate::closed::closed_enum! {
+    /// The request endpoints a gateway serves, in the order they are
+    /// listed; each name is the endpoint's in `$SRV` answers and metric
+    /// labels.
+    pub enum Endpoint {
+        Bid = "bid",
+        Withdraw = "withdraw",
+        Raise = "raise",
+        Open = "open",
+        Close = "close",
+        Status = "status",
+        Result = "result",
+    }
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 7] = [
-        Endpoint::Bid,
-        Endpoint::Withdraw,
-        Endpoint::Raise,
-        Endpoint::Open,
-        Endpoint::Close,
-        Endpoint::Status,
-        Endpoint::Result,
-    ];
-
-    /// The endpoint's name in `$SRV` answers and metric labels.
-    pub fn name(self) -> &'static str {
-        match self {
-            Endpoint::Bid => "bid",
-            Endpoint::Withdraw => "withdraw",
-            Endpoint::Raise => "raise",
-            Endpoint::Open => "open",
-            Endpoint::Close => "close",
-            Endpoint::Status => "status",
-            Endpoint::Result => "result",
-        }
-    }
-
     /// The request kind in its subject, `<prefix>.<kind>.<auction_id>`.
     pub fn kind(self) -> &'static str {
         match self {
@@ -75,15 +55,16 @@ impl Endpoint {
     }
 }
 
-/// What became of a bid request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BidResult {
-    /// A try is in the log (a resend's original reply included).
-    Accepted,
-    /// Refused early, before any try was written.
-    Rejected,
-    /// Bad input, or the gateway could not append.
-    Error,
+crate::closed::closed_enum! {
+    /// What became of a bid request; the names are the metric's labels.
+    pub enum BidResult {
+        /// A try is in the log (a resend's original reply included).
+        Accepted = "accepted",
+        /// Refused early, before any try was written.
+        Rejected = "rejected",
+        /// Bad input, or the gateway could not append.
+        Error = "error",
+    }
 }
 
 /// Upper bounds of the decision-latency buckets, in seconds: from a try's
@@ -111,7 +92,7 @@ pub struct Metrics {
     pub id: String,
     pub started: chrono::DateTime<chrono::Utc>,
     endpoints: [EndpointStats; Endpoint::ALL.len()],
-    bids: [AtomicU64; 3],
+    bids: [AtomicU64; BidResult::ALL.len()],
     confirmed: AtomicU64,
     cancelled: [AtomicU64; CancelReason::ALL.len()],
     /// Decision latency: one count per bucket of [`LATENCY_BOUNDS`], then
@@ -166,18 +147,14 @@ impl Metrics {
     }
 
     pub fn bid(&self, result: BidResult) {
-        self.bids[result as usize].fetch_add(1, Relaxed);
+        self.bids[result.index()].fetch_add(1, Relaxed);
     }
 
     /// Counts a published outcome and how long its try waited for it.
     pub fn outcome(&self, o: &OutcomeEvent) {
         match (o.kind, o.reason) {
             (OutcomeKind::Cancelled, Some(reason)) => {
-                // A reason missing from `CancelReason::ALL` goes uncounted
-                // rather than stopping the verifier.
-                if let Some(count) = self.cancelled.get(reason as usize) {
-                    count.fetch_add(1, Relaxed);
-                }
+                self.cancelled[reason.index()].fetch_add(1, Relaxed);
             }
             _ => {
                 self.confirmed.fetch_add(1, Relaxed);
@@ -196,11 +173,11 @@ impl Metrics {
     }
 
     pub fn endpoint(&self, endpoint: Endpoint) -> &EndpointStats {
-        &self.endpoints[endpoint as usize]
+        &self.endpoints[endpoint.index()]
     }
 
     pub fn bids(&self, result: BidResult) -> u64 {
-        self.bids[result as usize].load(Relaxed)
+        self.bids[result.index()].load(Relaxed)
     }
 
     pub fn confirmed(&self) -> u64 {
@@ -208,9 +185,7 @@ impl Metrics {
     }
 
     pub fn cancelled(&self, reason: CancelReason) -> u64 {
-        self.cancelled
-            .get(reason as usize)
-            .map_or(0, |count| count.load(Relaxed))
+        self.cancelled[reason.index()].load(Relaxed)
     }
 }
 
@@ -219,14 +194,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reasons_are_listed_in_declaration_order_with_their_wire_names() {
-        // The counters are indexed by `reason as usize`.
+    fn every_reason_and_result_is_counted_under_its_wire_name() {
+        let m = Metrics::default();
+        let mut o = OutcomeEvent {
+            kind: OutcomeKind::Cancelled,
+            bid_id: "b".into(),
+            auction_id: "a".into(),
+            bidder_id: "u".into(),
+            amount: 1,
+            try_seq: 1,
+            tried_at: chrono::Utc::now(),
+            decided_at: chrono::Utc::now(),
+            rank: None,
+            reason: None,
+        };
         for (i, reason) in CancelReason::ALL.into_iter().enumerate() {
-            assert_eq!(reason as usize, i);
-            assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
+            o.reason = Some(reason);
+            for _ in 0..=i {
+                m.outcome(&o);
+            }
         }
-        for (i, e) in Endpoint::ALL.into_iter().enumerate() {
-            assert_eq!(e as usize, i);
+        for (i, reason) in CancelReason::ALL.into_iter().enumerate() {
+            assert_eq!(m.cancelled(reason), i as u64 + 1, "{reason}");
+        }
+        for result in BidResult::ALL {
+            m.bid(result);
+            assert_eq!(m.bids(result), 1, "{result}");
+        }
+        let page = http::render(&m, Vec::new());
+        for reason in CancelReason::ALL {
+            let label = format!(
+                "reason=\"{}\"",
+                serde_json::to_value(reason).unwrap().as_str().unwrap()
+            );
+            assert!(page.contains(&label), "{label} missing from the page");
         }
     }
 

@@ -106,29 +106,30 @@ pub enum HeldKind {
     Held,
 }
 
-/// Why a withdraw or a raise changed nothing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RefuseReason {
-    /// The bid is confirmed; it can no longer be withdrawn or raised.
-    AlreadyConfirmed,
-    /// The bid was cancelled for another reason; nothing to withdraw or raise.
-    AlreadyCancelled,
-    /// The bid belongs to another bidder.
-    NotOwner,
-    /// Raise: the bid's amount is not `expected_amount` (another raise came
-    /// first); the reply carries the current amount to retry with.
-    Conflict,
-    /// Raise: the new amount is not above the current one.
-    NotHigher,
-    /// Raise: no try for this bid is in the log (yet).
-    UnknownBid,
-    /// Raise: only `top_amount` auctions hold bids that can be raised.
-    NotRanked,
-    /// Withdraw or raise at or after the auction's close.
-    AuctionClosed,
-    /// No `open` event precedes it in the log.
-    UnknownAuction,
+crate::closed::closed_enum! {
+    /// Why a withdraw or a raise changed nothing.
+    pub enum RefuseReason {
+        /// The bid is confirmed; it can no longer be withdrawn or raised.
+        AlreadyConfirmed = "already_confirmed",
+        /// The bid was cancelled for another reason; nothing to withdraw or
+        /// raise.
+        AlreadyCancelled = "already_cancelled",
+        /// The bid belongs to another bidder.
+        NotOwner = "not_owner",
+        /// Raise: the bid's amount is not `expected_amount` (another raise
+        /// came first); the reply carries the current amount to retry with.
+        Conflict = "conflict",
+        /// Raise: the new amount is not above the current one.
+        NotHigher = "not_higher",
+        /// Raise: no try for this bid is in the log (yet).
+        UnknownBid = "unknown_bid",
+        /// Raise: only `top_amount` auctions hold bids that can be raised.
+        NotRanked = "not_ranked",
+        /// Withdraw or raise at or after the auction's close.
+        AuctionClosed = "auction_closed",
+        /// No `open` event precedes it in the log.
+        UnknownAuction = "unknown_auction",
+    }
 }
 
 /// What the verifier made of a withdraw or a raise, in log order.

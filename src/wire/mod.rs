@@ -101,25 +101,30 @@ pub struct AuctionSpec {
     pub max_wins_per_bidder: u32,
     /// Who wins: the first N eligible tries, or the N highest amounts at
     /// close. Absent means `first_n`, as before policies existed.
-    #[serde(default, skip_serializing_if = "Policy::is_first_n")]
+    #[serde(default, skip_serializing_if = "Policy::is_default")]
     pub policy: Policy,
 }
 
-/// How an auction's N slots are given out.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Policy {
-    /// The first N eligible tries in log order win, each at once.
-    #[default]
-    FirstN,
-    /// The N highest amounts are held until the close, then confirmed;
-    /// ties go to the earlier try.
-    TopAmount,
+crate::closed::closed_enum! {
+    /// How an auction's N slots are given out. Every rule that depends on
+    /// it matches it exhaustively, so that a new policy stops compiling
+    /// until each rule says what it does.
+    #[derive(Default)]
+    pub enum Policy {
+        /// The first N eligible tries in log order win, each at once.
+        #[default]
+        FirstN = "first_n",
+        /// The N highest amounts are held until the close, then confirmed;
+        /// ties go to the earlier try.
+        TopAmount = "top_amount",
+    }
 }
 
 impl Policy {
-    pub fn is_first_n(&self) -> bool {
-        *self == Policy::FirstN
+    /// Left out of open events and replies: absent means the default, as
+    /// before policies existed.
+    fn is_default(&self) -> bool {
+        *self == Policy::default()
     }
 }
 
@@ -479,52 +484,25 @@ impl OutcomeKind {
     }
 }
 
-/// Why the verifier cancelled a try.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CancelReason {
-    /// All N slots were already confirmed.
-    CapacityFull,
-    /// `tried_at` was at or after the auction's `closes_at`.
-    AuctionClosed,
-    /// The amount was below the auction's `min_amount`.
-    BelowMinimum,
-    /// The bidder already held `max_wins_per_bidder` slots.
-    BidderLimit,
-    /// No `open` event preceded the try in the log.
-    UnknownAuction,
-    /// The try event could not be read (hand-written garbage in the log).
-    InvalidEvent,
-    /// The bidder withdrew the bid, before or after its try.
-    Withdrawn,
-    /// `top_amount`: N higher bids (or equal, earlier ones) hold the slots.
-    Outbid,
-}
-
-impl CancelReason {
-    pub const ALL: [CancelReason; 8] = [
-        CancelReason::CapacityFull,
-        CancelReason::AuctionClosed,
-        CancelReason::BelowMinimum,
-        CancelReason::BidderLimit,
-        CancelReason::UnknownAuction,
-        CancelReason::InvalidEvent,
-        CancelReason::Withdrawn,
-        CancelReason::Outbid,
-    ];
-
-    /// As written in outcome events.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CancelReason::CapacityFull => "capacity_full",
-            CancelReason::AuctionClosed => "auction_closed",
-            CancelReason::BelowMinimum => "below_minimum",
-            CancelReason::BidderLimit => "bidder_limit",
-            CancelReason::UnknownAuction => "unknown_auction",
-            CancelReason::InvalidEvent => "invalid_event",
-            CancelReason::Withdrawn => "withdrawn",
-            CancelReason::Outbid => "outbid",
-        }
+crate::closed::closed_enum! {
+    /// Why the verifier cancelled a try.
+    pub enum CancelReason {
+        /// All N slots were already confirmed.
+        CapacityFull = "capacity_full",
+        /// `tried_at` was at or after the auction's `closes_at`.
+        AuctionClosed = "auction_closed",
+        /// The amount was below the auction's `min_amount`.
+        BelowMinimum = "below_minimum",
+        /// The bidder already held `max_wins_per_bidder` slots.
+        BidderLimit = "bidder_limit",
+        /// No `open` event preceded the try in the log.
+        UnknownAuction = "unknown_auction",
+        /// The try event could not be read (hand-written garbage in the log).
+        InvalidEvent = "invalid_event",
+        /// The bidder withdrew the bid, before or after its try.
+        Withdrawn = "withdrawn",
+        /// `top_amount`: N higher bids (or equal, earlier ones) hold the slots.
+        Outbid = "outbid",
     }
 }
 

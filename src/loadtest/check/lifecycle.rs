@@ -129,11 +129,12 @@ fn raises(
         let Some(answer) = r.answer else { continue };
         match answer.result {
             CommandResult::Raised { amount } => {
-                if spec.policy == Policy::FirstN {
-                    v.fail(format!(
+                match spec.policy {
+                    Policy::FirstN => v.fail(format!(
                         "{id} was raised at seq {}, but its auction is first_n",
                         answer.seq
-                    ));
+                    )),
+                    Policy::TopAmount => {}
                 }
                 highest_raised = highest_raised.max(Some(amount));
             }
@@ -184,10 +185,11 @@ fn held(
     let Some(&highest) = b.held.iter().max() else {
         return;
     };
-    if spec.policy == Policy::FirstN {
-        v.fail(format!(
+    match spec.policy {
+        Policy::FirstN => v.fail(format!(
             "{id} has a held notice, but its auction is first_n"
-        ));
+        )),
+        Policy::TopAmount => {}
     }
     let Some(o) = outcome else { return };
     // Only a higher bid, the bidder, or the close ends a hold.
