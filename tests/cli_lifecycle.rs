@@ -11,33 +11,6 @@ use allot::wire::{LogEvent, OutcomeKind};
 use common::{allot, assert_matches, Harness};
 use serde_json::Value;
 
-#[test]
-fn a_raise_to_no_more_than_expected_is_refused_before_connecting() {
-    let out = Command::new(env!("CARGO_BIN_EXE_allot"))
-        .args([
-            "raise",
-            "a1",
-            "--bid-id",
-            "b1",
-            "--bidder",
-            "u1",
-            "--amount",
-            "10",
-            "--expected",
-            "10",
-            "--nats-url",
-            "nats://127.0.0.1:1",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("--amount (10) must be above --expected (10)"),
-        "{stderr}"
-    );
-}
-
 /// Runs a command against the service, checks its one line of output
 /// against `schema`, and returns its success, that line and its stderr.
 fn reply(h: &Harness, args: &[&str], schema: &str) -> (bool, Value, String) {

@@ -168,6 +168,29 @@ async fn a_resent_early_withdraw_by_another_bidder_is_refused_once_the_bid_is_tr
     assert_eq!(mine_again["empty_rollback"], true);
 }
 
+/// A raise to no more than the bid's amount reaches the verifier, which
+/// refuses it `not_higher` with the amount; from a stale amount it is a
+/// `conflict`, as for any raise.
+#[tokio::test]
+async fn a_raise_that_is_not_higher_is_refused_with_the_current_amount() {
+    let h = Harness::start().await;
+    h.open("r", ranked(2)).await;
+    let held = bid(&h, "r", "b1", "u1", 100).await;
+    assert_eq!(held["status"], "accepted", "{held}");
+    for amount in [100, 60] {
+        let refused = raise(&h, "r", "b1", "u1", 100, amount).await;
+        assert_eq!(
+            (refused["reason"].as_str(), refused["current_amount"].as_u64()),
+            (Some("not_higher"), Some(100)),
+            "{refused}"
+        );
+    }
+    let stale = raise(&h, "r", "b1", "u1", 90, 95).await;
+    assert_eq!(stale["reason"], "conflict", "{stale}");
+    let raised = raise(&h, "r", "b1", "u1", 100, 120).await;
+    assert_eq!(raised["status"], "raised", "{raised}");
+}
+
 /// A ranked auction from bids to close: holds with notices, outbids, a
 /// withdrawal of a held bid, two raises of one bid sent together, a close
 /// request, a second close, and a bid after the close.

@@ -31,14 +31,6 @@ pub struct Args {
 }
 
 pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
-    // The service refuses it too; saying so here spares a connection.
-    if args.amount <= args.expected {
-        anyhow::bail!(
-            "--amount ({}) must be above --expected ({})",
-            args.amount,
-            args.expected
-        );
-    }
     let mut client = common.client().await?;
     client.timeout = Duration::from_secs(args.timeout);
     let raise = RaiseRequest {
