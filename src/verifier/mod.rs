@@ -28,9 +28,10 @@ mod fence;
 mod lease;
 pub(crate) use lease::key as lease_key;
 mod outcomes;
+pub mod protocol;
 mod recovery;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -41,20 +42,20 @@ use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt;
 
-use crate::core::{Decision, Ledger, Step, Verdict};
 use crate::error::{Error, ErrorKind, Result};
 use crate::faults::{crash_point, stall_point, stop_point};
 use crate::observe::Metrics;
-use crate::snapshot::{Batch, Position, Snapshot, StoredOutcome, Sync};
+use crate::snapshot::{Snapshot, Sync};
 use crate::streams::Streams;
 use crate::wire::{
-    timestamp, CloseEvent, ClosedBy, CommandReply, CommandRequest, CommandResult, DecidedReply,
-    DecidedRequest, HeldEvent, HeldKind, LogEntry, LogEvent, OutcomeEvent, OutcomeKind,
+    timestamp, CloseEvent, CommandReply, CommandRequest, CommandResult, DecidedReply,
+    DecidedRequest, HeldEvent, LogEvent,
 };
 use fence::Fence;
 use lease::{DirLock, Lease};
 use outcomes::{announce_closed, announce_sold_out, send, Acks};
-use recovery::{align_consumer, Published, PULL_GROUP};
+use protocol::{CommandAnswer, Delivery, Flight, Plan, Protocol};
+use recovery::{align_consumer, PULL_GROUP};
 
 /// Default name of the verifier's durable consumer.
 pub const CONSUMER: &str = "allot-verifier";
@@ -219,15 +220,13 @@ async fn follow(
     }
 }
 
-/// The verifier's working state between batches.
+/// The verifier's working state between batches: the protocol, and the
+/// I/O handles it needs.
 struct Verifier<'a> {
     /// Where the log, outcomes and buckets are.
     streams: &'a Streams,
     /// The partition of the log this verifier decides.
     partition: u32,
-    /// The consumer sequence the next first delivery should have; any
-    /// other means a delivery went elsewhere.
-    next_delivery: u64,
     /// Checked before each batch: only the lease holder decides.
     lease: &'a Lease,
     /// Every outcome is stamped with it, so that none gets through once a
@@ -237,18 +236,8 @@ struct Verifier<'a> {
     metrics: &'a Metrics,
     /// `None` only while a blocking snapshot call has it.
     snapshot: Option<Snapshot>,
-    /// The decision state, equal to the snapshot's after each batch.
-    ledger: Ledger,
-    /// Where the snapshot stands in the log and the outcome stream.
-    position: Position,
-    /// Outcomes found in the outcome stream for tries the snapshot has not
-    /// applied: after a snapshot loss, these are reused, not published again.
-    already_published: Published,
-    /// Auctions whose deadline close this verifier has written.
-    closing: HashSet<String>,
-    /// Gateways' command requests for log sequences not decided yet, with
-    /// where to answer: answered as the batches that decide them commit.
-    parked: Vec<(u64, async_nats::Subject)>,
+    /// Everything that decides what to do next.
+    protocol: Protocol,
 }
 
 /// How a verifier run ended badly.
@@ -284,7 +273,8 @@ async fn run_once(
     lease.check()?;
     let started = async {
         let v = Verifier::start(streams, partition, lease, fence, metrics, config).await?;
-        let consumer = align_consumer(streams, partition, v.position.last_seq, config).await?;
+        let last_seq = v.protocol.position().last_seq;
+        let consumer = align_consumer(streams, partition, last_seq, config).await?;
         Ok::<_, Error>((v, consumer))
     };
     // Loading a large snapshot takes a while; a shutdown meanwhile wins.
@@ -310,7 +300,8 @@ async fn run_once(
     };
     // Deliveries continue the consumer's count: one that skips a number
     // went elsewhere, and the log is checked for a gap (see `process`).
-    v.next_delivery = consumer.cached_info().delivered.consumer_sequence + 1;
+    v.protocol
+        .expect_delivery(consumer.cached_info().delivered.consumer_sequence + 1);
     // Whoever pulled before (this verifier's previous run, or a
     // predecessor that lost the lease) is unpinned: this run pulls now.
     if let Err(e) = streams
@@ -346,7 +337,7 @@ async fn run_once(
     deadlines.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(
         partition,
-        last_seq = v.position.last_seq,
+        last_seq = v.protocol.position().last_seq,
         "verifier following the log"
     );
     // Batches whose outcomes are sent and not all acked yet, oldest first.
@@ -441,11 +432,6 @@ const PIPELINE_DEPTH: usize = 4;
 /// late, at most, their close event is written.
 const DEADLINE_CHECK: Duration = Duration::from_millis(250);
 
-/// Most command requests parked at once; past it, a request for a
-/// sequence not decided yet is answered "not yet", and the gateway asks
-/// again a little later.
-const MAX_PARKED: usize = 100_000;
-
 /// Queue group of the verifiers' lookup subscription.
 const VERIFIER_GROUP: &str = "allot-verifier";
 
@@ -471,20 +457,12 @@ async fn oldest_acked(in_flight: &mut VecDeque<InFlight>) -> Result<u64> {
 
 /// A batch decided, committed and sent, waiting for its outcome acks.
 struct InFlight {
-    /// The batch's last log sequence.
-    last_seq: u64,
+    /// What the protocol keeps of it.
+    flight: Flight,
     /// The last delivery of the batch: acking it acks the whole batch.
     last: Message,
     /// Deliveries of entries that were not valid events, to terminate.
     poison: Vec<Message>,
-    /// The batch's decisions, for the sold-out notices.
-    decided: Vec<StoredOutcome>,
-    /// Auctions the batch closed, for the closed notices.
-    announce: HashSet<String>,
-    /// The first outcome found in the stream and not yet matched to a try,
-    /// as of this batch: the outcome-stream position to record must stay
-    /// below it even when later batches have matched it already.
-    first_unmatched: Option<u64>,
     /// The outcomes' acks.
     acks: Acks,
 }
@@ -493,161 +471,72 @@ impl Verifier<'_> {
     /// Decides and commits one batch of the log and sends its outcomes.
     /// A batch with nothing new (all redelivered) is acked at once.
     async fn process(&mut self, chunk: Vec<Message>) -> Result<Option<InFlight>> {
-        let Some(last) = chunk.last() else {
-            return Ok(None);
-        };
-        let mut batch = Batch {
-            last_seq: self.position.last_seq,
-            ..Batch::default()
-        };
-        // Decisions taken from the outcome stream are not published again;
-        // they only need their sold-out notice.
-        let mut reused: HashSet<(String, String)> = HashSet::new();
-        // Entries that are not valid events: terminated once the batch is
-        // recorded, so that JetStream reports them (a `MSG_TERMINATED`
-        // advisory) and never delivers them again.
-        let mut poison: Vec<usize> = Vec::new();
-        // `held` notices, sent once the batch is committed.
-        let mut holds: Vec<HeldEvent> = Vec::new();
-        // Auctions closed by this batch, to tell the gateways.
-        let mut announce: HashSet<String> = HashSet::new();
-        for (index, message) in chunk.iter().enumerate() {
-            let info = message
-                .info()
-                .map_err(|e| Error::with_source(ErrorKind::Protocol, e))?;
-            let seq = info.stream_sequence;
-            if seq <= batch.last_seq {
-                continue; // redelivered: already in the snapshot
-            }
-            // Other partitions' events leave gaps in the sequence; a
-            // delivery that went elsewhere (to a superseded puller) leaves a
-            // gap in the consumer's count, and only then is the log asked
-            // whether this partition has an entry in the gap.
-            let counted = info.delivered == 1 && info.consumer_sequence == self.next_delivery;
-            if info.delivered == 1 {
-                self.next_delivery = info.consumer_sequence + 1;
-            }
-            if seq > batch.last_seq + 1 && !counted {
-                check_gap(self.streams, self.partition, batch.last_seq + 1, seq).await?;
-            }
-            batch.last_seq = seq;
-            let entry = LogEntry::read(
-                &self.streams.subjects,
-                &message.subject,
-                &message.payload,
-                info.published,
-            );
-            if matches!(entry, LogEntry::InvalidTry(_) | LogEntry::Unreadable(_)) {
-                poison.push(index);
-            }
-            let Some(step) = self.ledger.apply_entry(&entry, seq) else {
-                if let LogEntry::Unreadable(problem) = &entry {
-                    tracing::warn!(seq, subject = %message.subject, problem, "skipping a log entry with nothing to decide");
-                }
-                continue;
-            };
-            let (own_try, entry) = match entry {
-                LogEntry::Event(LogEvent::Try(t)) | LogEntry::InvalidTry(t) => (Some(t), None),
-                other => (None, Some(other)),
-            };
-            if let Some(hold) = step.hold(own_try.as_ref(), seq) {
-                holds.push(HeldEvent {
-                    kind: HeldKind::Held,
-                    bid_id: hold.bid.bid_id,
-                    auction_id: hold.bid.auction_id,
-                    bidder_id: hold.bid.bidder_id,
-                    amount: hold.bid.amount,
-                    try_seq: hold.try_seq,
-                    held_seq: seq,
-                });
-            }
-            // The common case, a try decided at once, takes the try itself
-            // rather than a copy.
-            let decisions = match (&step, own_try) {
-                (Step::Decided(verdict), Some(bid)) => vec![Decision {
-                    try_seq: seq,
-                    bid,
-                    verdict: *verdict,
-                }],
-                _ => step.decisions(None, seq),
-            };
-            for d in decisions {
-                let key = (d.bid.auction_id.clone(), d.bid.bid_id.clone());
-                let decision = match self.already_published.take(&key) {
-                    Some(published) => {
-                        reused.insert(key);
-                        reuse(published, d.verdict)?
-                    }
-                    None => decide(d),
-                };
-                batch.decisions.push(decision);
-            }
-            if let (Some(result), Some(LogEntry::Event(e))) = (step.command_result(), &entry) {
-                batch
-                    .commands
-                    .push((seq, e.auction_id().to_string(), result));
-            }
-            match (entry, step) {
-                (Some(LogEntry::Event(LogEvent::Open(open))), Step::Opened) => {
-                    batch.opens.push((seq, open))
-                }
-                (Some(LogEntry::Event(LogEvent::Close(close))), Step::Closed { .. }) => {
-                    announce.insert(close.auction_id);
-                }
-                (_, Step::Duplicate) => {
-                    tracing::info!(seq, "try for an already decided bid; it keeps its outcome")
-                }
-                _ => {}
-            }
+        let infos = chunk
+            .iter()
+            .map(|m| {
+                m.info()
+                    .map_err(|e| Error::with_source(ErrorKind::Protocol, e))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let deliveries: Vec<Delivery> = chunk
+            .iter()
+            .zip(&infos)
+            .map(|(m, info)| Delivery {
+                seq: info.stream_sequence,
+                consumer_seq: info.consumer_sequence,
+                delivered: info.delivered as u64,
+                subject: m.subject.as_str(),
+                payload: &m.payload,
+                stored_at: info.published,
+            })
+            .collect();
+        for (from, delivered) in self.protocol.gaps(&deliveries) {
+            check_gap(self.streams, self.partition, from, delivered).await?;
         }
-        for auction_id in self.ledger.take_changed() {
-            if let Some(life) = self.ledger.life(&auction_id) {
-                batch.lives.push((auction_id, life));
-            }
-        }
-        let last_seq = batch.last_seq;
-        if last_seq <= self.position.last_seq {
-            // All redelivered. An ack covers every delivery up to this one,
-            // so it is sent only when their outcomes are all published;
-            // otherwise the ack of the batch in flight will cover them.
-            let redelivered_through = last
-                .info()
-                .map_err(|e| Error::with_source(ErrorKind::Protocol, e))?
-                .stream_sequence;
-            if redelivered_through <= self.position.published_through {
+        let plan = self
+            .protocol
+            .decide(&self.streams.subjects, &deliveries, timestamp::now())?;
+        drop(deliveries);
+        let pending = match plan {
+            Plan::Nothing => return Ok(None),
+            Plan::Ack => {
+                let last = chunk.last().expect("a plan to ack has a delivery");
                 last.ack()
                     .await
                     .map_err(|e| Error::with_source(ErrorKind::Nats, e).context("ack"))?;
+                return Ok(None);
             }
-            return Ok(None);
-        }
+            Plan::Commit(pending) => pending,
+        };
         self.lease.check()?;
-        let batch = self
-            .with_snapshot(move |s| s.commit(&batch).map(|()| batch))
+        let closes = !pending.announce.is_empty();
+        let pending = self
+            .with_snapshot(move |s| s.commit(&pending.batch).map(|()| pending))
             .await?;
-        let decided = batch.decisions;
         crash_point("after_commit");
-        if !announce.is_empty() {
+        if closes {
             crash_point("after_close_commit");
         }
-        self.position.last_seq = last_seq;
-        self.answer_parked(&batch.commands).await;
-        if !decided.is_empty() {
+        let sent = self.protocol.committed(pending);
+        self.answer_parked(&sent.answers).await;
+        if !sent.flight.decided.is_empty() {
             stop_point("before_publish");
         }
-        let acks = send(self.streams, self.fence, &decided, &reused).await?;
-        send_holds(self.streams, &holds).await;
-        let poison = poison.iter().map(|&i| chunk[i].clone()).collect();
+        let acks = send(self.streams, self.fence, &sent.flight.decided, &sent.reused).await?;
+        send_holds(self.streams, &sent.holds).await;
+        let poison = sent
+            .flight
+            .poison
+            .iter()
+            .map(|&i| chunk[i].clone())
+            .collect();
         Ok(Some(InFlight {
-            last_seq,
             poison,
             last: chunk
                 .into_iter()
                 .next_back()
                 .expect("the chunk is not empty"),
-            decided,
-            announce,
-            first_unmatched: self.already_published.first_unmatched(),
+            flight: sent.flight,
             acks,
         }))
     }
@@ -655,20 +544,18 @@ impl Verifier<'_> {
     /// Completes a batch whose outcomes are all acked: sold-out notices,
     /// the snapshot's record of what is published, then the ack of its tries.
     async fn finish(&mut self, batch: InFlight, acked: u64) -> Result<()> {
-        self.already_published.stored_through(acked);
-        for d in &batch.decided {
+        let (last_seq, outcomes_seq) = self.protocol.acked(&batch.flight, acked);
+        for d in &batch.flight.decided {
             self.metrics.outcome(&d.outcome);
         }
-        let outcomes = batch.decided.iter().map(|d| &d.outcome);
-        announce_sold_out(self.streams, &self.ledger, outcomes).await?;
-        announce_closed(self.streams, &self.ledger, &batch.announce).await?;
+        let ledger = self.protocol.ledger();
+        let outcomes = batch.flight.decided.iter().map(|d| &d.outcome);
+        announce_sold_out(self.streams, ledger, outcomes).await?;
+        announce_closed(self.streams, ledger, &batch.flight.announce).await?;
         crash_point("after_publish");
-        let last_seq = batch.last_seq;
-        let outcomes_seq = self.already_published.safe_position(batch.first_unmatched);
         self.with_snapshot(move |s| s.mark_published(last_seq, outcomes_seq))
             .await?;
-        self.position.published_through = last_seq;
-        self.position.outcomes_seq = outcomes_seq;
+        self.protocol.recorded(last_seq, outcomes_seq);
         crash_point("before_ack");
         stall_point("before_ack").await;
         // Terminated only now: a `+TERM` under this consumer's ack-all
@@ -700,7 +587,7 @@ impl Verifier<'_> {
                 tracing::warn!(subject, "unreadable decided-bid request ignored");
                 return;
             };
-            let try_seq = self.ledger.decided_try(auction_id, &asked.bid_id);
+            let (try_seq, through) = self.protocol.decided(auction_id, &asked.bid_id);
             let outcome = match (asked.outcome, try_seq) {
                 (true, Some(seq)) => match self.with_snapshot(move |s| s.outcome(seq)).await {
                     Ok(outcome) => outcome,
@@ -713,7 +600,7 @@ impl Verifier<'_> {
             };
             serde_json::to_vec(&DecidedReply {
                 try_seq,
-                through: self.position.last_seq,
+                through,
                 outcome,
             })
         } else if subject == subjects.command(auction_id) {
@@ -721,23 +608,20 @@ impl Verifier<'_> {
                 tracing::warn!(subject, "unreadable command request ignored");
                 return;
             };
-            let through = self.position.last_seq;
-            if asked.seq > through && self.parked.len() < MAX_PARKED {
+            let reply_to = request.reply.as_ref().map(|r| r.to_string());
+            let (result, through) = match self.protocol.command(asked.seq, reply_to) {
                 // Not decided yet: answered when it is, rather than polled.
-                if let Some(reply_to) = request.reply {
-                    self.parked.push((asked.seq, reply_to));
-                }
-                return;
-            }
-            let result = match asked.seq <= through {
-                true => match self.with_snapshot(move |s| s.command(asked.seq)).await {
-                    Ok(result) => result,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot read a command's result");
-                        return;
+                CommandAnswer::Parked => return,
+                CommandAnswer::NotYet { through } => (None, through),
+                CommandAnswer::Read { through } => {
+                    match self.with_snapshot(move |s| s.command(asked.seq)).await {
+                        Ok(result) => (result, through),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read a command's result");
+                            return;
+                        }
                     }
-                },
-                false => None,
+                }
             };
             serde_json::to_vec(&CommandReply { result, through })
         } else {
@@ -758,26 +642,17 @@ impl Verifier<'_> {
         }
     }
 
-    /// Answers the parked command requests that the batch just committed
-    /// (through `position.last_seq`) has decided.
-    async fn answer_parked(&mut self, commands: &[(u64, String, CommandResult)]) {
-        let through = self.position.last_seq;
-        if self.parked.is_empty() {
-            return;
-        }
-        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
-            .into_iter()
-            .partition(|(seq, _)| *seq <= through);
-        self.parked = waiting;
+    /// Answers the parked command requests that a committed batch decided.
+    async fn answer_parked(&mut self, answers: &[(String, u64, Option<CommandResult>)]) {
+        let through = self.protocol.position().last_seq;
         let client = self.streams.js.client();
-        for (seq, reply_to) in ready {
-            let result = commands
-                .iter()
-                .find(|(s, _, _)| *s == seq)
-                .map(|(_, _, r)| *r);
-            let body =
-                serde_json::to_vec(&CommandReply { result, through }).expect("replies serialize");
-            if let Err(e) = client.publish(reply_to, body.into()).await {
+        for (reply_to, _, result) in answers {
+            let body = serde_json::to_vec(&CommandReply {
+                result: *result,
+                through,
+            })
+            .expect("replies serialize");
+            if let Err(e) = client.publish(reply_to.clone(), body.into()).await {
                 tracing::warn!(error = %e, "cannot answer a gateway's request");
             }
         }
@@ -788,19 +663,15 @@ impl Verifier<'_> {
     /// message id, so JetStream keeps one, and the core ignores any later
     /// copy.
     async fn close_due(&mut self) {
-        let now = timestamp::now();
-        for (auction_id, closes_at) in self.ledger.due(now) {
-            if !self.closing.insert(auction_id.clone()) {
-                continue;
-            }
-            let event = LogEvent::Close(CloseEvent {
-                auction_id: auction_id.clone(),
-                closed_at: closes_at,
-                by: ClosedBy::Deadline,
-            });
+        for close in self.protocol.due_closes(timestamp::now()) {
+            let auction_id = close.auction_id.clone();
             let message = async_nats::jetstream::message::PublishMessage::build()
                 .message_id(CloseEvent::msg_id(&auction_id))
-                .payload(serde_json::to_vec(&event).expect("events serialize").into());
+                .payload(
+                    serde_json::to_vec(&LogEvent::Close(close))
+                        .expect("events serialize")
+                        .into(),
+                );
             let subject = self.streams.subjects.auction_event(&auction_id);
             let sent = match self.streams.js.send_publish(subject, message).await {
                 Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
@@ -809,7 +680,7 @@ impl Verifier<'_> {
             if let Err(e) = sent {
                 // Tried again at the next check.
                 tracing::warn!(error = %e, auction_id, "cannot write a deadline close");
-                self.closing.remove(&auction_id);
+                self.protocol.close_failed(&auction_id);
             }
         }
     }
@@ -871,48 +742,6 @@ async fn check_gap(streams: &Streams, partition: u32, from: u64, delivered: u64)
             ),
         )),
     }
-}
-
-/// The outcome event for a fresh decision.
-fn decide(d: Decision) -> StoredOutcome {
-    let (kind, rank, reason) = match d.verdict {
-        Verdict::Confirmed { rank } => (OutcomeKind::Confirmed, Some(rank), None),
-        Verdict::Cancelled { reason } => (OutcomeKind::Cancelled, None, Some(reason)),
-    };
-    let t = d.bid;
-    let outcome = OutcomeEvent {
-        kind,
-        bid_id: t.bid_id,
-        auction_id: t.auction_id,
-        bidder_id: t.bidder_id,
-        amount: t.amount,
-        try_seq: d.try_seq,
-        tried_at: t.tried_at,
-        decided_at: timestamp::now(),
-        rank,
-        reason,
-    };
-    let payload = serde_json::to_vec(&outcome)
-        .expect("outcomes serialize")
-        .into();
-    StoredOutcome { outcome, payload }
-}
-
-/// An outcome already in the stream, taken as this try's decision. The
-/// core decided it again; a difference means the log was not replayed
-/// faithfully, and the verifier stops rather than build on it.
-fn reuse(published: StoredOutcome, verdict: Verdict) -> Result<StoredOutcome> {
-    let o = &published.outcome;
-    if Verdict::of(o) != Some(verdict) {
-        return Err(Error::new(
-            ErrorKind::Integrity,
-            format!(
-                "bid {:?} in auction {:?} was published as {:?} but the log decides {verdict:?}",
-                o.bid_id, o.auction_id, o.kind
-            ),
-        ));
-    }
-    Ok(published)
 }
 
 /// Snapshot work of all the partitions a process decides, at most two at a

@@ -2,7 +2,7 @@
 //! have published, notice when it is behind the outcome stream, and align
 //! the durable consumer with it.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use futures::StreamExt;
 use super::fence::Fence;
 use super::lease::Lease;
 use super::outcomes::{announce_closed, announce_sold_out, publish};
+use super::protocol::{key, Protocol, Published};
 use super::{blocking, Verifier, VerifierConfig};
 use crate::core::Ledger;
 use crate::error::{Error, ErrorKind, Result};
@@ -58,22 +59,8 @@ impl<'a> Verifier<'a> {
         // between publishing and recording it, or the snapshot was lost (or
         // a rebuild after that was interrupted). JetStream's de-duplication
         // only covers a recent window, so look.
-        let mut found = Published::read(streams, partition, position.outcomes_seq).await?;
+        let mut found = read_published(streams, partition, position.outcomes_seq).await?;
         let last = position.last_seq;
-        let mut v = Verifier {
-            streams,
-            partition,
-            next_delivery: 0,
-            lease,
-            fence,
-            metrics,
-            snapshot: Some(snapshot),
-            ledger,
-            position,
-            already_published: Published::default(),
-            closing: HashSet::new(),
-            parked: Vec::new(),
-        };
         if !unpublished.is_empty() {
             let published: HashSet<(String, String)> = unpublished
                 .iter()
@@ -87,29 +74,36 @@ impl<'a> Verifier<'a> {
             );
             let acked = publish(streams, fence, &unpublished, &published).await?;
             found.stored_through(acked);
-            announce_sold_out(streams, &v.ledger, unpublished.iter().map(|d| &d.outcome)).await?;
+            announce_sold_out(streams, &ledger, unpublished.iter().map(|d| &d.outcome)).await?;
         }
         // A stop between a close's commit and its notice would leave the
         // gateways taking bids for a closed auction (the verifier still
         // cancels them): tell them again.
-        let closed: HashSet<String> = v.ledger.closed_auctions().into_iter().collect();
-        announce_closed(streams, &v.ledger, &closed).await?;
+        let closed: HashSet<String> = ledger.closed_auctions().into_iter().collect();
+        announce_closed(streams, &ledger, &closed).await?;
         // Outcomes of tries the snapshot has applied are settled; the rest
         // will be matched as the log is decided again.
-        found.forget_decided(&v.ledger);
+        found.forget_decided(&ledger);
         if !found.is_empty() {
             tracing::warn!(
-                published = found.by_bid.len(),
+                published = found.len(),
                 "the snapshot is behind the outcome stream; deciding the log again from sequence {}",
                 last + 1
             );
         }
         let outcomes_seq = found.safe_position(found.first_unmatched());
+        let mut v = Verifier {
+            streams,
+            partition,
+            lease,
+            fence,
+            metrics,
+            snapshot: Some(snapshot),
+            protocol: Protocol::new(ledger, position, found),
+        };
         v.with_snapshot(move |s| s.mark_published(last, outcomes_seq))
             .await?;
-        v.position.published_through = last;
-        v.position.outcomes_seq = outcomes_seq;
-        v.already_published = found;
+        v.protocol.recorded(last, outcomes_seq);
         Ok(v)
     }
 }
@@ -136,145 +130,71 @@ fn load(dir: &Path, sync: Sync, identity: &str) -> std::result::Result<Loaded, S
     Ok((snapshot, ledger, position, unpublished))
 }
 
-/// Outcomes in the outcome stream that the snapshot does not account for,
-/// and how far the outcome stream can be recorded as accounted for.
-#[derive(Default)]
-pub(super) struct Published {
-    /// By bid: the outcome and its outcome-stream sequence.
-    by_bid: HashMap<(String, String), (u64, StoredOutcome)>,
-    /// Outcome-stream sequences of the outcomes not matched to a try yet.
-    unmatched: BTreeSet<u64>,
-    /// Highest outcome-stream sequence known to be stored.
-    high: u64,
-}
-
-impl Published {
-    /// Outcomes of the partition's auctions stored after outcome-stream
-    /// sequence `after`.
-    async fn read(streams: &Streams, partition: u32, after: u64) -> Result<Published> {
-        const READING: &str = "reading the outcome stream";
-        let mut found = Published {
-            high: after,
-            ..Published::default()
+/// Outcomes of the partition's auctions stored after outcome-stream
+/// sequence `after`: the ones the snapshot may not account for.
+async fn read_published(streams: &Streams, partition: u32, after: u64) -> Result<Published> {
+    const READING: &str = "reading the outcome stream";
+    let mut found = Published::through(after);
+    let mut outcomes = streams.outcomes.clone();
+    let state = outcomes
+        .info()
+        .await
+        .map_err(Error::wrap(ErrorKind::Nats, READING))?
+        .state
+        .clone();
+    found.stored_through(state.last_sequence);
+    if state.messages == 0 || state.last_sequence <= after {
+        return Ok(found);
+    }
+    // Outcomes only: the fence markers in between are many and no use.
+    let consumer = streams
+        .outcomes
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: streams.subjects.outcomes(None),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: after + 1,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(Error::wrap(ErrorKind::Nats, READING))?;
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(found);
+    }
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(Error::wrap(ErrorKind::Nats, READING))?;
+    loop {
+        // A stream that stops delivering (its leader lost, say) is read
+        // again from the start by the next run, rather than waited on.
+        let next = tokio::time::timeout(Duration::from_secs(10), messages.next()).await;
+        let message = match next {
+            Ok(Some(message)) => message.map_err(Error::wrap(ErrorKind::Nats, READING))?,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    "the outcome stream stopped delivering",
+                ))
+            }
         };
-        let mut outcomes = streams.outcomes.clone();
-        let state = outcomes
+        let info = message
             .info()
-            .await
-            .map_err(Error::wrap(ErrorKind::Nats, READING))?
-            .state
-            .clone();
-        found.high = found.high.max(state.last_sequence);
-        if state.messages == 0 || state.last_sequence <= after {
-            return Ok(found);
-        }
-        // Outcomes only: the fence markers in between are many and no use.
-        let consumer = streams
-            .outcomes
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: streams.subjects.outcomes(None),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: after + 1,
-                },
-                ..Default::default()
-            })
-            .await
             .map_err(Error::wrap(ErrorKind::Nats, READING))?;
-        if consumer.cached_info().num_pending == 0 {
-            return Ok(found);
+        let (seq, pending) = (info.stream_sequence, info.pending);
+        let outcome = serde_json::from_slice::<OutcomeEvent>(&message.payload)
+            .ok()
+            .filter(|o| streams.subjects.partition(&o.auction_id) == partition);
+        if let Some(outcome) = outcome {
+            let payload = message.payload.clone();
+            found.found(seq, StoredOutcome { outcome, payload });
         }
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(Error::wrap(ErrorKind::Nats, READING))?;
-        loop {
-            // A stream that stops delivering (its leader lost, say) is read
-            // again from the start by the next run, rather than waited on.
-            let next = tokio::time::timeout(Duration::from_secs(10), messages.next()).await;
-            let message = match next {
-                Ok(Some(message)) => message.map_err(Error::wrap(ErrorKind::Nats, READING))?,
-                Ok(None) => break,
-                Err(_) => {
-                    return Err(Error::new(
-                        ErrorKind::Timeout,
-                        "the outcome stream stopped delivering",
-                    ))
-                }
-            };
-            let info = message
-                .info()
-                .map_err(Error::wrap(ErrorKind::Nats, READING))?;
-            let (seq, pending) = (info.stream_sequence, info.pending);
-            let outcome = serde_json::from_slice::<OutcomeEvent>(&message.payload)
-                .ok()
-                .filter(|o| streams.subjects.partition(&o.auction_id) == partition);
-            if let Some(outcome) = outcome {
-                let payload = message.payload.clone();
-                found.unmatched.insert(seq);
-                let stored = StoredOutcome { outcome, payload };
-                if let Some((earlier, _)) = found.by_bid.insert(key(&stored.outcome), (seq, stored))
-                {
-                    found.unmatched.remove(&earlier);
-                }
-            }
-            if pending == 0 {
-                break;
-            }
-        }
-        Ok(found)
-    }
-
-    /// The published outcome of a bid, if one was found; it is then matched.
-    pub(super) fn take(&mut self, key: &(String, String)) -> Option<StoredOutcome> {
-        let (seq, stored) = self.by_bid.remove(key)?;
-        self.unmatched.remove(&seq);
-        Some(stored)
-    }
-
-    /// Drops the outcomes of bids the snapshot has decided. (Not "of
-    /// tries up to its position": a held try of a ranked auction is decided
-    /// by a later close.)
-    fn forget_decided(&mut self, ledger: &Ledger) {
-        let unmatched = &mut self.unmatched;
-        self.by_bid.retain(|_, (seq, stored)| {
-            let o = &stored.outcome;
-            let keep = !ledger.is_decided(&o.auction_id, &o.bid_id);
-            if !keep {
-                unmatched.remove(seq);
-            }
-            keep
-        });
-    }
-
-    /// Notes that the outcome stream holds everything up to `seq`.
-    pub(super) fn stored_through(&mut self, seq: u64) {
-        self.high = self.high.max(seq);
-    }
-
-    /// The first found outcome not yet matched to its try.
-    pub(super) fn first_unmatched(&self) -> Option<u64> {
-        self.unmatched.first().copied()
-    }
-
-    /// The outcome-stream position that may be recorded: below every found
-    /// outcome that was not matched to its try when the batch being
-    /// recorded was decided (`first_unmatched`, from [`Self::first_unmatched`]
-    /// then), so that a restart in the middle of a rebuild finds them again
-    /// instead of publishing them twice.
-    pub(super) fn safe_position(&self, first_unmatched: Option<u64>) -> u64 {
-        match first_unmatched {
-            Some(first) => first - 1,
-            None => self.high,
+        if pending == 0 {
+            break;
         }
     }
-
-    fn is_empty(&self) -> bool {
-        self.by_bid.is_empty()
-    }
-}
-
-fn key(o: &OutcomeEvent) -> (String, String) {
-    (o.auction_id.clone(), o.bid_id.clone())
+    Ok(found)
 }
 
 /// Makes the durable consumer deliver from just after the snapshot's
