@@ -32,8 +32,8 @@
 //! - [`observe`]: counters, `$SRV` answers, the `/metrics` page and
 //!   `allot status`.
 //! - [`client`]: a typed client; [`nats_server`]: a private server for the
-//!   demo and tests; [`faults`]: crash points for fault tests; [`cmd`]: one
-//!   module per CLI command.
+//!   demo and tests; [`faults`]: fault points for fault tests, in test
+//!   builds only; [`cmd`]: one module per CLI command.
 
 pub mod audit;
 pub mod client;
