@@ -249,10 +249,6 @@ impl Case {
         }
         // Where a key is given twice, a schema sees the last.
         let last = |name: &str| entries.iter().rev().find(|(k, _)| *k == name).map(|e| e.1);
-        let numeric = |name: &str| match last(name) {
-            Some(Json::Number(n)) => n.parse::<f64>().ok(),
-            _ => None,
-        };
         let fields = self.kind.fields();
         if fields.iter().any(|(name, field)| {
             matches!(field, Field::Amount | Field::Count)
