@@ -180,7 +180,10 @@ async fn a_raise_that_is_not_higher_is_refused_with_the_current_amount() {
     for amount in [100, 60] {
         let refused = raise(&h, "r", "b1", "u1", 100, amount).await;
         assert_eq!(
-            (refused["reason"].as_str(), refused["current_amount"].as_u64()),
+            (
+                refused["reason"].as_str(),
+                refused["current_amount"].as_u64()
+            ),
             (Some("not_higher"), Some(100)),
             "{refused}"
         );
