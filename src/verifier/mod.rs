@@ -54,7 +54,7 @@ use crate::wire::{
 use fence::Fence;
 use lease::{DirLock, Lease};
 use outcomes::{announce_closed, announce_sold_out, send, Acks};
-use protocol::{CommandAnswer, Delivery, Flight, Plan, Protocol};
+use protocol::{Action, CommandAnswer, Delivered, Delivery, Protocol};
 use recovery::{align_consumer, PULL_GROUP};
 
 /// Default name of the verifier's durable consumer.
@@ -237,7 +237,47 @@ struct Verifier<'a> {
     /// `None` only while a blocking snapshot call has it.
     snapshot: Option<Snapshot>,
     /// Everything that decides what to do next.
-    protocol: Protocol,
+    protocol: Protocol<Entry>,
+}
+
+/// A delivery of the log, with what the protocol reads of it.
+#[derive(Clone)]
+struct Entry {
+    message: Message,
+    seq: u64,
+    consumer_seq: u64,
+    delivered: u64,
+    stored_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Entry {
+    fn of(message: Message) -> Result<Entry> {
+        let info = message
+            .info()
+            .map_err(|e| Error::with_source(ErrorKind::Protocol, e))?;
+        let (seq, consumer_seq) = (info.stream_sequence, info.consumer_sequence);
+        let (delivered, stored_at) = (info.delivered as u64, info.published);
+        Ok(Entry {
+            message,
+            seq,
+            consumer_seq,
+            delivered,
+            stored_at,
+        })
+    }
+}
+
+impl Delivered for Entry {
+    fn delivery(&self) -> Delivery<'_> {
+        Delivery {
+            seq: self.seq,
+            consumer_seq: self.consumer_seq,
+            delivered: self.delivered,
+            subject: self.message.subject.as_str(),
+            payload: &self.message.payload,
+            stored_at: self.stored_at,
+        }
+    }
 }
 
 /// How a verifier run ended badly.
@@ -343,7 +383,7 @@ async fn run_once(
     // Batches whose outcomes are sent and not all acked yet, oldest first.
     // Deciding the next batch while the last one's acks travel keeps both
     // the verifier and the server busy; batches still finish in log order.
-    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let mut in_flight: VecDeque<Acks> = VecDeque::new();
     let failed = loop {
         let next = tokio::select! {
             biased;
@@ -372,9 +412,12 @@ async fn run_once(
                 }
             },
             Next::Acked(acked) => {
-                let batch = in_flight.pop_front().expect("an acked batch is in flight");
+                drop(in_flight.pop_front().expect("an acked batch is in flight"));
                 match acked {
-                    Ok(acked) => v.finish(batch, acked).await,
+                    Ok(acked) => {
+                        let actions = v.protocol.outcomes_acked(acked);
+                        v.run(actions, &mut in_flight).await
+                    }
                     Err(e) => Err(e),
                 }
             }
@@ -384,12 +427,11 @@ async fn run_once(
                     .into_iter()
                     .collect::<std::result::Result<Vec<_>, _>>()
                 {
-                    Ok(chunk) => match v.process(chunk).await {
-                        Ok(Some(batch)) => {
-                            in_flight.push_back(batch);
-                            Ok(())
+                    Ok(chunk) => match chunk.into_iter().map(Entry::of).collect() {
+                        Ok(entries) => {
+                            let actions = v.protocol.deliveries(entries);
+                            v.run(actions, &mut in_flight).await
                         }
-                        Ok(None) => Ok(()),
                         Err(e) => Err(e),
                     },
                     Err(e) => {
@@ -408,7 +450,7 @@ async fn run_once(
 /// Waits a little for the acks of the batches in flight before a run
 /// gives up on them. A refusal by the fence (another verifier has taken
 /// over) then wins over `error`: it says to stand by, not to start over.
-async fn settle(in_flight: &mut VecDeque<InFlight>, error: Error) -> Error {
+async fn settle(in_flight: &mut VecDeque<Acks>, error: Error) -> Error {
     let acks = async {
         while !in_flight.is_empty() {
             let acked = oldest_acked(in_flight).await;
@@ -448,130 +490,114 @@ enum Next<C> {
 }
 
 /// Waits for the oldest batch in flight; pending while there is none.
-async fn oldest_acked(in_flight: &mut VecDeque<InFlight>) -> Result<u64> {
+async fn oldest_acked(in_flight: &mut VecDeque<Acks>) -> Result<u64> {
     match in_flight.front_mut() {
-        Some(batch) => (&mut batch.acks).await,
+        Some(acks) => acks.await,
         None => std::future::pending().await,
     }
 }
 
-/// A batch decided, committed and sent, waiting for its outcome acks.
-struct InFlight {
-    /// What the protocol keeps of it.
-    flight: Flight,
-    /// The last delivery of the batch: acking it acks the whole batch.
-    last: Message,
-    /// Deliveries of entries that were not valid events, to terminate.
-    poison: Vec<Message>,
-    /// The outcomes' acks.
-    acks: Acks,
-}
-
 impl Verifier<'_> {
-    /// Decides and commits one batch of the log and sends its outcomes.
-    /// A batch with nothing new (all redelivered) is acked at once.
-    async fn process(&mut self, chunk: Vec<Message>) -> Result<Option<InFlight>> {
-        let infos = chunk
-            .iter()
-            .map(|m| {
-                m.info()
-                    .map_err(|e| Error::with_source(ErrorKind::Protocol, e))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let deliveries: Vec<Delivery> = chunk
-            .iter()
-            .zip(&infos)
-            .map(|(m, info)| Delivery {
-                seq: info.stream_sequence,
-                consumer_seq: info.consumer_sequence,
-                delivered: info.delivered as u64,
-                subject: m.subject.as_str(),
-                payload: &m.payload,
-                stored_at: info.published,
-            })
-            .collect();
-        for (from, delivered) in self.protocol.gaps(&deliveries) {
-            check_gap(self.streams, self.partition, from, delivered).await?;
-        }
-        let plan = self
-            .protocol
-            .decide(&self.streams.subjects, &deliveries, timestamp::now())?;
-        drop(deliveries);
-        let pending = match plan {
-            Plan::Nothing => return Ok(None),
-            Plan::Ack => {
-                let last = chunk.last().expect("a plan to ack has a delivery");
-                last.ack()
-                    .await
-                    .map_err(|e| Error::with_source(ErrorKind::Nats, e).context("ack"))?;
-                return Ok(None);
+    /// Does what the protocol asks, in order; the actions a step's answer
+    /// brings come before the rest. Publishing does not wait for acks: the
+    /// acks of each batch join `in_flight`, and the caller hands them back
+    /// to the protocol, oldest first.
+    async fn run(
+        &mut self,
+        actions: Vec<Action<Entry>>,
+        in_flight: &mut VecDeque<Acks>,
+    ) -> Result<()> {
+        let mut queue: VecDeque<Action<Entry>> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            let next = match action {
+                Action::CheckGaps(gaps) => {
+                    for (from, delivered) in gaps {
+                        check_gap(self.streams, self.partition, from, delivered).await?;
+                    }
+                    self.protocol
+                        .gaps_clear(&self.streams.subjects, timestamp::now())?
+                }
+                Action::CheckLease => {
+                    self.lease.check()?;
+                    Vec::new()
+                }
+                Action::Commit { batch, closes } => {
+                    self.with_snapshot(move |s| s.commit(&batch)).await?;
+                    crash_point("after_commit");
+                    if closes {
+                        crash_point("after_close_commit");
+                    }
+                    self.protocol.committed()
+                }
+                Action::AnswerCommands(answers) => {
+                    self.answer_parked(&answers).await;
+                    Vec::new()
+                }
+                Action::Publish { batch, skip } => {
+                    if !batch.decisions.is_empty() {
+                        stop_point("before_publish");
+                    }
+                    in_flight
+                        .push_back(send(self.streams, self.fence, &batch.decisions, &skip).await?);
+                    Vec::new()
+                }
+                Action::SendHolds(holds) => {
+                    send_holds(self.streams, &holds).await;
+                    Vec::new()
+                }
+                Action::Announce {
+                    batch,
+                    closed,
+                    restart,
+                } => {
+                    for d in &batch.decisions {
+                        self.metrics.outcome(&d.outcome);
+                    }
+                    let ledger = self.protocol.ledger();
+                    let outcomes = batch.decisions.iter().map(|d| &d.outcome);
+                    announce_sold_out(self.streams, ledger, outcomes).await?;
+                    announce_closed(self.streams, ledger, &closed).await?;
+                    if !restart {
+                        crash_point("after_publish");
+                    }
+                    Vec::new()
+                }
+                Action::Record {
+                    last_seq,
+                    outcomes_seq,
+                    restart,
+                } => {
+                    self.with_snapshot(move |s| s.mark_published(last_seq, outcomes_seq))
+                        .await?;
+                    if !restart {
+                        crash_point("before_ack");
+                        stall_point("before_ack").await;
+                    }
+                    self.protocol.recorded(last_seq, outcomes_seq)
+                }
+                Action::Terminate(entries) => {
+                    for entry in entries {
+                        entry.message.ack_with(AckKind::Term).await.map_err(|e| {
+                            Error::with_source(ErrorKind::Nats, e).context("terminate")
+                        })?;
+                    }
+                    Vec::new()
+                }
+                // Acks every delivery up to and including this one.
+                Action::Ack(entry) => {
+                    entry
+                        .message
+                        .ack()
+                        .await
+                        .map_err(|e| Error::with_source(ErrorKind::Nats, e).context("ack"))?;
+                    Vec::new()
+                }
+            };
+            for action in next.into_iter().rev() {
+                queue.push_front(action);
             }
-            Plan::Commit(pending) => pending,
-        };
-        self.lease.check()?;
-        let closes = !pending.announce.is_empty();
-        let pending = self
-            .with_snapshot(move |s| s.commit(&pending.batch).map(|()| pending))
-            .await?;
-        crash_point("after_commit");
-        if closes {
-            crash_point("after_close_commit");
         }
-        let sent = self.protocol.committed(pending);
-        self.answer_parked(&sent.answers).await;
-        if !sent.flight.decided.is_empty() {
-            stop_point("before_publish");
-        }
-        let acks = send(self.streams, self.fence, &sent.flight.decided, &sent.reused).await?;
-        send_holds(self.streams, &sent.holds).await;
-        let poison = sent
-            .flight
-            .poison
-            .iter()
-            .map(|&i| chunk[i].clone())
-            .collect();
-        Ok(Some(InFlight {
-            poison,
-            last: chunk
-                .into_iter()
-                .next_back()
-                .expect("the chunk is not empty"),
-            flight: sent.flight,
-            acks,
-        }))
-    }
-
-    /// Completes a batch whose outcomes are all acked: sold-out notices,
-    /// the snapshot's record of what is published, then the ack of its tries.
-    async fn finish(&mut self, batch: InFlight, acked: u64) -> Result<()> {
-        let (last_seq, outcomes_seq) = self.protocol.acked(&batch.flight, acked);
-        for d in &batch.flight.decided {
-            self.metrics.outcome(&d.outcome);
-        }
-        let ledger = self.protocol.ledger();
-        let outcomes = batch.flight.decided.iter().map(|d| &d.outcome);
-        announce_sold_out(self.streams, ledger, outcomes).await?;
-        announce_closed(self.streams, ledger, &batch.flight.announce).await?;
-        crash_point("after_publish");
-        self.with_snapshot(move |s| s.mark_published(last_seq, outcomes_seq))
-            .await?;
-        self.protocol.recorded(last_seq, outcomes_seq);
-        crash_point("before_ack");
-        stall_point("before_ack").await;
-        // Terminated only now: a `+TERM` under this consumer's ack-all
-        // policy may count as an ack of everything before it.
-        for message in &batch.poison {
-            message
-                .ack_with(AckKind::Term)
-                .await
-                .map_err(|e| Error::with_source(ErrorKind::Nats, e).context("terminate"))?;
-        }
-        // Acks every delivery up to and including this one.
-        batch
-            .last
-            .ack()
-            .await
-            .map_err(|e| Error::with_source(ErrorKind::Nats, e).context("ack"))
+        Ok(())
     }
 
     /// Answers a gateway's [`DecidedRequest`] or [`CommandRequest`]. A
@@ -643,13 +669,12 @@ impl Verifier<'_> {
     }
 
     /// Answers the parked command requests that a committed batch decided.
-    async fn answer_parked(&mut self, answers: &[(String, u64, Option<CommandResult>)]) {
-        let through = self.protocol.position().last_seq;
+    async fn answer_parked(&mut self, answers: &[(String, Option<CommandResult>, u64)]) {
         let client = self.streams.js.client();
-        for (reply_to, _, result) in answers {
+        for (reply_to, result, through) in answers {
             let body = serde_json::to_vec(&CommandReply {
                 result: *result,
-                through,
+                through: *through,
             })
             .expect("replies serialize");
             if let Err(e) = client.publish(reply_to.clone(), body.into()).await {

@@ -19,17 +19,6 @@ use crate::wire::{AuctionView, OutcomeEvent};
 /// acked once all are in.
 pub(super) type Acks = Pin<Box<dyn Future<Output = Result<u64>> + Send>>;
 
-/// Publishes outcomes, pipelined, and waits for every ack. Returns the highest outcome-stream sequence
-/// acked.
-pub(super) async fn publish(
-    streams: &Streams,
-    fence: &Fence,
-    outcomes: &[StoredOutcome],
-    published: &HashSet<(String, String)>,
-) -> Result<u64> {
-    send(streams, fence, outcomes, published).await?.await
-}
-
 /// Most outcome acks one batch leaves outstanding. Each unacked publish
 /// holds one of the JetStream context's 5,000 permits until its ack is
 /// awaited, and up to [`super::PIPELINE_DEPTH`] batches are in flight: past

@@ -17,7 +17,8 @@
 //! Batches finish in log order, so what is recorded as published only
 //! moves forward, and nothing is acked that is not durably decided.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
@@ -45,8 +46,65 @@ pub struct Delivery<'a> {
     pub stored_at: DateTime<Utc>,
 }
 
+/// A delivery as the driver holds it: the protocol reads it, and hands it
+/// back in [`Action::Ack`] and [`Action::Terminate`].
+pub trait Delivered {
+    fn delivery(&self) -> Delivery<'_>;
+}
+
+/// What the driver does for the protocol, in the order given. Those that
+/// say so are answered with a call back into the protocol, whose actions
+/// come next.
+#[derive(Debug)]
+pub enum Action<T> {
+    /// Ask the log whether this partition has an entry in each gap (first
+    /// sequence skipped, sequence delivered); fail (and start over from
+    /// the snapshot) if one has. Then call [`Protocol::gaps_clear`].
+    CheckGaps(Vec<(u64, u64)>),
+    /// Fail unless this verifier still holds the partition's lease.
+    CheckLease,
+    /// Commit the batch to the snapshot in one transaction; then call
+    /// [`Protocol::committed`]. `closes`: it closes an auction.
+    Commit { batch: Arc<Batch>, closes: bool },
+    /// Answer parked command requests: (reply subject, result, decided
+    /// through).
+    AnswerCommands(Vec<(String, Option<CommandResult>, u64)>),
+    /// Publish the batch's outcomes under the fence, except `skip` (already
+    /// in the stream), without waiting: when every one is acked, call
+    /// [`Protocol::outcomes_acked`] with the highest outcome-stream
+    /// sequence. Batches are acked in the order they were published.
+    Publish {
+        batch: Arc<Batch>,
+        skip: HashSet<(String, String)>,
+    },
+    /// Send `held` notices: notices, not records.
+    SendHolds(Vec<HeldEvent>),
+    /// These outcomes are in the stream: count them, and announce the
+    /// auctions they filled and the `closed` ones to the gateways.
+    /// `restart`: they are what a start republished, not a batch of
+    /// deliveries (no fault point of a batch's life is on the way).
+    Announce {
+        batch: Arc<Batch>,
+        closed: HashSet<String>,
+        restart: bool,
+    },
+    /// Record in the snapshot that every outcome of a try up to `last_seq`
+    /// is published, and the outcome stream's position; then call
+    /// [`Protocol::recorded`]. `restart` as for `Announce`.
+    Record {
+        last_seq: u64,
+        outcomes_seq: u64,
+        restart: bool,
+    },
+    /// Terminate these deliveries (entries that are not valid events), so
+    /// that they are never delivered again.
+    Terminate(Vec<T>),
+    /// Ack this delivery and every one before it.
+    Ack(T),
+}
+
 /// One partition's verifier state between I/O steps.
-pub struct Protocol {
+pub struct Protocol<T> {
     /// The decision state, equal to the snapshot's after each commit.
     ledger: Ledger,
     /// Where the snapshot stands in the log and the outcome stream.
@@ -57,6 +115,15 @@ pub struct Protocol {
     /// The consumer sequence the next first delivery should have; any
     /// other means a delivery went elsewhere.
     next_delivery: u64,
+    /// A chunk waiting for its gaps to be checked.
+    checking: Option<Vec<T>>,
+    /// A batch waiting for its commit.
+    committing: Option<Box<Pending<T>>>,
+    /// Batches committed and published, oldest first, waiting for their
+    /// outcome acks.
+    flights: VecDeque<Flight<T>>,
+    /// The oldest batch, acked and waiting for its record.
+    recording: Option<Flight<T>>,
     /// Gateways' command requests for log sequences not decided yet, with
     /// where to answer: answered as the batches that decide them commit.
     parked: Vec<(u64, String)>,
@@ -64,60 +131,31 @@ pub struct Protocol {
     closing: HashSet<String>,
 }
 
-/// What to do with a chunk of deliveries.
-#[derive(Debug)]
-pub enum Plan {
-    /// Everything was redelivered and its outcomes are published: ack the
-    /// chunk's last delivery.
-    Ack,
-    /// Everything was redelivered, but not all of it is published yet:
-    /// the batch in flight will ack past it.
-    Nothing,
-    /// Commit this batch, then tell [`Protocol::committed`].
-    Commit(Box<Pending>),
-}
-
 /// A batch decided and not committed yet.
 #[derive(Debug)]
-pub struct Pending {
-    /// What to commit.
-    pub batch: Batch,
+struct Pending<T> {
+    batch: Arc<Batch>,
     /// Decisions taken from the outcome stream: not published again.
-    pub reused: HashSet<(String, String)>,
+    reused: HashSet<(String, String)>,
     /// `held` notices, sent once the batch is committed.
-    pub holds: Vec<HeldEvent>,
+    holds: Vec<HeldEvent>,
     /// Auctions this batch closed, to announce.
-    pub announce: HashSet<String>,
-    /// Indexes in the chunk of entries that are not valid events: to
-    /// terminate once the batch is recorded.
-    pub poison: Vec<usize>,
+    closed: HashSet<String>,
+    /// Deliveries of entries that are not valid events: terminated once
+    /// the batch is recorded.
+    poison: Vec<T>,
+    /// The batch's last delivery: acking it acks the whole batch.
+    last: T,
 }
 
-/// A batch committed: what to send now, and what to keep until its acks.
+/// A batch committed and published.
 #[derive(Debug)]
-pub struct Sent {
-    /// Answers to parked command requests this batch decided: (reply
-    /// subject, its log sequence, the result).
-    pub answers: Vec<(String, u64, Option<CommandResult>)>,
-    /// The batch in flight.
-    pub flight: Flight,
-    /// Decisions taken from the outcome stream: not published again.
-    pub reused: HashSet<(String, String)>,
-    /// `held` notices to send.
-    pub holds: Vec<HeldEvent>,
-}
-
-/// A batch committed and sent, waiting for its outcome acks.
-#[derive(Debug)]
-pub struct Flight {
-    /// The batch's last log sequence.
-    pub last_seq: u64,
-    /// Its decisions: to publish, then to count and announce.
-    pub decided: Vec<StoredOutcome>,
-    /// Auctions the batch closed, for the closed notices.
-    pub announce: HashSet<String>,
-    /// Indexes in the chunk of entries to terminate.
-    pub poison: Vec<usize>,
+struct Flight<T> {
+    batch: Arc<Batch>,
+    closed: HashSet<String>,
+    poison: Vec<T>,
+    /// `None` for the outcomes a restart republishes: nothing to ack.
+    last: Option<T>,
     /// The first outcome found in the stream and not yet matched to a try,
     /// as of this batch: the outcome-stream position to record must stay
     /// below it even when later batches have matched it already.
@@ -138,18 +176,120 @@ pub enum CommandAnswer {
 /// Most command requests parked at once.
 pub const MAX_PARKED: usize = 100_000;
 
-impl Protocol {
-    /// A protocol resuming from a loaded snapshot, with the outcomes found
-    /// in the stream that it has not accounted for.
-    pub fn new(ledger: Ledger, position: Position, published: Published) -> Protocol {
-        Protocol {
+/// Bugs kept in the code on purpose, off unless the `mutants` feature is
+/// on and a test picks one: the simulator must find each (see
+/// `tests/simulation/`), or it has stopped looking where it should.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mutant {
+    /// Ack a batch's tries once committed, before its outcomes are stored.
+    AckBeforePublish = 1,
+    /// Never ask the log about a gap in the deliveries.
+    IgnoreGaps = 2,
+    /// On a restart, do not look for outcomes already in the stream.
+    SkipOutcomeLookup = 3,
+}
+
+impl Mutant {
+    pub const ALL: [Mutant; 3] = [
+        Mutant::AckBeforePublish,
+        Mutant::IgnoreGaps,
+        Mutant::SkipOutcomeLookup,
+    ];
+}
+
+#[cfg(feature = "mutants")]
+thread_local! {
+    /// Per thread: a simulation picks its mutant, and the service, on
+    /// other threads, never sees it.
+    static ACTIVE: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+}
+
+/// Turns one mutant on (or none) for protocols driven on this thread.
+#[cfg(feature = "mutants")]
+pub fn set_mutant(m: Option<Mutant>) {
+    ACTIVE.with(|a| a.set(m.map_or(0, |m| m as u8)));
+}
+
+#[cfg(feature = "mutants")]
+fn mutant(m: Mutant) -> bool {
+    ACTIVE.with(|a| a.get() == m as u8)
+}
+
+#[cfg(not(feature = "mutants"))]
+#[inline(always)]
+fn mutant(_: Mutant) -> bool {
+    false
+}
+
+impl<T: Delivered + Clone> Protocol<T> {
+    /// A protocol resuming from a loaded snapshot: its ledger and
+    /// position, the decisions it holds that may not be published
+    /// (`unpublished`), and the outcomes found in the stream past its
+    /// position (`found`). Returns the actions that publish what is
+    /// missing and record the snapshot as caught up; the driver runs them
+    /// before taking deliveries.
+    pub fn recover(
+        ledger: Ledger,
+        position: Position,
+        unpublished: Vec<StoredOutcome>,
+        mut found: Published,
+    ) -> (Protocol<T>, Vec<Action<T>>) {
+        if mutant(Mutant::SkipOutcomeLookup) {
+            found = Published::through(0);
+        }
+        // JetStream's de-duplication only covers a recent window: what the
+        // stream already has is not published again.
+        let skip: HashSet<(String, String)> = unpublished
+            .iter()
+            .map(|d| key(&d.outcome))
+            .filter(|k| found.take(k).is_some())
+            .collect();
+        if !unpublished.is_empty() {
+            tracing::info!(
+                decided = unpublished.len(),
+                already_published = skip.len(),
+                "publishing outcomes decided before a stop"
+            );
+        }
+        // Outcomes of tries the snapshot has applied are settled; the rest
+        // will be matched as the log is decided again.
+        found.forget_decided(&ledger);
+        if !found.is_empty() {
+            tracing::warn!(
+                published = found.len(),
+                "the snapshot is behind the outcome stream; deciding the log again from sequence {}",
+                position.last_seq + 1
+            );
+        }
+        // A stop between a close's commit and its notice would leave the
+        // gateways taking bids for a closed auction: tell them again.
+        let closed = ledger.closed_auctions().into_iter().collect();
+        let batch = Arc::new(Batch {
+            decisions: unpublished,
+            last_seq: position.last_seq,
+            ..Batch::default()
+        });
+        let mut protocol = Protocol {
             ledger,
             position,
-            published,
+            published: found,
             next_delivery: 0,
+            checking: None,
+            committing: None,
+            flights: VecDeque::new(),
+            recording: None,
             parked: Vec::new(),
             closing: HashSet::new(),
-        }
+        };
+        protocol.flights.push_back(Flight {
+            batch: batch.clone(),
+            closed,
+            poison: Vec::new(),
+            last: None,
+            first_unmatched: protocol.published.first_unmatched(),
+        });
+        (protocol, vec![Action::Publish { batch, skip }])
     }
 
     pub fn ledger(&self) -> &Ledger {
@@ -160,9 +300,22 @@ impl Protocol {
         self.position
     }
 
+    /// Batches published and not yet recorded.
+    pub fn in_flight(&self) -> usize {
+        self.flights.len()
+    }
+
     /// The consumer's next delivery number, from the consumer's info.
     pub fn expect_delivery(&mut self, consumer_seq: u64) {
         self.next_delivery = consumer_seq;
+    }
+
+    /// A chunk of deliveries arrived.
+    pub fn deliveries(&mut self, chunk: Vec<T>) -> Vec<Action<T>> {
+        debug_assert!(self.checking.is_none() && self.committing.is_none());
+        let gaps = self.gaps(&chunk);
+        self.checking = Some(chunk);
+        vec![Action::CheckGaps(gaps)]
     }
 
     /// The gaps in a chunk that the log must be asked about before the
@@ -171,11 +324,14 @@ impl Protocol {
     /// delivery that went elsewhere (to a superseded puller) leaves a gap
     /// in the consumer's count, and only then is the log asked whether
     /// this partition has an entry in the gap.
-    pub fn gaps(&self, chunk: &[Delivery]) -> Vec<(u64, u64)> {
+    fn gaps(&self, chunk: &[T]) -> Vec<(u64, u64)> {
+        if mutant(Mutant::IgnoreGaps) {
+            return Vec::new();
+        }
         let mut last = self.position.last_seq;
         let mut next = self.next_delivery;
         let mut gaps = Vec::new();
-        for d in chunk {
+        for d in chunk.iter().map(Delivered::delivery) {
             if d.seq <= last {
                 continue;
             }
@@ -191,31 +347,24 @@ impl Protocol {
         gaps
     }
 
-    /// Decides a chunk whose gaps (see [`Self::gaps`]) hold nothing of
-    /// this partition. `now` stamps the decisions. An error is an
-    /// integrity failure: a replayed decision that differs from the
-    /// published one.
-    pub fn decide(
+    /// The chunk's gaps hold nothing of this partition: decide it, with
+    /// decisions stamped `now`. An error is an integrity failure: a
+    /// replayed decision that differs from the published one.
+    pub fn gaps_clear(
         &mut self,
         subjects: &Subjects,
-        chunk: &[Delivery],
         now: DateTime<Utc>,
-    ) -> Result<Plan> {
-        let Some(last) = chunk.last() else {
-            return Ok(Plan::Nothing);
+    ) -> Result<Vec<Action<T>>> {
+        let chunk = self.checking.take().expect("a chunk is being checked");
+        let mut batch = Batch {
+            last_seq: self.position.last_seq,
+            ..Batch::default()
         };
-        let mut pending = Pending {
-            batch: Batch {
-                last_seq: self.position.last_seq,
-                ..Batch::default()
-            },
-            reused: HashSet::new(),
-            holds: Vec::new(),
-            announce: HashSet::new(),
-            poison: Vec::new(),
-        };
-        let batch = &mut pending.batch;
-        for (index, d) in chunk.iter().enumerate() {
+        let mut reused = HashSet::new();
+        let mut holds = Vec::new();
+        let mut closed = HashSet::new();
+        let mut poison = Vec::new();
+        for (index, d) in chunk.iter().map(Delivered::delivery).enumerate() {
             let seq = d.seq;
             if seq <= batch.last_seq {
                 continue; // redelivered: already in the snapshot
@@ -226,7 +375,7 @@ impl Protocol {
             batch.last_seq = seq;
             let entry = LogEntry::read(subjects, d.subject, d.payload, d.stored_at);
             if matches!(entry, LogEntry::InvalidTry(_) | LogEntry::Unreadable(_)) {
-                pending.poison.push(index);
+                poison.push(index);
             }
             let Some(step) = self.ledger.apply_entry(&entry, seq) else {
                 if let LogEntry::Unreadable(problem) = &entry {
@@ -244,7 +393,7 @@ impl Protocol {
                 other => (None, Some(other)),
             };
             if let Some(hold) = step.hold(own_try.as_ref(), seq) {
-                pending.holds.push(HeldEvent {
+                holds.push(HeldEvent {
                     kind: HeldKind::Held,
                     bid_id: hold.bid.bid_id,
                     auction_id: hold.bid.auction_id,
@@ -268,7 +417,7 @@ impl Protocol {
                 let key = (d.bid.auction_id.clone(), d.bid.bid_id.clone());
                 let decision = match self.published.take(&key) {
                     Some(published) => {
-                        pending.reused.insert(key);
+                        reused.insert(key);
                         reuse(published, d.verdict)?
                     }
                     None => decide(d, now),
@@ -285,7 +434,7 @@ impl Protocol {
                     batch.opens.push((seq, open))
                 }
                 (Some(LogEntry::Event(LogEvent::Close(close))), Step::Closed { .. }) => {
-                    pending.announce.insert(close.auction_id);
+                    closed.insert(close.auction_id);
                 }
                 (_, Step::Duplicate) => {
                     tracing::info!(seq, "try for an already decided bid; it keeps its outcome")
@@ -295,62 +444,112 @@ impl Protocol {
         }
         for auction_id in self.ledger.take_changed() {
             if let Some(life) = self.ledger.life(&auction_id) {
-                pending.batch.lives.push((auction_id, life));
+                batch.lives.push((auction_id, life));
             }
         }
-        if pending.batch.last_seq > self.position.last_seq {
-            return Ok(Plan::Commit(Box::new(pending)));
+        let mut chunk = chunk;
+        let Some(last) = chunk.pop() else {
+            return Ok(Vec::new());
+        };
+        if batch.last_seq <= self.position.last_seq {
+            // All redelivered. An ack covers every delivery up to this one,
+            // so it is sent only when their outcomes are all published;
+            // otherwise the ack of the batch in flight will cover them.
+            return Ok(
+                match last.delivery().seq <= self.position.published_through {
+                    true => vec![Action::Ack(last)],
+                    false => Vec::new(),
+                },
+            );
         }
-        // All redelivered. An ack covers every delivery up to this one, so
-        // it is sent only when their outcomes are all published; otherwise
-        // the ack of the batch in flight will cover them.
-        Ok(match last.seq <= self.position.published_through {
-            true => Plan::Ack,
-            false => Plan::Nothing,
-        })
-    }
-
-    /// The batch is committed: it is the snapshot's position now. Returns
-    /// what to send.
-    pub fn committed(&mut self, pending: Box<Pending>) -> Sent {
-        let Pending {
-            batch,
+        let poison = poison
+            .iter()
+            .map(|&i| chunk.get(i).unwrap_or(&last).clone())
+            .collect();
+        let batch = Arc::new(batch);
+        let closes = !closed.is_empty();
+        self.committing = Some(Box::new(Pending {
+            batch: batch.clone(),
             reused,
             holds,
-            announce,
+            closed,
             poison,
-        } = *pending;
-        self.position.last_seq = batch.last_seq;
-        let answers = self.answer_parked(&batch.commands);
-        Sent {
-            answers,
-            reused,
-            holds,
-            flight: Flight {
-                last_seq: batch.last_seq,
-                decided: batch.decisions,
-                announce,
-                poison,
-                first_unmatched: self.published.first_unmatched(),
-            },
-        }
+            last,
+        }));
+        Ok(vec![Action::CheckLease, Action::Commit { batch, closes }])
     }
 
-    /// The oldest batch in flight has every outcome acked, the highest at
-    /// outcome-stream sequence `acked`. Returns the position to record as
-    /// published: (last log sequence, outcome-stream sequence).
-    pub fn acked(&mut self, flight: &Flight, acked: u64) -> (u64, u64) {
+    /// The batch is committed: it is the snapshot's position now.
+    pub fn committed(&mut self) -> Vec<Action<T>> {
+        let pending = *self.committing.take().expect("a batch is being committed");
+        self.position.last_seq = pending.batch.last_seq;
+        let mut actions = Vec::new();
+        let answers = self.answer_parked(&pending.batch.commands);
+        if !answers.is_empty() {
+            actions.push(Action::AnswerCommands(answers));
+        }
+        let mut flight = Flight {
+            batch: pending.batch.clone(),
+            closed: pending.closed,
+            poison: pending.poison,
+            last: Some(pending.last),
+            first_unmatched: self.published.first_unmatched(),
+        };
+        if mutant(Mutant::AckBeforePublish) {
+            actions.extend(flight.last.take().map(Action::Ack));
+        }
+        self.flights.push_back(flight);
+        actions.push(Action::Publish {
+            batch: pending.batch,
+            skip: pending.reused,
+        });
+        if !pending.holds.is_empty() {
+            actions.push(Action::SendHolds(pending.holds));
+        }
+        actions
+    }
+
+    /// Every outcome of the oldest batch in flight is acked, the highest
+    /// at outcome-stream sequence `acked`.
+    pub fn outcomes_acked(&mut self, acked: u64) -> Vec<Action<T>> {
+        debug_assert!(self.recording.is_none());
+        let flight = self.flights.pop_front().expect("a batch is in flight");
         self.published.stored_through(acked);
         let outcomes_seq = self.published.safe_position(flight.first_unmatched);
-        (flight.last_seq, outcomes_seq)
+        let restart = flight.last.is_none();
+        let actions = vec![
+            Action::Announce {
+                batch: flight.batch.clone(),
+                closed: flight.closed.clone(),
+                restart,
+            },
+            Action::Record {
+                last_seq: flight.batch.last_seq,
+                outcomes_seq,
+                restart,
+            },
+        ];
+        self.recording = Some(flight);
+        actions
     }
 
-    /// The position is recorded: the batch's deliveries may be acked now.
-    pub fn recorded(&mut self, last_seq: u64, outcomes_seq: u64) {
+    /// The oldest batch is recorded as published: its deliveries may be
+    /// acked now.
+    pub fn recorded(&mut self, last_seq: u64, outcomes_seq: u64) -> Vec<Action<T>> {
+        let flight = self.recording.take().expect("a batch is being recorded");
         self.position.published_through = last_seq;
         self.position.outcomes_seq = outcomes_seq;
+        let mut actions = Vec::new();
+        // Terminated only now: a `+TERM` under the consumer's ack-all
+        // policy may count as an ack of everything before it.
+        if !flight.poison.is_empty() {
+            actions.push(Action::Terminate(flight.poison));
+        }
+        if let Some(last) = flight.last {
+            actions.push(Action::Ack(last));
+        }
+        actions
     }
-
     /// A gateway asks which try decided a bid: (that try, decided through).
     pub fn decided(&self, auction_id: &str, bid_id: &str) -> (Option<u64>, u64) {
         (
@@ -378,7 +577,7 @@ impl Protocol {
     fn answer_parked(
         &mut self,
         commands: &[(u64, String, CommandResult)],
-    ) -> Vec<(String, u64, Option<CommandResult>)> {
+    ) -> Vec<(String, Option<CommandResult>, u64)> {
         let through = self.position.last_seq;
         if self.parked.is_empty() {
             return Vec::new();
@@ -394,7 +593,7 @@ impl Protocol {
                     .iter()
                     .find(|(s, _, _)| *s == seq)
                     .map(|(_, _, r)| *r);
-                (reply_to, seq, result)
+                (reply_to, result, through)
             })
             .collect()
     }

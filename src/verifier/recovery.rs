@@ -2,7 +2,7 @@
 //! have published, notice when it is behind the outcome stream, and align
 //! the durable consumer with it.
 
-use std::collections::HashSet;
+use std::collections::VecDeque;
 use std::path::Path;
 use std::time::Duration;
 
@@ -14,8 +14,7 @@ use futures::StreamExt;
 
 use super::fence::Fence;
 use super::lease::Lease;
-use super::outcomes::{announce_closed, announce_sold_out, publish};
-use super::protocol::{key, Protocol, Published};
+use super::protocol::{Protocol, Published};
 use super::{blocking, Verifier, VerifierConfig};
 use crate::core::Ledger;
 use crate::error::{Error, ErrorKind, Result};
@@ -59,39 +58,8 @@ impl<'a> Verifier<'a> {
         // between publishing and recording it, or the snapshot was lost (or
         // a rebuild after that was interrupted). JetStream's de-duplication
         // only covers a recent window, so look.
-        let mut found = read_published(streams, partition, position.outcomes_seq).await?;
-        let last = position.last_seq;
-        if !unpublished.is_empty() {
-            let published: HashSet<(String, String)> = unpublished
-                .iter()
-                .map(|d| key(&d.outcome))
-                .filter(|k| found.take(k).is_some())
-                .collect();
-            tracing::info!(
-                decided = unpublished.len(),
-                already_published = published.len(),
-                "publishing outcomes decided before a stop"
-            );
-            let acked = publish(streams, fence, &unpublished, &published).await?;
-            found.stored_through(acked);
-            announce_sold_out(streams, &ledger, unpublished.iter().map(|d| &d.outcome)).await?;
-        }
-        // A stop between a close's commit and its notice would leave the
-        // gateways taking bids for a closed auction (the verifier still
-        // cancels them): tell them again.
-        let closed: HashSet<String> = ledger.closed_auctions().into_iter().collect();
-        announce_closed(streams, &ledger, &closed).await?;
-        // Outcomes of tries the snapshot has applied are settled; the rest
-        // will be matched as the log is decided again.
-        found.forget_decided(&ledger);
-        if !found.is_empty() {
-            tracing::warn!(
-                published = found.len(),
-                "the snapshot is behind the outcome stream; deciding the log again from sequence {}",
-                last + 1
-            );
-        }
-        let outcomes_seq = found.safe_position(found.first_unmatched());
+        let found = read_published(streams, partition, position.outcomes_seq).await?;
+        let (protocol, actions) = Protocol::recover(ledger, position, unpublished, found);
         let mut v = Verifier {
             streams,
             partition,
@@ -99,11 +67,14 @@ impl<'a> Verifier<'a> {
             fence,
             metrics,
             snapshot: Some(snapshot),
-            protocol: Protocol::new(ledger, position, found),
+            protocol,
         };
-        v.with_snapshot(move |s| s.mark_published(last, outcomes_seq))
-            .await?;
-        v.protocol.recorded(last, outcomes_seq);
+        let mut in_flight = VecDeque::new();
+        v.run(actions, &mut in_flight).await?;
+        while let Some(acks) = in_flight.pop_front() {
+            let actions = v.protocol.outcomes_acked(acks.await?);
+            v.run(actions, &mut in_flight).await?;
+        }
         Ok(v)
     }
 }

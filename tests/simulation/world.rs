@@ -1,0 +1,261 @@
+//! The simulated world around one verifier: a seeded random generator, a
+//! clock, the log stream with its durable consumer, and the outcome
+//! stream. Each models the JetStream behaviour the protocol relies on,
+//! faults included (see the README of this folder's `main.rs`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use allot::verifier::protocol::{Delivered, Delivery};
+use chrono::{DateTime, TimeZone, Utc};
+
+/// SplitMix64: small, fast, and the same sequence for the same seed on
+/// every machine.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// True with probability `per_mille` / 1000.
+    pub fn chance(&mut self, per_mille: u64) -> bool {
+        self.below(1000) < per_mille
+    }
+}
+
+/// Simulated time, in milliseconds since the start of the run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Millis(pub u64);
+
+impl Millis {
+    /// As a wall-clock time, for timestamps (a fixed epoch: runs replay).
+    pub fn at(self) -> DateTime<Utc> {
+        Utc.timestamp_millis_opt(1_900_000_000_000 + self.0 as i64)
+            .unwrap()
+    }
+}
+
+/// One stored entry of the log.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    pub subject: String,
+    pub payload: Vec<u8>,
+    pub stored_at: DateTime<Utc>,
+    /// Whether it is on one of the simulated partition's subjects.
+    pub ours: bool,
+}
+
+/// A delivery as the simulated consumer hands it out.
+#[derive(Clone, Debug)]
+pub struct SimDelivery {
+    pub seq: u64,
+    pub consumer_seq: u64,
+    pub delivered: u64,
+    pub entry: Stored,
+    /// Which consumer (by generation) delivered it: an ack to an older
+    /// consumer is lost, as it would be after the consumer was re-created.
+    pub generation: u64,
+}
+
+impl Delivered for SimDelivery {
+    fn delivery(&self) -> Delivery<'_> {
+        Delivery {
+            seq: self.seq,
+            consumer_seq: self.consumer_seq,
+            delivered: self.delivered,
+            subject: &self.entry.subject,
+            payload: &self.entry.payload,
+            stored_at: self.entry.stored_at,
+        }
+    }
+}
+
+/// The log stream and the verifier's durable consumer on the partition's
+/// subjects, with JetStream's explicit ack-all policy: an ack covers every
+/// earlier delivery; an unacked delivery comes again after the ack wait
+/// (so also one whose ack was lost); a terminated one never comes again,
+/// and, as the protocol assumes the worst, counts as an ack of all before.
+pub struct Log {
+    pub entries: Vec<Stored>,
+    /// Every entry of ours up to here is acked.
+    pub ack_floor: u64,
+    /// The next entry to deliver for the first time.
+    next: u64,
+    /// Deliveries so far of this consumer (its `consumer_seq`).
+    consumer_seq: u64,
+    /// Delivered and not acked: (times delivered, when it may come again).
+    outstanding: BTreeMap<u64, (u64, Millis)>,
+    /// The consumer's generation: bumped when it is re-created.
+    pub generation: u64,
+    pub ack_wait: u64,
+}
+
+impl Log {
+    pub fn new(ack_wait: u64) -> Log {
+        Log {
+            entries: Vec::new(),
+            ack_floor: 0,
+            next: 1,
+            consumer_seq: 0,
+            outstanding: BTreeMap::new(),
+            generation: 0,
+            ack_wait,
+        }
+    }
+
+    pub fn append(&mut self, subject: String, payload: Vec<u8>, now: Millis, ours: bool) -> u64 {
+        self.entries.push(Stored {
+            subject,
+            payload,
+            stored_at: now.at(),
+            ours,
+        });
+        self.entries.len() as u64
+    }
+
+    /// Re-creates the consumer to deliver from just after `last_seq`, as
+    /// the verifier does at every start. Returns its next `consumer_seq`.
+    pub fn realign(&mut self, last_seq: u64) -> u64 {
+        self.ack_floor = last_seq;
+        self.next = last_seq + 1;
+        self.consumer_seq = 0;
+        self.outstanding.clear();
+        self.generation += 1;
+        1
+    }
+
+    /// Whether the partition has an entry with a sequence in `from..to`.
+    pub fn ours_between(&self, from: u64, to: u64) -> bool {
+        (from..to).any(|seq| self.entries[seq as usize - 1].ours)
+    }
+
+    /// Whether anything of ours is delivered and unacked, or not delivered.
+    pub fn pending(&self) -> bool {
+        !self.outstanding.is_empty() || self.undelivered().is_some()
+    }
+
+    fn undelivered(&self) -> Option<u64> {
+        (self.next..=self.entries.len() as u64).find(|&s| self.entries[s as usize - 1].ours)
+    }
+
+    /// Up to `max` deliveries: those due again first, then new ones. With
+    /// `steal`, a first delivery goes to another puller instead (one that
+    /// lost the lease): counted, and never acked by it.
+    pub fn deliver(
+        &mut self,
+        max: usize,
+        now: Millis,
+        rng: &mut Rng,
+        steal: u64,
+    ) -> Vec<SimDelivery> {
+        let mut out = Vec::new();
+        let due: Vec<u64> = self
+            .outstanding
+            .iter()
+            .filter(|(_, (_, at))| *at <= now)
+            .map(|(seq, _)| *seq)
+            .take(max)
+            .collect();
+        for seq in due {
+            let (times, at) = self.outstanding.get_mut(&seq).unwrap();
+            *times += 1;
+            *at = Millis(now.0 + self.ack_wait);
+            let times = *times;
+            self.consumer_seq += 1;
+            out.push(self.delivery(seq, times));
+        }
+        while out.len() < max {
+            let Some(seq) = self.undelivered() else { break };
+            self.next = seq + 1;
+            self.consumer_seq += 1;
+            self.outstanding
+                .insert(seq, (1, Millis(now.0 + self.ack_wait)));
+            if rng.chance(steal) {
+                continue;
+            }
+            out.push(self.delivery(seq, 1));
+        }
+        out
+    }
+
+    fn delivery(&self, seq: u64, delivered: u64) -> SimDelivery {
+        SimDelivery {
+            seq,
+            consumer_seq: self.consumer_seq,
+            delivered,
+            entry: self.entries[seq as usize - 1].clone(),
+            generation: self.generation,
+        }
+    }
+
+    /// Acks every delivery up to `seq` (an ack to an older consumer is lost).
+    pub fn ack(&mut self, seq: u64, generation: u64) {
+        if generation != self.generation {
+            return;
+        }
+        self.ack_floor = self.ack_floor.max(seq);
+        self.outstanding.retain(|s, _| *s > seq);
+    }
+}
+
+/// One message of the outcome stream.
+#[derive(Clone, Debug)]
+pub struct OutcomeMessage {
+    pub seq: u64,
+    pub payload: Vec<u8>,
+}
+
+/// The outcome stream, with JetStream's de-duplication by message id
+/// within a window: a copy inside it is dropped (and acked with the
+/// first's sequence), a copy after it is stored again.
+pub struct Outcomes {
+    pub messages: Vec<OutcomeMessage>,
+    seen: HashMap<String, (u64, Millis)>,
+    /// (auction, bid) of every stored outcome, read once as it is stored.
+    pub keys: HashSet<(String, String)>,
+    pub window: u64,
+}
+
+impl Outcomes {
+    pub fn new(window: u64) -> Outcomes {
+        Outcomes {
+            messages: Vec::new(),
+            seen: HashMap::new(),
+            keys: HashSet::new(),
+            window,
+        }
+    }
+
+    /// Stores (or de-duplicates) a message; its stream sequence.
+    pub fn publish(&mut self, msg_id: String, payload: Vec<u8>, now: Millis) -> u64 {
+        if let Some((seq, at)) = self.seen.get(&msg_id) {
+            if now.0 < at.0 + self.window {
+                return *seq;
+            }
+        }
+        let seq = self.messages.len() as u64 + 1;
+        if let Ok(o) = serde_json::from_slice::<allot::wire::OutcomeEvent>(&payload) {
+            self.keys.insert((o.auction_id, o.bid_id));
+        }
+        self.messages.push(OutcomeMessage { seq, payload });
+        self.seen.insert(msg_id, (seq, now));
+        seq
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.messages.len() as u64
+    }
+}
