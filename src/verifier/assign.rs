@@ -120,6 +120,9 @@ pub(super) async fn run(
     let leave = tokio::time::timeout(GOODBYE, streams.leases.delete(&me));
     let _ = tokio::join!(stopped, leave);
     metrics.partitions_owned.store(0, Ordering::Relaxed);
+    // Said once for the process too: one stopped before it owned a
+    // partition has no partition's word for it.
+    tracing::info!("verifier stopped");
     result
 }
 
