@@ -43,16 +43,8 @@ pub struct OpenArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_wins_per_bidder: u32,
     /// Who wins: the first N eligible bids, or the N highest amounts at close.
-    #[arg(long, default_value = "first_n", value_parser = parse_policy)]
+    #[arg(long, default_value_t = Policy::default())]
     pub policy: Policy,
-}
-
-pub(crate) fn parse_policy(s: &str) -> Result<Policy, String> {
-    match s {
-        "first_n" => Ok(Policy::FirstN),
-        "top_amount" => Ok(Policy::TopAmount),
-        _ => Err("must be first_n or top_amount".into()),
-    }
 }
 
 /// A `closes_at` in the future. The service takes a past one (the auction

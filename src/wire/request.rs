@@ -224,26 +224,22 @@ pub fn decode_open(payload: &[u8], auction_id: &str) -> Result<AuctionSpec, Requ
     let closes_at = time(&mut body, "closes_at")?;
     // An optional field is left out for its default: null is a wrong type
     // here as in every request, as the schemas say.
+    let policies = || {
+        let names: Vec<String> = Policy::ALL.iter().map(|p| format!("{:?}", p.name())).collect();
+        names.join(" or ")
+    };
     let policy = match body.remove("policy") {
-        None => Policy::FirstN,
-        Some(Value::String(s)) if s == "first_n" => Policy::FirstN,
-        Some(Value::String(s)) if s == "top_amount" => Policy::TopAmount,
-        Some(Value::String(s)) => {
-            return Err(RequestError::field(
+        None => Policy::default(),
+        Some(Value::String(s)) => Policy::from_name(&s).ok_or_else(|| {
+            RequestError::field(
                 "policy",
-                format!(
-                    "must be \"first_n\" or \"top_amount\", got {:?}",
-                    truncate(&s)
-                ),
-            ))
-        }
+                format!("must be {}, got {:?}", policies(), truncate(&s)),
+            )
+        })?,
         Some(other) => {
             return Err(RequestError::field(
                 "policy",
-                format!(
-                    "must be \"first_n\" or \"top_amount\", not {}",
-                    kind(&other)
-                ),
+                format!("must be {}, not {}", policies(), kind(&other)),
             ))
         }
     };
