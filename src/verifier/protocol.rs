@@ -749,3 +749,144 @@ fn reuse(published: StoredOutcome, verdict: Verdict) -> Result<StoredOutcome> {
     }
     Ok(published)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A delivery as a test holds it.
+    #[derive(Clone, Debug)]
+    struct Held {
+        seq: u64,
+        consumer_seq: u64,
+        subject: String,
+        payload: Vec<u8>,
+    }
+
+    impl Delivered for Held {
+        fn delivery(&self) -> Delivery<'_> {
+            Delivery {
+                seq: self.seq,
+                consumer_seq: self.consumer_seq,
+                delivered: 1,
+                subject: &self.subject,
+                payload: &self.payload,
+                stored_at: timestamp::parse("2030-01-01T00:00:00Z").unwrap(),
+            }
+        }
+    }
+
+    fn entries(subjects: &Subjects) -> Vec<Held> {
+        let open = serde_json::json!({"type": "open", "auction_id": "a", "capacity": 1, "opened_at": "2030-01-01T00:00:00.000000Z"});
+        let bid = |b: &str| serde_json::json!({"type": "try", "bid_id": b, "auction_id": "a", "bidder_id": b, "amount": 1, "tried_at": "2030-01-01T00:00:00.000000Z"});
+        [
+            (subjects.auction_event("a"), open),
+            (subjects.try_event("a"), bid("b1")),
+            (subjects.try_event("a"), bid("b2")),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (subject, body))| Held {
+            seq: i as u64 + 1,
+            consumer_seq: i as u64 + 1,
+            subject,
+            payload: serde_json::to_vec(&body).unwrap(),
+        })
+        .collect()
+    }
+
+    fn kinds(actions: &[Action<Held>]) -> Vec<&'static str> {
+        actions
+            .iter()
+            .map(|a| match a {
+                Action::CheckGaps(_) => "check gaps",
+                Action::CheckLease => "check lease",
+                Action::Commit { .. } => "commit",
+                Action::AnswerCommands(_) => "answer",
+                Action::Publish { .. } => "publish",
+                Action::SendHolds(_) => "holds",
+                Action::Announce { .. } => "announce",
+                Action::Record { .. } => "record",
+                Action::Terminate(_) => "terminate",
+                Action::Ack(_) => "ack",
+            })
+            .collect()
+    }
+
+    fn fresh() -> Protocol<Held> {
+        let (mut p, actions) = Protocol::recover(
+            Ledger::new(),
+            Position::default(),
+            Vec::new(),
+            Published::default(),
+        );
+        assert_eq!(kinds(&actions), ["publish"]);
+        assert_eq!(kinds(&p.outcomes_acked(0)), ["announce", "record"]);
+        assert!(p.recorded(0, 0).is_empty(), "a start acks nothing");
+        p.expect_delivery(1);
+        p
+    }
+
+    /// Nothing is acked before its outcomes are stored and recorded.
+    #[test]
+    fn a_batch_is_acked_only_after_its_outcomes_are_recorded() {
+        let subjects = Subjects::default();
+        let mut p = fresh();
+        assert_eq!(kinds(&p.deliveries(entries(&subjects))), ["check gaps"]);
+        let now = timestamp::parse("2030-01-01T00:00:01Z").unwrap();
+        let actions = p.gaps_clear(&subjects, now).unwrap();
+        assert_eq!(kinds(&actions), ["check lease", "commit"]);
+        let Action::Commit { batch, .. } = &actions[1] else {
+            unreachable!()
+        };
+        assert_eq!(batch.decisions.len(), 2);
+        assert_eq!(kinds(&p.committed()), ["publish"]);
+        assert_eq!(p.position().last_seq, 3);
+        assert_eq!(p.position().published_through, 0, "not published yet");
+        let actions = p.outcomes_acked(2);
+        assert_eq!(kinds(&actions), ["announce", "record"]);
+        let actions = p.recorded(3, 2);
+        assert!(
+            matches!(&actions[..], [Action::Ack(last)] if last.seq == 3),
+            "{:?}",
+            kinds(&actions)
+        );
+    }
+
+    /// A chunk of only redelivered entries is acked when everything in it
+    /// is published, and otherwise left to the batch in flight.
+    #[test]
+    fn a_redelivered_chunk_is_acked_only_once_published() {
+        let subjects = Subjects::default();
+        let now = timestamp::parse("2030-01-01T00:00:01Z").unwrap();
+        let mut p = fresh();
+        p.deliveries(entries(&subjects));
+        p.gaps_clear(&subjects, now).unwrap();
+        p.committed();
+        // Redelivered while its batch waits for its acks.
+        p.deliveries(entries(&subjects));
+        assert!(p.gaps_clear(&subjects, now).unwrap().is_empty());
+        p.outcomes_acked(2);
+        p.recorded(3, 2);
+        p.deliveries(entries(&subjects));
+        let actions = p.gaps_clear(&subjects, now).unwrap();
+        assert!(matches!(&actions[..], [Action::Ack(last)] if last.seq == 3));
+    }
+
+    /// Other partitions' entries leave gaps in the stream sequence; only a
+    /// gap in the consumer's count means a delivery went elsewhere.
+    #[test]
+    fn only_a_gap_in_the_consumers_count_is_checked() {
+        let subjects = Subjects::default();
+        let mut all = entries(&subjects);
+        all[1].seq = 5;
+        all[2].seq = 9;
+        let mut p = fresh();
+        let actions = p.deliveries(all.clone());
+        assert!(matches!(&actions[..], [Action::CheckGaps(g)] if g.is_empty()));
+        let mut p = fresh();
+        all[2].consumer_seq = 4;
+        let actions = p.deliveries(all);
+        assert!(matches!(&actions[..], [Action::CheckGaps(g)] if g == &vec![(6, 9)]));
+    }
+}

@@ -70,8 +70,9 @@ pub struct Report {
     pub steps: u64,
     /// Times the verifier started over (crashes and failed steps).
     pub restarts: u64,
-    /// Outcomes in the stream at the end.
+    /// Outcomes in the stream at the end, and how many are confirmed.
     pub outcomes: u64,
+    pub confirmed: u64,
     /// One line per step: what happened, for comparing two runs of a seed.
     pub trace: Vec<String>,
 }
@@ -224,6 +225,12 @@ pub fn run(seed: u64, faults: Faults) -> Result<Report, String> {
         steps,
         restarts,
         outcomes: sim.outcomes.last_seq(),
+        confirmed: sim
+            .outcomes
+            .messages
+            .iter()
+            .filter(|m| m.payload.starts_with(br#"{"type":"confirmed""#))
+            .count() as u64,
         trace: sim.trace,
     })
 }

@@ -53,13 +53,14 @@ fn the_protocol_survives_the_campaign() {
     set_mutant(None);
     let (first, count) = seeds_from_env(CI_SEEDS);
     let started = std::time::Instant::now();
-    let (mut steps, mut restarts, mut outcomes) = (0, 0, 0);
+    let (mut steps, mut restarts, mut outcomes, mut confirmed) = (0, 0, 0, 0);
     for seed in first..first + count {
         match run(seed, Faults::default()) {
             Ok(report) => {
                 steps += report.steps;
                 restarts += report.restarts;
                 outcomes += report.outcomes;
+                confirmed += report.confirmed;
             }
             Err(failure) => panic!(
                 "seed {seed} failed: {failure}\nreplay: SIM_FIRST_SEED={seed} SIM_SEEDS=1 cargo test --test simulation the_protocol_survives -- --nocapture"
@@ -67,11 +68,11 @@ fn the_protocol_survives_the_campaign() {
         }
     }
     eprintln!(
-        "{count} seeds from {first}: {steps} steps, {restarts} restarts, {outcomes} outcomes, in {:.1} s",
+        "{count} seeds from {first}: {steps} steps, {restarts} restarts, {outcomes} outcomes ({confirmed} confirmed), in {:.1} s",
         started.elapsed().as_secs_f64()
     );
     assert!(
-        restarts > count && outcomes > 20 * count,
+        restarts > count && outcomes > 20 * count && confirmed > 5 * count,
         "the campaign exercised too little"
     );
 }

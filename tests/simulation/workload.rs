@@ -71,6 +71,7 @@ impl Workload {
             let mut open = json!({
                 "type": "open",
                 "auction_id": id,
+                "opened_at": at,
                 "capacity": 1 + rng.below(4),
                 "max_wins_per_bidder": 1 + rng.below(2),
                 "min_amount": rng.below(3),
