@@ -98,7 +98,7 @@ async fn a_filled_auction_is_closed_once_closed() {
         &serde_json::to_vec(&status).unwrap(),
     );
     assert_eq!(
-        common::bid_resent_on_internal(&h, "f", &bid("b2", "u2", 5)).await,
+        common::bid_resent_while_unavailable(&h, "f", &bid("b2", "u2", 5)).await,
         BidReply::Rejected {
             bid_id: "b2".into(),
             auction_id: "f".into(),

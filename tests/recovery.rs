@@ -25,7 +25,7 @@ async fn place(h: &Harness, auction: &str, range: std::ops::Range<u32>) -> usize
         // Resent while the verifier rebuilds: until it has decided a
         // sold-out auction's tries, a gateway cannot tell a new bid from a
         // resend, and asks for the bid again.
-        match common::bid_resent_on_internal(h, auction, &request).await {
+        match common::bid_resent_while_unavailable(h, auction, &request).await {
             BidReply::Accepted { .. } => accepted += 1,
             BidReply::Rejected {
                 reason: allot::wire::RejectReason::SoldOut,

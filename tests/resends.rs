@@ -275,8 +275,8 @@ async fn the_outcome_stream_keeps_a_short_de_duplication_window() {
 }
 
 /// A bid refused as new while its auction is sold out stays refused: when
-/// the verifier cannot be asked, a bid to the sold-out auction gets an
-/// error to resend it, not a try (which would make a refused bid accepted
+/// the verifier cannot be asked, a bid to the sold-out auction gets a 503
+/// `unavailable` error to resend it, with a hint of when, not a try (which would make a refused bid accepted
 /// on its resend, then cancelled: two answers for one bid).
 #[tokio::test]
 async fn a_refused_bid_stays_refused_while_the_verifier_is_away() {
@@ -296,16 +296,30 @@ async fn a_refused_bid_stays_refused_while_the_verifier_is_away() {
     verifier.wait().unwrap();
     let body = serde_json::to_vec(&bid(&refused, "u2", 10)).unwrap();
     let reply = raw(&h, h.client.subjects.bid("full"), &body).await;
-    assert_eq!(common::error_code(&reply), Some("500"), "{reply:?}");
+    // Not a fault: an expected state that passes, and says when to resend.
+    assert_eq!(common::error_code(&reply), Some("503"), "{reply:?}");
+    assert_matches("bid-reply.schema.json", &reply.payload);
     let text = String::from_utf8_lossy(&reply.payload);
     assert!(text.contains("cannot be told from a resend"), "{text}");
+    let answer: BidReply = serde_json::from_slice(&reply.payload).unwrap();
+    assert!(
+        matches!(
+            answer,
+            BidReply::Error {
+                error: allot::wire::ErrorCode::Unavailable,
+                retry_after_ms: Some(100),
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
     assert_eq!(h.tries("full").await.len(), tries, "no try written");
 
     // Back: the verifier proves the bid new again, and it is refused again.
     let _verifier = common::serve_process(&h, &["--role", "verifier"], &[]);
     h.wait_until_verifying().await;
     // Resent until the new verifier has decided the partition's tries.
-    let again = common::bid_resent_on_internal(&h, "full", &bid(&refused, "u2", 10)).await;
+    let again = common::bid_resent_while_unavailable(&h, "full", &bid(&refused, "u2", 10)).await;
     assert!(
         matches!(
             again,

@@ -7,10 +7,10 @@ use crate::common;
 
 use allot::wire::{
     decode_close, decode_open, decode_raise, decode_withdraw, timestamp, AuctionSpec, AuctionState,
-    CancelReason, CloseEvent, CloseReply, ClosedBy, ErrorCode, HeldEvent, HeldKind, LogEvent,
-    OpenEvent, OpenReply, OutcomeEvent, OutcomeKind, Policy, RaiseEvent, RaiseReply, RaiseRequest,
-    RefuseReason, RequestError, ResultReply, StatusReply, WithdrawEvent, WithdrawReply,
-    WithdrawRequest,
+    BidReply, CancelReason, CloseEvent, CloseReply, ClosedBy, ErrorCode, HeldEvent, HeldKind,
+    LogEvent, OpenEvent, OpenReply, OutcomeEvent, OutcomeKind, Policy, RaiseEvent, RaiseReply,
+    RaiseRequest, RefuseReason, RequestError, ResultReply, StatusReply, WithdrawEvent,
+    WithdrawReply, WithdrawRequest,
 };
 use chrono::{DateTime, Utc};
 use common::assert_matches;
@@ -37,24 +37,13 @@ fn assert_rejects(name: &str, instance: &Value) {
 
 fn every_error_code() -> Vec<ErrorCode> {
     use ErrorCode::*;
+    // A new code stops this from compiling: it is in `ErrorCode::ALL`.
     let _exhaustive = |code| match code {
         InvalidJson | TooLarge | UnknownField | MissingField | InvalidField | InvalidSubject
-        | Conflict | UnknownAuction | Unauthenticated | Forbidden | RateLimited | Internal => {}
+        | Conflict | UnknownAuction | Unauthenticated | Forbidden | RateLimited | Unavailable
+        | Internal => {}
     };
-    vec![
-        InvalidJson,
-        TooLarge,
-        UnknownField,
-        MissingField,
-        InvalidField,
-        InvalidSubject,
-        Conflict,
-        UnknownAuction,
-        Unauthenticated,
-        Forbidden,
-        RateLimited,
-        Internal,
-    ]
+    ErrorCode::ALL.to_vec()
 }
 
 /// Errors only the identity gate answers, on bids, withdraws and raises.
@@ -113,6 +102,7 @@ fn error_replies<R: From<RequestError>>() -> Vec<R> {
             let e = RequestError::new(code, "field \"bid_id\" is missing");
             match code {
                 ErrorCode::RateLimited => e.retry_after(250).into(),
+                ErrorCode::Unavailable => e.retry_after(100).into(),
                 _ => e.into(),
             }
         })
@@ -297,6 +287,39 @@ fn auction_settings_carry_the_policy() {
         assert!(decode_open(&bytes(&body), "a1").is_ok());
         assert_matches("auction-open-request.schema.json", &bytes(&body));
     }
+}
+
+/// Every request can be told "not now": `unavailable`, with when to send
+/// it again; and a fault is `internal`, with no such hint.
+#[test]
+fn every_reply_may_be_unavailable_with_a_retry_hint() {
+    fn check<R: From<RequestError> + serde::Serialize>(schema: &str) {
+        let later =
+            RequestError::new(ErrorCode::Unavailable, "resend it in 100 ms").retry_after(100);
+        let reply = bytes(&R::from(later));
+        assert_matches(schema, &reply);
+        let json: Value = serde_json::from_slice(&reply).unwrap();
+        assert_eq!(json["error"], "unavailable");
+        assert_eq!(json["retry_after_ms"], 100);
+        let fault = bytes(&R::from(RequestError::new(
+            ErrorCode::Internal,
+            "internal error: x",
+        )));
+        assert_matches(schema, &fault);
+        assert_rejects(
+            schema,
+            &json!({"status": "error", "error": "unavailable", "message": "later", "retry_after_ms": 0}),
+        );
+    }
+    check::<BidReply>("bid-reply.schema.json");
+    check::<WithdrawReply>("withdraw-reply.schema.json");
+    check::<RaiseReply>("raise-reply.schema.json");
+    check::<CloseReply>("close-reply.schema.json");
+    check::<OpenReply>("auction-open-reply.schema.json");
+    check::<StatusReply>("auction-status-reply.schema.json");
+    check::<ResultReply>("result-reply.schema.json");
+    assert_eq!(ErrorCode::Unavailable.status(), 503);
+    assert_eq!(ErrorCode::Internal.status(), 500);
 }
 
 #[test]

@@ -5,6 +5,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::Message;
 
+use super::failure::{unavailable, CATCH_UP_RETRY_MS};
 use super::{internal, Gateway};
 use crate::identity::{unqualified, Actor};
 use crate::wire::{
@@ -110,16 +111,16 @@ impl Gateway {
                     Known::Unknown => {}
                 }
             }
-            return Err(RequestError::new(
-                ErrorCode::Internal,
+            return Err(unavailable(
                 format!(
-                    "auction {auction_id:?} is {}, and its verifier has not yet decided all of its tries, so bid_id {:?} cannot be told from a resend of an accepted bid; resend it in a moment",
+                    "auction {auction_id:?} is {}, and its verifier has not yet decided all of its tries, so bid_id {:?} cannot be told from a resend of an accepted bid; resend it in {CATCH_UP_RETRY_MS} ms",
                     match reason {
                         RejectReason::AuctionClosed => "closed",
                         _ => "sold out",
                     },
                     unqualified(&request.bid_id)
                 ),
+                CATCH_UP_RETRY_MS,
             ));
         }
         let event = LogEvent::Try(TryEvent {

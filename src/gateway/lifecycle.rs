@@ -7,6 +7,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::Message;
 
 use super::bid::Known;
+use super::failure::{unavailable, VERIFIER_RETRY_MS};
 use super::{internal, Gateway};
 use crate::identity::Actor;
 use crate::wire::{
@@ -260,11 +261,11 @@ impl Gateway {
             }
             tokio::time::sleep(COMMAND_RETRY).await;
         }
-        Err(RequestError::new(
-            ErrorCode::Internal,
+        Err(unavailable(
             format!(
-                "the request is in the log at sequence {seq}, but the verifier has not decided it yet; send the same request again to learn the result"
+                "the request is in the log at sequence {seq}, but the verifier has not decided it yet; send the same request again in {VERIFIER_RETRY_MS} ms to learn its result"
             ),
+            VERIFIER_RETRY_MS,
         ))
     }
 }

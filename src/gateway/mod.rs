@@ -10,10 +10,13 @@
 //! - `admin.rs`: opening auctions and reporting their status;
 //! - `lifecycle.rs`: withdrawals, raises and closes;
 //! - `result.rs`: a bidder asking for the outcome of its own bid;
+//! - `failure.rs`: which failures are `unavailable` (resend in a moment)
+//!   and which are `internal`;
 //! - `view.rs`: what the gateway knows of each auction.
 
 mod admin;
 mod bid;
+mod failure;
 mod lifecycle;
 mod result;
 mod view;
@@ -32,6 +35,7 @@ use crate::identity::{Gate, IdentityConfig};
 use crate::observe::{BidResult, Endpoint, Metrics};
 use crate::streams::Streams;
 use crate::wire::{self, AuctionSpec, BidReply, ErrorCode, LogEvent, Reply, RequestError};
+use failure::internal;
 use view::View;
 
 /// How long a stopping gateway waits for its subscriptions to drain, and
@@ -270,11 +274,6 @@ impl Gateway {
             .insert(auction_id.to_string(), spec.clone());
         Ok(Some(spec))
     }
-}
-
-fn internal(e: impl std::fmt::Display) -> RequestError {
-    tracing::error!(error = %e, "request failed");
-    RequestError::new(ErrorCode::Internal, format!("internal error: {e}"))
 }
 
 /// Header values cannot hold line breaks.

@@ -4,6 +4,7 @@
 
 use async_nats::Message;
 
+use super::failure::{unavailable, VERIFIER_RETRY_MS};
 use super::Gateway;
 use crate::identity::Actor;
 use crate::wire::{
@@ -32,12 +33,13 @@ impl Gateway {
             outcome: true,
         })
         .expect("requests serialize");
+        // No verifier yet (restarting, rebuilding) or a slow one: expected.
         let unanswered = || {
-            RequestError::new(
-                ErrorCode::Internal,
+            unavailable(
                 format!(
-                    "the verifier of auction {auction_id:?} did not answer; ask again in a moment"
+                    "the verifier of auction {auction_id:?} did not answer; ask again in {VERIFIER_RETRY_MS} ms"
                 ),
+                VERIFIER_RETRY_MS,
             )
         };
         let reply = tokio::time::timeout(RESULT_TIMEOUT, self.client.request(subject, body.into()))
@@ -45,8 +47,11 @@ impl Gateway {
             .map_err(|_| unanswered())?
             .map_err(|_| unanswered())?;
         let decided: DecidedReply = serde_json::from_slice(&reply.payload).map_err(|e| {
-            tracing::warn!(error = %e, "unreadable answer from the verifier");
-            unanswered()
+            tracing::error!(error = %e, "unreadable answer from the verifier");
+            RequestError::new(
+                ErrorCode::Internal,
+                format!("unreadable answer from the verifier of auction {auction_id:?}"),
+            )
         })?;
         let (bid_id, auction_id) = (request.bid_id, auction_id.to_string());
         let Some(o) = decided.outcome else {
@@ -74,7 +79,10 @@ impl Gateway {
                     try_seq = o.try_seq,
                     "a stored outcome lacks its rank or reason"
                 );
-                return Err(unanswered());
+                return Err(RequestError::new(
+                    ErrorCode::Internal,
+                    format!("the outcome of try {} lacks its rank or reason", o.try_seq),
+                ));
             }
         })
     }

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Map, Number, Value};
 
 use super::{
@@ -12,49 +12,62 @@ use super::{
     WithdrawRequest, MAX_AMOUNT, MAX_ID_LEN, MAX_REQUEST_BYTES,
 };
 
-/// What kind of request error this is; part of the public error reply.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    /// The body is not a JSON object.
-    InvalidJson,
-    /// The body is larger than the request limit.
-    TooLarge,
-    /// A field the request does not define.
-    UnknownField,
-    /// A required field is absent.
-    MissingField,
-    /// A field has the wrong type or an out-of-range value.
-    InvalidField,
-    /// The subject is not `<prefix>.<kind>.<auction_id>`.
-    InvalidSubject,
-    /// The id was used before with a different body or settings.
-    Conflict,
-    /// The auction does not exist (status requests).
-    UnknownAuction,
-    /// Bound identity mode: the request carries no identity stamped by
-    /// the server.
-    Unauthenticated,
-    /// Bound identity mode: the identity may not act as the bidder named.
-    Forbidden,
-    /// Bound identity mode: too many requests from one bidder; the reply
-    /// says when to send again.
-    RateLimited,
-    /// NATS or the store failed; the request may be retried.
-    Internal,
+crate::closed::closed_enum! {
+    /// What kind of request error this is; part of the public error reply,
+    /// and the label its count has in the metrics.
+    pub enum ErrorCode {
+        /// The body is not a JSON object.
+        InvalidJson = "invalid_json",
+        /// The body is larger than the request limit.
+        TooLarge = "too_large",
+        /// A field the request does not define.
+        UnknownField = "unknown_field",
+        /// A required field is absent.
+        MissingField = "missing_field",
+        /// A field has the wrong type or an out-of-range value.
+        InvalidField = "invalid_field",
+        /// The subject is not `<prefix>.<kind>.<auction_id>`.
+        InvalidSubject = "invalid_subject",
+        /// The id was used before with a different body or settings.
+        Conflict = "conflict",
+        /// The auction does not exist (status requests).
+        UnknownAuction = "unknown_auction",
+        /// Bound identity mode: the request carries no identity stamped by
+        /// the server.
+        Unauthenticated = "unauthenticated",
+        /// Bound identity mode: the identity may not act as the bidder named.
+        Forbidden = "forbidden",
+        /// Bound identity mode: too many requests from one bidder; the reply
+        /// says when to send again.
+        RateLimited = "rate_limited",
+        /// Not now, and expected: the answer cannot be told yet (a verifier
+        /// catching up, a withdraw not decided yet) or JetStream is briefly
+        /// away (an election, a timeout). The reply says when to send the
+        /// same request again, which is safe: the ids make it one request.
+        Unavailable = "unavailable",
+        /// A fault: NATS or the store failed in a way that does not pass by
+        /// itself, or the service met something it cannot explain.
+        Internal = "internal",
+    }
 }
 
 impl ErrorCode {
     /// The `Nats-Service-Error-Code` for this error.
     pub fn status(self) -> u16 {
         match self {
+            ErrorCode::InvalidJson
+            | ErrorCode::TooLarge
+            | ErrorCode::UnknownField
+            | ErrorCode::MissingField
+            | ErrorCode::InvalidField
+            | ErrorCode::InvalidSubject => 400,
             ErrorCode::Conflict => 409,
             ErrorCode::UnknownAuction => 404,
             ErrorCode::Unauthenticated => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::RateLimited => 429,
+            ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
-            _ => 400,
         }
     }
 }
@@ -225,7 +238,10 @@ pub fn decode_open(payload: &[u8], auction_id: &str) -> Result<AuctionSpec, Requ
     // An optional field is left out for its default: null is a wrong type
     // here as in every request, as the schemas say.
     let policies = || {
-        let names: Vec<String> = Policy::ALL.iter().map(|p| format!("{:?}", p.name())).collect();
+        let names: Vec<String> = Policy::ALL
+            .iter()
+            .map(|p| format!("{:?}", p.name()))
+            .collect();
         names.join(" or ")
     };
     let policy = match body.remove("policy") {

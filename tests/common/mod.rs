@@ -452,11 +452,11 @@ pub fn bid(bid_id: &str, bidder: &str, amount: u64) -> allot::wire::BidRequest {
     }
 }
 
-/// A bid, resent (same bid id) while the gateway answers `internal`: as
-/// while a verifier restarts or rebuilds, when a bid to a sold-out auction
-/// cannot yet be told from a resend. Up to 100 times, 100 ms apart; the
-/// last answer otherwise.
-pub async fn bid_resent_on_internal(
+/// A bid, resent (same bid id) while the gateway answers `unavailable`:
+/// as while a verifier restarts or rebuilds, when a bid to a sold-out
+/// auction cannot yet be told from a resend. Up to 100 times, 100 ms
+/// apart; the last answer otherwise.
+pub async fn bid_resent_while_unavailable(
     h: &Harness,
     auction: &str,
     request: &allot::wire::BidRequest,
@@ -464,7 +464,7 @@ pub async fn bid_resent_on_internal(
     let mut reply = h.client.bid(auction, request).await.unwrap();
     for _ in 0..100 {
         let allot::wire::BidReply::Error {
-            error: allot::wire::ErrorCode::Internal,
+            error: allot::wire::ErrorCode::Unavailable,
             ..
         } = reply
         else {
