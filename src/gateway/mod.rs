@@ -217,25 +217,23 @@ impl Gateway {
     }
 
     /// Sends a reply; error replies also carry the NATS micro error headers.
-    /// Returns an error reply's status code and text, for the stats.
+    /// Returns an error reply's code and text, for the stats.
     async fn respond<R: Reply>(
         &self,
         reply_to: Subject,
         result: Result<R, RequestError>,
-    ) -> Option<(u16, String)> {
+    ) -> Option<(ErrorCode, String)> {
         let reply = result.unwrap_or_else(R::from);
         let body = serde_json::to_vec(&reply)
             .expect("replies serialize")
             .into();
-        let error = reply
-            .error()
-            .map(|(code, text)| (code.status(), one_line(text)));
+        let error = reply.error().map(|(code, text)| (code, one_line(text)));
         let sent = match &error {
             None => self.client.publish(reply_to, body).await,
             Some((code, text)) => {
                 let mut headers = HeaderMap::new();
                 headers.insert(wire::SERVICE_ERROR, text.as_str());
-                headers.insert(wire::SERVICE_ERROR_CODE, code.to_string().as_str());
+                headers.insert(wire::SERVICE_ERROR_CODE, code.status().to_string().as_str());
                 self.client
                     .publish_with_headers(reply_to, headers, body)
                     .await

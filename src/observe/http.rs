@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::{BidResult, Endpoint, Metrics, LATENCY_BOUNDS};
 use crate::streams::Streams;
-use crate::wire::CancelReason;
+use crate::wire::{CancelReason, ErrorCode};
 
 /// Where the verifier's lag is read: the log and its consumer.
 pub struct Lag {
@@ -171,6 +171,17 @@ pub fn render(m: &Metrics, pending: Vec<(u32, u64)>) -> String {
         "Error replies, by endpoint.",
         |s| s.errors.load(Relaxed),
     ));
+    w(header(
+        "allot_request_errors_by_code_total",
+        "counter",
+        "Error replies of every endpoint, by error code.",
+    ));
+    for code in ErrorCode::ALL {
+        w(format!(
+            "allot_request_errors_by_code_total{{code=\"{code}\"}} {}",
+            m.errors(code)
+        ));
+    }
 
     w(header(
         "allot_outcomes_total",

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::wire::{CancelReason, OutcomeEvent, OutcomeKind};
+use crate::wire::{CancelReason, ErrorCode, OutcomeEvent, OutcomeKind};
 
 crate::closed::closed_enum! {
     /// The request endpoints a gateway serves, in the order they are
@@ -93,6 +93,9 @@ pub struct Metrics {
     pub started: chrono::DateTime<chrono::Utc>,
     endpoints: [EndpointStats; Endpoint::ALL.len()],
     bids: [AtomicU64; BidResult::ALL.len()],
+    /// Error replies of every endpoint, by code: so that `unavailable`
+    /// (resend in a moment) is told apart from `internal` (a fault).
+    errors: [AtomicU64; ErrorCode::ALL.len()],
     confirmed: AtomicU64,
     cancelled: [AtomicU64; CancelReason::ALL.len()],
     /// Decision latency: one count per bucket of [`LATENCY_BOUNDS`], then
@@ -120,6 +123,7 @@ impl Default for Metrics {
             started,
             endpoints: Default::default(),
             bids: Default::default(),
+            errors: Default::default(),
             confirmed: AtomicU64::new(0),
             cancelled: Default::default(),
             latency: Default::default(),
@@ -132,9 +136,9 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Counts one answered request; `error` is the error reply's status
-    /// code and text, if it was one.
-    pub fn request(&self, endpoint: Endpoint, took: Duration, error: Option<(u16, &str)>) {
+    /// Counts one answered request; `error` is the error reply's code and
+    /// text, if it was one.
+    pub fn request(&self, endpoint: Endpoint, took: Duration, error: Option<(ErrorCode, &str)>) {
         let stats = self.endpoint(endpoint);
         stats.requests.fetch_add(1, Relaxed);
         stats
@@ -142,7 +146,9 @@ impl Metrics {
             .fetch_add(took.as_nanos().min(u64::MAX as u128) as u64, Relaxed);
         if let Some((code, text)) = error {
             stats.errors.fetch_add(1, Relaxed);
-            *stats.last_error.lock().expect("lock poisoned") = Some((code, text.to_string()));
+            self.errors[code.index()].fetch_add(1, Relaxed);
+            *stats.last_error.lock().expect("lock poisoned") =
+                Some((code.status(), text.to_string()));
         }
     }
 
@@ -178,6 +184,11 @@ impl Metrics {
 
     pub fn bids(&self, result: BidResult) -> u64 {
         self.bids[result.index()].load(Relaxed)
+    }
+
+    /// Error replies with `code`, of every endpoint.
+    pub fn errors(&self, code: ErrorCode) -> u64 {
+        self.errors[code.index()].load(Relaxed)
     }
 
     pub fn confirmed(&self) -> u64 {
@@ -228,6 +239,34 @@ mod tests {
                 serde_json::to_value(reason).unwrap().as_str().unwrap()
             );
             assert!(page.contains(&label), "{label} missing from the page");
+        }
+    }
+
+    #[test]
+    fn error_replies_are_counted_by_code_and_keep_their_status() {
+        let m = Metrics::default();
+        let took = Duration::from_millis(1);
+        m.request(Endpoint::Bid, took, Some((ErrorCode::Unavailable, "later")));
+        m.request(
+            Endpoint::Raise,
+            took,
+            Some((ErrorCode::Unavailable, "later")),
+        );
+        m.request(Endpoint::Bid, took, Some((ErrorCode::Internal, "fault")));
+        m.request(Endpoint::Bid, took, None);
+        assert_eq!(m.errors(ErrorCode::Unavailable), 2);
+        assert_eq!(m.errors(ErrorCode::Internal), 1);
+        let bids = m.endpoint(Endpoint::Bid);
+        assert_eq!(bids.errors.load(Relaxed), 2);
+        let last = bids.last_error.lock().unwrap().clone();
+        assert_eq!(last, Some((500, "fault".to_string())));
+        let page = http::render(&m, Vec::new());
+        for code in ErrorCode::ALL {
+            let line = format!(
+                "allot_request_errors_by_code_total{{code=\"{code}\"}} {}\n",
+                m.errors(code)
+            );
+            assert!(page.contains(&line), "{line:?} missing from the page");
         }
     }
 
