@@ -1,9 +1,11 @@
 //! The three strategies behind one interface: where a bid goes, and where
 //! its outcome shows up.
 
+use std::time::Duration;
+
 use async_nats::Client;
 
-use super::alternatives::{BidError, Counters, Locking, Optimistic};
+use super::alternatives::{backoff, BidError, Counters, Locking, Optimistic};
 use super::report::Contention;
 use crate::client::AllotClient;
 use crate::error::{ErrorKind, Result};
@@ -38,11 +40,14 @@ impl Strategy {
 }
 
 /// A bid that got no answer: what went wrong, and whether sending it again
-/// (same `bid_id`) may help.
+/// (same `bid_id`) may help: after about how long, if so.
 pub struct Failure {
     pub label: String,
-    pub retry: bool,
+    pub retry: Option<Duration>,
 }
+
+/// The pause before a resend when the failure does not say.
+const RESEND_PAUSE: Duration = Duration::from_millis(100);
 
 pub enum Engine {
     /// Requests to a running allot gateway.
@@ -87,7 +92,7 @@ impl Engine {
         bid: &BidRequest,
     ) -> std::result::Result<BidReply, Failure> {
         let strategy = |e: BidError| Failure {
-            retry: matches!(e, BidError::Nats(_)),
+            retry: matches!(e, BidError::Nats(_)).then_some(RESEND_PAUSE),
             label: e.label().to_string(),
         };
         match self {
@@ -126,7 +131,7 @@ impl Engine {
             Engine::Tcc(client) => Ok(client),
             _ => Err(Failure {
                 label: "unsupported".into(),
-                retry: false,
+                retry: None,
             }),
         }
     }
@@ -157,14 +162,29 @@ impl Engine {
     }
 }
 
-/// A gateway reply, with error replies as failures: an internal error (the
-/// verifier had not decided yet, say) is worth sending again.
+/// A gateway reply, with error replies as failures: `unavailable` (the
+/// verifier had not decided yet, say) is worth sending again, after the
+/// reply's `retry_after_ms`.
 fn answered<T: Reply>(reply: Result<T>) -> std::result::Result<T, Failure> {
     match reply {
         Ok(reply) => match reply.error() {
             Some((code, _)) => Err(Failure {
                 label: label(&code),
-                retry: code == ErrorCode::Internal,
+                retry: match code {
+                    ErrorCode::Unavailable => Some(retry_after(&reply).unwrap_or(RESEND_PAUSE)),
+                    ErrorCode::InvalidJson
+                    | ErrorCode::TooLarge
+                    | ErrorCode::UnknownField
+                    | ErrorCode::MissingField
+                    | ErrorCode::InvalidField
+                    | ErrorCode::InvalidSubject
+                    | ErrorCode::Conflict
+                    | ErrorCode::UnknownAuction
+                    | ErrorCode::Unauthenticated
+                    | ErrorCode::Forbidden
+                    | ErrorCode::RateLimited
+                    | ErrorCode::Internal => None,
+                },
             }),
             None => Ok(reply),
         },
@@ -173,14 +193,25 @@ fn answered<T: Reply>(reply: Result<T>) -> std::result::Result<T, Failure> {
                 ErrorKind::Timeout => "timeout".into(),
                 _ => "nats".into(),
             },
-            retry: true,
+            retry: Some(RESEND_PAUSE),
         }),
     }
 }
 
-/// Sends with `send` up to `attempts` times, 100 ms apart, while it fails
-/// in a way worth retrying; the label of the last failure if none
-/// succeeded. Every resend is the same request (same ids), so it is safe.
+/// An error reply's `retry_after_ms` (read from its JSON: the [`Reply`]
+/// trait does not expose it).
+fn retry_after<T: Reply>(reply: &T) -> Option<Duration> {
+    let json = serde_json::to_value(reply).ok()?;
+    json.get("retry_after_ms")?
+        .as_u64()
+        .map(Duration::from_millis)
+}
+
+/// Sends with `send` up to `attempts` times while it fails in a way worth
+/// retrying, each time after the pause the failure asks for, give or take
+/// half (so that bidders told the same pause do not resend in lockstep);
+/// the label of the last failure if none succeeded. Every resend is the
+/// same request (same ids), so it is safe.
 pub async fn retrying<T, F, Fut>(attempts: u32, mut send: F) -> std::result::Result<T, String>
 where
     F: FnMut() -> Fut,
@@ -192,10 +223,10 @@ where
             Ok(reply) => return Ok(reply),
             Err(f) => {
                 last = f.label;
-                if !f.retry || attempt + 1 >= attempts {
+                let Some(pause) = f.retry.filter(|_| attempt + 1 < attempts) else {
                     break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                };
+                tokio::time::sleep(backoff(0, pause, pause)).await;
             }
         }
     }
