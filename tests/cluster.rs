@@ -84,8 +84,15 @@ async fn losing_the_log_leaders_node_mid_run_loses_and_doubles_nothing() {
     let before = bidders.accepted_now();
     bidders.reach(before + 500).await;
     let failed = bidders.failed.load(std::sync::atomic::Ordering::Relaxed);
+    let internal = bidders.internal.load(std::sync::atomic::Ordering::Relaxed);
     let accepted = bidders.stop().await;
     assert!(failed > 0, "the lost leader was noticed");
+    // An election is expected and passes: bids told to come back are told
+    // so with 503 `unavailable` and a hint, never 500 `internal`.
+    assert_eq!(
+        internal, 0,
+        "internal errors while the log elected a leader"
+    );
     assert_ne!(log_leader(&h).await, leader, "a survivor leads the log");
 
     h.wait_until_decided().await;

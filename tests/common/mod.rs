@@ -502,6 +502,9 @@ pub struct Bidders {
     pub accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Attempts that got an error or no answer.
     pub failed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Of those, the replies `internal`: faults, where every other failure
+    /// is expected to pass (`unavailable`, or no answer at all).
+    pub internal: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// The longest a single attempt took, in ms.
     pub slowest_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
     tasks: Vec<JoinHandle<Vec<String>>>,
@@ -516,6 +519,7 @@ impl Bidders {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let internal = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let slowest_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let tasks = (0..workers)
             .map(|worker| {
@@ -524,6 +528,7 @@ impl Bidders {
                 let auction = auction.to_string();
                 let (stop, count) = (stop.clone(), accepted.clone());
                 let (failed, slowest) = (failed.clone(), slowest_ms.clone());
+                let internal = internal.clone();
                 tokio::spawn(async move {
                     let mut mine = Vec::new();
                     let mut i = 0u32;
@@ -548,6 +553,9 @@ impl Bidders {
                                 // The service or NATS is down: an error now,
                                 // or a reply saying the append failed.
                                 Ok(allot::wire::BidReply::Error { .. }) | Err(_) => {
+                                    if is_internal(&reply) {
+                                        internal.fetch_add(1, Ordering::Relaxed);
+                                    }
                                     failed.fetch_add(1, Ordering::Relaxed);
                                     assert!(attempt < 600, "no answer after {attempt} resends");
                                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -564,6 +572,7 @@ impl Bidders {
             stop,
             accepted,
             failed,
+            internal,
             slowest_ms,
             tasks,
         }
@@ -594,6 +603,27 @@ impl Bidders {
             accepted.extend(task.await.unwrap());
         }
         accepted
+    }
+}
+
+/// Whether a bid's reply is a fault (`internal`); one saying "not now"
+/// (`unavailable`) must say when to send it again.
+fn is_internal<E: std::fmt::Debug>(reply: &Result<allot::wire::BidReply, E>) -> bool {
+    use allot::wire::{BidReply, ErrorCode};
+    match reply {
+        Ok(BidReply::Error {
+            error: ErrorCode::Internal,
+            ..
+        }) => true,
+        Ok(BidReply::Error {
+            error: ErrorCode::Unavailable,
+            retry_after_ms,
+            ..
+        }) => {
+            assert!(retry_after_ms.is_some(), "no hint in {reply:?}");
+            false
+        }
+        _ => false,
     }
 }
 
