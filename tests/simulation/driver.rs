@@ -21,6 +21,10 @@ pub struct Faults {
     pub crash: u64,
     /// A crash that also loses the snapshot file, per step.
     pub lose_snapshot: u64,
+    /// A power loss: a crash that also loses the snapshot's last write
+    /// (SQLite `synchronous=NORMAL` keeps a process crash's, not a power
+    /// loss's), per step.
+    pub power_loss: u64,
     /// A snapshot write refused (a full disk, an I/O error).
     pub write_fails: u64,
     /// A delivery's ack lost on the way: it comes again.
@@ -40,6 +44,7 @@ impl Default for Faults {
         Faults {
             crash: 15,
             lose_snapshot: 3,
+            power_loss: 8,
             write_fails: 20,
             ack_lost: 100,
             steal: 15,
@@ -55,6 +60,7 @@ impl Faults {
         Faults {
             crash: 0,
             lose_snapshot: 0,
+            power_loss: 0,
             write_fails: 0,
             ack_lost: 0,
             steal: 0,
@@ -111,6 +117,8 @@ struct Sim {
     outcomes: Outcomes,
     workload: Workload,
     dir: tempfile::TempDir,
+    /// The snapshot's files as they were before its last write.
+    before_last_write: tempfile::TempDir,
     trace: Vec<String>,
 }
 
@@ -126,6 +134,7 @@ pub fn run(seed: u64, faults: Faults) -> Result<Report, String> {
         outcomes: Outcomes::new(DEDUPE_WINDOW),
         workload,
         dir: snapshot_dir()?,
+        before_last_write: snapshot_dir()?,
         trace: Vec::new(),
     };
     let mut verifier: Option<Verifier> = None;
@@ -159,6 +168,10 @@ pub fn run(seed: u64, faults: Faults) -> Result<Report, String> {
         } else if !settling && sim.rng.chance(sim.faults.lose_snapshot) {
             sim.lose_snapshot();
             Err(Failure::Transient("crash, snapshot lost".into()))
+        } else if !settling && sim.rng.chance(sim.faults.power_loss) {
+            verifier = None;
+            sim.lose_last_write();
+            Err(Failure::Transient("power loss".into()))
         } else if roll < 30 && appended < ENTRIES {
             appended += 1;
             let (subject, payload, ours) = sim.workload.next(&mut sim.rng, sim.now);
@@ -246,6 +259,19 @@ fn snapshot_dir() -> Result<tempfile::TempDir, String> {
     .map_err(|e| e.to_string())
 }
 
+/// Makes `to` hold exactly the files of `from` (none without it).
+fn copy_files(from: Option<&std::path::Path>, to: &std::path::Path) {
+    for entry in std::fs::read_dir(to).unwrap() {
+        let _ = std::fs::remove_file(entry.unwrap().path());
+    }
+    if let Some(from) = from {
+        for entry in std::fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            let _ = std::fs::copy(&path, to.join(path.file_name().unwrap()));
+        }
+    }
+}
+
 /// How a step failed.
 enum Failure {
     /// I/O failed or the process crashed: start over from the snapshot.
@@ -264,9 +290,18 @@ impl Sim {
     }
 
     fn lose_snapshot(&mut self) {
-        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
-            let _ = std::fs::remove_file(entry.unwrap().path());
-        }
+        copy_files(None, self.dir.path());
+    }
+
+    /// Keeps the snapshot's files as they are, before a write.
+    fn keep_before_write(&mut self) {
+        copy_files(Some(self.dir.path()), self.before_last_write.path());
+    }
+
+    /// The snapshot's files as they were before its last write (with the
+    /// verifier gone: no connection is open).
+    fn lose_last_write(&mut self) {
+        copy_files(Some(self.before_last_write.path()), self.dir.path());
     }
 
     /// A verifier (re)starting: load the snapshot, find what the outcome
@@ -373,6 +408,9 @@ impl Sim {
                 if self.rng.chance(faults.write_fails) {
                     return Err(Failure::Transient("snapshot write refused".into()));
                 }
+                if faults.power_loss > 0 {
+                    self.keep_before_write();
+                }
                 v.snapshot.commit(&batch).map_err(io)?;
                 self.note(format!("commit {}", batch.last_seq));
                 v.protocol.committed()
@@ -413,6 +451,9 @@ impl Sim {
             } => {
                 if self.rng.chance(faults.write_fails) {
                     return Err(Failure::Transient("snapshot write refused".into()));
+                }
+                if faults.power_loss > 0 {
+                    self.keep_before_write();
                 }
                 v.snapshot
                     .mark_published(last_seq, outcomes_seq)

@@ -11,11 +11,13 @@
 //! (ack-all, redelivery after the ack wait, acks lost, deliveries taken by
 //! a superseded puller, terminated entries), the outcome stream
 //! (de-duplication window, a publish stored whose ack is lost), the
-//! snapshot (a real SQLite file: commits that fail, the whole file lost),
-//! process crashes between any two steps, and the workload (opens of both
-//! policies, tries with resent ids, withdraws, raises, closes, garbage).
-//! Not yet simulated: several verifiers with leases and the fence, a
-//! snapshot that loses only its last commit, clock drift.
+//! snapshot (a real SQLite file: writes that fail, the last write lost to
+//! a power loss, the whole file lost), process crashes between any two
+//! steps, and the workload (opens of both policies, some with deadlines,
+//! tries with resent ids, withdraws, raises, closes, garbage). Not yet
+//! simulated: several verifiers with leases and the fence (the real-server
+//! tests `recovery::a_second_verifier_stands_by_and_takes_over` and the
+//! cluster's frozen-owner test cover them), clock drift.
 //!
 //! `scripts/simulate --seeds N` runs a long campaign; a failure prints the
 //! seed and the command that replays it.
