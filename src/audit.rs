@@ -184,7 +184,7 @@ fn show(v: Verdict) -> String {
 /// the partitions it decides or decided earlier.
 fn partition_snapshots(dir: &Path, partitions: u32) -> Result<Vec<(u32, std::path::PathBuf)>> {
     let found: Vec<(u32, std::path::PathBuf)> = (0..partitions)
-        .map(|p| (p, crate::verifier::partition_dir(dir, p)))
+        .map(|p| (p, crate::wire::names::partition_dir(dir, p)))
         .filter(|(_, d)| d.join(crate::snapshot::FILE_NAME).exists())
         .collect();
     if found.is_empty() {

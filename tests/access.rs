@@ -415,7 +415,7 @@ async fn bidders_and_backends_act_only_as_themselves_under_the_example_config() 
     let status = allot::observe::status::read(
         &admin.client,
         &Subjects::default(),
-        allot::verifier::CONSUMER,
+        allot::wire::names::VERIFIER_CONSUMER,
         10,
     )
     .await

@@ -203,7 +203,7 @@ async fn place(h: &Harness, auction: &str, n: u32) -> usize {
 async fn verifier_consumer(h: &Harness, auction_id: &str) -> async_nats::jetstream::consumer::Info {
     let log = h.js.get_stream("ALLOT_TRIES").await.unwrap();
     let p = h.client.subjects.partition(auction_id);
-    let name = allot::verifier::consumer_name(allot::verifier::CONSUMER, p);
+    let name = allot::wire::names::verifier_consumer(allot::wire::names::VERIFIER_CONSUMER, p);
     // The verifier makes it when it starts deciding the partition.
     for _ in 0..200 {
         if let Ok(info) = log.consumer_info(&name).await {

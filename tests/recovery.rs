@@ -332,7 +332,7 @@ async fn a_damaged_or_truncated_snapshot_is_set_aside_and_rebuilt_without_duplic
         assert_replay_matches_outcomes(&h).await;
     }
     let aside = (0..8)
-        .map(|p| allot::verifier::partition_dir(h.data_dir(), p))
+        .map(|p| allot::wire::names::partition_dir(h.data_dir(), p))
         .filter_map(|dir| std::fs::read_dir(dir).ok())
         .flatten()
         .flatten()

@@ -4,7 +4,7 @@
 use super::{print_json, Common};
 use crate::client::connect;
 use crate::observe::status::{self, Status};
-use crate::verifier::CONSUMER;
+use crate::wire::names::VERIFIER_CONSUMER as CONSUMER;
 use crate::wire::Policy;
 
 #[derive(Debug, clap::Args)]

@@ -125,7 +125,7 @@ impl Gateway {
     /// decided it, held it, or skipped it); all `tries` when there is no
     /// verifier consumer yet.
     async fn tries_not_reached(&self, auction_id: &str, tries: u64) -> Result<u64, RequestError> {
-        let consumer = crate::verifier::consumer_name(
+        let consumer = crate::wire::names::verifier_consumer(
             &self.config.verifier_consumer,
             self.streams.subjects.partition(auction_id),
         );

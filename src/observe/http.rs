@@ -33,7 +33,7 @@ impl Lag {
         // being set up on a cluster can leave its info request waiting for
         // the client's whole timeout, and the page must not.
         let asks = (0..self.streams.subjects.partitions()).map(|p| async move {
-            let name = crate::verifier::consumer_name(&self.consumer, p);
+            let name = crate::wire::names::verifier_consumer(&self.consumer, p);
             let ask = async {
                 let mut consumer: PullConsumer = self
                     .streams

@@ -23,7 +23,7 @@ use futures::StreamExt;
 
 use super::{Endpoint, Metrics};
 use crate::error::{Error, ErrorKind, Result};
-use crate::gateway::QUEUE_GROUP;
+use crate::wire::names::GATEWAY_QUEUE as QUEUE_GROUP;
 use crate::wire::Subjects;
 
 /// The service's name in `$SRV` subjects and answers.

@@ -105,7 +105,7 @@ pub async fn read(
             .filter(|(s, _)| in_p(s))
             .map(|(_, n)| n)
             .sum();
-        let name = crate::verifier::consumer_name(consumer, p);
+        let name = crate::wire::names::verifier_consumer(consumer, p);
         let pending = match log
             .get_consumer::<jetstream::consumer::pull::Config>(&name)
             .await
@@ -200,7 +200,7 @@ async fn per_subject(stream: &Stream, filter: &str) -> Result<BTreeMap<String, u
 
 async fn lease_owner(bucket: &kv::Store, partition: u32) -> Option<String> {
     let value = bucket
-        .get(crate::verifier::lease_key(partition))
+        .get(crate::wire::names::lease_key(partition))
         .await
         .ok()??;
     Some(String::from_utf8_lossy(&value).into_owned())

@@ -29,9 +29,7 @@ use super::{decide_partition, VerifierConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::observe::Metrics;
 use crate::streams::Streams;
-
-/// Prefix of the member entries in the leases bucket.
-const MEMBER: &str = "member.";
+use crate::wire::names::{lease_key, member_key, MEMBER_PREFIX};
 
 /// A partition this process decides.
 struct Owned {
@@ -156,7 +154,7 @@ async fn take(
         if owned.contains_key(&p) {
             continue;
         }
-        let key = lease::key(p);
+        let key = lease_key(p);
         let taken = Lease::try_acquire(&streams.leases, &key, owner, streams.lease_ttl);
         // A lease created but not answered in time is ours all the same:
         // the next round takes it over as this verifier's own.
@@ -259,20 +257,11 @@ async fn members(streams: &Streams, me: &str, owner: &str) -> Result<(u32, u32)>
     let mut members = Vec::new();
     while let Some(key) = keys.next().await {
         let key = key.map_err(Error::wrap(ErrorKind::Nats, MEMBERSHIP))?;
-        if key.starts_with(MEMBER) {
+        if key.starts_with(MEMBER_PREFIX) {
             members.push(key);
         }
     }
     members.sort();
     let rank = members.iter().position(|k| k == me).unwrap_or(0);
     Ok((members.len().max(1) as u32, rank as u32))
-}
-
-/// A member entry's key: a hash of the owner, whose host and path hold
-/// characters a key may not.
-fn member_key(owner: &str) -> String {
-    let hash = owner.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    format!("{MEMBER}{hash:016x}")
 }

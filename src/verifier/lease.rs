@@ -24,11 +24,6 @@ use tokio::time::Instant;
 
 use crate::error::{Error, ErrorKind, Result};
 
-/// The key of a partition's lease in the leases bucket.
-pub(crate) fn key(partition: u32) -> String {
-    format!("verifier.{partition}")
-}
-
 /// Holds the data directory for this process alone, until dropped.
 pub(super) struct DirLock {
     /// Locked with an OS file lock, released by the OS even on `kill -9`.
@@ -280,6 +275,7 @@ pub(super) fn owner(data_dir: &Path) -> String {
 mod tests {
     use super::*;
     use crate::nats_server::NatsServer;
+    use crate::wire::names::lease_key as key;
 
     #[tokio::test]
     async fn a_renewal_whose_reply_was_lost_keeps_the_lease_but_another_owner_takes_it() {

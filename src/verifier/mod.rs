@@ -26,7 +26,6 @@
 mod assign;
 mod fence;
 mod lease;
-pub(crate) use lease::key as lease_key;
 mod outcomes;
 pub mod protocol;
 mod recovery;
@@ -47,6 +46,7 @@ use crate::faults::{crash_point, stall_point, stop_point};
 use crate::observe::Metrics;
 use crate::snapshot::{Snapshot, Sync};
 use crate::streams::Streams;
+use crate::wire::names::{PULL_GROUP, VERIFIER_QUEUE};
 use crate::wire::{
     timestamp, CloseEvent, CommandReply, CommandRequest, CommandResult, DecidedReply,
     DecidedRequest, HeldEvent, LogEvent,
@@ -55,10 +55,10 @@ use fence::Fence;
 use lease::{DirLock, Lease};
 use outcomes::{announce_closed, announce_sold_out, send, Acks};
 use protocol::{Action, CommandAnswer, Delivered, Delivery, Protocol};
-use recovery::{align_consumer, PULL_GROUP};
+use recovery::align_consumer;
 
 /// Default name of the verifier's durable consumer.
-pub const CONSUMER: &str = "allot-verifier";
+pub use crate::wire::names::VERIFIER_CONSUMER as CONSUMER;
 
 /// Verifier settings.
 #[derive(Clone, Debug)]
@@ -107,15 +107,7 @@ pub async fn run(
     assign::run(streams, config, metrics, shutdown).await
 }
 
-/// Where a verifier keeps one partition's snapshot: `<data_dir>/partition-<p>`.
-pub fn partition_dir(data_dir: &std::path::Path, partition: u32) -> PathBuf {
-    data_dir.join(format!("partition-{partition}"))
-}
-
-/// The durable consumer deciding one partition: `<consumer>-<partition>`.
-pub fn consumer_name(consumer: &str, partition: u32) -> String {
-    format!("{consumer}-{partition}")
-}
+pub use crate::wire::names::{partition_dir, verifier_consumer as consumer_name};
 
 /// Decides one partition, whose lease this verifier holds, until `stop`
 /// completes, a fatal error, or another verifier takes the partition over.
@@ -367,7 +359,7 @@ async fn run_once(
         let sub = streams
             .js
             .client()
-            .queue_subscribe(subject.clone(), VERIFIER_GROUP.into())
+            .queue_subscribe(subject.clone(), VERIFIER_QUEUE.into())
             .await
             .map_err(|e| Error::with_source(ErrorKind::Nats, e).context(subject))?;
         lookups.push(sub);
@@ -473,9 +465,6 @@ const PIPELINE_DEPTH: usize = 4;
 /// How often the verifier looks for auctions past their `closes_at`: how
 /// late, at most, their close event is written.
 const DEADLINE_CHECK: Duration = Duration::from_millis(250);
-
-/// Queue group of the verifiers' lookup subscription.
-const VERIFIER_GROUP: &str = "allot-verifier";
 
 /// What the verifier loop does next.
 enum Next<C> {

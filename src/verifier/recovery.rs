@@ -21,6 +21,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::observe::Metrics;
 use crate::snapshot::{Position, Snapshot, SnapshotError, StoredOutcome, Sync};
 use crate::streams::Streams;
+use crate::wire::names::PULL_GROUP;
 use crate::wire::OutcomeEvent;
 
 impl<'a> Verifier<'a> {
@@ -173,9 +174,6 @@ async fn read_published(streams: &Streams, partition: u32, after: u64) -> Result
 /// a consumer that is ahead (snapshot lost) or holds unacked deliveries
 /// (crash before ack) is re-created at the right sequence, so recovery
 /// does not wait for redelivery timeouts.
-/// The verifier consumer's priority group: the server delivers to the
-/// one client pinned in it.
-pub(super) const PULL_GROUP: &str = "verifier";
 
 pub(super) async fn align_consumer(
     streams: &Streams,

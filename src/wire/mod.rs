@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 mod lifecycle;
+pub mod names;
 mod request;
 mod result;
 mod subjects;
