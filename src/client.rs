@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
-use async_nats::{Client, ConnectOptions};
+use async_nats::{Client, ConnectOptions, ReconnectToServer, Server, ServerAddr, ServerInfo};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
@@ -73,9 +73,59 @@ pub async fn flush(client: &Client) -> Result<()> {
     }
 }
 
+/// How long a connection may go without a word from its server before
+/// the client pings it. Any message from the server counts, so a busy
+/// connection sends no pings at all. After three such intervals of silence
+/// (the client allows two pings unanswered) the connection is given up
+/// and another server tried: a server that hangs or is cut off without
+/// closing the connection is left within 3 s. (With the client's default,
+/// 60 s, it took minutes.)
+const PING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long one attempt to connect to a server may take. A server that
+/// accepts connections but does not answer (hung, or stopped) costs this
+/// much before the next server is tried; a reconnect tries it last (see
+/// [`next_server`]).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The server a reconnect tries: not the one tried last when there is
+/// another (after a silent loss, that is the server that hung, and trying
+/// it first cost a whole [`CONNECT_TIMEOUT`]); among the others, one that
+/// failed least, chosen by `seed` so that clients spread. `last` is the
+/// server chosen before; on the first reconnect it is the one the server's
+/// `info` names (host and port as in the URL, or else unknown). `None`
+/// leaves the choice to the client: unknown, or no other server.
+fn next_server(
+    pool: &[Server],
+    info: &ServerInfo,
+    last: &mut Option<ServerAddr>,
+    seed: u64,
+) -> Option<ServerAddr> {
+    let left = last.clone().or_else(|| {
+        let mut named = pool
+            .iter()
+            .filter(|s| s.addr.port() == info.port && s.addr.host() == info.host);
+        match (named.next(), named.next()) {
+            (Some(server), None) => Some(server.addr.clone()),
+            _ => None,
+        }
+    })?;
+    let others: Vec<&Server> = pool.iter().filter(|s| s.addr != left).collect();
+    let fewest = others.iter().map(|s| s.failed_attempts).min()?;
+    let least: Vec<&Server> = others
+        .into_iter()
+        .filter(|s| s.failed_attempts == fewest)
+        .collect();
+    let chosen = least[(seed % least.len() as u64) as usize].addr.clone();
+    *last = Some(chosen.clone());
+    Some(chosen)
+}
+
 /// Connects to NATS, failing fast with the URL in the error. `url` may
 /// list several servers of a cluster, comma-separated; the client moves to
-/// another when its server goes away.
+/// another when its server goes away or stops answering
+/// ([`PING_INTERVAL`]), and the servers it learns from the cluster count
+/// too. Losing and regaining the connection is logged.
 pub async fn connect(url: &str) -> Result<Client> {
     // The client does not send credentials written into the URL itself.
     // With several URLs, the first that carries credentials gives them.
@@ -94,9 +144,22 @@ pub async fn connect(url: &str) -> Result<Client> {
         Credentials::Token(token) => ConnectOptions::with_token(token),
     };
     let shown = redact(url);
+    let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let last = std::sync::Mutex::new(None);
     let client = options
         .name("allot")
-        .connection_timeout(Duration::from_secs(5))
+        .connection_timeout(CONNECT_TIMEOUT)
+        .ping_interval(PING_INTERVAL)
+        .event_callback(move |event| {
+            let lost = lost.clone();
+            async move { log_event(&lost, event) }
+        })
+        .reconnect_to_server_callback(move |pool, info| {
+            use std::hash::BuildHasher;
+            let seed = std::collections::hash_map::RandomState::new().hash_one(());
+            let chosen = next_server(&pool, &info, &mut last.lock().unwrap(), seed);
+            async move { chosen.map(|addr| ReconnectToServer { addr, delay: None }) }
+        })
         .connect(addresses)
         .await
         .map_err(|e| Error::with_source(ErrorKind::Connect, e).context(shown.clone()))?;
@@ -111,6 +174,25 @@ pub async fn connect(url: &str) -> Result<Client> {
                 MIN_VERSION.0, MIN_VERSION.1
             ),
         )),
+    }
+}
+
+/// Logs the connection's losses and recoveries (the first connection is
+/// the start, not news); `lost` is set while it is down.
+fn log_event(lost: &std::sync::atomic::AtomicBool, event: async_nats::Event) {
+    use std::sync::atomic::Ordering;
+    match event {
+        async_nats::Event::Disconnected => {
+            lost.store(true, Ordering::Relaxed);
+            tracing::warn!("lost the NATS connection; reconnecting");
+        }
+        async_nats::Event::Connected if lost.swap(false, Ordering::Relaxed) => {
+            tracing::info!("reconnected to NATS");
+        }
+        async_nats::Event::LameDuckMode => {
+            tracing::warn!("the NATS server is shutting down (lame duck mode)");
+        }
+        _ => {}
     }
 }
 
@@ -302,5 +384,53 @@ mod tests {
             redact("nats://u:p@h:1, nats://u:p@h:2"),
             "nats://u:***@h:1,nats://u:***@h:2"
         );
+    }
+
+    fn server(url: &str, failed_attempts: usize) -> Server {
+        Server {
+            addr: url.parse().unwrap(),
+            failed_attempts,
+            did_connect: false,
+            is_discovered: false,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn a_reconnect_tries_another_server_first() {
+        let pool = [
+            server("nats://10.0.0.1:4222", 0),
+            server("nats://10.0.0.2:4222", 0),
+            server("nats://10.0.0.3:4222", 1),
+        ];
+        let on_first = ServerInfo {
+            host: "10.0.0.1".into(),
+            port: 4222,
+            ..Default::default()
+        };
+        // The first reconnect leaves the server the INFO names, for the one
+        // that failed least.
+        for seed in 0..4 {
+            let mut last = None;
+            let chosen = next_server(&pool, &on_first, &mut last, seed);
+            assert_eq!(chosen, Some(pool[1].addr.clone()));
+            assert_eq!(last, chosen);
+        }
+        // Later ones leave the server chosen before, and spread by seed.
+        let mut seen = std::collections::HashSet::new();
+        for seed in 0..4 {
+            let mut last = Some(pool[2].addr.clone());
+            seen.insert(next_server(&pool, &on_first, &mut last, seed).unwrap());
+        }
+        assert_eq!(seen, [pool[0].addr.clone(), pool[1].addr.clone()].into());
+        // Unknown (the first connection, or a host the pool spells
+        // otherwise) or alone: the client chooses.
+        let unknown = ServerInfo {
+            host: "0.0.0.0".into(),
+            port: 4222,
+            ..Default::default()
+        };
+        assert_eq!(next_server(&pool, &unknown, &mut None, 0), None);
+        assert_eq!(next_server(&pool[..1], &on_first, &mut None, 0), None);
     }
 }
