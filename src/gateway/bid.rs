@@ -76,15 +76,15 @@ impl Gateway {
         // the auction sold out or closed can wait for this append.
         let appending = self.view.appends.start(auction_id);
         let now = timestamp::now();
-        let closed =
-            spec.is_closed_at(now) || self.view.closed.read().unwrap().contains(auction_id);
-        let blocked = if closed {
-            Some(RejectReason::AuctionClosed)
-        } else if self.view.sold_out.read().unwrap().contains(auction_id) {
-            Some(RejectReason::SoldOut)
-        } else {
-            None
-        };
+        let mut blocked = self.view.blocked(auction_id, spec.is_closed_at(now));
+        // A view that cannot vouch for itself (its watch lost, restarted or
+        // behind) may lack a sell-out or close for which another gateway
+        // has refused bids already: read the auction's status instead.
+        if blocked.is_none() && !self.view.freshness.current() {
+            let status = &self.streams.status;
+            self.view.read_status(status, auction_id).await?;
+            blocked = self.view.blocked(auction_id, spec.is_closed_at(now));
+        }
         if let Some(reason) = blocked {
             // The bid may be a resend of one accepted before the auction
             // filled or closed: that one gets its original reply. Once the

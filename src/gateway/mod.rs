@@ -105,12 +105,12 @@ pub async fn run(
     });
     // A gateway that answered bids before its view of sold-out and closed
     // auctions had caught up could accept a resend that another gateway
-    // (or this one, before a restart) has rejected. Bounded: with the
-    // bucket unreadable, serving beats waiting, and the verifier still
-    // decides every try correctly.
-    let (caught_up, view_ready) = tokio::sync::oneshot::channel();
-    let watcher = tokio::spawn(view::watch_fill(gateway.clone(), caught_up));
-    if tokio::time::timeout(VIEW_WAIT, view_ready).await.is_err() {
+    // (or this one, before a restart) has rejected. Bounded: until the
+    // view is current, each bid it does not refuse reads its auction's
+    // status entry instead (as after a watch is lost, later), which is
+    // slower, not wrong.
+    let watcher = tokio::spawn(view::watch_fill(gateway.clone()));
+    if !gateway.view.freshness.wait_current(VIEW_WAIT).await {
         tracing::warn!("the auction view did not catch up in time; serving anyway");
     }
     let subjects = gateway.streams.subjects.clone();
