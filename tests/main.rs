@@ -19,6 +19,7 @@ mod lifecycle;
 mod loadtest;
 mod log_entries;
 mod observability;
+mod partitions;
 mod recovery;
 mod resends;
 mod schemas;

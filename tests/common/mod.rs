@@ -695,3 +695,157 @@ pub fn allot(h: &Harness, args: &[&str]) -> std::process::Output {
         .output()
         .expect("allot runs")
 }
+
+/// A three-node cluster on 127.0.0.1, once its JetStream answers: a
+/// harness whose own client is on the first node (the service is given
+/// every node's URL), and the other two nodes.
+pub async fn cluster_harness() -> (Harness, Vec<NatsServer>) {
+    let mut cluster = allot::nats_server::NatsCluster::start(3).expect("the cluster starts");
+    let urls = cluster.urls();
+    let first = cluster.nodes.remove(0);
+    let h = Harness::on(first, Some(urls)).await;
+    for _ in 0..300 {
+        if h.js.query_account().await.is_ok() {
+            return (h, cluster.nodes);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the cluster's JetStream did not come up in 30 s");
+}
+
+/// `allot serve --nats-url <url>` with `args`, its stderr in `log`.
+pub fn serve_logged(url: &str, data_dir: &Path, args: &[&str], log: &Path) -> Serve {
+    let stderr = std::fs::File::create(log).expect("a log file");
+    Serve(
+        std::process::Command::new(env!("CARGO_BIN_EXE_allot"))
+            .args(["serve", "--nats-url", url, "--data-dir"])
+            .arg(data_dir)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("allot serve starts"),
+    )
+}
+
+/// Waits until `log` has a line containing `text` (at most `patience`).
+pub async fn wait_for_log(log: &Path, text: &str, patience: Duration) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < patience {
+        if std::fs::read_to_string(log).is_ok_and(|l| l.contains(text)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} has no {text:?} after {patience:?}", log.display());
+}
+
+/// The port of a `nats://host:port` URL.
+pub fn port_of(url: &str) -> u16 {
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a port")
+}
+
+/// The TCP sockets in this network namespace, from `/proc/net/tcp`: local
+/// port, remote port, state (`0A` listening, `01` established) and inode.
+fn tcp_sockets() -> Vec<(u16, u16, String, u64)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let port = |address: &str| {
+        let hex = address.rsplit(':').next().unwrap_or_default();
+        u16::from_str_radix(hex, 16).unwrap_or(0)
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let inode = fields.get(9)?.parse().ok()?;
+            Some((
+                port(fields[1]),
+                port(fields[2]),
+                fields[3].to_string(),
+                inode,
+            ))
+        })
+        .collect()
+}
+
+/// The socket inodes `pid` holds open.
+fn socket_inodes(pid: u32) -> std::collections::HashSet<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| {
+            let target = std::fs::read_link(fd.path()).ok()?;
+            let target = target.to_str()?;
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// The pid of the process listening on TCP `port` (one of this test's
+/// nats-servers), found through `/proc`.
+pub fn listener_pid(port: u16) -> u32 {
+    let inode = tcp_sockets()
+        .into_iter()
+        .find(|(local, _, state, _)| *local == port && state == "0A")
+        .map(|(_, _, _, inode)| inode)
+        .unwrap_or_else(|| panic!("nothing listens on port {port}"));
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|&pid| socket_inodes(pid).contains(&inode))
+        .unwrap_or_else(|| panic!("no process of ours holds the listener on {port}"))
+}
+
+/// The remote ports of `pid`'s established TCP connections.
+pub fn peer_ports(pid: u32) -> Vec<u16> {
+    let mine = socket_inodes(pid);
+    tcp_sockets()
+        .into_iter()
+        .filter(|(_, _, state, inode)| state == "01" && mine.contains(inode))
+        .map(|(_, remote, _, _)| remote)
+        .collect()
+}
+
+/// A process stopped with SIGSTOP, as a hung or cut-off node would be,
+/// until [`Frozen::thaw`] or drop sends SIGCONT: a failing test must not
+/// leave a stopped nats-server behind.
+pub struct Frozen(Option<u32>);
+
+impl Frozen {
+    pub fn freeze(pid: u32) -> Frozen {
+        signal(pid, "-STOP");
+        Frozen(Some(pid))
+    }
+
+    pub fn thaw(mut self) {
+        if let Some(pid) = self.0.take() {
+            signal(pid, "-CONT");
+        }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            signal(pid, "-CONT");
+        }
+    }
+}
+
+fn signal(pid: u32, signal: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "kill {signal} {pid}");
+}
