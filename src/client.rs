@@ -399,12 +399,12 @@ mod tests {
     #[test]
     fn a_reconnect_tries_another_server_first() {
         let pool = [
-            server("nats://10.0.0.1:4222", 0),
-            server("nats://10.0.0.2:4222", 0),
-            server("nats://10.0.0.3:4222", 1),
+            server("nats://127.0.0.1:4222", 0),
+            server("nats://127.0.0.2:4222", 0),
+            server("nats://127.0.0.3:4222", 1),
         ];
         let on_first = ServerInfo {
-            host: "10.0.0.1".into(),
+            host: "127.0.0.1".into(),
             port: 4222,
             ..Default::default()
         };

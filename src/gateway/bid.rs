@@ -226,7 +226,7 @@ impl Gateway {
             Err(e) => return Err(internal(e)),
         };
         // The verifier acks a try only after its outcome is stored, so its ack floor tells what is decided.
-        let consumer = crate::verifier::consumer_name(
+        let consumer = crate::wire::names::verifier_consumer(
             &self.config.verifier_consumer,
             self.streams.subjects.partition(auction_id),
         );

@@ -34,6 +34,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::identity::{Gate, IdentityConfig};
 use crate::observe::{BidResult, Endpoint, Metrics};
 use crate::streams::Streams;
+use crate::wire::names;
 use crate::wire::{self, AuctionSpec, BidReply, ErrorCode, LogEvent, Reply, RequestError};
 use failure::internal;
 use view::View;
@@ -44,9 +45,6 @@ const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long a starting gateway waits for its view of the auctions.
 const VIEW_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Queue group shared by every gateway, so each request is served once.
-pub const QUEUE_GROUP: &str = "allot-gateway";
 
 /// Gateway settings.
 #[derive(Clone, Debug)]
@@ -64,7 +62,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             max_in_flight: 4096,
-            verifier_consumer: crate::verifier::CONSUMER.into(),
+            verifier_consumer: names::VERIFIER_CONSUMER.into(),
             identity: IdentityConfig::default(),
         }
     }
@@ -118,7 +116,7 @@ pub async fn run(
     for endpoint in Endpoint::ALL {
         let subject = subjects.request_wildcard(endpoint.kind());
         let sub = client
-            .queue_subscribe(subject.clone(), QUEUE_GROUP.into())
+            .queue_subscribe(subject.clone(), names::GATEWAY_QUEUE.into())
             .await
             .map_err(|e| Error::with_source(ErrorKind::Nats, e).context(subject))?;
         requests.push(sub);

@@ -23,7 +23,7 @@ use futures::StreamExt;
 
 use super::{Endpoint, Metrics};
 use crate::error::{Error, ErrorKind, Result};
-use crate::wire::names::GATEWAY_QUEUE as QUEUE_GROUP;
+use crate::wire::names::GATEWAY_QUEUE;
 use crate::wire::Subjects;
 
 /// The service's name in `$SRV` subjects and answers.
@@ -116,7 +116,7 @@ fn info(r: &Registration, m: &Metrics) -> Info {
             .map(|(e, subject)| endpoint::Info {
                 name: e.name().into(),
                 subject,
-                queue_group: QUEUE_GROUP.into(),
+                queue_group: GATEWAY_QUEUE.into(),
                 metadata: HashMap::new(),
             })
             .collect(),
@@ -155,7 +155,7 @@ fn stats(r: &Registration, m: &Metrics) -> Stats {
                     ),
                     last_error,
                     data: None,
-                    queue_group: QUEUE_GROUP.into(),
+                    queue_group: GATEWAY_QUEUE.into(),
                 }
             })
             .collect(),

@@ -46,7 +46,7 @@ use crate::faults::{crash_point, stall_point, stop_point};
 use crate::observe::Metrics;
 use crate::snapshot::{Snapshot, Sync};
 use crate::streams::Streams;
-use crate::wire::names::{PULL_GROUP, VERIFIER_QUEUE};
+use crate::wire::names::{self, PULL_GROUP, VERIFIER_QUEUE};
 use crate::wire::{
     timestamp, CloseEvent, CommandReply, CommandRequest, CommandResult, DecidedReply,
     DecidedRequest, HeldEvent, LogEvent,
@@ -56,9 +56,6 @@ use lease::{DirLock, Lease};
 use outcomes::{announce_closed, announce_sold_out, send, Acks};
 use protocol::{Action, CommandAnswer, Delivered, Delivery, Protocol};
 use recovery::align_consumer;
-
-/// Default name of the verifier's durable consumer.
-pub use crate::wire::names::VERIFIER_CONSUMER as CONSUMER;
 
 /// Verifier settings.
 #[derive(Clone, Debug)]
@@ -79,7 +76,7 @@ impl Default for VerifierConfig {
     fn default() -> Self {
         VerifierConfig {
             data_dir: PathBuf::from("allot-data"),
-            consumer: CONSUMER.into(),
+            consumer: names::VERIFIER_CONSUMER.into(),
             batch_size: 512,
             sync: Sync::Normal,
             ack_wait: Duration::from_secs(30),
@@ -107,8 +104,6 @@ pub async fn run(
     assign::run(streams, config, metrics, shutdown).await
 }
 
-pub use crate::wire::names::{partition_dir, verifier_consumer as consumer_name};
-
 /// Decides one partition, whose lease this verifier holds, until `stop`
 /// completes, a fatal error, or another verifier takes the partition over.
 async fn decide_partition(
@@ -129,8 +124,8 @@ async fn decide_partition(
         ..streams
     };
     let config = VerifierConfig {
-        data_dir: partition_dir(&config.data_dir, partition),
-        consumer: consumer_name(&config.consumer, partition),
+        data_dir: names::partition_dir(&config.data_dir, partition),
+        consumer: names::verifier_consumer(&config.consumer, partition),
         ..config
     };
     // Writing the fence waits on NATS (a full outgoing buffer, when NATS is

@@ -174,7 +174,6 @@ async fn read_published(streams: &Streams, partition: u32, after: u64) -> Result
 /// a consumer that is ahead (snapshot lost) or holds unacked deliveries
 /// (crash before ack) is re-created at the right sequence, so recovery
 /// does not wait for redelivery timeouts.
-
 pub(super) async fn align_consumer(
     streams: &Streams,
     partition: u32,

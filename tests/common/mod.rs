@@ -322,7 +322,8 @@ impl Harness {
                 Ok(m) => m.sequence,
                 Err(_) => continue, // nothing in this partition
             };
-            let consumer = allot::verifier::consumer_name(allot::verifier::CONSUMER, p);
+            let consumer =
+                allot::wire::names::verifier_consumer(allot::wire::names::VERIFIER_CONSUMER, p);
             let mut decided = false;
             for _ in 0..600 {
                 if let Ok(info) = log.consumer_info(&consumer).await {
