@@ -7,20 +7,17 @@ use async_nats::Message;
 
 use super::failure::{unavailable, CATCH_UP_RETRY_MS};
 use super::{internal, Gateway};
-use crate::identity::{unqualified, Actor};
+use crate::identity::unqualified;
 use crate::wire::{
     decode_bid, timestamp, BidReply, BidRequest, DecidedReply, DecidedRequest, ErrorCode, LogEvent,
     RejectReason, RequestError, TryEvent,
 };
 
 impl Gateway {
-    /// A bid by `actor`: validate, maybe refuse early, else append its
-    /// try. The reply names the bid as the client did.
-    pub(super) async fn bid(
-        &self,
-        message: &Message,
-        actor: &Actor,
-    ) -> Result<BidReply, RequestError> {
+    /// A bid: who sends it, then validate, maybe refuse early, else append
+    /// its try. The reply names the bid as the client did.
+    pub(super) async fn bid(&self, message: &Message) -> Result<BidReply, RequestError> {
+        let actor = self.gate.admit(message.headers.as_ref())?;
         let auction_id = self.streams.subjects.auction_in(&message.subject, "bid")?;
         let request = decode_bid(&message.payload, auction_id)?;
         let (bid_id, bidder_id) = actor.log_ids(&request.bid_id, &request.bidder_id)?;

@@ -9,7 +9,6 @@ use async_nats::Message;
 use super::bid::Known;
 use super::failure::{unavailable, VERIFIER_RETRY_MS};
 use super::{internal, Gateway};
-use crate::identity::Actor;
 use crate::wire::{
     decode_close, decode_raise, decode_withdraw, timestamp, CloseEvent, CloseReply, ClosedBy,
     CommandReply, CommandRequest, CommandResult, ErrorCode, LogEvent, RaiseEvent, RaiseReply,
@@ -21,14 +20,11 @@ use crate::wire::{
 const COMMAND_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Gateway {
-    /// A withdraw by `actor`: appended, then answered with the verifier's
+    /// A withdraw by whoever the gate says sent it: appended, then answered with the verifier's
     /// decision. Withdraws that change nothing are in the log too: only
     /// the verifier, in log order, can tell.
-    pub(super) async fn withdraw(
-        &self,
-        message: &Message,
-        actor: &Actor,
-    ) -> Result<WithdrawReply, RequestError> {
+    pub(super) async fn withdraw(&self, message: &Message) -> Result<WithdrawReply, RequestError> {
+        let actor = self.gate.admit(message.headers.as_ref())?;
         let auction_id = self
             .streams
             .subjects
@@ -77,13 +73,10 @@ impl Gateway {
         })
     }
 
-    /// A raise by `actor`: appended, then answered with the verifier's
+    /// A raise by whoever the gate says sent it: appended, then answered with the verifier's
     /// decision (refused raises are in the log too, like withdraws).
-    pub(super) async fn raise(
-        &self,
-        message: &Message,
-        actor: &Actor,
-    ) -> Result<RaiseReply, RequestError> {
+    pub(super) async fn raise(&self, message: &Message) -> Result<RaiseReply, RequestError> {
+        let actor = self.gate.admit(message.headers.as_ref())?;
         let auction_id = self
             .streams
             .subjects

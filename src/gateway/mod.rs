@@ -174,10 +174,7 @@ impl Gateway {
         let endpoint = Endpoint::of(kind).unwrap_or(Endpoint::Status);
         let error = match endpoint {
             Endpoint::Bid => {
-                let result = match self.gate.admit(message.headers.as_ref()) {
-                    Ok(actor) => self.bid(&message, &actor).await,
-                    Err(e) => Err(e),
-                };
+                let result = self.bid(&message).await;
                 self.metrics.bid(match &result {
                     Ok(BidReply::Accepted { .. }) => BidResult::Accepted,
                     Ok(BidReply::Rejected { .. }) => BidResult::Rejected,
@@ -185,30 +182,12 @@ impl Gateway {
                 });
                 self.respond(reply_to, result).await
             }
-            Endpoint::Withdraw => {
-                let result = match self.gate.admit(message.headers.as_ref()) {
-                    Ok(actor) => self.withdraw(&message, &actor).await,
-                    Err(e) => Err(e),
-                };
-                self.respond(reply_to, result).await
-            }
-            Endpoint::Raise => {
-                let result = match self.gate.admit(message.headers.as_ref()) {
-                    Ok(actor) => self.raise(&message, &actor).await,
-                    Err(e) => Err(e),
-                };
-                self.respond(reply_to, result).await
-            }
+            Endpoint::Withdraw => self.respond(reply_to, self.withdraw(&message).await).await,
+            Endpoint::Raise => self.respond(reply_to, self.raise(&message).await).await,
             Endpoint::Close => self.respond(reply_to, self.close(&message).await).await,
             Endpoint::Open => self.respond(reply_to, self.open(&message).await).await,
             Endpoint::Status => self.respond(reply_to, self.status(&message).await).await,
-            Endpoint::Result => {
-                let result = match self.gate.admit(message.headers.as_ref()) {
-                    Ok(actor) => self.result(&message, &actor).await,
-                    Err(e) => Err(e),
-                };
-                self.respond(reply_to, result).await
-            }
+            Endpoint::Result => self.respond(reply_to, self.result(&message).await).await,
         };
         let error = error.as_ref().map(|(code, text)| (*code, text.as_str()));
         self.metrics.request(endpoint, received.elapsed(), error);

@@ -6,7 +6,6 @@ use async_nats::Message;
 
 use super::failure::{unavailable, VERIFIER_RETRY_MS};
 use super::Gateway;
-use crate::identity::Actor;
 use crate::wire::{
     decode_result, DecidedReply, DecidedRequest, ErrorCode, OutcomeKind, RequestError, ResultReply,
 };
@@ -15,12 +14,9 @@ use crate::wire::{
 const RESULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Gateway {
-    /// The outcome of one of `actor`'s bids.
-    pub(super) async fn result(
-        &self,
-        message: &Message,
-        actor: &Actor,
-    ) -> Result<ResultReply, RequestError> {
+    /// The outcome of one of the sender's own bids.
+    pub(super) async fn result(&self, message: &Message) -> Result<ResultReply, RequestError> {
+        let actor = self.gate.admit(message.headers.as_ref())?;
         let auction_id = self
             .streams
             .subjects
