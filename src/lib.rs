@@ -45,6 +45,7 @@ pub mod faults;
 pub mod gateway;
 pub mod identity;
 pub mod loadtest;
+pub mod log;
 pub mod nats_server;
 pub mod observe;
 pub mod service;

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::message::PublishMessage;
 use async_nats::Message;
 
 use super::{internal, Gateway};
@@ -26,27 +25,19 @@ impl Gateway {
             spec: spec.clone(),
             opened_at: timestamp::now(),
         });
-        let result = self
-            .streams
-            .js
-            .send_publish(
-                subjects.auction_event(auction_id),
-                PublishMessage::build()
-                    .expected_last_subject_sequence(0)
-                    .payload(serde_json::to_vec(&event).expect("events serialize").into()),
-            )
-            .await
-            .map_err(internal)?
-            .await;
-        let (open_seq, duplicate) = match result {
+        let (open_seq, duplicate) = match self.streams.append(&event).await {
             Ok(ack) => (ack.sequence, false),
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
                 let stored = self
                     .streams
-                    .log
-                    .direct_get_first_for_subject(subjects.auction_event(auction_id))
+                    .first_event(auction_id)
                     .await
                     .map_err(internal)?;
+                let Some(stored) = stored else {
+                    return Err(internal(
+                        "an open was refused as not the first event of an auction with no event",
+                    ));
+                };
                 let Ok(LogEvent::Open(existing)) = serde_json::from_slice(&stored.payload) else {
                     return Err(RequestError::new(
                         ErrorCode::Internal,

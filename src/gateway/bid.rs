@@ -1,8 +1,6 @@
 //! The bid path: validate, refuse early what can never win, else append
 //! the try; and give a resent bid its original reply.
 
-use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::Message;
 
 use super::failure::{unavailable, CATCH_UP_RETRY_MS};
@@ -50,7 +48,6 @@ impl Gateway {
         auction_id: &str,
         request: BidRequest,
     ) -> Result<BidReply, RequestError> {
-        let subjects = &self.streams.subjects;
         let reject = |reason| BidReply::Rejected {
             bid_id: request.bid_id.clone(),
             auction_id: auction_id.to_string(),
@@ -127,19 +124,7 @@ impl Gateway {
             amount: request.amount,
             tried_at: now,
         });
-        let ack = self
-            .streams
-            .js
-            .send_publish(
-                subjects.try_event(auction_id),
-                PublishMessage::build()
-                    .message_id(TryEvent::msg_id(auction_id, &request.bid_id))
-                    .payload(serde_json::to_vec(&event).expect("events serialize").into()),
-            )
-            .await
-            .map_err(internal)?
-            .await
-            .map_err(internal)?;
+        let ack = self.streams.append(&event).await.map_err(internal)?;
         drop(appending);
         if ack.duplicate {
             return self.duplicate(auction_id, &request, ack.sequence).await;
@@ -159,12 +144,7 @@ impl Gateway {
         request: &BidRequest,
         try_seq: u64,
     ) -> Result<BidReply, RequestError> {
-        let stored = self
-            .streams
-            .log
-            .direct_get(try_seq)
-            .await
-            .map_err(internal)?;
+        let stored = self.streams.entry(try_seq).await.map_err(internal)?;
         match serde_json::from_slice::<LogEvent>(&stored.payload) {
             Ok(LogEvent::Try(t)) => resend(auction_id, request, try_seq, &t.bidder_id, t.amount),
             _ => Err(RequestError::new(
@@ -216,11 +196,8 @@ impl Gateway {
     /// the verifier has decided it, so that a bid id it has not decided is
     /// new. Waits a little for the verifier to catch up; `None` if it does not.
     pub(super) async fn settled(&self, auction_id: &str) -> Result<Option<u64>, RequestError> {
-        let subject = self.streams.subjects.try_event(auction_id);
-        let last_try = match self.streams.log.direct_get_last_for_subject(subject).await {
-            Ok(m) => m.sequence,
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(Some(0)),
-            Err(e) => return Err(internal(e)),
+        let Some(last_try) = self.streams.last_try(auction_id).await.map_err(internal)? else {
+            return Ok(Some(0));
         };
         // The verifier acks a try only after its outcome is stored, so its ack floor tells what is decided.
         let consumer = crate::wire::names::verifier_consumer(

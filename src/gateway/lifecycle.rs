@@ -3,7 +3,6 @@
 //! answered with what the verifier made of it; a close, once it is in the
 //! log.
 
-use async_nats::jetstream::message::PublishMessage;
 use async_nats::Message;
 
 use super::bid::Known;
@@ -32,14 +31,13 @@ impl Gateway {
         let request = decode_withdraw(&message.payload, auction_id)?;
         let (logged_bid, logged_bidder) = actor.log_ids(&request.bid_id, &request.bidder_id)?;
         self.known_auction(auction_id).await?;
-        let msg_id = WithdrawEvent::msg_id(auction_id, &logged_bid, &logged_bidder);
         let event = LogEvent::Withdraw(WithdrawEvent {
             bid_id: logged_bid.clone(),
             auction_id: auction_id.to_string(),
             bidder_id: logged_bidder.clone(),
             withdrawn_at: timestamp::now(),
         });
-        let (seq, resent) = self.append_event(auction_id, msg_id, &event).await?;
+        let (seq, resent) = self.append(&event).await?;
         let mut result = self.command_result(auction_id, seq).await?;
         if resent
             && result
@@ -89,7 +87,6 @@ impl Gateway {
             ..request.clone()
         };
         self.known_auction(auction_id).await?;
-        let msg_id = RaiseEvent::msg_id(auction_id, &logged);
         let event = LogEvent::Raise(RaiseEvent {
             bid_id: logged.bid_id,
             auction_id: auction_id.to_string(),
@@ -98,7 +95,7 @@ impl Gateway {
             expected_amount: request.expected_amount,
             raised_at: timestamp::now(),
         });
-        let (seq, _) = self.append_event(auction_id, msg_id, &event).await?;
+        let (seq, _) = self.append(&event).await?;
         let (bid_id, auction_id) = (request.bid_id, auction_id.to_string());
         Ok(match self.command_result(&auction_id, seq).await? {
             CommandResult::Refused {
@@ -139,9 +136,7 @@ impl Gateway {
             closed_at: timestamp::now(),
             by: ClosedBy::Request,
         });
-        let (close_seq, duplicate) = self
-            .append_event(auction_id, CloseEvent::msg_id(auction_id), &event)
-            .await?;
+        let (close_seq, duplicate) = self.append(&event).await?;
         Ok(CloseReply::Closing {
             auction_id: auction_id.to_string(),
             close_seq,
@@ -170,7 +165,7 @@ impl Gateway {
         let Known::Decided(try_seq) = self.decided(auction_id, bid_id, 0).await else {
             return result;
         };
-        let tried_by = match self.streams.log.direct_get(try_seq).await {
+        let tried_by = match self.streams.entry(try_seq).await {
             Ok(stored) => match serde_json::from_slice::<LogEvent>(&stored.payload) {
                 Ok(LogEvent::Try(TryEvent { bidder_id, .. })) => bidder_id,
                 _ => return result,
@@ -189,28 +184,10 @@ impl Gateway {
         }
     }
 
-    /// Appends an event on the auction's subject; its log sequence (the
-    /// first copy's, for a resend JetStream de-duplicated) and whether it
-    /// was a resend.
-    async fn append_event(
-        &self,
-        auction_id: &str,
-        msg_id: String,
-        event: &LogEvent,
-    ) -> Result<(u64, bool), RequestError> {
-        let ack = self
-            .streams
-            .js
-            .send_publish(
-                self.streams.subjects.auction_event(auction_id),
-                PublishMessage::build()
-                    .message_id(msg_id)
-                    .payload(serde_json::to_vec(event).expect("events serialize").into()),
-            )
-            .await
-            .map_err(internal)?
-            .await
-            .map_err(internal)?;
+    /// Appends an event; its log sequence (the first copy's, for a resend
+    /// JetStream de-duplicated) and whether it was a resend.
+    async fn append(&self, event: &LogEvent) -> Result<(u64, bool), RequestError> {
+        let ack = self.streams.append(event).await.map_err(internal)?;
         Ok((ack.sequence, ack.duplicate))
     }
 

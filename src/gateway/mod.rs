@@ -25,7 +25,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::{Client, HeaderMap, Message, Subject};
 use futures::StreamExt;
 use tokio::sync::Semaphore;
@@ -228,11 +227,13 @@ impl Gateway {
         if let Some(spec) = self.view.specs.read().unwrap().get(auction_id) {
             return Ok(Some(spec.clone()));
         }
-        let subject = self.streams.subjects.auction_event(auction_id);
-        let stored = match self.streams.log.direct_get_first_for_subject(subject).await {
-            Ok(stored) => stored,
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(internal(e)),
+        let Some(stored) = self
+            .streams
+            .first_event(auction_id)
+            .await
+            .map_err(internal)?
+        else {
+            return Ok(None);
         };
         let LogEvent::Open(open) = serde_json::from_slice(&stored.payload).map_err(internal)?
         else {

@@ -37,7 +37,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt;
 
@@ -48,8 +47,8 @@ use crate::snapshot::{Snapshot, Sync};
 use crate::streams::Streams;
 use crate::wire::names::{self, PULL_GROUP, VERIFIER_QUEUE};
 use crate::wire::{
-    timestamp, CloseEvent, CommandReply, CommandRequest, CommandResult, DecidedReply,
-    DecidedRequest, HeldEvent, LogEvent,
+    timestamp, CommandReply, CommandRequest, CommandResult, DecidedReply, DecidedRequest,
+    HeldEvent, LogEvent,
 };
 use fence::Fence;
 use lease::{DirLock, Lease};
@@ -674,19 +673,7 @@ impl Verifier<'_> {
     async fn close_due(&mut self) {
         for close in self.protocol.due_closes(timestamp::now()) {
             let auction_id = close.auction_id.clone();
-            let message = async_nats::jetstream::message::PublishMessage::build()
-                .message_id(CloseEvent::msg_id(&auction_id))
-                .payload(
-                    serde_json::to_vec(&LogEvent::Close(close))
-                        .expect("events serialize")
-                        .into(),
-                );
-            let subject = self.streams.subjects.auction_event(&auction_id);
-            let sent = match self.streams.js.send_publish(subject, message).await {
-                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            if let Err(e) = sent {
+            if let Err(e) = self.streams.append(&LogEvent::Close(close)).await {
                 // Tried again at the next check.
                 tracing::warn!(error = %e, auction_id, "cannot write a deadline close");
                 self.protocol.close_failed(&auction_id);
@@ -734,21 +721,13 @@ async fn send_holds(streams: &Streams, holds: &[HeldEvent]) {
 /// is, a delivery was lost and the consumer must be re-aligned rather than
 /// the entry skipped (acking `delivered` would ack it too).
 async fn check_gap(streams: &Streams, partition: u32, from: u64, delivered: u64) -> Result<()> {
-    let filter = streams.subjects.log_partition(partition);
-    match streams
-        .log
-        .direct_get_next_for_subject(filter, Some(from))
-        .await
-    {
-        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(()),
+    match streams.next_in_partition(partition, from).await {
         Err(e) => Err(Error::with_source(ErrorKind::Nats, e).context("log gap check")),
-        Ok(m) if m.sequence >= delivered => Ok(()),
-        Ok(m) => Err(Error::new(
+        Ok(None) => Ok(()),
+        Ok(Some(seq)) if seq >= delivered => Ok(()),
+        Ok(Some(seq)) => Err(Error::new(
             ErrorKind::Nats,
-            format!(
-                "log entry {} was not delivered; re-aligning the consumer",
-                m.sequence
-            ),
+            format!("log entry {seq} was not delivered; re-aligning the consumer"),
         )),
     }
 }

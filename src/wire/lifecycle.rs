@@ -41,12 +41,12 @@ pub struct RaiseEvent {
 impl RaiseEvent {
     /// JetStream de-duplication id: a resent raise is the same event, two
     /// different raises (or the same raise by two bidders) are two events.
-    pub fn msg_id(auction_id: &str, r: &RaiseRequest) -> String {
+    pub fn msg_id(&self) -> String {
         // The bidder is part of it: another bidder's identical raise must
         // be its own event (refused `not_owner`), never taken for this one.
         format!(
-            "raise:{auction_id}:{}:{}:{}:{}",
-            r.bid_id, r.bidder_id, r.expected_amount, r.amount
+            "raise:{}:{}:{}:{}:{}",
+            self.auction_id, self.bid_id, self.bidder_id, self.expected_amount, self.amount
         )
     }
 }

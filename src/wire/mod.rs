@@ -310,6 +310,23 @@ impl LogEvent {
         }
     }
 
+    /// The JetStream de-duplication id it is appended with: a resend of
+    /// the same event is the same message. An `open` has none: it must be
+    /// its auction's first event instead (see `Streams::append`).
+    pub fn msg_id(&self) -> Option<String> {
+        match self {
+            LogEvent::Open(_) => None,
+            LogEvent::Try(t) => Some(TryEvent::msg_id(&t.auction_id, &t.bid_id)),
+            LogEvent::Withdraw(w) => Some(WithdrawEvent::msg_id(
+                &w.auction_id,
+                &w.bid_id,
+                &w.bidder_id,
+            )),
+            LogEvent::Raise(r) => Some(r.msg_id()),
+            LogEvent::Close(c) => Some(CloseEvent::msg_id(&c.auction_id)),
+        }
+    }
+
     /// Ids in the event that must be valid, and the amounts in range.
     fn well_formed(&self) -> bool {
         match self {

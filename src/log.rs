@@ -1,0 +1,90 @@
+//! The log's one owner: every append to the ordered log and every read of
+//! single entries goes through here, as async-nats's `kv::Store` owns its
+//! subjects and headers. Callers hand over an event; the subject, the
+//! message id and the expectations come from the event itself
+//! ([`LogEvent::msg_id`]), so no two writers can spell them differently.
+//! (The verifier's consumer reads the log in bulk, in `verifier/`.)
+
+use async_nats::jetstream::context::{PublishAckFuture, PublishError};
+use async_nats::jetstream::message::{PublishMessage, StreamMessage};
+use async_nats::jetstream::publish::PublishAck;
+use async_nats::jetstream::stream::{DirectGetError, DirectGetErrorKind};
+
+use crate::streams::Streams;
+use crate::wire::LogEvent;
+
+impl Streams {
+    /// Appends `event` on its subject with its message id: a resend within
+    /// the de-duplication window is acked with the first copy's sequence
+    /// and `duplicate` set. No sequence check, except that an `open` must
+    /// be its auction's first event (JetStream settles two racing opens:
+    /// the second gets `WrongLastSequence`).
+    pub async fn append(&self, event: &LogEvent) -> Result<PublishAck, PublishError> {
+        self.send_append(event).await?.await
+    }
+
+    /// [`Self::append`], without waiting for the ack.
+    pub async fn send_append(&self, event: &LogEvent) -> Result<PublishAckFuture, PublishError> {
+        let auction_id = event.auction_id();
+        let subject = match event {
+            LogEvent::Try(_) => self.subjects.try_event(auction_id),
+            _ => self.subjects.auction_event(auction_id),
+        };
+        let mut message = PublishMessage::build()
+            .payload(serde_json::to_vec(event).expect("events serialize").into());
+        if let Some(id) = event.msg_id() {
+            message = message.message_id(id);
+        }
+        if matches!(event, LogEvent::Open(_)) {
+            message = message.expected_last_subject_sequence(0);
+        }
+        self.js.send_publish(subject, message).await
+    }
+
+    /// The log entry at sequence `seq`.
+    pub async fn entry(&self, seq: u64) -> Result<StreamMessage, DirectGetError> {
+        self.log.direct_get(seq).await
+    }
+
+    /// The first event of an auction (its `open`), if it has any.
+    pub async fn first_event(
+        &self,
+        auction_id: &str,
+    ) -> Result<Option<StreamMessage>, DirectGetError> {
+        let subject = self.subjects.auction_event(auction_id);
+        found(self.log.direct_get_first_for_subject(subject).await)
+    }
+
+    /// The log sequence of an auction's last try, if it has any.
+    pub async fn last_try(&self, auction_id: &str) -> Result<Option<u64>, DirectGetError> {
+        let subject = self.subjects.try_event(auction_id);
+        let last = found(self.log.direct_get_last_for_subject(subject).await)?;
+        Ok(last.map(|m| m.sequence))
+    }
+
+    /// The sequence of a partition's first entry at or after `from`, if any.
+    pub async fn next_in_partition(
+        &self,
+        partition: u32,
+        from: u64,
+    ) -> Result<Option<u64>, DirectGetError> {
+        let filter = self.subjects.log_partition(partition);
+        let next = found(
+            self.log
+                .direct_get_next_for_subject(filter, Some(from))
+                .await,
+        )?;
+        Ok(next.map(|m| m.sequence))
+    }
+}
+
+/// A direct get's answer, with "no such message" as `None`.
+fn found(
+    got: Result<StreamMessage, DirectGetError>,
+) -> Result<Option<StreamMessage>, DirectGetError> {
+    match got {
+        Ok(message) => Ok(Some(message)),
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
