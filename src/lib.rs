@@ -21,6 +21,9 @@
 //!   in the open mode, the NATS user in the bound mode.
 //! - [`verifier`]: folds the log through the core, keeps the SQLite
 //!   [`snapshot`], publishes one outcome per try, recovers after a crash.
+//! - [`log`]: the one writer of the log (append an event: subject, message
+//!   id and expectations follow from it) and reader of its single entries;
+//!   [`wire::names`] names every consumer, key and group.
 //! - [`streams`]: the JetStream streams and buckets; [`service`] runs the
 //!   gateway and the verifier until shutdown.
 //! - [`loadtest`]: `allot loadtest`, the workload driver and its invariant
