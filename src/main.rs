@@ -32,6 +32,8 @@ enum Command {
     Withdraw(cmd::withdraw::Args),
     /// Raise a bid that holds a slot in a top_amount auction.
     Raise(cmd::raise::Args),
+    /// Ask what became of one of your bids (no stream access needed).
+    Result(cmd::result::Args),
     /// Print outcome events as they happen.
     Watch(cmd::watch::Args),
     /// Start a private NATS and the service, run a bidding burst, print a summary.
@@ -66,6 +68,7 @@ async fn main() -> std::process::ExitCode {
         Command::Bid(args) => cmd::bid::run(cli.common, args).await,
         Command::Withdraw(args) => cmd::withdraw::run(cli.common, args).await,
         Command::Raise(args) => cmd::raise::run(cli.common, args).await,
+        Command::Result(args) => cmd::result::run(cli.common, args).await,
         Command::Watch(args) => cmd::watch::run(cli.common, args).await,
         Command::Demo(args) => cmd::demo::run(cli.common, args).await,
         Command::Loadtest(args) => cmd::loadtest::run(cli.common, args).await,

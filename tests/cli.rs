@@ -237,3 +237,45 @@ fn a_dedupe_window_of_zero_is_refused() {
         "{stderr}"
     );
 }
+
+/// `allot result` asks the service about one bid: confirmed exits 0, a
+/// bid with no outcome fails, and each reply matches its schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn result_tells_a_bids_outcome() {
+    let h = Harness::start().await;
+    h.open("res", allot::wire::AuctionSpec::with_capacity(1))
+        .await;
+    let reply = h
+        .client
+        .bid("res", &common::bid("b1", "u1", 5))
+        .await
+        .unwrap();
+    assert!(
+        matches!(reply, allot::wire::BidReply::Accepted { .. }),
+        "{reply:?}"
+    );
+    h.wait_for_outcomes("res", 1).await;
+
+    let out = allot(&h, &["result", "res", "--bid-id", "b1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_matches("result-reply.schema.json", &out.stdout);
+    let lines = stdout_lines(&out);
+    assert_eq!(
+        (lines[0]["status"].as_str(), lines[0]["rank"].as_u64()),
+        (Some("confirmed"), Some(1))
+    );
+
+    let out = allot(&h, &["result", "res", "--bid-id", "never"]);
+    assert!(!out.status.success());
+    assert_matches("result-reply.schema.json", &out.stdout);
+    assert_eq!(stdout_lines(&out)[0]["status"], "undecided");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no outcome for bid \"never\" yet"),
+        "{stderr}"
+    );
+}

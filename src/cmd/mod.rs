@@ -8,6 +8,7 @@ pub mod demo;
 pub mod embedded;
 pub mod loadtest;
 pub mod raise;
+pub mod result;
 pub mod serve;
 pub mod status;
 pub mod watch;
