@@ -416,7 +416,7 @@ impl Ledger {
             reason: CancelReason::Outbid,
         };
         let mut displaced = None;
-        if auction.held.len() as u32 >= auction.spec.capacity {
+        if auction.held.len() as u32 >= auction.spec.capacity.get() {
             let (&lowest, hold) = auction.held.last_key_value().expect("capacity >= 1");
             // Equal amounts: the earlier try (the holder) ranks higher.
             if t.amount <= hold.bid.amount {
@@ -473,7 +473,7 @@ impl Ledger {
             Some(CancelReason::AuctionClosed)
         } else if t.amount < spec.min_amount {
             Some(CancelReason::BelowMinimum)
-        } else if auction.confirmed >= spec.capacity {
+        } else if auction.confirmed >= spec.capacity.get() {
             // (A ranked auction confirms only at its close; this is an
             // auction with no slot at all, which no gateway opens.)
             Some(CancelReason::CapacityFull)
@@ -807,7 +807,7 @@ impl Ledger {
     /// How full an auction is.
     pub fn fill(&self, auction_id: &str) -> Option<Fill> {
         self.auctions.get(auction_id).map(|a| Fill {
-            capacity: a.spec.capacity,
+            capacity: a.spec.capacity.get(),
             confirmed: a.confirmed,
             held: a.held.len() as u32,
             closed: a.closed,
@@ -821,6 +821,7 @@ mod tests {
     use chrono::{DateTime, Duration, TimeZone, Utc};
     use proptest::prelude::*;
     use std::collections::HashSet;
+    use std::num::NonZeroU32;
 
     fn t0() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap()
@@ -888,7 +889,7 @@ mod tests {
     #[test]
     fn every_rule_is_checked_from_the_event_alone() {
         let spec = AuctionSpec {
-            capacity: 5,
+            capacity: NonZeroU32::new(5).unwrap(),
             min_amount: 100,
             closes_at: Some(t0() + Duration::seconds(60)),
             max_wins_per_bidder: 2,
@@ -932,7 +933,7 @@ mod tests {
         assert_eq!(l.apply(&try_("a", "b1", "u1", 1, 2), 4), Step::Duplicate);
         l.apply(&try_("x", "b1", "u1", 1, 1), 5);
         assert_eq!(l.apply(&try_("x", "b1", "u1", 1, 1), 6), Step::Duplicate);
-        assert_eq!(l.spec("a").unwrap().capacity, 1);
+        assert_eq!(l.spec("a").unwrap().capacity.get(), 1);
         // A bid is known by the try that decided it, not by later copies.
         assert_eq!(l.decided_try("a", "b1"), Some(3));
         assert_eq!(l.decided_try("x", "b1"), Some(5));
@@ -946,7 +947,7 @@ mod tests {
         let event = prop_oneof![
             1 => (0..4u8, 1..6u32, 0..3u64, 1..3u32).prop_map(|(a, cap, min, wins)| {
                 open(&format!("a{a}"), AuctionSpec {
-                    capacity: cap,
+                    capacity: NonZeroU32::new(cap).unwrap(),
                     min_amount: min,
                     closes_at: Some(t0() + Duration::seconds(50)),
                     max_wins_per_bidder: wins,
@@ -1006,7 +1007,7 @@ mod tests {
                         Some(spec) if t.amount < spec.min_amount => {
                             cancelled(CancelReason::BelowMinimum)
                         }
-                        Some(spec) if wins(false) >= spec.capacity => {
+                        Some(spec) if wins(false) >= spec.capacity.get() => {
                             cancelled(CancelReason::CapacityFull)
                         }
                         Some(spec) if wins(true) >= spec.max_wins_per_bidder => {
@@ -1060,7 +1061,7 @@ mod tests {
                             let ranks = confirmed.entry(t.auction_id.clone()).or_default();
                             ranks.push(*rank);
                             prop_assert_eq!(*rank as usize, ranks.len());
-                            prop_assert!(*rank <= spec.capacity);
+                            prop_assert!(*rank <= spec.capacity.get());
                             let w = wins.entry((t.auction_id.clone(), t.bidder_id.clone())).or_default();
                             *w += 1;
                             prop_assert!(*w <= spec.max_wins_per_bidder);
@@ -1570,7 +1571,7 @@ mod lifecycle_tests {
                 LogEvent::Open(OpenEvent {
                     auction_id: a.into(),
                     spec: AuctionSpec {
-                        capacity: cap,
+                        capacity: std::num::NonZeroU32::new(cap).unwrap(),
                         min_amount: 2,
                         closes_at: Some(t0() + Duration::seconds(50)),
                         max_wins_per_bidder: wins,
@@ -1700,7 +1701,7 @@ mod lifecycle_tests {
                 }
                 for (a, spec) in &specs {
                     let fill = ledger.fill(a).unwrap();
-                    prop_assert!(fill.held <= spec.capacity && fill.confirmed <= spec.capacity);
+                    prop_assert!(fill.held <= spec.capacity.get() && fill.confirmed <= spec.capacity.get());
                     if fill.closed {
                         prop_assert_eq!(fill.held, 0);
                     }

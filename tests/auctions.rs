@@ -10,11 +10,10 @@ use common::{assert_matches, bid, raw, Harness};
 async fn opening_is_idempotent_and_conflicting_settings_are_refused() {
     let h = Harness::start().await;
     let spec = AuctionSpec {
-        capacity: 3,
         min_amount: 7,
         closes_at: Some(Utc::now() + chrono::Duration::hours(1)),
         max_wins_per_bidder: 2,
-        policy: Default::default(),
+        ..AuctionSpec::with_capacity(3)
     };
     let body = serde_json::to_vec(&spec).unwrap();
     assert_matches("auction-open-request.schema.json", &body);
@@ -28,7 +27,7 @@ async fn opening_is_idempotent_and_conflicting_settings_are_refused() {
     assert_eq!(first["open_seq"], again["open_seq"]);
 
     let other = AuctionSpec {
-        capacity: 4,
+        capacity: AuctionSpec::with_capacity(4).capacity,
         ..spec.clone()
     };
     let reply = raw(

@@ -1,5 +1,7 @@
 //! `allot auction open|close|status`.
 
+use std::num::NonZeroU32;
+
 use chrono::{DateTime, Utc};
 
 use super::{parse_id, print_json, Common};
@@ -30,8 +32,8 @@ pub struct OpenArgs {
     #[arg(value_parser = parse_id)]
     pub auction_id: String,
     /// Number of winning slots.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    pub capacity: u32,
+    #[arg(long)]
+    pub capacity: NonZeroU32,
     /// Smallest winning amount, in minor units.
     #[arg(long, default_value_t = 0)]
     pub min_amount: u64,

@@ -102,7 +102,7 @@ impl Gateway {
             || self.view.closed.read().unwrap().contains(auction_id);
         Ok(StatusReply::Ok {
             auction_id: auction_id.to_string(),
-            state: state(closed, confirmed, spec.capacity),
+            state: state(closed, confirmed, spec.capacity.get()),
             spec: (*spec).clone(),
             tries,
             confirmed,

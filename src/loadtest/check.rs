@@ -203,7 +203,7 @@ pub fn check<'a>(
     }
 
     for (a, (spec, tally)) in specs.iter().zip(&mut tallies).enumerate() {
-        let capacity = u64::from(spec.capacity);
+        let capacity = u64::from(spec.capacity.get());
         if tally.confirmed > capacity {
             v.fail(format!(
                 "auction {a}: {} confirmed, over its capacity of {capacity}",

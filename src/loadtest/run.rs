@@ -68,6 +68,12 @@ const MAX_CLOSE_AFTER_SECS: f64 = 86_400.0;
 /// Refuses options the strategies cannot run.
 fn check_options(options: &Options) -> Result<()> {
     let w = &options.workload;
+    if w.capacity == 0 {
+        return Err(Error::new(
+            ErrorKind::Config,
+            "capacity: an auction has at least one slot",
+        ));
+    }
     if w.raises > 0.0 && !w.holds_until_close() {
         return Err(Error::new(
             ErrorKind::Config,

@@ -1,6 +1,8 @@
 //! The bidding workload: which bid goes where, derived from a seed so that
 //! every strategy in one run sees exactly the same bids in the same order.
 
+use std::num::NonZeroU32;
+
 use serde::{Deserialize, Serialize};
 
 use crate::wire::{AuctionSpec, BidRequest, Policy, RaiseRequest, WithdrawRequest};
@@ -128,9 +130,13 @@ impl Workload {
     }
 
     /// The rules every auction of the run is opened with.
+    ///
+    /// # Panics
+    ///
+    /// On a capacity of 0, which the run refuses before it opens anything.
     pub fn spec(&self) -> AuctionSpec {
         AuctionSpec {
-            capacity: self.capacity,
+            capacity: NonZeroU32::new(self.capacity).expect("a capacity of 0 is refused first"),
             min_amount: self.min_amount,
             closes_at: None,
             max_wins_per_bidder: self.max_wins_per_bidder,

@@ -167,7 +167,7 @@ pub async fn read(
         match log.direct_get_first_for_subject(subject).await {
             Ok(open) => {
                 if let Ok(LogEvent::Open(open)) = serde_json::from_slice(&open.payload) {
-                    fill.capacity = open.spec.capacity;
+                    fill.capacity = open.spec.capacity.get();
                     fill.policy = open.spec.policy;
                 }
             }

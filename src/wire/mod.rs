@@ -4,6 +4,8 @@
 //! read tolerantly (unknown fields are ignored) so that older readers survive
 //! newer writers.
 
+use std::num::NonZeroU32;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -85,8 +87,9 @@ pub fn valid_logged_id(s: &str) -> bool {
 /// The rules an auction is opened with. Immutable once opened.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuctionSpec {
-    /// Number of winning slots, N >= 1.
-    pub capacity: u32,
+    /// Number of winning slots: at least one, by its type (an open
+    /// event with 0 is not an open event).
+    pub capacity: NonZeroU32,
     /// Smallest amount that can win, in minor units.
     #[serde(default)]
     pub min_amount: u64,
@@ -135,9 +138,14 @@ fn one() -> u32 {
 
 impl AuctionSpec {
     /// An auction with `capacity` slots and default rules.
+    ///
+    /// # Panics
+    ///
+    /// On 0, which no caller should pass: requests are decoded (and a 0
+    /// refused) by [`decode_open`], and the command line refuses one.
     pub fn with_capacity(capacity: u32) -> Self {
         AuctionSpec {
-            capacity,
+            capacity: NonZeroU32::new(capacity).expect("an auction has at least one slot"),
             min_amount: 0,
             closes_at: None,
             max_wins_per_bidder: 1,
@@ -332,7 +340,7 @@ impl LogEvent {
         match self {
             // The gateway never writes these, but a hand-written one must
             // not reach the core: no slot to hold, no win allowed.
-            LogEvent::Open(o) => o.spec.capacity >= 1 && o.spec.max_wins_per_bidder >= 1,
+            LogEvent::Open(o) => o.spec.max_wins_per_bidder >= 1,
             LogEvent::Close(_) => true,
             LogEvent::Try(t) => t.well_formed(),
             LogEvent::Withdraw(w) => valid_logged_id(&w.bid_id) && valid_logged_id(&w.bidder_id),

@@ -2,6 +2,8 @@
 //! [`RequestError`] whose message names the field or subject at fault;
 //! nothing here panics, whatever the bytes.
 
+use std::num::NonZeroU32;
+
 use chrono::{DateTime, Utc};
 use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -231,7 +233,11 @@ pub fn decode_open(payload: &[u8], auction_id: &str) -> Result<AuctionSpec, Requ
         ],
     )?;
     check_auction_field(&mut body, auction_id)?;
-    let capacity = required(count(&mut body, "capacity")?, "capacity")?;
+    // `count` refuses 0 (and says so): `NonZeroU32::new` never gives `None` here.
+    let capacity = required(
+        count(&mut body, "capacity")?.and_then(NonZeroU32::new),
+        "capacity",
+    )?;
     let min_amount = amount(&mut body, "min_amount")?.unwrap_or(0);
     let max_wins_per_bidder = count(&mut body, "max_wins_per_bidder")?.unwrap_or(1);
     let closes_at = time(&mut body, "closes_at")?;
@@ -912,7 +918,7 @@ mod tests {
                 Err(e) => prop_assert!(!e.message.is_empty()),
             }
             if let Ok(spec) = decode_open(&body, "a1") {
-                prop_assert!(spec.capacity >= 1 && spec.max_wins_per_bidder >= 1);
+                prop_assert!(spec.capacity.get() >= 1 && spec.max_wins_per_bidder >= 1);
             }
         }
     }

@@ -112,7 +112,7 @@ pub(super) fn replay(
                     Expected::Cancelled(CancelReason::BidderLimit)
                 } else {
                     let key = (Reverse(b.amount), seq);
-                    let full = held.len() >= spec.capacity as usize;
+                    let full = held.len() >= spec.capacity.get() as usize;
                     match held.last_key_value() {
                         // Not above the lowest holder (equal: the holder's
                         // try is earlier, and ranks first).
