@@ -6,28 +6,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use allot::nats_server::NatsCluster;
 use allot::wire::AuctionSpec;
 use common::{
     assert_replay_matches_outcomes, bid, metric, one_outcome_per_bid, serve_process,
     serve_with_page, Bidders, Harness,
 };
-
-/// A harness on the first node of a new three-node cluster, once the
-/// cluster has elected its JetStream meta leader; and the other two nodes.
-async fn cluster() -> (Harness, Vec<allot::nats_server::NatsServer>) {
-    let mut cluster = NatsCluster::start(3).expect("the cluster starts");
-    let urls = cluster.urls();
-    let first = cluster.nodes.remove(0);
-    let h = Harness::on(first, Some(urls)).await;
-    for _ in 0..300 {
-        if h.js.query_account().await.is_ok() {
-            return (h, cluster.nodes);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the cluster's JetStream did not come up in 30 s");
-}
 
 /// The node that leads the log stream's replicas, by name (`n1`..`n3`).
 async fn log_leader(h: &Harness) -> String {
@@ -41,7 +24,7 @@ async fn log_leader(h: &Harness) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_log_leaders_node_mid_run_loses_and_doubles_nothing() {
-    let (h, mut others) = cluster().await;
+    let (h, mut others) = common::cluster_harness().await;
     let _serve = serve_process(&h, &["--replicas", "3"], &[]);
     // Stream creation waits on the cluster; serving starts after it.
     h.wait_until_serving_for(Duration::from_secs(120)).await;
@@ -156,7 +139,7 @@ async fn until_metric(addr: &str, name: &str, want: f64) -> Duration {
 /// fence keeps the late outcomes out), and a replay of the log agrees.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_frozen_past_its_lease_is_fenced_out_when_it_wakes() {
-    let (h, _others) = cluster().await;
+    let (h, _others) = common::cluster_harness().await;
     let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     // A de-duplication window shorter than the freeze: without the fence,
     // JetStream would store the frozen owner's late outcomes as doubles.
@@ -355,7 +338,7 @@ async fn verdicts(h: &Harness, mut run: std::process::Child, report: &std::path:
 /// decide a loadtest over 32 auctions together.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_serves_share_the_partitions() {
-    let (h, _others) = cluster().await;
+    let (h, _others) = common::cluster_harness().await;
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let (_serves, pages) = sharing(&h, &dirs).await;
     let report = dirs[0].path().join("report.json");
@@ -370,7 +353,7 @@ async fn two_serves_share_the_partitions() {
 /// exactly one outcome.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_serves_share_the_partitions_and_survive_a_kill_9() {
-    let (h, _others) = cluster().await;
+    let (h, _others) = common::cluster_harness().await;
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let (mut serves, pages) = sharing(&h, &dirs).await;
     // One probe auction per partition, to see when each decides again.

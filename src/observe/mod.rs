@@ -204,21 +204,27 @@ impl Metrics {
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_reason_and_result_is_counted_under_its_wire_name() {
-        let m = Metrics::default();
-        let mut o = OutcomeEvent {
-            kind: OutcomeKind::Cancelled,
+    /// An outcome of `kind`, decided the moment it was tried.
+    fn outcome(kind: OutcomeKind, rank: Option<u32>) -> OutcomeEvent {
+        let now = chrono::Utc::now();
+        OutcomeEvent {
+            kind,
             bid_id: "b".into(),
             auction_id: "a".into(),
             bidder_id: "u".into(),
             amount: 1,
             try_seq: 1,
-            tried_at: chrono::Utc::now(),
-            decided_at: chrono::Utc::now(),
-            rank: None,
+            tried_at: now,
+            decided_at: now,
+            rank,
             reason: None,
-        };
+        }
+    }
+
+    #[test]
+    fn every_reason_and_result_is_counted_under_its_wire_name() {
+        let m = Metrics::default();
+        let mut o = outcome(OutcomeKind::Cancelled, None);
         for (i, reason) in CancelReason::ALL.into_iter().enumerate() {
             o.reason = Some(reason);
             for _ in 0..=i {
@@ -283,18 +289,7 @@ mod tests {
     #[test]
     fn decision_latency_falls_in_its_bucket() {
         let m = Metrics::default();
-        let mut o = OutcomeEvent {
-            kind: OutcomeKind::Confirmed,
-            bid_id: "b".into(),
-            auction_id: "a".into(),
-            bidder_id: "u".into(),
-            amount: 1,
-            try_seq: 1,
-            tried_at: chrono::Utc::now(),
-            decided_at: chrono::Utc::now(),
-            rank: Some(1),
-            reason: None,
-        };
+        let mut o = outcome(OutcomeKind::Confirmed, Some(1));
         o.decided_at = o.tried_at + chrono::Duration::milliseconds(3);
         m.outcome(&o);
         o.decided_at = o.tried_at - chrono::Duration::seconds(1);
