@@ -103,6 +103,9 @@ struct Acks {
 
 struct Verifier {
     protocol: Protocol<SimDelivery>,
+    /// How far this process's clock is off the true time, in ms: each
+    /// start draws its own, up to 3 s either way.
+    skew: i64,
     snapshot: Snapshot,
     in_flight: VecDeque<Acks>,
     /// A second, read-only connection to the snapshot, for the oracle.
@@ -285,6 +288,11 @@ impl Sim {
         self.trace.push(format!("{} {line}", self.now.0));
     }
 
+    /// What the verifier's own clock reads now.
+    fn clock(&self, v: &Verifier) -> chrono::DateTime<chrono::Utc> {
+        self.now.at() + chrono::Duration::milliseconds(v.skew)
+    }
+
     fn tick(&mut self, ms: u64) {
         self.now = Millis(self.now.0 + ms);
     }
@@ -335,8 +343,10 @@ impl Sim {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )
         .map_err(|e| Failure::Transient(e.to_string()))?;
+        let skew = self.rng.below(6_001) as i64 - 3_000;
         let mut v = Verifier {
             protocol,
+            skew,
             snapshot,
             in_flight: VecDeque::new(),
             reader,
@@ -355,7 +365,7 @@ impl Sim {
 
     /// Writes the deadline closes that are due, as the verifier does.
     fn close_due(&mut self, v: &mut Verifier) {
-        for close in v.protocol.due_closes(self.now.at()) {
+        for close in v.protocol.due_closes(self.clock(v)) {
             let subject = self.workload.subjects.auction_event(&close.auction_id);
             let payload = serde_json::to_vec(&allot::wire::LogEvent::Close(close)).unwrap();
             let seq = self.log.append(subject, payload, self.now, true);
@@ -400,7 +410,7 @@ impl Sim {
                 }
                 let subjects = self.workload.subjects.clone();
                 v.protocol
-                    .gaps_clear(&subjects, self.now.at())
+                    .gaps_clear(&subjects, self.clock(v))
                     .map_err(|e| Failure::Broken(e.to_string()))?
             }
             Action::CheckLease => Vec::new(),

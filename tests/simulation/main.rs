@@ -17,7 +17,9 @@
 //! tries with resent ids, withdraws, raises, closes, garbage). Not yet
 //! simulated: several verifiers with leases and the fence (the real-server
 //! tests `recovery::a_second_verifier_stands_by_and_takes_over` and the
-//! cluster's frozen-owner test cover them), clock drift.
+//! cluster's frozen-owner test cover them). Each start of the verifier
+//! draws its own clock skew, up to 3 s either way: decisions and deadline
+//! closes are stamped by that clock, and must not change what is decided.
 //!
 //! `scripts/simulate --seeds N` runs a long campaign; a failure prints the
 //! seed and the command that replays it.
