@@ -11,7 +11,7 @@ use super::{internal, Gateway};
 use crate::wire::{
     decode_close, decode_raise, decode_withdraw, timestamp, CloseEvent, CloseReply, ClosedBy,
     CommandReply, CommandRequest, CommandResult, ErrorCode, LogEvent, RaiseEvent, RaiseReply,
-    RaiseRequest, RefuseReason, RequestError, TryEvent, WithdrawEvent, WithdrawReply,
+    RefuseReason, RequestError, TryEvent, WithdrawEvent, WithdrawReply,
 };
 
 /// How long a gateway waits for the verifier to decide a withdraw or a
@@ -19,9 +19,9 @@ use crate::wire::{
 const COMMAND_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Gateway {
-    /// A withdraw by whoever the gate says sent it: appended, then answered with the verifier's
-    /// decision. Withdraws that change nothing are in the log too: only
-    /// the verifier, in log order, can tell.
+    /// A withdraw by whoever the gate says sent it: appended, then
+    /// answered with the verifier's decision. Withdraws that change nothing
+    /// are in the log too: only the verifier, in log order, can tell.
     pub(super) async fn withdraw(&self, message: &Message) -> Result<WithdrawReply, RequestError> {
         let actor = self.gate.admit(message.headers.as_ref())?;
         let auction_id = self
@@ -71,8 +71,8 @@ impl Gateway {
         })
     }
 
-    /// A raise by whoever the gate says sent it: appended, then answered with the verifier's
-    /// decision (refused raises are in the log too, like withdraws).
+    /// A raise by whoever the gate says sent it: appended, then answered
+    /// with the verifier's decision (refused raises are in the log too).
     pub(super) async fn raise(&self, message: &Message) -> Result<RaiseReply, RequestError> {
         let actor = self.gate.admit(message.headers.as_ref())?;
         let auction_id = self
@@ -81,16 +81,11 @@ impl Gateway {
             .auction_in(&message.subject, "raise")?;
         let request = decode_raise(&message.payload, auction_id)?;
         let (bid_id, bidder_id) = actor.log_ids(&request.bid_id, &request.bidder_id)?;
-        let logged = RaiseRequest {
-            bid_id,
-            bidder_id,
-            ..request.clone()
-        };
         self.known_auction(auction_id).await?;
         let event = LogEvent::Raise(RaiseEvent {
-            bid_id: logged.bid_id,
+            bid_id,
             auction_id: auction_id.to_string(),
-            bidder_id: logged.bidder_id,
+            bidder_id,
             amount: request.amount,
             expected_amount: request.expected_amount,
             raised_at: timestamp::now(),
