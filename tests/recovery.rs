@@ -262,7 +262,9 @@ async fn a_second_verifier_stands_by_and_takes_over() {
     // The first dies; the standby takes over and rebuilds from the log.
     first.kill().unwrap();
     first.wait().unwrap();
-    h.wait_until_serving().await;
+    // Patient: under the whole suite's load on two cores, the standby's
+    // answer once took longer than the usual 10 s.
+    h.wait_until_serving_for(Duration::from_secs(30)).await;
     let after = place(&h, "l", 2..6).await;
     let outcomes = h.wait_for_outcomes("l", before + after).await;
     h.wait_until_decided().await;
