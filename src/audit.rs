@@ -14,8 +14,8 @@ use async_nats::jetstream;
 
 use crate::core::{Decision, Ledger, Verdict};
 use crate::error::{Error, ErrorKind, Result};
+use crate::log::read_all;
 use crate::snapshot::Snapshot;
-use crate::streams::read_all;
 use crate::wire::{LogEntry, LogEvent, OutcomeEvent, Subjects};
 
 /// What an audit found.

@@ -4,9 +4,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::{self, kv, stream};
-use futures::StreamExt;
 
 use crate::error::{Error, ErrorKind};
 use crate::wire::Subjects;
@@ -200,27 +198,6 @@ impl Streams {
             lease_ttl: options.lease_ttl,
         })
     }
-
-    /// Number of messages stored on the subjects matching `filter`. Counted
-    /// by the server, as a consumer's pending count, so that a filter
-    /// matching one subject per bid sends no list of subjects.
-    pub async fn count(stream: &stream::Stream, filter: &str) -> Result<u64, Error> {
-        let counting = || Error::wrap(ErrorKind::Nats, format!("counting {filter}"));
-        let consumer: jetstream::consumer::PullConsumer = stream
-            .create_consumer(jetstream::consumer::pull::Config {
-                filter_subject: filter.to_string(),
-                inactive_threshold: Duration::from_secs(5),
-                memory_storage: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(counting())?;
-        let info = consumer.cached_info();
-        let (pending, name) = (info.num_pending, info.name.clone());
-        // Left alone, the server removes it after `inactive_threshold`.
-        let _ = stream.delete_consumer(&name).await;
-        Ok(pending)
-    }
 }
 
 /// `subjects` with the number of partitions the log was created with,
@@ -283,64 +260,4 @@ fn bucket_error(e: jetstream::context::CreateKeyValueError, name: String) -> Err
         _ => ErrorKind::Setup,
     };
     Error::with_source(kind, e).context(name)
-}
-
-/// A stream message as read back.
-pub struct StoredMessage {
-    pub seq: u64,
-    pub subject: String,
-    pub payload: bytes::Bytes,
-    pub time: chrono::DateTime<chrono::Utc>,
-}
-
-/// Every message on `filters` in the stream, in order, as of now.
-pub async fn read_all(
-    js: &jetstream::Context,
-    name: &str,
-    filters: Vec<String>,
-) -> Result<Vec<StoredMessage>, Error> {
-    let reading = format!("reading stream {name}");
-    let stream: stream::Stream = js
-        .get_stream(name)
-        .await
-        .map_err(Error::wrap(ErrorKind::Nats, reading.as_str()))?;
-    let consumer = stream
-        .create_consumer(pull::OrderedConfig {
-            filter_subjects: filters,
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .map_err(Error::wrap(ErrorKind::Nats, reading.as_str()))?;
-    // The count when the read starts: later messages are not audited.
-    let mut remaining = consumer.cached_info().num_pending;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(Error::wrap(ErrorKind::Nats, reading.as_str()))?;
-    let mut out = Vec::with_capacity(remaining as usize);
-    while remaining > 0 {
-        let next = tokio::time::timeout(Duration::from_secs(10), messages.next()).await;
-        let message = match next {
-            Ok(Some(m)) => m.map_err(Error::wrap(ErrorKind::Nats, reading.as_str()))?,
-            Ok(None) => break,
-            Err(_) => {
-                return Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!("stream {name} stopped delivering with {remaining} messages to go"),
-                ))
-            }
-        };
-        let info = message
-            .info()
-            .map_err(Error::wrap(ErrorKind::Nats, reading.as_str()))?;
-        out.push(StoredMessage {
-            seq: info.stream_sequence,
-            subject: message.subject.to_string(),
-            payload: message.payload.clone(),
-            time: info.published,
-        });
-        remaining -= 1;
-    }
-    Ok(out)
 }

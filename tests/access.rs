@@ -11,7 +11,6 @@ use allot::client::{connect, AllotClient};
 use allot::identity::{IdentityConfig, Mode};
 use allot::nats_server::NatsServer;
 use allot::service::{self, Config};
-use allot::streams::Streams;
 use allot::verifier::VerifierConfig;
 use allot::wire::{
     AuctionSpec, BidReply, BidRequest, ErrorCode, OpenReply, OutcomeEvent, Policy, RaiseReply,
@@ -397,12 +396,12 @@ async fn bidders_and_backends_act_only_as_themselves_under_the_example_config() 
         .await
         .expect("the log is still there");
     assert_eq!(
-        Streams::count(&log, &s.auction_event("evil"))
+        allot::log::count(&log, &s.auction_event("evil"))
             .await
             .unwrap(),
         0
     );
-    let tries = Streams::count(&log, &s.try_event("a")).await.unwrap();
+    let tries = allot::log::count(&log, &s.try_event("a")).await.unwrap();
     // b1 twice, b9, the burst's admitted bids and "late"; nothing forged.
     let admitted = burst
         .iter()

@@ -6,7 +6,6 @@ use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::Message;
 
 use super::{internal, Gateway};
-use crate::streams::Streams;
 use crate::wire::{
     decode_close, decode_open, timestamp, AuctionState, ErrorCode, LogEvent, OpenEvent, OpenReply,
     OutcomeKind, RequestError, StatusReply,
@@ -84,7 +83,7 @@ impl Gateway {
             ));
         };
         let count = |stream, subject: String| async move {
-            Streams::count(stream, &subject).await.map_err(internal)
+            crate::log::count(stream, &subject).await.map_err(internal)
         };
         let tries = count(&self.streams.log, subjects.try_event(auction_id)).await?;
         let confirmed = count(
@@ -128,7 +127,7 @@ impl Gateway {
             return Ok(tries);
         };
         let filter = self.streams.subjects.try_event(auction_id);
-        count_after(&self.streams.log, &filter, floor)
+        crate::log::count_after(&self.streams.log, &filter, floor)
             .await
             .map_err(internal)
     }
@@ -156,32 +155,6 @@ fn state(closed: bool, confirmed: u64, capacity: u32) -> AuctionState {
 /// outcomes are out but not yet acked.
 fn pending(tries: u64, outcomes: u64, not_reached: u64) -> u64 {
     tries.saturating_sub(outcomes).min(not_reached)
-}
-
-/// Entries on `filter` after log sequence `after`: a short-lived consumer's
-/// count, as in [`Streams::count`].
-async fn count_after(
-    stream: &async_nats::jetstream::stream::Stream,
-    filter: &str,
-    after: u64,
-) -> Result<u64, async_nats::Error> {
-    use async_nats::jetstream::consumer::{pull, DeliverPolicy, PullConsumer};
-    let consumer: PullConsumer = stream
-        .create_consumer(pull::Config {
-            filter_subject: filter.to_string(),
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: after + 1,
-            },
-            inactive_threshold: std::time::Duration::from_secs(5),
-            memory_storage: true,
-            ..Default::default()
-        })
-        .await?;
-    let info = consumer.cached_info();
-    let (pending, name) = (info.num_pending, info.name.clone());
-    // Left alone, the server removes it after `inactive_threshold`.
-    let _ = stream.delete_consumer(&name).await;
-    Ok(pending)
 }
 
 #[cfg(test)]

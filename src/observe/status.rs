@@ -3,17 +3,16 @@
 //! the running instances' `$SRV.PING` answers), so it works from any
 //! machine that can reach the cluster and changes nothing.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
-use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
 use async_nats::jetstream::{self, kv};
 use async_nats::service::PingResponse;
 use futures::StreamExt;
 use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::log::Reader;
 use crate::wire::{LogEvent, Policy, Subjects};
 
 /// How long `$SRV.PING` answers are collected.
@@ -73,26 +72,13 @@ pub async fn read(
     limit: usize,
 ) -> Result<Status> {
     let js = jetstream::new(client.clone());
-    let subjects = &crate::streams::log_subjects(&js, subjects.clone()).await?;
-    let log = js
-        .get_stream(subjects.tries_stream())
-        .await
-        .map_err(Error::wrap(
-            ErrorKind::Nats,
-            format!(
-                "stream {} (is allot serve running here?)",
-                subjects.tries_stream()
-            ),
-        ))?;
-    let outcomes = js
-        .get_stream(subjects.outcomes_stream())
-        .await
-        .map_err(Error::wrap(ErrorKind::Nats, subjects.outcomes_stream()))?;
+    let streams = Reader::open(&js, subjects.clone()).await?;
+    let subjects = &streams.subjects;
     let instances = instances(client).await?;
 
     let prefix = subjects.prefix();
-    let opened = per_subject(&log, &format!("{prefix}.auction.*.*")).await?;
-    let tries = per_subject(&log, &format!("{prefix}.try.*.*")).await?;
+    let opened = streams.log_counts(&format!("{prefix}.auction.*.*")).await?;
+    let tries = streams.log_counts(&format!("{prefix}.try.*.*")).await?;
     let leases = js.get_key_value(subjects.leases_bucket()).await.ok();
     let mut partitions = Vec::new();
     for p in 0..subjects.partitions() {
@@ -106,7 +92,8 @@ pub async fn read(
             .map(|(_, n)| n)
             .sum();
         let name = crate::wire::names::verifier_consumer(consumer, p);
-        let pending = match log
+        let pending = match streams
+            .log
             .get_consumer::<jetstream::consumer::pull::Config>(&name)
             .await
         {
@@ -131,7 +118,9 @@ pub async fn read(
             pending,
         });
     }
-    let decided = per_subject(&outcomes, &format!("{prefix}.outcome.*.*")).await?;
+    let decided = streams
+        .outcome_counts(&format!("{prefix}.outcome.*.*"))
+        .await?;
     let mut fills: Vec<AuctionFill> = opened
         .keys()
         .filter_map(|subject| subject.rsplit('.').next())
@@ -163,15 +152,14 @@ pub async fn read(
     fills.truncate(limit);
     // Each auction's settings are in its first event, the open.
     for fill in &mut fills {
-        let subject = subjects.auction_event(&fill.auction_id);
-        match log.direct_get_first_for_subject(subject).await {
-            Ok(open) => {
+        match streams.first_event(&fill.auction_id).await {
+            Ok(Some(open)) => {
                 if let Ok(LogEvent::Open(open)) = serde_json::from_slice(&open.payload) {
                     fill.capacity = open.spec.capacity.get();
                     fill.policy = open.spec.policy;
                 }
             }
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => {}
+            Ok(None) => {}
             Err(e) => return Err(Error::wrap(ErrorKind::Nats, fill.auction_id.clone())(e)),
         }
     }
@@ -181,21 +169,6 @@ pub async fn read(
         auctions: fills,
         auctions_total,
     })
-}
-
-/// Message counts per subject matching `filter`.
-async fn per_subject(stream: &Stream, filter: &str) -> Result<BTreeMap<String, u64>> {
-    let mut counts = BTreeMap::new();
-    let mut info = stream
-        .info_with_subjects(filter)
-        .await
-        .map_err(|e| Error::with_source(ErrorKind::Nats, e).context(filter.to_string()))?;
-    while let Some(entry) = info.next().await {
-        let (subject, count) = entry
-            .map_err(|e| Error::with_source(ErrorKind::Nats, e).context(filter.to_string()))?;
-        counts.insert(subject, count as u64);
-    }
-    Ok(counts)
 }
 
 async fn lease_owner(bucket: &kv::Store, partition: u32) -> Option<String> {

@@ -24,7 +24,6 @@
 //! taken from there rather than published twice.
 
 mod assign;
-mod fence;
 mod lease;
 mod outcomes;
 pub mod protocol;
@@ -42,6 +41,7 @@ use futures::StreamExt;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::faults::{crash_point, stall_point, stop_point};
+use crate::log::fence::Fence;
 use crate::observe::Metrics;
 use crate::snapshot::{Snapshot, Sync};
 use crate::streams::Streams;
@@ -50,7 +50,6 @@ use crate::wire::{
     timestamp, CommandReply, CommandRequest, CommandResult, DecidedReply, DecidedRequest,
     HeldEvent, LogEvent,
 };
-use fence::Fence;
 use lease::{DirLock, Lease};
 use outcomes::{announce_closed, announce_sold_out, send, Acks};
 use protocol::{Action, CommandAnswer, Delivered, Delivery, Protocol};
@@ -131,7 +130,7 @@ async fn decide_partition(
     // gone); a stop meanwhile wins.
     let taken = tokio::select! {
         _ = &mut stop => None,
-        taken = Fence::take(&streams, partition, lease.owner()) => Some(taken),
+        taken = Fence::take(&streams, partition, lease.owner(), FENCE_LANES) => Some(taken),
     };
     let fence = match taken {
         Some(Ok(fence)) => fence,
@@ -455,6 +454,11 @@ async fn settle(in_flight: &mut VecDeque<Acks>, error: Error) -> Error {
 
 /// Most batches sent and not yet finished.
 const PIPELINE_DEPTH: usize = 4;
+
+/// Fence lanes per partition (`log/fence.rs`): at least as many as outcomes
+/// can be unacked at once ([`outcomes::MAX_UNACKED`] per batch,
+/// [`PIPELINE_DEPTH`] batches).
+pub const FENCE_LANES: usize = outcomes::MAX_UNACKED * PIPELINE_DEPTH;
 
 /// How often the verifier looks for auctions past their `closes_at`: how
 /// late, at most, their close event is written.

@@ -6,11 +6,10 @@ use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 
 use async_nats::jetstream::context::PublishAckFuture;
-use async_nats::jetstream::message::PublishMessage;
 
-use super::fence::{refused, Fence};
 use crate::core::Ledger;
 use crate::error::{Error, ErrorKind, Result};
+use crate::log::fence::{refused, Fence};
 use crate::snapshot::StoredOutcome;
 use crate::streams::Streams;
 use crate::wire::{AuctionView, OutcomeEvent};
@@ -25,7 +24,7 @@ pub(super) type Acks = Pin<Box<dyn Future<Output = Result<u64>> + Send>>;
 /// 5,000, the next publish would wait for a permit that only awaiting an
 /// earlier ack can free. A ranked close decides a whole auction at once, so
 /// a batch can hold many more outcomes than log entries. It also sets how
-/// many fence lanes a partition needs (`fence.rs`), written at every change
+/// many fence lanes a partition needs (`log/fence.rs`), written at every change
 /// of owner: 256 keeps that at 1,024 per partition, and with several
 /// partitions deciding at once there are still thousands in flight.
 pub(super) const MAX_UNACKED: usize = 256;
@@ -40,7 +39,6 @@ pub(super) async fn send(
     outcomes: &[StoredOutcome],
     published: &HashSet<(String, String)>,
 ) -> Result<Acks> {
-    let subjects = &streams.subjects;
     let nats = || Error::wrap(ErrorKind::Nats, "publish outcome");
     let mut acks = std::collections::VecDeque::with_capacity(outcomes.len().min(MAX_UNACKED));
     let mut last = 0;
@@ -53,14 +51,7 @@ pub(super) async fn send(
             let oldest: PublishAckFuture = acks.pop_front().expect("not empty");
             last = last.max(oldest.await.map_err(refused)?.sequence);
         }
-        let outcome = fence.stamp(
-            PublishMessage::build()
-                .message_id(OutcomeEvent::msg_id(&o.auction_id, &o.bid_id))
-                .payload(d.payload.clone()),
-        );
-        let subject = subjects.outcome(&o.auction_id, o.kind);
-        let ack = streams.js.send_publish(subject, outcome).await;
-        acks.push_back(ack.map_err(nats())?);
+        acks.push_back(streams.send_outcome(fence, d).await.map_err(nats())?);
     }
     Ok(Box::pin(async move {
         for ack in futures::future::join_all(acks.into_iter().map(IntoFuture::into_future)).await {

@@ -4,25 +4,22 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::time::Duration;
 
 use async_nats::jetstream::consumer::{
     pull, AckPolicy, DeliverPolicy, PriorityPolicy, PullConsumer,
 };
-use async_nats::jetstream::stream::{self, DirectGetErrorKind};
-use futures::StreamExt;
+use async_nats::jetstream::stream;
 
-use super::fence::Fence;
 use super::lease::Lease;
 use super::protocol::{Protocol, Published};
 use super::{blocking, Verifier, VerifierConfig};
 use crate::core::Ledger;
 use crate::error::{Error, ErrorKind, Result};
+use crate::log::fence::Fence;
 use crate::observe::Metrics;
 use crate::snapshot::{Position, Snapshot, SnapshotError, StoredOutcome, Sync};
 use crate::streams::Streams;
 use crate::wire::names::PULL_GROUP;
-use crate::wire::OutcomeEvent;
 
 impl<'a> Verifier<'a> {
     /// Loads the snapshot, and makes sure everything it decided is
@@ -36,7 +33,7 @@ impl<'a> Verifier<'a> {
         config: &VerifierConfig,
     ) -> Result<Verifier<'a>> {
         let log = log_info(streams).await?;
-        check_outcomes_follow_log(streams, &log).await?;
+        streams.check_outcomes_follow_log(&log).await?;
         let identity = format!("{}@{}", log.config.name, log.created.to_rfc3339());
         let dir = config.data_dir.clone();
         let sync = config.sync;
@@ -105,66 +102,11 @@ fn load(dir: &Path, sync: Sync, identity: &str) -> std::result::Result<Loaded, S
 /// Outcomes of the partition's auctions stored after outcome-stream
 /// sequence `after`: the ones the snapshot may not account for.
 async fn read_published(streams: &Streams, partition: u32, after: u64) -> Result<Published> {
-    const READING: &str = "reading the outcome stream";
+    let stored = streams.outcomes_since(partition, after).await?;
     let mut found = Published::through(after);
-    let mut outcomes = streams.outcomes.clone();
-    let state = outcomes
-        .info()
-        .await
-        .map_err(Error::wrap(ErrorKind::Nats, READING))?
-        .state
-        .clone();
-    found.stored_through(state.last_sequence);
-    if state.messages == 0 || state.last_sequence <= after {
-        return Ok(found);
-    }
-    // Outcomes only: the fence markers in between are many and no use.
-    let consumer = streams
-        .outcomes
-        .create_consumer(pull::OrderedConfig {
-            filter_subject: streams.subjects.outcomes(None),
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: after + 1,
-            },
-            ..Default::default()
-        })
-        .await
-        .map_err(Error::wrap(ErrorKind::Nats, READING))?;
-    if consumer.cached_info().num_pending == 0 {
-        return Ok(found);
-    }
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(Error::wrap(ErrorKind::Nats, READING))?;
-    loop {
-        // A stream that stops delivering (its leader lost, say) is read
-        // again from the start by the next run, rather than waited on.
-        let next = tokio::time::timeout(Duration::from_secs(10), messages.next()).await;
-        let message = match next {
-            Ok(Some(message)) => message.map_err(Error::wrap(ErrorKind::Nats, READING))?,
-            Ok(None) => break,
-            Err(_) => {
-                return Err(Error::new(
-                    ErrorKind::Timeout,
-                    "the outcome stream stopped delivering",
-                ))
-            }
-        };
-        let info = message
-            .info()
-            .map_err(Error::wrap(ErrorKind::Nats, READING))?;
-        let (seq, pending) = (info.stream_sequence, info.pending);
-        let outcome = serde_json::from_slice::<OutcomeEvent>(&message.payload)
-            .ok()
-            .filter(|o| streams.subjects.partition(&o.auction_id) == partition);
-        if let Some(outcome) = outcome {
-            let payload = message.payload.clone();
-            found.found(seq, StoredOutcome { outcome, payload });
-        }
-        if pending == 0 {
-            break;
-        }
+    found.stored_through(stored.stored_through);
+    for (seq, outcome) in stored.outcomes {
+        found.found(seq, outcome);
     }
     Ok(found)
 }
@@ -239,36 +181,4 @@ async fn log_info(streams: &Streams) -> Result<stream::Info> {
         .await
         .cloned()
         .map_err(Error::wrap(ErrorKind::Setup, "log stream info"))
-}
-
-/// Refuses an outcome stream older than the log: its outcomes would belong
-/// to tries of an earlier log, with the same ids but other decisions.
-async fn check_outcomes_follow_log(streams: &Streams, log: &stream::Info) -> Result<()> {
-    let mut outcomes = streams.outcomes.clone();
-    let info = outcomes
-        .info()
-        .await
-        .map_err(Error::wrap(ErrorKind::Setup, "outcome stream info"))?
-        .clone();
-    // The first outcome, not the first message: fence markers come and
-    // go (a new owner purges the old ones) and are never older than the log.
-    let first = match streams
-        .outcomes
-        .direct_get_first_for_subject(streams.subjects.outcomes(None))
-        .await
-    {
-        Ok(first) => first,
-        Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::with_source(ErrorKind::Setup, e).context("outcome stream")),
-    };
-    if first.time < log.created {
-        return Err(Error::new(
-            ErrorKind::Integrity,
-            format!(
-                "stream {} holds outcomes from before stream {} was created; they belong to an earlier log: delete {} too, or use another --prefix",
-                info.config.name, log.config.name, info.config.name
-            ),
-        ));
-    }
-    Ok(())
 }

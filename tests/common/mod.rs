@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// A message read back from a stream.
-pub use allot::streams::StoredMessage as Stored;
+pub use allot::log::StoredMessage as Stored;
 
 pub struct Harness {
     pub server: NatsServer,
@@ -176,7 +176,7 @@ impl Harness {
     pub async fn read_stream(&self, stream: &str, filter: &str) -> Vec<Stored> {
         let mut tries = 0;
         loop {
-            match allot::streams::read_all(&self.js, stream, vec![filter.to_string()]).await {
+            match allot::log::read_all(&self.js, stream, vec![filter.to_string()]).await {
                 Ok(messages) => return messages,
                 Err(e) if tries < 5 && e.kind() != allot::ErrorKind::Integrity => {
                     eprintln!("reading {stream} failed ({e}); asking again");
@@ -236,7 +236,7 @@ impl Harness {
         let s = &self.client.subjects;
         let stream = self.js.get_stream(s.outcomes_stream()).await.unwrap();
         for _ in 0..600 {
-            let count = allot::streams::Streams::count(&stream, &s.outcomes(Some(auction_id)))
+            let count = allot::log::count(&stream, &s.outcomes(Some(auction_id)))
                 .await
                 .unwrap();
             if count as usize >= n {

@@ -1,17 +1,33 @@
-//! The log's one owner: every append to the ordered log and every read of
-//! single entries goes through here, as async-nats's `kv::Store` owns its
-//! subjects and headers. Callers hand over an event; the subject, the
-//! message id and the expectations come from the event itself
-//! ([`LogEvent::msg_id`]), so no two writers can spell them differently.
-//! (The verifier's consumer reads the log in bulk, in `verifier/`.)
+//! The one owner of the log and the outcome stream, as async-nats's
+//! `kv::Store` owns its subjects and headers: every append to the log,
+//! every outcome published (under its verifier's fence, [`fence`]), and
+//! every read of either stream goes through here. Callers hand over an
+//! event or an outcome; the subject, the message id and the expectations
+//! come from it ([`LogEvent::msg_id`], [`OutcomeEvent::msg_id`]), so no two
+//! writers can spell them differently.
+//!
+//! The verifier's durable consumer, which delivers the log in bulk, is
+//! made in `verifier/recovery.rs`: its position belongs to the verifier's
+//! snapshot, not to the log.
+//!
+//! [`OutcomeEvent::msg_id`]: crate::wire::OutcomeEvent::msg_id
 
 use async_nats::jetstream::context::{PublishAckFuture, PublishError};
 use async_nats::jetstream::message::{PublishMessage, StreamMessage};
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::stream::{DirectGetError, DirectGetErrorKind};
 
+use async_nats::jetstream::stream::Stream;
+
 use crate::streams::Streams;
-use crate::wire::LogEvent;
+use crate::wire::{LogEvent, Subjects};
+
+pub mod fence;
+mod outcomes;
+pub mod read;
+
+pub use outcomes::StoredSince;
+pub use read::{count, count_after, read_all, Reader, StoredMessage};
 
 impl Streams {
     /// Appends `event` on its subject with its message id: a resend within
@@ -51,8 +67,7 @@ impl Streams {
         &self,
         auction_id: &str,
     ) -> Result<Option<StreamMessage>, DirectGetError> {
-        let subject = self.subjects.auction_event(auction_id);
-        found(self.log.direct_get_first_for_subject(subject).await)
+        first_event(&self.log, &self.subjects, auction_id).await
     }
 
     /// The log sequence of an auction's last try, if it has any.
@@ -76,6 +91,18 @@ impl Streams {
         )?;
         Ok(next.map(|m| m.sequence))
     }
+}
+
+/// The first event of an auction in `log`, if it has any.
+async fn first_event(
+    log: &Stream,
+    subjects: &Subjects,
+    auction_id: &str,
+) -> Result<Option<StreamMessage>, DirectGetError> {
+    found(
+        log.direct_get_first_for_subject(subjects.auction_event(auction_id))
+            .await,
+    )
 }
 
 /// A direct get's answer, with "no such message" as `None`.

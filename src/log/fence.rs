@@ -32,13 +32,9 @@ use crate::streams::Streams;
 /// is checked against (nats-server 2.11 and later).
 const EXPECTED_SUBJECT: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
 
-/// Lanes per partition: at least as many as outcomes can be unacked at
-/// once (`MAX_UNACKED` per batch, `PIPELINE_DEPTH` batches).
-pub(super) const LANES: usize = super::outcomes::MAX_UNACKED * super::PIPELINE_DEPTH;
-
 /// This verifier's markers on its partition's fence lanes.
 #[derive(Debug)]
-pub(super) struct Fence {
+pub struct Fence {
     /// Lane subjects and the sequence of this verifier's marker on each.
     lanes: Vec<(String, u64)>,
     /// The lane the next outcome checks.
@@ -50,8 +46,14 @@ impl Fence {
     /// wrote the ones before; then drops those. Only a lease holder calls
     /// this, so markers need no compare-and-set of their own: were two
     /// verifiers ever to write at once, each would hold some lanes and
-    /// both would be refused, which is safe.
-    pub(super) async fn take(streams: &Streams, partition: u32, owner: &str) -> Result<Fence> {
+    /// both would be refused, which is safe. `lanes` must be at least as
+    /// many as outcomes its holder leaves unacked at once.
+    pub async fn take(
+        streams: &Streams,
+        partition: u32,
+        owner: &str,
+        lanes: usize,
+    ) -> Result<Fence> {
         let marker = serde_json::json!({
             "type": "fence",
             "partition": partition,
@@ -60,8 +62,8 @@ impl Fence {
         })
         .to_string();
         let failed = |e| Error::with_source(ErrorKind::Nats, e).context("writing the fence");
-        let mut acks = Vec::with_capacity(LANES);
-        for lane in 0..LANES {
+        let mut acks = Vec::with_capacity(lanes);
+        for lane in 0..lanes {
             let subject = streams.subjects.fence(partition, lane);
             let ack = streams
                 .js
@@ -73,11 +75,11 @@ impl Fence {
                 .map_err(failed)?;
             acks.push((subject, ack));
         }
-        let mut lanes = Vec::with_capacity(LANES);
+        let mut taken = Vec::with_capacity(lanes);
         for (subject, ack) in acks {
-            lanes.push((subject, ack.await.map_err(failed)?.sequence));
+            taken.push((subject, ack.await.map_err(failed)?.sequence));
         }
-        let first = lanes.iter().map(|(_, seq)| *seq).min().unwrap_or(0);
+        let first = taken.iter().map(|(_, seq)| *seq).min().unwrap_or(0);
         // Earlier holders' markers are of no further use.
         if let Err(e) = streams
             .outcomes
@@ -88,15 +90,15 @@ impl Fence {
         {
             tracing::warn!(error = %e, "cannot drop old fence markers");
         }
-        tracing::info!(partition, lanes = LANES, "fence taken");
+        tracing::info!(partition, lanes, "fence taken");
         Ok(Fence {
-            lanes,
+            lanes: taken,
             next: AtomicUsize::new(0),
         })
     }
 
     /// Makes `message` acceptable only while this fence is the latest.
-    pub(super) fn stamp(&self, message: PublishMessage) -> PublishMessage {
+    pub fn stamp(&self, message: PublishMessage) -> PublishMessage {
         let lane = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
         let (subject, seq) = &self.lanes[lane];
         message
@@ -107,7 +109,7 @@ impl Fence {
 
 /// An outcome's failed ack: a fence refusal means another verifier took
 /// over.
-pub(super) fn refused(e: PublishError) -> Error {
+pub fn refused(e: PublishError) -> Error {
     if e.kind() == PublishErrorKind::WrongLastSequence {
         Error::new(
             ErrorKind::Fenced,
@@ -142,6 +144,9 @@ mod tests {
             .unwrap()
     }
 
+    /// Lanes in these tests: as many as a verifier takes.
+    const LANES: usize = crate::verifier::FENCE_LANES;
+
     /// Sends `n` stamped outcomes at once, then waits for every ack.
     async fn publish(streams: &Streams, fence: &Fence, n: usize) -> Vec<Result<u64>> {
         let mut acks = Vec::with_capacity(n);
@@ -168,7 +173,7 @@ mod tests {
     /// A fence admits any number of its holder's outcomes in flight at once
     /// (up to the lanes), and none once a successor has taken it.
     async fn fences_out_the_predecessor(streams: &Streams) {
-        let first = Fence::take(streams, 0, "first").await.unwrap();
+        let first = Fence::take(streams, 0, "first", LANES).await.unwrap();
         let accepted = publish(streams, &first, LANES).await;
         assert!(
             accepted.iter().all(Result::is_ok),
@@ -176,7 +181,7 @@ mod tests {
             accepted.iter().find(|r| r.is_err())
         );
 
-        let second = Fence::take(streams, 0, "second").await.unwrap();
+        let second = Fence::take(streams, 0, "second", LANES).await.unwrap();
         let refused = publish(streams, &first, 100).await;
         for result in &refused {
             let e = result.as_ref().expect_err("the predecessor is fenced out");

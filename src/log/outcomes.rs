@@ -1,0 +1,149 @@
+//! The outcome stream's side of the log's owner: an outcome is published
+//! here, under its verifier's fence and with its message id, and read back
+//! here when a verifier starts.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::jetstream::context::{PublishAckFuture, PublishError};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::{self, DirectGetErrorKind};
+use futures::StreamExt;
+
+use super::fence::Fence;
+use crate::error::{Error, ErrorKind, Result};
+use crate::snapshot::StoredOutcome;
+use crate::streams::Streams;
+use crate::wire::OutcomeEvent;
+
+/// A partition's outcomes stored after some outcome-stream sequence.
+pub struct StoredSince {
+    /// The stream's last sequence when it was read (fence markers included).
+    pub stored_through: u64,
+    /// The partition's outcomes, with their sequences, in stream order.
+    pub outcomes: Vec<(u64, StoredOutcome)>,
+}
+
+impl Streams {
+    /// Sends a decided outcome on its auction's subject, with its message id
+    /// and under `fence`, without waiting for the ack. A refused ack means
+    /// another verifier took over ([`super::fence::refused`]).
+    pub async fn send_outcome(
+        &self,
+        fence: &Fence,
+        stored: &StoredOutcome,
+    ) -> std::result::Result<PublishAckFuture, PublishError> {
+        let o = &stored.outcome;
+        let message = fence.stamp(
+            PublishMessage::build()
+                .message_id(OutcomeEvent::msg_id(&o.auction_id, &o.bid_id))
+                .payload(stored.payload.clone()),
+        );
+        let subject = self.subjects.outcome(&o.auction_id, o.kind);
+        self.js.send_publish(subject, message).await
+    }
+
+    /// The outcomes of `partition`'s auctions stored after outcome-stream
+    /// sequence `after`: the ones a snapshot may not account for.
+    pub async fn outcomes_since(&self, partition: u32, after: u64) -> Result<StoredSince> {
+        const READING: &str = "reading the outcome stream";
+        let mut stream = self.outcomes.clone();
+        let state = stream
+            .info()
+            .await
+            .map_err(Error::wrap(ErrorKind::Nats, READING))?
+            .state
+            .clone();
+        let mut found = StoredSince {
+            stored_through: state.last_sequence,
+            outcomes: Vec::new(),
+        };
+        if state.messages == 0 || state.last_sequence <= after {
+            return Ok(found);
+        }
+        // Outcomes only: the fence markers in between are many and no use.
+        let consumer = self
+            .outcomes
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: self.subjects.outcomes(None),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: after + 1,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(Error::wrap(ErrorKind::Nats, READING))?;
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(found);
+        }
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(Error::wrap(ErrorKind::Nats, READING))?;
+        loop {
+            // A stream that stops delivering (its leader lost, say) is read
+            // again from the start by the next run, rather than waited on.
+            let next = tokio::time::timeout(Duration::from_secs(10), messages.next()).await;
+            let message = match next {
+                Ok(Some(message)) => message.map_err(Error::wrap(ErrorKind::Nats, READING))?,
+                Ok(None) => break,
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        "the outcome stream stopped delivering",
+                    ))
+                }
+            };
+            let info = message
+                .info()
+                .map_err(Error::wrap(ErrorKind::Nats, READING))?;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            let outcome = serde_json::from_slice::<OutcomeEvent>(&message.payload)
+                .ok()
+                .filter(|o| self.subjects.partition(&o.auction_id) == partition);
+            if let Some(outcome) = outcome {
+                let payload = message.payload.clone();
+                found
+                    .outcomes
+                    .push((seq, StoredOutcome { outcome, payload }));
+            }
+            if pending == 0 {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    /// Refuses an outcome stream older than the log: its outcomes would
+    /// belong to tries of an earlier log, with the same ids but other
+    /// decisions.
+    pub async fn check_outcomes_follow_log(&self, log: &stream::Info) -> Result<()> {
+        let mut outcomes = self.outcomes.clone();
+        let info = outcomes
+            .info()
+            .await
+            .map_err(Error::wrap(ErrorKind::Setup, "outcome stream info"))?
+            .clone();
+        // The first outcome, not the first message: fence markers come and
+        // go (a new owner purges the old ones) and are never older than the log.
+        let first = match self
+            .outcomes
+            .direct_get_first_for_subject(self.subjects.outcomes(None))
+            .await
+        {
+            Ok(first) => first,
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::with_source(ErrorKind::Setup, e).context("outcome stream")),
+        };
+        if first.time < log.created {
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                format!(
+                    "stream {} holds outcomes from before stream {} was created; they belong to an earlier log: delete {} too, or use another --prefix",
+                    info.config.name, log.config.name, info.config.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
