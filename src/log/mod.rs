@@ -26,7 +26,7 @@ pub mod fence;
 mod outcomes;
 pub mod read;
 
-pub use outcomes::StoredSince;
+pub use outcomes::{outcome_message, StoredSince};
 pub use read::{count, count_after, read_all, Reader, StoredMessage};
 
 impl Streams {

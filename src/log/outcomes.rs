@@ -14,7 +14,7 @@ use super::fence::Fence;
 use crate::error::{Error, ErrorKind, Result};
 use crate::snapshot::StoredOutcome;
 use crate::streams::Streams;
-use crate::wire::OutcomeEvent;
+use crate::wire::{OutcomeEvent, Subjects};
 
 /// A partition's outcomes stored after some outcome-stream sequence.
 pub struct StoredSince {
@@ -22,6 +22,22 @@ pub struct StoredSince {
     pub stored_through: u64,
     /// The partition's outcomes, with their sequences, in stream order.
     pub outcomes: Vec<(u64, StoredOutcome)>,
+}
+
+/// An outcome as it is published: on its auction's subject, with its
+/// message id, under `fence`. (The simulator publishes through this too.)
+pub fn outcome_message(
+    subjects: &Subjects,
+    fence: &Fence,
+    stored: &StoredOutcome,
+) -> (String, PublishMessage) {
+    let o = &stored.outcome;
+    let message = fence.stamp(
+        PublishMessage::build()
+            .message_id(OutcomeEvent::msg_id(&o.auction_id, &o.bid_id))
+            .payload(stored.payload.clone()),
+    );
+    (subjects.outcome(&o.auction_id, o.kind), message)
 }
 
 impl Streams {
@@ -33,13 +49,7 @@ impl Streams {
         fence: &Fence,
         stored: &StoredOutcome,
     ) -> std::result::Result<PublishAckFuture, PublishError> {
-        let o = &stored.outcome;
-        let message = fence.stamp(
-            PublishMessage::build()
-                .message_id(OutcomeEvent::msg_id(&o.auction_id, &o.bid_id))
-                .payload(stored.payload.clone()),
-        );
-        let subject = self.subjects.outcome(&o.auction_id, o.kind);
+        let (subject, message) = outcome_message(&self.subjects, fence, stored);
         self.js.send_publish(subject, message).await
     }
 

@@ -24,6 +24,28 @@ use tokio::time::Instant;
 
 use crate::error::{Error, ErrorKind, Result};
 
+/// A lease's timing, apart from its I/O (the simulator keeps the same):
+/// renewed every quarter of its time to live, and deciding is safe for
+/// half of it from when a renewal was sent, so that one late renewal still
+/// leaves a quarter to spare before the entry can age out.
+#[derive(Clone, Copy, Debug)]
+pub struct Term {
+    /// How long an unrenewed entry lasts (the bucket's `max_age`).
+    pub ttl: Duration,
+}
+
+impl Term {
+    /// How often the holder renews.
+    pub fn renew_every(self) -> Duration {
+        self.ttl / 4
+    }
+
+    /// How long after sending a renewal that succeeded deciding is safe.
+    pub fn safe_for(self) -> Duration {
+        self.ttl / 2
+    }
+}
+
 /// Holds the data directory for this process alone, until dropped.
 pub(super) struct DirLock {
     /// Locked with an OS file lock, released by the OS even on `kill -9`.
@@ -114,7 +136,7 @@ impl Lease {
         };
         let state = Arc::new(Mutex::new(State {
             revision,
-            valid_until: Instant::now() + ttl / 2,
+            valid_until: Instant::now() + Term { ttl }.safe_for(),
             lost: false,
         }));
         let renewer = tokio::spawn(renew(
@@ -149,7 +171,10 @@ impl Lease {
         if Instant::now() >= state.valid_until {
             return Err(Error::new(
                 ErrorKind::Nats,
-                format!("verifier lease not renewed within {:?}", self.ttl / 2),
+                format!(
+                    "verifier lease not renewed within {:?}",
+                    Term { ttl: self.ttl }.safe_for()
+                ),
             ));
         }
         Ok(())
@@ -196,15 +221,16 @@ async fn renew(
     ttl: Duration,
     state: Arc<Mutex<State>>,
 ) {
+    let term = Term { ttl };
     loop {
-        tokio::time::sleep(ttl / 4).await;
+        tokio::time::sleep(term.renew_every()).await;
         let revision = state.lock().unwrap().revision;
         let started = Instant::now();
         match bucket.update(&key, owner.clone().into(), revision).await {
             Ok(revision) => {
                 let mut state = state.lock().unwrap();
                 state.revision = revision;
-                state.valid_until = started + ttl / 2;
+                state.valid_until = started + term.safe_for();
             }
             Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
                 // Not necessarily taken: a renewal whose reply was lost (NATS
@@ -215,7 +241,7 @@ async fn renew(
                         tracing::info!("verifier lease still ours; renewing");
                         let mut state = state.lock().unwrap();
                         state.revision = revision;
-                        state.valid_until = started + ttl / 2;
+                        state.valid_until = started + term.safe_for();
                     }
                     Ok(None) => {
                         tracing::error!("the verifier lease was taken by another verifier");

@@ -24,7 +24,7 @@
 //! taken from there rather than published twice.
 
 mod assign;
-mod lease;
+pub mod lease;
 mod outcomes;
 pub mod protocol;
 mod recovery;

@@ -188,13 +188,17 @@ pub enum Mutant {
     IgnoreGaps = 2,
     /// On a restart, do not look for outcomes already in the stream.
     SkipOutcomeLookup = 3,
+    /// Publish outcomes without the fence's expectation headers
+    /// (`log/fence.rs`), so that a superseded verifier's get in.
+    DropFenceHeader = 4,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 3] = [
+    pub const ALL: [Mutant; 4] = [
         Mutant::AckBeforePublish,
         Mutant::IgnoreGaps,
         Mutant::SkipOutcomeLookup,
+        Mutant::DropFenceHeader,
     ];
 }
 
@@ -211,14 +215,15 @@ pub fn set_mutant(m: Option<Mutant>) {
     ACTIVE.with(|a| a.set(m.map_or(0, |m| m as u8)));
 }
 
+/// Whether mutant `m` is on for this thread.
 #[cfg(feature = "mutants")]
-fn mutant(m: Mutant) -> bool {
+pub(crate) fn mutant(m: Mutant) -> bool {
     ACTIVE.with(|a| a.get() == m as u8)
 }
 
 #[cfg(not(feature = "mutants"))]
 #[inline(always)]
-fn mutant(_: Mutant) -> bool {
+pub(crate) fn mutant(_: Mutant) -> bool {
     false
 }
 

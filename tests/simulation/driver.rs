@@ -3,16 +3,28 @@
 //! the order the protocol gives them, with faults injected where the real
 //! I/O can fail. Any failure of a step ends the verifier's run and it
 //! starts over from its snapshot, as the real one does.
+//!
+//! One to three hosts run a verifier each, with a data directory of their
+//! own, and take turns as a real cluster's would: only the holder of the
+//! partition's lease decides; the others stand by and take the lease once
+//! it ages out. A host may be paused (as by `SIGSTOP`) for longer than its
+//! lease, even between its lease check and its publish, and then resumes
+//! where it stopped: the fence (`allot::log::fence`), written by each new
+//! holder before it reads the outcome stream, must keep its outcomes out.
 
 use std::collections::VecDeque;
 
+use std::time::Duration;
+
+use allot::log::fence::Fence;
 use allot::snapshot::{Snapshot, StoredOutcome, Sync};
+use allot::verifier::lease::Term;
 use allot::verifier::protocol::{Action, Protocol, Published};
 use allot::wire::OutcomeEvent;
 
 use crate::oracle;
 use crate::workload::Workload;
-use crate::world::{Log, Millis, Outcomes, Rng, SimDelivery};
+use crate::world::{LeaseEntry, Log, Millis, Outcomes, Rng, SimDelivery};
 
 /// Fault probabilities, per mille of the chances each has.
 #[derive(Clone, Copy, Debug)]
@@ -37,6 +49,9 @@ pub struct Faults {
     pub publish_lost: u64,
     /// The log's API failing a request (a gap check).
     pub log_unavailable: u64,
+    /// A host paused (its process stopped) for 2 to 7 s, per step, and
+    /// again before each publish.
+    pub pause: u64,
 }
 
 impl Default for Faults {
@@ -51,6 +66,7 @@ impl Default for Faults {
             publish_ack_lost: 10,
             publish_lost: 5,
             log_unavailable: 10,
+            pause: 4,
         }
     }
 }
@@ -67,6 +83,7 @@ impl Faults {
             publish_ack_lost: 0,
             publish_lost: 0,
             log_unavailable: 0,
+            pause: 0,
         }
     }
 }
@@ -76,6 +93,10 @@ pub struct Report {
     pub steps: u64,
     /// Times the verifier started over (crashes and failed steps).
     pub restarts: u64,
+    /// Starts of a verifier on another host than the last one's, and
+    /// publishes the fence refused (a paused holder's, once superseded).
+    pub takeovers: u64,
+    pub fenced: u64,
     /// Outcomes in the stream at the end, and how many are confirmed.
     pub outcomes: u64,
     pub confirmed: u64,
@@ -93,6 +114,9 @@ const CHUNK: usize = 8;
 const PIPELINE_DEPTH: usize = 4;
 const ACK_WAIT: u64 = 1_000;
 const DEDUPE_WINDOW: u64 = 2_000;
+/// The lease's time to live (the real default), and fence lanes.
+const LEASE_TTL: u64 = 3_000;
+const LANES: usize = 3;
 
 /// Outcome acks of one published batch: when they all arrive, and the
 /// highest sequence, or the error one of them brings.
@@ -103,6 +127,21 @@ struct Acks {
 
 struct Verifier {
     protocol: Protocol<SimDelivery>,
+    /// This run's fence, and its lease: revision, until when deciding is
+    /// safe and when to renew (by the host's own clock, in true ms).
+    fence: Fence,
+    lease_revision: u64,
+    safe_until: Millis,
+    renew_at: Millis,
+    /// Actions left undone when the host was paused, done first on waking.
+    suspended: VecDeque<Action<SimDelivery>>,
+    /// A pause (ms) to begin after the current step.
+    pause: Option<u64>,
+    /// Whether it may be paused before a publish (not while starting).
+    may_pause: bool,
+    /// The host's data directory and its copy before the last write.
+    dir: std::path::PathBuf,
+    before_last_write: std::path::PathBuf,
     /// How far this process's clock is off the true time, in ms: each
     /// start draws its own, up to 3 s either way.
     skew: i64,
@@ -112,16 +151,35 @@ struct Verifier {
     reader: rusqlite::Connection,
 }
 
+/// A machine with its own data directory, running a verifier or standing
+/// by.
+struct Host {
+    verifier: Option<Verifier>,
+    /// Stopped until then.
+    paused_until: Millis,
+    dir: tempfile::TempDir,
+    /// The snapshot's files as they were before its last write.
+    before_last_write: tempfile::TempDir,
+}
+
+impl Verifier {
+    /// Nothing in flight and nothing left undone.
+    fn idle(&self) -> bool {
+        self.in_flight.is_empty() && self.suspended.is_empty()
+    }
+}
+
 struct Sim {
     rng: Rng,
     now: Millis,
     faults: Faults,
     log: Log,
     outcomes: Outcomes,
+    lease: LeaseEntry,
+    term: Term,
+    /// The host whose verifier started last.
+    holder: Option<usize>,
     workload: Workload,
-    dir: tempfile::TempDir,
-    /// The snapshot's files as they were before its last write.
-    before_last_write: tempfile::TempDir,
     trace: Vec<String>,
 }
 
@@ -129,18 +187,30 @@ struct Sim {
 pub fn run(seed: u64, faults: Faults) -> Result<Report, String> {
     let mut rng = Rng::new(seed);
     let workload = Workload::new(&mut rng);
+    let host_count = 1 + rng.below(3) as usize;
+    let mut hosts = Vec::with_capacity(host_count);
+    for _ in 0..host_count {
+        hosts.push(Host {
+            verifier: None,
+            paused_until: Millis(0),
+            dir: snapshot_dir()?,
+            before_last_write: snapshot_dir()?,
+        });
+    }
     let mut sim = Sim {
         rng,
         now: Millis(0),
         faults,
         log: Log::new(ACK_WAIT),
         outcomes: Outcomes::new(DEDUPE_WINDOW),
+        lease: LeaseEntry::new(LEASE_TTL),
+        term: Term {
+            ttl: Duration::from_millis(LEASE_TTL),
+        },
+        holder: None,
         workload,
-        dir: snapshot_dir()?,
-        before_last_write: snapshot_dir()?,
         trace: Vec::new(),
     };
-    let mut verifier: Option<Verifier> = None;
     let mut steps = 0;
     let mut appended = 0;
     for step in 0..STEPS + SETTLE {
@@ -148,39 +218,59 @@ pub fn run(seed: u64, faults: Faults) -> Result<Report, String> {
         let settling = step >= STEPS;
         if settling {
             sim.faults = Faults::none();
-            let idle = verifier.as_ref().is_some_and(|v| v.in_flight.is_empty());
+            let idle = hosts
+                .iter()
+                .any(|h| h.verifier.as_ref().is_some_and(Verifier::idle));
             if idle && !sim.log.pending() && appended >= ENTRIES {
                 break;
             }
         }
-        let Some(v) = verifier.as_mut() else {
+        let h = sim.rng.below(host_count as u64) as usize;
+        let host = &mut hosts[h];
+        if host.paused_until > sim.now {
+            sim.tick(10);
+            continue;
+        }
+        // Tries come from the gateways, whichever verifier runs.
+        let roll = sim.rng.below(100);
+        if roll < 30 && appended < ENTRIES {
+            appended += 1;
+            let (subject, payload, ours) = sim.workload.next(&mut sim.rng, sim.now);
+            let seq = sim.log.append(subject, payload, sim.now, ours);
+            sim.note(format!("append {seq}"));
+            continue;
+        }
+        let Some(v) = host.verifier.as_mut() else {
             sim.tick(50);
-            verifier = match sim.start() {
-                Ok(v) => Some(v),
+            host.verifier = match sim.start(h, host) {
+                Ok(v) => v,
                 Err(Failure::Transient(e)) => {
-                    sim.note(format!("start failed: {e}"));
+                    sim.note(format!("host {h}: start failed: {e}"));
                     None
                 }
                 Err(Failure::Broken(e)) => return Err(e),
             };
             continue;
         };
-        let roll = sim.rng.below(100);
         let result = if !settling && sim.rng.chance(sim.faults.crash) {
             Err(Failure::Transient("crash".into()))
         } else if !settling && sim.rng.chance(sim.faults.lose_snapshot) {
-            sim.lose_snapshot();
+            copy_files(None, host.dir.path());
             Err(Failure::Transient("crash, snapshot lost".into()))
         } else if !settling && sim.rng.chance(sim.faults.power_loss) {
-            verifier = None;
-            sim.lose_last_write();
+            host.verifier = None;
+            copy_files(Some(host.before_last_write.path()), host.dir.path());
             Err(Failure::Transient("power loss".into()))
-        } else if roll < 30 && appended < ENTRIES {
-            appended += 1;
-            let (subject, payload, ours) = sim.workload.next(&mut sim.rng, sim.now);
-            let seq = sim.log.append(subject, payload, sim.now, ours);
-            sim.note(format!("append {seq}"));
+        } else if !settling && sim.rng.chance(sim.faults.pause) {
+            v.pause = Some(2_000 + sim.rng.below(5_001));
             Ok(())
+        } else if !v.suspended.is_empty() {
+            // Woken: carry on where it stopped, before anything else.
+            let actions: Vec<_> = std::mem::take(&mut v.suspended).into();
+            sim.note(format!("host {h}: resumes"));
+            sim.execute(v, actions)
+        } else if sim.now >= v.renew_at {
+            sim.renew(h, v)
         } else if roll < 60 && v.in_flight.len() < PIPELINE_DEPTH {
             let steal = sim.faults.steal;
             let chunk = sim.log.deliver(CHUNK, sim.now, &mut sim.rng, steal);
@@ -189,7 +279,7 @@ pub fn run(seed: u64, faults: Faults) -> Result<Report, String> {
                 Ok(())
             } else {
                 sim.note(format!(
-                    "deliver {:?}",
+                    "host {h}: deliver {:?}",
                     chunk.iter().map(|d| d.seq).collect::<Vec<_>>()
                 ));
                 let actions = v.protocol.deliveries(chunk);
@@ -199,7 +289,7 @@ pub fn run(seed: u64, faults: Faults) -> Result<Report, String> {
             let acks = v.in_flight.pop_front().unwrap();
             match acks.result {
                 Ok(acked) => {
-                    sim.note(format!("acked {acked}"));
+                    sim.note(format!("host {h}: acked {acked}"));
                     let actions = v.protocol.outcomes_acked(acked);
                     sim.execute(v, actions)
                 }
@@ -211,19 +301,23 @@ pub fn run(seed: u64, faults: Faults) -> Result<Report, String> {
             sim.close_due(v);
             Ok(())
         };
+        if let Some(ms) = host.verifier.as_mut().and_then(|v| v.pause.take()) {
+            host.paused_until = Millis(sim.now.0 + ms);
+            sim.note(format!("host {h}: paused for {ms} ms"));
+        }
         match result {
             Ok(()) => {}
             Err(Failure::Transient(e)) => {
-                sim.note(format!("restart: {e}"));
-                verifier = None;
+                sim.note(format!("host {h}: restart: {e}"));
+                host.verifier = None;
             }
             Err(Failure::Broken(e)) => return Err(format!("step {step}: {e}")),
         }
     }
-    let Some(v) = verifier else {
-        return Err("the verifier never settled".into());
+    let Some(v) = hosts.iter().find_map(|h| h.verifier.as_ref()) else {
+        return Err("no verifier settled".into());
     };
-    if sim.log.pending() || !v.in_flight.is_empty() {
+    if sim.log.pending() || !v.idle() {
         return Err("the log was not all decided and acked after settling".into());
     }
     oracle::check(
@@ -237,9 +331,12 @@ pub fn run(seed: u64, faults: Faults) -> Result<Report, String> {
         .iter()
         .filter(|l| l.contains(" restart: "))
         .count() as u64;
+    let count = |what: &str| sim.trace.iter().filter(|l| l.contains(what)).count() as u64;
     Ok(Report {
         steps,
         restarts,
+        takeovers: count(" takes over"),
+        fenced: count("refused by the fence"),
         outcomes: sim.outcomes.last_seq(),
         confirmed: sim
             .outcomes
@@ -297,27 +394,71 @@ impl Sim {
         self.now = Millis(self.now.0 + ms);
     }
 
-    fn lose_snapshot(&mut self) {
-        copy_files(None, self.dir.path());
-    }
-
     /// Keeps the snapshot's files as they are, before a write.
-    fn keep_before_write(&mut self) {
-        copy_files(Some(self.dir.path()), self.before_last_write.path());
+    fn keep_before_write(&self, v: &Verifier) {
+        copy_files(Some(&v.dir), &v.before_last_write);
     }
 
-    /// The snapshot's files as they were before its last write (with the
-    /// verifier gone: no connection is open).
-    fn lose_last_write(&mut self) {
-        copy_files(Some(self.before_last_write.path()), self.dir.path());
+    /// Renews the lease as `verifier/lease.rs` does: at the revision it
+    /// holds; after a refusal, again if the entry is still its own or
+    /// aged out with nobody else in it; superseded if someone else holds it.
+    fn renew(&mut self, host: usize, v: &mut Verifier) -> Result<(), Failure> {
+        let sent = self.now;
+        v.renew_at = Millis(sent.0 + self.term.renew_every().as_millis() as u64);
+        let mut renewed = self.lease.write(host, Some(v.lease_revision), sent);
+        if renewed.is_none() {
+            renewed = match self.lease.get(sent) {
+                Some((holder, revision)) if holder == host => {
+                    self.lease.write(host, Some(revision), sent)
+                }
+                None => self.lease.write(host, None, sent),
+                Some(_) => None,
+            };
+        }
+        let Some(revision) = renewed else {
+            return Err(Failure::Transient(
+                "superseded: another verifier took the lease".into(),
+            ));
+        };
+        v.lease_revision = revision;
+        v.safe_until = Millis(sent.0 + self.term.safe_for().as_millis() as u64);
+        Ok(())
     }
 
     /// A verifier (re)starting: load the snapshot, find what the outcome
     /// stream holds past it, let the protocol publish what is missing, and
     /// re-create the consumer at the snapshot's position.
-    fn start(&mut self) -> Result<Verifier, Failure> {
+    /// `None` while another host holds the lease.
+    fn start(&mut self, h: usize, host: &Host) -> Result<Option<Verifier>, Failure> {
+        // The lease: free (or aged out), or this host's own earlier run's.
+        let taken = match self.lease.get(self.now) {
+            None => self.lease.write(h, None, self.now),
+            Some((holder, revision)) if holder == h => {
+                self.lease.write(h, Some(revision), self.now)
+            }
+            Some(_) => None,
+        };
+        let Some(lease_revision) = taken else {
+            return Ok(None);
+        };
+        if self.holder.is_some_and(|last| last != h) {
+            self.note(format!("host {h}: takes over"));
+        }
+        self.holder = Some(h);
+        // The fence, before the outcome stream is read: from here on, no
+        // earlier holder's outcome gets in.
+        let lanes = (0..LANES)
+            .map(|lane| {
+                let subject = self.workload.subjects.fence(self.workload.partition, lane);
+                let seq = self
+                    .outcomes
+                    .store(subject.clone(), br#"{"type":"fence"}"#.to_vec());
+                (subject, seq)
+            })
+            .collect();
+        let fence = Fence::from_lanes(lanes);
         let io = |e: allot::snapshot::SnapshotError| Failure::Transient(e.to_string());
-        let mut snapshot = Snapshot::open(self.dir.path(), Sync::Normal).map_err(io)?;
+        let mut snapshot = Snapshot::open(host.dir.path(), Sync::Normal).map_err(io)?;
         if snapshot.log_identity().map_err(io)?.is_none() {
             snapshot.reset("simulated-log").map_err(io)?;
         }
@@ -339,19 +480,28 @@ impl Sim {
         }
         let (protocol, actions) = Protocol::recover(ledger, position, unpublished, found);
         let reader = rusqlite::Connection::open_with_flags(
-            self.dir.path().join(allot::snapshot::FILE_NAME),
+            host.dir.path().join(allot::snapshot::FILE_NAME),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )
         .map_err(|e| Failure::Transient(e.to_string()))?;
         let skew = self.rng.below(6_001) as i64 - 3_000;
         let mut v = Verifier {
             protocol,
+            fence,
+            lease_revision,
+            safe_until: Millis(self.now.0 + self.term.safe_for().as_millis() as u64),
+            renew_at: Millis(self.now.0 + self.term.renew_every().as_millis() as u64),
+            suspended: VecDeque::new(),
+            pause: None,
+            may_pause: false,
+            dir: host.dir.path().to_path_buf(),
+            before_last_write: host.before_last_write.path().to_path_buf(),
             skew,
             snapshot,
             in_flight: VecDeque::new(),
             reader,
         };
-        self.note(format!("start at {}", position.last_seq));
+        self.note(format!("host {h}: start at {}", position.last_seq));
         self.execute(&mut v, actions)?;
         while let Some(acks) = v.in_flight.pop_front() {
             let acked = acks.result.map_err(Failure::Transient)?;
@@ -360,7 +510,8 @@ impl Sim {
         }
         let next = self.log.realign(v.protocol.position().last_seq);
         v.protocol.expect_delivery(next);
-        Ok(v)
+        v.may_pause = true;
+        Ok(Some(v))
     }
 
     /// Writes the deadline closes that are due, as the verifier does.
@@ -381,6 +532,15 @@ impl Sim {
     ) -> Result<(), Failure> {
         let mut queue: VecDeque<_> = actions.into();
         while let Some(action) = queue.pop_front() {
+            // A pause between the lease check and the publish: the worst
+            // moment, as the lease may lapse meanwhile.
+            let publish = matches!(action, Action::Publish { .. });
+            if publish && v.may_pause && self.rng.chance(self.faults.pause * 10) {
+                queue.push_front(action);
+                v.suspended = queue;
+                v.pause = Some(2_000 + self.rng.below(5_001));
+                return Ok(());
+            }
             let next = self.act(v, action)?;
             for action in next.into_iter().rev() {
                 queue.push_front(action);
@@ -413,13 +573,18 @@ impl Sim {
                     .gaps_clear(&subjects, self.clock(v))
                     .map_err(|e| Failure::Broken(e.to_string()))?
             }
-            Action::CheckLease => Vec::new(),
+            Action::CheckLease => {
+                if self.now >= v.safe_until {
+                    return Err(Failure::Transient("lease not renewed in time".into()));
+                }
+                Vec::new()
+            }
             Action::Commit { batch, .. } => {
                 if self.rng.chance(faults.write_fails) {
                     return Err(Failure::Transient("snapshot write refused".into()));
                 }
                 if faults.power_loss > 0 {
-                    self.keep_before_write();
+                    self.keep_before_write(v);
                 }
                 v.snapshot.commit(&batch).map_err(io)?;
                 self.note(format!("commit {}", batch.last_seq));
@@ -440,8 +605,16 @@ impl Sim {
                         failed = Some("an outcome publish was lost".to_string());
                         continue;
                     }
-                    let id = OutcomeEvent::msg_id(&o.auction_id, &o.bid_id);
-                    high = high.max(self.outcomes.publish(id, d.payload.to_vec(), self.now));
+                    let (subject, message) =
+                        allot::log::outcome_message(&self.workload.subjects, &v.fence, d);
+                    match self.outcomes.publish(subject, message, self.now) {
+                        Ok(seq) => high = high.max(seq),
+                        Err(_fenced) => {
+                            self.note("an outcome refused by the fence".into());
+                            failed = Some("an outcome was refused by the fence".to_string());
+                            continue;
+                        }
+                    }
                     if self.rng.chance(faults.publish_ack_lost) {
                         failed = Some("an outcome ack was lost".to_string());
                     }
@@ -463,7 +636,7 @@ impl Sim {
                     return Err(Failure::Transient("snapshot write refused".into()));
                 }
                 if faults.power_loss > 0 {
-                    self.keep_before_write();
+                    self.keep_before_write(v);
                 }
                 v.snapshot
                     .mark_published(last_seq, outcomes_seq)

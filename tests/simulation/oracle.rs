@@ -39,7 +39,7 @@ pub fn check(
     // The stream: one outcome per decided try, the fold's.
     let mut seen: HashMap<(String, String), usize> = HashMap::new();
     let mut confirmed: HashMap<String, Vec<u32>> = HashMap::new();
-    for m in &outcomes.messages {
+    for m in outcomes.messages.iter().filter(|m| m.outcome) {
         let o: OutcomeEvent = serde_json::from_slice(&m.payload)
             .map_err(|e| format!("outcome {} unreadable: {e}", m.seq))?;
         if subjects.partition(&o.auction_id) != partition {

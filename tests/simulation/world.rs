@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use allot::verifier::protocol::{Delivered, Delivery};
+use async_nats::jetstream::message::PublishMessage;
 use chrono::{DateTime, TimeZone, Utc};
 
 /// SplitMix64: small, fast, and the same sequence for the same seed on
@@ -215,15 +216,25 @@ impl Log {
 #[derive(Clone, Debug)]
 pub struct OutcomeMessage {
     pub seq: u64,
+    /// An outcome, or a fence marker.
+    pub outcome: bool,
     pub payload: Vec<u8>,
 }
 
+/// Why a publish was refused: the fence's expectation failed (another
+/// verifier wrote its markers since), as JetStream's `wrong last sequence`.
+#[derive(Debug)]
+pub struct Fenced;
+
 /// The outcome stream, with JetStream's de-duplication by message id
-/// within a window: a copy inside it is dropped (and acked with the
-/// first's sequence), a copy after it is stored again.
+/// within a window (a copy inside it is dropped and acked with the
+/// first's sequence, a copy after it is stored again) and its
+/// expected-last-subject-sequence check, which the fence relies on.
 pub struct Outcomes {
     pub messages: Vec<OutcomeMessage>,
     seen: HashMap<String, (u64, Millis)>,
+    /// Each subject's last sequence.
+    last_on: HashMap<String, u64>,
     /// (auction, bid) of every stored outcome, read once as it is stored.
     pub keys: HashSet<(String, String)>,
     pub window: u64,
@@ -234,28 +245,108 @@ impl Outcomes {
         Outcomes {
             messages: Vec::new(),
             seen: HashMap::new(),
+            last_on: HashMap::new(),
             keys: HashSet::new(),
             window,
         }
     }
 
-    /// Stores (or de-duplicates) a message; its stream sequence.
-    pub fn publish(&mut self, msg_id: String, payload: Vec<u8>, now: Millis) -> u64 {
-        if let Some((seq, at)) = self.seen.get(&msg_id) {
-            if now.0 < at.0 + self.window {
-                return *seq;
+    /// Stores (or de-duplicates, or refuses) a message as the real code
+    /// builds it (`allot::log::outcome_message`); its stream sequence.
+    pub fn publish(
+        &mut self,
+        subject: String,
+        message: PublishMessage,
+        now: Millis,
+    ) -> Result<u64, Fenced> {
+        let message = message.outbound_message(subject.clone());
+        let header = |name: &str| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_string())
+        };
+        // JetStream checks the expectation before de-duplicating.
+        if let Some(expected) = header("Nats-Expected-Last-Subject-Sequence") {
+            let on =
+                header("Nats-Expected-Last-Subject-Sequence-Subject").unwrap_or(subject.clone());
+            let last = self.last_on.get(&on).copied().unwrap_or(0);
+            if expected.parse::<u64>().ok() != Some(last) {
+                return Err(Fenced);
             }
         }
+        let msg_id = header("Nats-Msg-Id");
+        if let Some((seq, at)) = msg_id.as_ref().and_then(|id| self.seen.get(id)) {
+            if now.0 < at.0 + self.window {
+                return Ok(*seq);
+            }
+        }
+        let payload = message.payload.to_vec();
+        let seq = self.store(subject, payload);
+        if let Some(id) = msg_id {
+            self.seen.insert(id, (seq, now));
+        }
+        Ok(seq)
+    }
+
+    /// Stores a message unconditionally (a fence marker); its sequence.
+    pub fn store(&mut self, subject: String, payload: Vec<u8>) -> u64 {
         let seq = self.messages.len() as u64 + 1;
+        let outcome = !subject.contains(".fence.");
         if let Ok(o) = serde_json::from_slice::<allot::wire::OutcomeEvent>(&payload) {
             self.keys.insert((o.auction_id, o.bid_id));
         }
-        self.messages.push(OutcomeMessage { seq, payload });
-        self.seen.insert(msg_id, (seq, now));
+        self.last_on.insert(subject, seq);
+        self.messages.push(OutcomeMessage {
+            seq,
+            outcome,
+            payload,
+        });
         seq
     }
 
     pub fn last_seq(&self) -> u64 {
         self.messages.len() as u64
+    }
+}
+
+/// The leases bucket's entry for the simulated partition, with the KV
+/// behaviour the lease relies on: create only if absent (or aged out),
+/// update only at the expected revision, and age out `ttl` after the last
+/// write, by the server's (true) time.
+pub struct LeaseEntry {
+    /// Holder (a host's index), revision, and when it was last written.
+    entry: Option<(usize, u64, Millis)>,
+    revision: u64,
+    pub ttl: u64,
+}
+
+impl LeaseEntry {
+    pub fn new(ttl: u64) -> LeaseEntry {
+        LeaseEntry {
+            entry: None,
+            revision: 0,
+            ttl,
+        }
+    }
+
+    /// The live entry's holder and revision, if any.
+    pub fn get(&self, now: Millis) -> Option<(usize, u64)> {
+        self.entry
+            .filter(|(_, _, at)| now.0 < at.0 + self.ttl)
+            .map(|(holder, revision, _)| (holder, revision))
+    }
+
+    /// Writes `holder` if the entry is absent or aged out (`expected`
+    /// `None`), or at revision `expected`; the new revision.
+    pub fn write(&mut self, holder: usize, expected: Option<u64>, now: Millis) -> Option<u64> {
+        let current = self.get(now).map(|(_, revision)| revision);
+        if current != expected {
+            return None;
+        }
+        self.revision += 1;
+        self.entry = Some((holder, self.revision, now));
+        Some(self.revision)
     }
 }
