@@ -2,13 +2,16 @@
 //! the try; and give a resent bid its original reply.
 
 use async_nats::Message;
+use chrono::{DateTime, Utc};
 
-use super::failure::{unavailable, CATCH_UP_RETRY_MS};
+use super::failure::unavailable;
+pub(super) use super::gate::Known;
+use super::gate::{Answer, BidGate, Fact, Step};
 use super::{internal, Gateway};
 use crate::identity::unqualified;
 use crate::wire::{
-    decode_bid, timestamp, BidReply, BidRequest, DecidedReply, DecidedRequest, ErrorCode, LogEvent,
-    RejectReason, RequestError, TryEvent,
+    decode_bid, timestamp, AuctionSpec, BidReply, BidRequest, DecidedReply, DecidedRequest,
+    ErrorCode, LogEvent, RejectReason, RequestError, TryEvent,
 };
 
 impl Gateway {
@@ -42,99 +45,121 @@ impl Gateway {
         })
     }
 
-    /// A bid with its ids as the log keeps them.
+    /// A bid with its ids as the log keeps them: the resend gate's steps,
+    /// carried out (see `gate.rs`).
     async fn bid_logged(
         &self,
         auction_id: &str,
         request: BidRequest,
     ) -> Result<BidReply, RequestError> {
-        let reject = |reason| BidReply::Rejected {
-            bid_id: request.bid_id.clone(),
-            auction_id: auction_id.to_string(),
-            reason,
-        };
         let _handling = self.view.bids.handle(auction_id, &request.bid_id).await;
-        let Some(spec) = self.spec(auction_id).await? else {
-            return Ok(reject(RejectReason::UnknownAuction));
-        };
-        // An accepted bid met the minimum, so this is no resend of one, but
-        // its id may have been used with another amount: a conflict. (Seen
-        // once that bid is decided; until then the reply is below_minimum.)
-        if request.amount < spec.min_amount {
-            return match self.decided(auction_id, &request.bid_id, 0).await {
-                Known::Decided(try_seq) => self.duplicate(auction_id, &request, try_seq).await,
-                Known::New | Known::Unknown => Ok(reject(RejectReason::BelowMinimum)),
-            };
-        }
-        // Counted before the fill and close checks, so that a resend seeing
-        // the auction sold out or closed can wait for this append.
-        let appending = self.view.appends.start(auction_id);
-        let now = timestamp::now();
-        let mut blocked = self.view.blocked(auction_id, spec.is_closed_at(now));
-        // A view that cannot vouch for itself (its watch lost, restarted or
-        // behind) may lack a sell-out or close for which another gateway
-        // has refused bids already: read the auction's status instead.
-        if blocked.is_none() && !self.view.freshness.current() {
-            let status = &self.streams.status;
-            self.view.read_status(status, auction_id).await?;
-            blocked = self.view.blocked(auction_id, spec.is_closed_at(now));
-        }
-        if let Some(reason) = blocked {
-            // The bid may be a resend of one accepted before the auction
-            // filled or closed: that one gets its original reply. Once the
-            // verifier has decided all of the auction's tries, it knows
-            // every such bid. Until then (or if the verifier cannot be
-            // asked) the bid cannot be proven new, and gets an error to
-            // resend it. Writing its try instead would answer a resend
-            // without the verifier, but a bid already refused here as new
-            // would then be accepted on its next resend, and cancelled:
-            // two answers for one bid.
-            let ticket = appending.ticket;
-            drop(appending);
-            let drained = self.view.appends.drained(auction_id, ticket).await;
-            let settled = match drained {
-                true => self.settled(auction_id).await?,
-                false => None,
-            };
-            if let Some(last_try) = settled {
-                match self.decided(auction_id, &request.bid_id, last_try).await {
-                    Known::Decided(try_seq) => {
-                        return self.duplicate(auction_id, &request, try_seq).await
+        let mut gate = BidGate::new(request.amount);
+        // What the steps so far found, for the later ones.
+        let mut spec = None;
+        let mut appending = None;
+        let mut tried_at = None;
+        loop {
+            let fact = match gate.step() {
+                Step::LookUpSpec => {
+                    spec = self.spec(auction_id).await?;
+                    match &spec {
+                        Some(spec) => Fact::Auction {
+                            min_amount: spec.min_amount,
+                        },
+                        None => Fact::NoAuction,
                     }
-                    Known::New => return Ok(reject(reason)),
-                    Known::Unknown => {}
                 }
-            }
-            return Err(unavailable(
+                Step::AskVerifier { through } => {
+                    Fact::Verifier(self.decided(auction_id, &request.bid_id, through).await)
+                }
+                Step::BeginAppend => {
+                    appending = Some(self.view.appends.start(auction_id));
+                    let now = timestamp::now();
+                    tried_at = Some(now);
+                    self.look(auction_id, spec.as_deref(), now)
+                }
+                Step::ReadStatus => {
+                    let status = &self.streams.status;
+                    self.view.read_status(status, auction_id).await?;
+                    Fact::StatusRead
+                }
+                Step::CheckView => {
+                    let now = tried_at.expect("taken at the first look");
+                    self.look(auction_id, spec.as_deref(), now)
+                }
+                Step::Drain => {
+                    let ticket = appending
+                        .take()
+                        .map(|appending| appending.ticket)
+                        .expect("the gate drains only a bid it counts as appending");
+                    Fact::Drained(self.view.appends.drained(auction_id, ticket).await)
+                }
+                Step::Settle => Fact::Settled(self.settled(auction_id).await?),
+                Step::Append => {
+                    let event = LogEvent::Try(TryEvent {
+                        bid_id: request.bid_id.clone(),
+                        auction_id: auction_id.to_string(),
+                        bidder_id: request.bidder_id.clone(),
+                        amount: request.amount,
+                        tried_at: tried_at.expect("taken when the append began"),
+                    });
+                    let ack = self.streams.append(&event).await.map_err(internal)?;
+                    appending = None;
+                    Fact::Appended {
+                        try_seq: ack.sequence,
+                        duplicate: ack.duplicate,
+                    }
+                }
+                Step::Answer(answer) => return self.answer(auction_id, &request, answer).await,
+            };
+            gate.handle(fact);
+        }
+    }
+
+    /// What the view says of a bid to the auction of `spec` at `now`.
+    fn look(&self, auction_id: &str, spec: Option<&AuctionSpec>, now: DateTime<Utc>) -> Fact {
+        let spec = spec.expect("the gate looks at the view once the spec is found");
+        Fact::View {
+            blocked: self.view.blocked(auction_id, spec.is_closed_at(now)),
+            current: self.view.freshness.current(),
+        }
+    }
+
+    /// The reply the gate's answer makes.
+    async fn answer(
+        &self,
+        auction_id: &str,
+        request: &BidRequest,
+        answer: Answer,
+    ) -> Result<BidReply, RequestError> {
+        match answer {
+            Answer::Accepted { try_seq } => Ok(BidReply::Accepted {
+                bid_id: request.bid_id.clone(),
+                auction_id: auction_id.to_string(),
+                try_seq,
+                duplicate: false,
+            }),
+            Answer::Duplicate { try_seq } => self.duplicate(auction_id, request, try_seq).await,
+            Answer::Rejected(reason) => Ok(BidReply::Rejected {
+                bid_id: request.bid_id.clone(),
+                auction_id: auction_id.to_string(),
+                reason,
+            }),
+            Answer::Unavailable {
+                blocked,
+                retry_after_ms,
+            } => Err(unavailable(
                 format!(
-                    "auction {auction_id:?} is {}, and its verifier has not yet decided all of its tries, so bid_id {:?} cannot be told from a resend of an accepted bid; resend it in {CATCH_UP_RETRY_MS} ms",
-                    match reason {
+                    "auction {auction_id:?} is {}, and its verifier has not yet decided all of its tries, so bid_id {:?} cannot be told from a resend of an accepted bid; resend it in {retry_after_ms} ms",
+                    match blocked {
                         RejectReason::AuctionClosed => "closed",
                         _ => "sold out",
                     },
                     unqualified(&request.bid_id)
                 ),
-                CATCH_UP_RETRY_MS,
-            ));
+                retry_after_ms,
+            )),
         }
-        let event = LogEvent::Try(TryEvent {
-            bid_id: request.bid_id.clone(),
-            auction_id: auction_id.to_string(),
-            bidder_id: request.bidder_id.clone(),
-            amount: request.amount,
-            tried_at: now,
-        });
-        let ack = self.streams.append(&event).await.map_err(internal)?;
-        drop(appending);
-        if ack.duplicate {
-            return self.duplicate(auction_id, &request, ack.sequence).await;
-        }
-        Ok(BidReply::Accepted {
-            bid_id: request.bid_id,
-            auction_id: auction_id.to_string(),
-            try_seq: ack.sequence,
-            duplicate: false,
-        })
     }
 
     /// The reply to a bid id already in the log at `try_seq`.
@@ -221,16 +246,6 @@ impl Gateway {
 
 /// How long a gateway waits for the verifier to say whether it decided a bid.
 const DECIDED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// What the verifier knows of a bid.
-pub(super) enum Known {
-    /// Decided by the try at this log sequence.
-    Decided(u64),
-    /// Not decided, and the verifier has decided every try it needs to know.
-    New,
-    /// No answer, or the verifier is behind: the bid cannot be proven new.
-    Unknown,
-}
 
 /// The reply to a resent bid id whose first try is at `try_seq`: the
 /// original acceptance if the body is the same, a conflict if not. The

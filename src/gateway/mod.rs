@@ -17,6 +17,7 @@
 mod admin;
 mod bid;
 mod failure;
+mod gate;
 mod lifecycle;
 mod result;
 mod view;
