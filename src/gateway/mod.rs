@@ -6,7 +6,9 @@
 //! what can provably never win (unknown auction, below the minimum, closed,
 //! sold out), from a view of each auction that the verifier keeps current.
 //!
-//! - `bid.rs`: the bid path, including resends and fast rejects;
+//! - `bid.rs`: the bid path, including resends and fast rejects; what to
+//!   answer is decided by `gate.rs`, a pure state machine fed what the I/O
+//!   found (unit- and property-tested without a server);
 //! - `admin.rs`: opening auctions and reporting their status;
 //! - `lifecycle.rs`: withdrawals, raises and closes;
 //! - `result.rs`: a bidder asking for the outcome of its own bid;
