@@ -92,6 +92,14 @@ pub struct Args {
     /// Write every report as JSON.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Write the client-side history: one JSON line per distinct bid with
+    /// every request sent, what it was told and when, and its outcomes.
+    #[arg(long)]
+    pub history: Option<PathBuf>,
+    /// Seconds to wait for a reply before a request counts as unanswered
+    /// (and is resent, with --attempts).
+    #[arg(long, default_value_t = 10.0, value_parser = positive)]
+    pub timeout_secs: f64,
     /// Write a self-contained HTML page with charts.
     #[arg(long)]
     pub html: Option<PathBuf>,
@@ -164,6 +172,7 @@ pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
         settle: Duration::from_secs(args.settle_secs),
         attempts: args.attempts,
         progress: !args.quiet,
+        history: args.history.clone(),
     };
     let outcome = if args.embedded {
         let embedded = Embedded::start(common.prefix).await?;
@@ -171,7 +180,9 @@ pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
         embedded.stop().await?;
         outcome?
     } else {
-        loadtest::run(&common.client().await?, &options).await?
+        let mut client = common.client().await?;
+        client.timeout = Duration::from_secs_f64(args.timeout_secs);
+        loadtest::run(&client, &options).await?
     };
     print!("{}", table(&outcome));
     if let Some(path) = &args.report {

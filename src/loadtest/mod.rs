@@ -19,6 +19,7 @@ mod baseline;
 mod charts;
 pub mod check;
 mod engine;
+mod history;
 pub mod html;
 mod lifecycle;
 mod progress;

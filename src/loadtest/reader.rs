@@ -65,6 +65,9 @@ async fn match_outcomes(shared: &Shared, mut messages: pull::Ordered) {
             shared.stray.fetch_add(1, Ordering::Relaxed);
             continue;
         };
+        record
+            .outcomes_at
+            .push(micros(now.duration_since(shared.start)));
         let facts = &mut record.facts;
         facts.outcomes.push(SeenOutcome {
             kind: outcome.kind,

@@ -34,6 +34,8 @@ pub struct Options {
     pub attempts: u32,
     /// Show progress on stderr.
     pub progress: bool,
+    /// Write the client-side history here (see [`super::history`]).
+    pub history: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -45,6 +47,7 @@ impl Default for Options {
             settle: Duration::from_secs(30),
             attempts: 3,
             progress: true,
+            history: None,
         }
     }
 }
@@ -148,6 +151,20 @@ pub(super) struct Record {
     /// What went wrong on its last unanswered request, while it has no
     /// answer.
     pub(super) error: Option<String>,
+    /// Every request sent for it (resends and duplicates included), with
+    /// what it was told: the client-side history.
+    pub(super) attempts: Vec<Attempt>,
+    /// When each of its outcomes was read, microseconds from the start.
+    pub(super) outcomes_at: Vec<u64>,
+}
+
+/// One request of a bid and its answer.
+pub(super) struct Attempt {
+    /// Sent and answered (or given up on), microseconds from the start.
+    pub(super) sent_us: u64,
+    pub(super) done_us: u64,
+    /// `accepted`, `rejected:<reason>` or `error:<label>`.
+    pub(super) answer: String,
 }
 
 /// State shared by the senders, the outcome reader and the sampler.
@@ -337,9 +354,15 @@ async fn run_one(
     let _ = stop_sampling.send(());
     let timeline = sampler.await.unwrap_or_default();
 
-    Ok(summarize(
-        &shared, engine, strategy, started_at, send_secs, timeline,
-    ))
+    let report = summarize(&shared, engine, strategy, started_at, send_secs, timeline);
+    if let Some(path) = &options.history {
+        let path = match options.strategies.len() {
+            1 => path.clone(),
+            _ => path.with_extension(format!("{}.jsonl", strategy.name())),
+        };
+        super::history::write(&shared, &report, &path)?;
+    }
+    Ok(report)
 }
 
 /// Sends every request of the workload, closed or open loop.
@@ -425,6 +448,8 @@ fn register(shared: &Shared, n: u64, due: Instant) {
         due,
         rejected: None,
         error: None,
+        attempts: Vec::new(),
+        outcomes_at: Vec::new(),
     });
 }
 
@@ -436,14 +461,33 @@ async fn send(engine: &Engine, shared: &Shared, n: u64, due: Instant, attempts: 
     let bid = async {
         let auction_id = w.auction_id(p.auction);
         let bid = w.bid_request(&p);
-        let result = retrying(attempts, || engine.bid(&auction_id, &bid)).await;
+        let log = Mutex::new(Vec::new());
+        let (auction_id, bid, sent_log) = (&auction_id, &bid, &log);
+        let result = retrying(attempts, || async move {
+            let sent_us = micros(shared.start.elapsed());
+            let reply = engine.bid(auction_id, bid).await;
+            let answer = match &reply {
+                Ok(BidReply::Accepted { .. }) => "accepted".to_string(),
+                Ok(BidReply::Rejected { reason, .. }) => format!("rejected:{}", label(reason)),
+                Ok(BidReply::Error { error, .. }) => format!("error:{}", label(error)),
+                Err(f) => format!("error:{}", f.label),
+            };
+            let done_us = micros(shared.start.elapsed());
+            sent_log.lock().expect("lock poisoned").push(Attempt {
+                sent_us,
+                done_us,
+                answer,
+            });
+            reply
+        })
+        .await;
         shared
             .reply_latency
             .lock()
             .expect("lock poisoned")
             .saturating_record(micros(due.elapsed()));
         shared.replied.fetch_add(1, Ordering::Relaxed);
-        record_reply(shared, &p, result)
+        record_reply(shared, &p, result, log.into_inner().expect("lock poisoned"))
     };
     let accepted = match p.withdraw {
         // The withdraw goes first and the bid right behind it, unanswered:
@@ -463,11 +507,13 @@ fn record_reply(
     shared: &Shared,
     p: &Planned,
     result: std::result::Result<BidReply, String>,
+    attempts: Vec<Attempt>,
 ) -> bool {
     let mut records = shared.records.lock().expect("lock poisoned");
     let Some(Some(record)) = records.get_mut(p.bid as usize) else {
         return false;
     };
+    record.attempts.extend(attempts);
     match result {
         Ok(BidReply::Accepted { try_seq, .. }) => {
             if !record.facts.accepted {
