@@ -46,8 +46,9 @@ pub struct Config {
     pub gateway: GatewayConfig,
     /// Verifier settings.
     pub verifier: VerifierConfig,
-    /// Where to serve the Prometheus page (`GET /metrics`), if anywhere.
-    pub metrics_addr: Option<SocketAddr>,
+    /// Where to serve the HTTP page (`/metrics`, `/healthz`, `/readyz`),
+    /// if anywhere.
+    pub http_addr: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -59,7 +60,7 @@ impl Default for Config {
             streams: StreamOptions::default(),
             gateway: GatewayConfig::default(),
             verifier: VerifierConfig::default(),
-            metrics_addr: None,
+            http_addr: None,
         }
     }
 }
@@ -71,10 +72,10 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
     config.gateway.verifier_consumer = config.verifier.consumer.clone();
     let role = config.role;
     // Bound first, so that a taken address fails the start, not a scrape.
-    let metrics_listener = match config.metrics_addr {
+    let http_listener = match config.http_addr {
         Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
             Error::with_source(ErrorKind::Config, e)
-                .context(format!("cannot serve --metrics-addr {addr}"))
+                .context(format!("cannot serve --http-addr / --metrics-addr {addr}"))
         })?),
         None => None,
     };
@@ -114,17 +115,20 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
         metrics.clone(),
         signal(stopped.clone()),
     ));
-    let page = metrics_listener.map(|listener| {
-        let lag = Arc::new(http::Lag {
-            streams: streams.clone(),
-            consumer: config.verifier.consumer.clone(),
+    let page = http_listener.map(|listener| {
+        let page = Arc::new(http::Page {
+            metrics: metrics.clone(),
+            lag: http::Lag {
+                streams: streams.clone(),
+                consumer: config.verifier.consumer.clone(),
+            },
+            health: http::Health {
+                streams: streams.clone(),
+                metrics: metrics.clone(),
+                verifies: role != Role::Gateway,
+            },
         });
-        tokio::spawn(http::serve(
-            listener,
-            metrics.clone(),
-            lag,
-            signal(stopped.clone()),
-        ))
+        tokio::spawn(http::serve(listener, page, signal(stopped.clone())))
     });
     // Each half runs as its own task, on its own connection: a connection
     // is served by one task in the client, and the gateway's requests and

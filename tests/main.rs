@@ -18,6 +18,7 @@ mod faults;
 mod lifecycle;
 mod loadtest;
 mod log_entries;
+mod metrics;
 mod observability;
 mod partitions;
 mod recovery;

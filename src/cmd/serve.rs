@@ -52,10 +52,12 @@ pub struct Args {
     /// Existing streams keep theirs.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     pub replicas: u8,
-    /// Serve Prometheus metrics at http://<addr>/metrics (for example
-    /// 127.0.0.1:9464). Off unless given.
-    #[arg(long, env = "ALLOT_METRICS_ADDR")]
-    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve the HTTP page on <addr>: Prometheus metrics at /metrics,
+    /// /healthz and /readyz. A port alone binds 127.0.0.1 (for example
+    /// 9464); give an address (0.0.0.0:9464) to serve other hosts. Off
+    /// unless given. `--metrics-addr` is its older name.
+    #[arg(long, alias = "metrics-addr", env = "ALLOT_HTTP_ADDR", value_parser = parse_http_addr)]
+    pub http_addr: Option<std::net::SocketAddr>,
     /// Who bids: `open` takes the body's bidder_id as it is (demos, tests,
     /// trusted networks); `bound` takes the NATS user that the server
     /// stamps on requests crossing the bidders' service import, and
@@ -99,7 +101,7 @@ pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
             },
             ..VerifierConfig::default()
         },
-        metrics_addr: args.metrics_addr,
+        http_addr: args.http_addr,
         gateway: GatewayConfig {
             identity: IdentityConfig {
                 mode: args.identity,
@@ -120,4 +122,13 @@ fn parse_dedupe_window(s: &str) -> Result<u64, String> {
         Ok(secs) => Ok(secs),
         Err(e) => Err(format!("not a number of seconds: {e}")),
     }
+}
+
+/// `host:port`, or a port alone on 127.0.0.1.
+fn parse_http_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse()
+        .map_err(|e| format!("not an address (127.0.0.1:9464) or a port (9464): {e}"))
 }

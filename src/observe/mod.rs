@@ -1,7 +1,8 @@
 //! What an operator sees of a running `allot serve`: counters kept by the
 //! gateway and the verifier as they work, answered as NATS micro service
-//! stats (`$SRV.PING`, `$SRV.INFO`, `$SRV.STATS`, in [`micro`]) and as a
-//! Prometheus page (`--metrics-addr`, in [`http`]).
+//! stats (`$SRV.PING`, `$SRV.INFO`, `$SRV.STATS`, in [`micro`]) and on the
+//! HTTP page (`--http-addr`, in [`http`]): Prometheus metrics, health and
+//! readiness.
 //!
 //! Counting is a few relaxed atomic adds per request or outcome, so that
 //! it costs the bid path next to nothing; everything else (the verifier's
@@ -73,15 +74,145 @@ pub const LATENCY_BOUNDS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
+/// Upper bounds of the reply-time buckets, in seconds: from receiving a
+/// request to sending its reply. Finer at the low end than
+/// [`LATENCY_BOUNDS`]: a fast reject takes tens of microseconds.
+pub const REPLY_BOUNDS: [f64; 15] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// A histogram of durations, kept as relaxed atomics: one count per
+/// bucket of `N` upper bounds, then the overflow, and the sum in
+/// microseconds.
+pub struct Histogram<const N: usize> {
+    bounds: &'static [f64; N],
+    counts: [AtomicU64; N],
+    overflow: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl<const N: usize> Histogram<N> {
+    pub fn new(bounds: &'static [f64; N]) -> Self {
+        Histogram {
+            bounds,
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            overflow: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        match self.bounds.iter().position(|&bound| secs <= bound) {
+            Some(i) => self.counts[i].fetch_add(1, Relaxed),
+            None => self.overflow.fetch_add(1, Relaxed),
+        };
+        self.sum_us
+            .fetch_add(d.as_micros().min(u64::MAX as u128) as u64, Relaxed);
+    }
+
+    /// The counts now: per bucket (not cumulative), the overflow last
+    /// with an infinite bound.
+    pub fn read(&self) -> HistogramCounts {
+        let mut buckets: Vec<(f64, u64)> = self
+            .bounds
+            .iter()
+            .zip(&self.counts)
+            .map(|(&bound, count)| (bound, count.load(Relaxed)))
+            .collect();
+        buckets.push((f64::INFINITY, self.overflow.load(Relaxed)));
+        HistogramCounts {
+            buckets,
+            sum_secs: self.sum_us.load(Relaxed) as f64 / 1e6,
+        }
+    }
+}
+
+/// A histogram's counts at one moment.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HistogramCounts {
+    /// Upper bound and count of each bucket, not cumulative; the last
+    /// bound is infinite.
+    pub buckets: Vec<(f64, u64)>,
+    pub sum_secs: f64,
+}
+
+impl HistogramCounts {
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|(_, n)| n).sum()
+    }
+
+    /// What was observed since `earlier` (counts of the same histogram).
+    pub fn since(&self, earlier: &HistogramCounts) -> HistogramCounts {
+        HistogramCounts {
+            buckets: self
+                .buckets
+                .iter()
+                .zip(
+                    earlier
+                        .buckets
+                        .iter()
+                        .map(|(_, n)| *n)
+                        .chain(std::iter::repeat(0)),
+                )
+                .map(|(&(bound, now), before)| (bound, now.saturating_sub(before)))
+                .collect(),
+            sum_secs: (self.sum_secs - earlier.sum_secs).max(0.0),
+        }
+    }
+
+    /// The `q` quantile (0 to 1), as the upper bound of the bucket it
+    /// falls in (the last finite bound for the overflow); `None` without
+    /// observations.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = (q * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        let last_finite = self
+            .buckets
+            .iter()
+            .rev()
+            .find(|(b, _)| b.is_finite())
+            .map_or(0.0, |(b, _)| *b);
+        for &(bound, n) in &self.buckets {
+            seen += n;
+            if seen >= rank {
+                return Some(if bound.is_finite() {
+                    bound
+                } else {
+                    last_finite
+                });
+            }
+        }
+        Some(last_finite)
+    }
+}
+
 /// One endpoint's counts.
-#[derive(Default)]
 pub struct EndpointStats {
     pub requests: AtomicU64,
     pub errors: AtomicU64,
     /// Total time from receiving a request to sending its reply.
     pub processing_ns: AtomicU64,
+    /// The same times, by bucket.
+    pub reply_time: Histogram<{ REPLY_BOUNDS.len() }>,
     /// The last error reply, as `code:text`; only written on errors.
     pub last_error: Mutex<Option<(u16, String)>>,
+}
+
+impl Default for EndpointStats {
+    fn default() -> Self {
+        EndpointStats {
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            processing_ns: AtomicU64::new(0),
+            reply_time: Histogram::new(&REPLY_BOUNDS),
+            last_error: Mutex::new(None),
+        }
+    }
 }
 
 /// The counters of one `allot serve` process. Shared by the gateway's
@@ -98,10 +229,9 @@ pub struct Metrics {
     errors: [AtomicU64; ErrorCode::ALL.len()],
     confirmed: AtomicU64,
     cancelled: [AtomicU64; CancelReason::ALL.len()],
-    /// Decision latency: one count per bucket of [`LATENCY_BOUNDS`], then
-    /// the overflow.
-    latency: [AtomicU64; LATENCY_BOUNDS.len() + 1],
-    latency_sum_us: AtomicU64,
+    /// Decision latency, from a try's `tried_at` to its outcome's
+    /// `decided_at`.
+    pub latency: Histogram<{ LATENCY_BOUNDS.len() }>,
     /// Partitions whose lease this process holds.
     pub partitions_owned: AtomicU64,
     /// Times this process's verifier found another had taken over (its
@@ -126,12 +256,17 @@ impl Default for Metrics {
             errors: Default::default(),
             confirmed: AtomicU64::new(0),
             cancelled: Default::default(),
-            latency: Default::default(),
-            latency_sum_us: AtomicU64::new(0),
+            latency: Histogram::new(&LATENCY_BOUNDS),
             partitions_owned: AtomicU64::new(0),
             superseded: AtomicU64::new(0),
             fenced: AtomicU64::new(0),
         }
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").field("id", &self.id).finish()
     }
 }
 
@@ -144,6 +279,7 @@ impl Metrics {
         stats
             .processing_ns
             .fetch_add(took.as_nanos().min(u64::MAX as u128) as u64, Relaxed);
+        stats.reply_time.observe(took);
         if let Some((code, text)) = error {
             stats.errors.fetch_add(1, Relaxed);
             self.errors[code.index()].fetch_add(1, Relaxed);
@@ -168,14 +304,7 @@ impl Metrics {
         }
         // Clocks of different hosts can disagree: a negative wait is zero.
         let waited = (o.decided_at - o.tried_at).to_std().unwrap_or_default();
-        let secs = waited.as_secs_f64();
-        let bucket = LATENCY_BOUNDS
-            .iter()
-            .position(|&bound| secs <= bound)
-            .unwrap_or(LATENCY_BOUNDS.len());
-        self.latency[bucket].fetch_add(1, Relaxed);
-        self.latency_sum_us
-            .fetch_add(waited.as_micros().min(u64::MAX as u128) as u64, Relaxed);
+        self.latency.observe(waited);
     }
 
     pub fn endpoint(&self, endpoint: Endpoint) -> &EndpointStats {
@@ -203,6 +332,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     /// An outcome of `kind`, decided the moment it was tried.
     fn outcome(kind: OutcomeKind, rank: Option<u32>) -> OutcomeEvent {
@@ -238,7 +368,7 @@ mod tests {
             m.bid(result);
             assert_eq!(m.bids(result), 1, "{result}");
         }
-        let page = http::render(&m, Vec::new());
+        let page = http::render(&Arc::new(m), Vec::new(), http::Format::Prometheus);
         for reason in CancelReason::ALL {
             let label = format!(
                 "reason=\"{}\"",
@@ -266,7 +396,8 @@ mod tests {
         assert_eq!(bids.errors.load(Relaxed), 2);
         let last = bids.last_error.lock().unwrap().clone();
         assert_eq!(last, Some((500, "fault".to_string())));
-        let page = http::render(&m, Vec::new());
+        let m = Arc::new(m);
+        let page = http::render(&m, Vec::new(), http::Format::Prometheus);
         for code in ErrorCode::ALL {
             let line = format!(
                 "allot_request_errors_by_code_total{{code=\"{code}\"}} {}\n",
@@ -296,11 +427,67 @@ mod tests {
         m.outcome(&o);
         o.decided_at = o.tried_at + chrono::Duration::seconds(60);
         m.outcome(&o);
-        let counts: Vec<u64> = m.latency.iter().map(|c| c.load(Relaxed)).collect();
+        let counts: Vec<u64> = m.latency.read().buckets.iter().map(|b| b.1).collect();
         // 3 ms in the 5 ms bucket, a clock skew in the first, a minute over.
         assert_eq!(counts[0], 1);
         assert_eq!(counts[2], 1);
         assert_eq!(counts[LATENCY_BOUNDS.len()], 1);
         assert_eq!(m.confirmed(), 3);
+    }
+
+    #[test]
+    fn quantiles_are_the_bounds_of_their_buckets() {
+        let h = Histogram::new(&REPLY_BOUNDS);
+        let before = h.read();
+        assert_eq!(before.quantile(0.5), None);
+        for _ in 0..98 {
+            h.observe(Duration::from_micros(200));
+        }
+        h.observe(Duration::from_millis(40));
+        h.observe(Duration::from_secs(9));
+        let window = h.read().since(&before);
+        assert_eq!(window.count(), 100);
+        assert_eq!(window.quantile(0.5), Some(0.00025));
+        assert_eq!(window.quantile(0.99), Some(0.05));
+        // Past the last bound: the last bound.
+        assert_eq!(window.quantile(1.0), Some(5.0));
+        let later = h.read().since(&h.read());
+        assert_eq!(later.count(), 0);
+    }
+
+    #[test]
+    fn both_text_formats_keep_the_names() {
+        let m = Arc::new(Metrics::default());
+        m.request(Endpoint::Bid, Duration::from_micros(300), None);
+        m.bid(BidResult::Accepted);
+        m.outcome(&outcome(OutcomeKind::Confirmed, Some(1)));
+        let prometheus = http::render(&m, vec![(3, 7)], http::Format::Prometheus);
+        let openmetrics = http::render(&m, vec![(3, 7)], http::Format::OpenMetrics);
+        for line in [
+            "allot_bids_total{result=\"accepted\"} 1",
+            "allot_requests_total{endpoint=\"bid\"} 1",
+            "allot_request_duration_seconds_count{endpoint=\"bid\"} 1",
+            "allot_decision_latency_seconds_count 1",
+            "allot_verifier_pending{partition=\"3\"} 7",
+            "allot_partitions_owned 0",
+        ] {
+            for page in [&prometheus, &openmetrics] {
+                assert!(
+                    page.contains(&format!("{line}\n")),
+                    "no {line:?} in\n{page}"
+                );
+            }
+        }
+        assert!(prometheus.contains("# TYPE allot_bids_total counter\n"));
+        // The bucket's bound comes last in one format, first in the other.
+        let inf = "allot_request_duration_seconds_bucket{endpoint=\"bid\",le=\"+Inf\"} 1\n";
+        assert!(prometheus.contains(inf), "{prometheus}");
+        let inf = "allot_request_duration_seconds_bucket{le=\"+Inf\",endpoint=\"bid\"} 1\n";
+        assert!(openmetrics.contains(inf), "{openmetrics}");
+        assert!(prometheus
+            .contains("allot_request_duration_seconds_bucket{endpoint=\"bid\",le=\"0.0005\"} 1\n"));
+        assert!(openmetrics.contains("# TYPE allot_bids counter\n"));
+        assert!(openmetrics.contains("# UNIT allot_decision_latency_seconds seconds\n"));
+        assert!(openmetrics.ends_with("# EOF\n"));
     }
 }

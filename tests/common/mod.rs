@@ -652,6 +652,24 @@ pub async fn try_http_get(addr: &str, path: &str) -> Option<String> {
     Some(response)
 }
 
+/// The whole HTTP response to `method path` on `addr`, with extra
+/// request headers.
+pub async fn http_with(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("no answer from {addr}: {e}"));
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await.unwrap();
+    response
+}
+
 /// A metric's value on a serve's `/metrics` page, if it answers.
 pub async fn metric(addr: &str, name: &str) -> Option<f64> {
     let page = try_http_get(addr, "/metrics").await?;
