@@ -88,12 +88,14 @@ fn the_protocol_survives_the_campaign() {
         "{count} seeds from {first}: {steps} steps, {restarts} restarts, {takeovers} takeovers, {fenced} outcomes fenced off, {outcomes} outcomes ({confirmed} confirmed), in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    // A campaign, not a replay of one seed, must have exercised it all.
     assert!(
-        restarts > count
-            && outcomes > 20 * count
-            && confirmed > 5 * count
-            && takeovers > count / 10
-            && fenced > count / 20,
+        count < 100
+            || (restarts > count
+                && outcomes > 20 * count
+                && confirmed > 5 * count
+                && takeovers > count / 10
+                && fenced > count / 20),
         "the campaign exercised too little"
     );
 }
