@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use async_nats::jetstream;
+use chrono::{DateTime, Utc};
 
 use crate::core::{Decision, Ledger, Verdict};
 use crate::error::{Error, ErrorKind, Result};
@@ -45,11 +46,11 @@ pub struct SnapshotView {
     pub decisions: Vec<OutcomeEvent>,
 }
 
-/// Replays `log` (sequence and entry, in log order) and compares the
+/// Replays `log` (sequence, storage time and entry, in log order) and compares the
 /// decisions with the published `outcomes` and the `snapshots`' (one per
 /// partition; none when no data directory was given).
 pub fn compare(
-    log: &[(u64, LogEntry)],
+    log: &[(u64, DateTime<Utc>, LogEntry)],
     outcomes: &[OutcomeEvent],
     snapshots: Option<&[SnapshotView]>,
 ) -> Findings {
@@ -57,8 +58,8 @@ pub fn compare(
     // By (auction, bid): the decision, and the sequence of the log event
     // that made it (in a ranked auction, a close decides older tries).
     let mut decisions: BTreeMap<(String, String), (Decision, u64)> = BTreeMap::new();
-    for (seq, entry) in log {
-        let Some(step) = ledger.apply_entry(entry, *seq) else {
+    for (seq, stored_at, entry) in log {
+        let Some(step) = ledger.apply_entry(entry, *seq, *stored_at) else {
             continue;
         };
         let own = match entry {
@@ -244,11 +245,11 @@ pub async fn run(
         None => vec![">".to_string()],
     };
     let log = read_all(js, &subjects.tries_stream(), log_filters).await?;
-    let log: Vec<(u64, LogEntry)> = log
+    let log: Vec<(u64, DateTime<Utc>, LogEntry)> = log
         .iter()
         .map(|m| {
             let entry = LogEntry::read(subjects, &m.subject, &m.payload, m.time);
-            (m.seq, entry)
+            (m.seq, m.time, entry)
         })
         .collect();
     let outcome_filter = vec![subjects.outcomes(auction_id)];
@@ -276,7 +277,7 @@ mod tests {
     use crate::wire::{AuctionSpec, CancelReason, OpenEvent, OutcomeKind, TryEvent};
     use chrono::Utc;
 
-    fn log() -> Vec<(u64, LogEntry)> {
+    fn log() -> Vec<(u64, DateTime<Utc>, LogEntry)> {
         let open = LogEvent::Open(OpenEvent {
             auction_id: "a".into(),
             spec: AuctionSpec::with_capacity(1),
@@ -291,7 +292,12 @@ mod tests {
                 tried_at: Utc::now(),
             }))
         };
-        vec![(1, LogEntry::Event(open)), (2, try_("b1")), (3, try_("b2"))]
+        let now = Utc::now();
+        vec![
+            (1, now, LogEntry::Event(open)),
+            (2, now, try_("b1")),
+            (3, now, try_("b2")),
+        ]
     }
 
     fn outcome(bid: &str, seq: u64, rank: Option<u32>) -> OutcomeEvent {

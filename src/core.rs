@@ -14,6 +14,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::wire::{
@@ -383,9 +384,18 @@ impl Ledger {
         Step::Opened
     }
 
-    /// Decides a try at log sequence `seq`, re-checking every rule.
+    /// Decides a try at log sequence `seq`, re-checking every rule, late
+    /// by its own `tried_at` (for tries with no storage time: the
+    /// alternatives' aggregates, tests). The log's tries are decided by
+    /// [`Ledger::apply_entry`], late by the time the log stored them.
     pub fn decide(&mut self, t: &TryEvent, seq: u64) -> Step {
-        let step = self.judge(t);
+        self.decide_at(t, seq, t.tried_at)
+    }
+
+    /// Decides a try that the log stored at `logged_at`: at or past its
+    /// auction's `closes_at` it is late, whatever clock stamped `tried_at`.
+    fn decide_at(&mut self, t: &TryEvent, seq: u64, logged_at: DateTime<Utc>) -> Step {
+        let step = self.judge_at(t, logged_at);
         let Some(auction) = self.auctions.get_mut(&t.auction_id) else {
             if let Step::Decided(verdict) = step {
                 self.record_orphan(&t.auction_id, &t.bid_id, &t.bidder_id, verdict, seq);
@@ -438,6 +448,11 @@ impl Ledger {
     /// decide on a read of the aggregate and record only what their append
     /// made durable.
     pub fn judge(&self, t: &TryEvent) -> Step {
+        self.judge_at(t, t.tried_at)
+    }
+
+    /// [`Ledger::judge`], late by `logged_at`.
+    fn judge_at(&self, t: &TryEvent, logged_at: DateTime<Utc>) -> Step {
         let Some(auction) = self.auctions.get(&t.auction_id) else {
             let seen = self
                 .orphans
@@ -469,7 +484,7 @@ impl Ledger {
             .is_some_and(|by| by.iter().any(|b| **b == *t.bidder_id))
         {
             Some(CancelReason::Withdrawn)
-        } else if auction.closed || spec.is_closed_at(t.tried_at) {
+        } else if auction.closed || spec.is_closed_at(logged_at) {
             Some(CancelReason::AuctionClosed)
         } else if t.amount < spec.min_amount {
             Some(CancelReason::BelowMinimum)
@@ -652,10 +667,18 @@ impl Ledger {
         Step::Decided(invalid)
     }
 
-    /// Applies a log entry at log sequence `seq` as the verifier reads it;
-    /// `None` for an entry with nothing to decide.
-    pub fn apply_entry(&mut self, entry: &LogEntry, seq: u64) -> Option<Step> {
+    /// Applies a log entry at log sequence `seq`, stored at `stored_at`, as
+    /// the verifier reads it; `None` for an entry with nothing to decide.
+    /// A try is late by the time the log stored it, not by its `tried_at`:
+    /// the clock of whichever gateway wrote it has no say in the close.
+    pub fn apply_entry(
+        &mut self,
+        entry: &LogEntry,
+        seq: u64,
+        stored_at: DateTime<Utc>,
+    ) -> Option<Step> {
         match entry {
+            LogEntry::Event(LogEvent::Try(t)) => Some(self.decide_at(t, seq, stored_at)),
             LogEntry::Event(event) => Some(self.apply(event, seq)),
             LogEntry::InvalidTry(t) => Some(self.invalid(t, seq)),
             LogEntry::Unreadable(_) => None,
@@ -884,6 +907,34 @@ mod tests {
             ],
         );
         assert!(l.fill("a").unwrap().sold_out());
+    }
+
+    /// The log's clock closes an auction, not the gateway's: a try stored
+    /// past `closes_at` is late whatever its `tried_at` says (a gateway
+    /// whose clock is behind), and one stored before it is on time even
+    /// if its `tried_at` is past it (a gateway whose clock is ahead).
+    #[test]
+    fn a_try_is_late_by_the_time_the_log_stored_it() {
+        let spec = AuctionSpec {
+            closes_at: Some(t0() + Duration::seconds(60)),
+            ..AuctionSpec::with_capacity(5)
+        };
+        let mut l = Ledger::new();
+        let read = |event: LogEvent| LogEntry::Event(event);
+        let at = |secs| t0() + Duration::seconds(secs);
+        assert_eq!(
+            l.apply_entry(&read(open("a", spec)), 1, at(0)),
+            Some(Step::Opened)
+        );
+        // Stamped 10 s before the close by a slow clock, stored 1 s after it.
+        let behind = read(try_("a", "b1", "u1", 5, 50));
+        assert_eq!(
+            l.apply_entry(&behind, 2, at(61)),
+            Some(cancelled(CancelReason::AuctionClosed))
+        );
+        // Stamped 10 s after the close by a fast clock, stored before it.
+        let ahead = read(try_("a", "b2", "u2", 5, 70));
+        assert_eq!(l.apply_entry(&ahead, 3, at(59)), Some(confirmed(1)));
     }
 
     #[test]

@@ -116,11 +116,16 @@ impl Gateway {
         }
     }
 
-    /// What the view says of a bid to the auction of `spec` at `now`.
+    /// What the view says of a bid to the auction of `spec` at `now`. The
+    /// log's clock decides the close (`Ledger::apply_entry`); this one only
+    /// refuses early, and only past [`CLOCK_TOLERANCE`], so that a clock a
+    /// little ahead never refuses a bid the log would still take.
     fn look(&self, auction_id: &str, spec: Option<&AuctionSpec>, now: DateTime<Utc>) -> Fact {
         let spec = spec.expect("the gate looks at the view once the spec is found");
         Fact::View {
-            blocked: self.view.blocked(auction_id, spec.is_closed_at(now)),
+            blocked: self
+                .view
+                .blocked(auction_id, spec.is_closed_at(now - CLOCK_TOLERANCE)),
             current: self.view.freshness.current(),
         }
     }
@@ -243,6 +248,10 @@ impl Gateway {
         Ok(None)
     }
 }
+
+/// How far past `closes_at` a gateway's own clock must be before it
+/// refuses a bid `auction_closed` without writing its try.
+const CLOCK_TOLERANCE: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
 
 /// How long a gateway waits for the verifier to say whether it decided a bid.
 const DECIDED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);

@@ -382,7 +382,7 @@ impl<T: Delivered + Clone> Protocol<T> {
             if matches!(entry, LogEntry::InvalidTry(_) | LogEntry::Unreadable(_)) {
                 poison.push(index);
             }
-            let Some(step) = self.ledger.apply_entry(&entry, seq) else {
+            let Some(step) = self.ledger.apply_entry(&entry, seq, d.stored_at) else {
                 if let LogEntry::Unreadable(problem) = &entry {
                     tracing::warn!(
                         seq,

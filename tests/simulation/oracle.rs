@@ -22,7 +22,7 @@ pub fn check(
     for (i, stored) in log.entries.iter().enumerate().filter(|(_, e)| e.ours) {
         let seq = i as u64 + 1;
         let entry = LogEntry::read(subjects, &stored.subject, &stored.payload, stored.stored_at);
-        let Some(step) = ledger.apply_entry(&entry, seq) else {
+        let Some(step) = ledger.apply_entry(&entry, seq, stored.stored_at) else {
             continue;
         };
         let own_try = match &entry {
