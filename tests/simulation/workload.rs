@@ -54,7 +54,10 @@ impl Workload {
 
     /// The next entry: (subject, payload, whether it is of the partition).
     pub fn next(&mut self, rng: &mut Rng, now: Millis) -> (String, Vec<u8>, bool) {
-        let at = timestamp::format(&now.at());
+        // Stamped by one of several gateways whose clocks are up to 5 s
+        // off: `tried_at` decides nothing, the log's storage time does.
+        let skew = chrono::Duration::milliseconds(rng.below(10_001) as i64 - 5_000);
+        let at = timestamp::format(&(now.at() + skew));
         if rng.chance(150) {
             // Another partition's entry: a gap for ours.
             let id = &self.theirs[rng.below(self.theirs.len() as u64) as usize];
