@@ -469,3 +469,53 @@ async fn a_close_deciding_thousands_of_bids_publishes_them_all() {
         Some(1)
     );
 }
+
+/// The log's clock closes an auction: a try that a gateway with a slow
+/// clock stamps a minute before `closes_at`, but that the log stores after
+/// it, is cancelled `auction_closed`. The verifier is away meanwhile, so
+/// that no deadline close gets into the log first.
+#[tokio::test]
+async fn a_try_stored_after_closes_at_is_late_whatever_its_tried_at() {
+    let mut h = Harness::start().await;
+    let closes_at = Utc::now() + chrono::Duration::milliseconds(1_500);
+    h.open(
+        "clock",
+        AuctionSpec {
+            closes_at: Some(closes_at),
+            ..AuctionSpec::with_capacity(5)
+        },
+    )
+    .await;
+    h.stop_service().await;
+    let wait = (closes_at - Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(200)).await;
+
+    let streams = allot::streams::Streams::ensure(
+        h.js.clone(),
+        h.client.subjects.clone(),
+        &allot::streams::StreamOptions::default(),
+    )
+    .await
+    .unwrap();
+    let slow = LogEvent::Try(allot::wire::TryEvent {
+        bid_id: "slow".into(),
+        auction_id: "clock".into(),
+        bidder_id: "u1".into(),
+        amount: 10,
+        tried_at: closes_at - chrono::Duration::seconds(60),
+    });
+    let ack = streams.append(&slow).await.unwrap();
+    let stored = streams.entry(ack.sequence).await.unwrap().time;
+    assert!(
+        stored >= closes_at,
+        "stored at {stored}, before {closes_at}"
+    );
+
+    h.start_service().await;
+    let outcomes = h.wait_for_outcomes("clock", 1).await;
+    assert_eq!(
+        verdict(outcome_of(&outcomes, "slow")),
+        cancelled(CancelReason::AuctionClosed)
+    );
+    common::assert_replay_matches_outcomes(&h).await;
+}
