@@ -351,3 +351,60 @@ async fn first_refused_as_sold_out(h: &Harness, auction: &str) -> String {
     }
     panic!("the gateway learns the auction is sold out");
 }
+
+/// A gateway with every request slot taken answers `unavailable` at once,
+/// with a hint, rather than leaving the request to wait until its client
+/// times out; nothing of such a bid is written, and sent again it is
+/// accepted and decided once, like every other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_gateway_answers_unavailable_at_once_and_loses_nothing() {
+    let h = Harness::server_only().await;
+    let mut config = h.config();
+    config.gateway.max_in_flight = 2;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(allot::service::run(config, async {
+        let _ = stopped.await;
+    }));
+    h.wait_until_serving().await;
+    h.open("busy", AuctionSpec::with_capacity(50)).await;
+
+    let bids: Vec<_> = (0..200)
+        .map(|i| bid(&format!("b{i}"), &format!("u{i}"), 5))
+        .collect();
+    let started = std::time::Instant::now();
+    let replies =
+        futures::future::join_all(bids.iter().map(|b| h.client.bid("busy", b))).await;
+    let mut refused = Vec::new();
+    for (b, reply) in bids.iter().zip(replies) {
+        match reply.unwrap() {
+            BidReply::Accepted { .. } => {}
+            BidReply::Error {
+                error: allot::wire::ErrorCode::Unavailable,
+                retry_after_ms: Some(_),
+                message,
+            } => {
+                assert!(message.contains("send the same request again"), "{message}");
+                refused.push(b.clone());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(!refused.is_empty(), "200 bids at once find 2 slots taken");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered, not left to time out"
+    );
+    let written = h.tries("busy").await.len();
+    assert_eq!(written, 200 - refused.len(), "a refused bid writes nothing");
+
+    for b in &refused {
+        let reply = common::bid_resent_while_unavailable(&h, "busy", b).await;
+        assert!(matches!(reply, BidReply::Accepted { .. }), "{reply:?}");
+    }
+    let outcomes = h.wait_for_outcomes("busy", 200).await;
+    let one_each = common::one_outcome_per_bid(&outcomes);
+    assert_eq!(one_each.len(), 200);
+    common::assert_replay_matches_outcomes(&h).await;
+    let _ = stop.send(());
+    service.await.unwrap().unwrap();
+}

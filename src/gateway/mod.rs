@@ -45,13 +45,18 @@ use view::View;
 /// then for the requests already buffered.
 const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The hint of a request refused because every slot was taken.
+const OVERLOAD_RETRY_MS: u64 = 50;
+
 /// How long a starting gateway waits for its view of the auctions.
 const VIEW_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Gateway settings.
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
-    /// Requests served at once; more wait in the subscription buffer.
+    /// Requests served at once. One more is answered `unavailable` at once,
+    /// with a hint to send it again shortly, rather than left to wait
+    /// until its client times out.
     pub max_in_flight: usize,
     /// The verifier's durable consumer, whose ack floor tells how far the
     /// log is decided.
@@ -144,7 +149,10 @@ pub async fn run(
             message = requests.next() => message,
         };
         let Some(message) = message else { break };
-        let permit = permits.clone().acquire_owned().await.expect("never closed");
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            gateway.overloaded(message).await;
+            continue;
+        };
         let gateway = gateway.clone();
         tokio::spawn(async move {
             gateway.handle(message).await;
@@ -160,12 +168,8 @@ pub async fn run(
 }
 
 impl Gateway {
-    async fn handle(&self, message: Message) {
-        let Some(reply_to) = message.reply.clone() else {
-            tracing::debug!(subject = %message.subject, "request without a reply subject ignored");
-            return;
-        };
-        let received = Instant::now();
+    /// The endpoint a request was sent to.
+    fn endpoint(&self, message: &Message) -> Endpoint {
         let prefix = self.streams.subjects.prefix();
         let kind = message
             .subject
@@ -173,7 +177,50 @@ impl Gateway {
             .and_then(|rest| rest.strip_prefix('.'))
             .unwrap_or_default();
         // Only the endpoints' kinds are subscribed to.
-        let endpoint = Endpoint::of(kind).unwrap_or(Endpoint::Status);
+        Endpoint::of(kind).unwrap_or(Endpoint::Status)
+    }
+
+    /// Answers a request that finds every slot taken: `unavailable` with a
+    /// hint, at once, and nothing written.
+    async fn overloaded(&self, message: Message) {
+        let Some(reply_to) = message.reply.clone() else {
+            return;
+        };
+        let received = Instant::now();
+        let endpoint = self.endpoint(&message);
+        let busy = failure::unavailable(
+            format!(
+                "this gateway has {} requests in hand; send the same request again in {OVERLOAD_RETRY_MS} ms",
+                self.config.max_in_flight
+            ),
+            OVERLOAD_RETRY_MS,
+        );
+        let error = match endpoint {
+            Endpoint::Bid => {
+                self.metrics.bid(BidResult::Error);
+                self.respond::<BidReply>(reply_to, Err(busy)).await
+            }
+            Endpoint::Withdraw => {
+                self.respond::<wire::WithdrawReply>(reply_to, Err(busy))
+                    .await
+            }
+            Endpoint::Raise => self.respond::<wire::RaiseReply>(reply_to, Err(busy)).await,
+            Endpoint::Close => self.respond::<wire::CloseReply>(reply_to, Err(busy)).await,
+            Endpoint::Open => self.respond::<wire::OpenReply>(reply_to, Err(busy)).await,
+            Endpoint::Status => self.respond::<wire::StatusReply>(reply_to, Err(busy)).await,
+            Endpoint::Result => self.respond::<wire::ResultReply>(reply_to, Err(busy)).await,
+        };
+        let error = error.as_ref().map(|(code, text)| (*code, text.as_str()));
+        self.metrics.request(endpoint, received.elapsed(), error);
+    }
+
+    async fn handle(&self, message: Message) {
+        let Some(reply_to) = message.reply.clone() else {
+            tracing::debug!(subject = %message.subject, "request without a reply subject ignored");
+            return;
+        };
+        let received = Instant::now();
+        let endpoint = self.endpoint(&message);
         let error = match endpoint {
             Endpoint::Bid => {
                 let result = self.bid(&message).await;
