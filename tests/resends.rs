@@ -372,8 +372,7 @@ async fn a_full_gateway_answers_unavailable_at_once_and_loses_nothing() {
         .map(|i| bid(&format!("b{i}"), &format!("u{i}"), 5))
         .collect();
     let started = std::time::Instant::now();
-    let replies =
-        futures::future::join_all(bids.iter().map(|b| h.client.bid("busy", b))).await;
+    let replies = futures::future::join_all(bids.iter().map(|b| h.client.bid("busy", b))).await;
     let mut refused = Vec::new();
     for (b, reply) in bids.iter().zip(replies) {
         match reply.unwrap() {
