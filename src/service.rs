@@ -14,7 +14,7 @@ use crate::client::{connect, flush};
 use crate::error::{Error, ErrorKind, Result};
 use crate::gateway::{self, GatewayConfig};
 use crate::identity;
-use crate::observe::{http, micro, Metrics};
+use crate::observe::{dashboard, http, micro, Metrics};
 use crate::streams::{StreamOptions, Streams};
 use crate::verifier::{self, VerifierConfig};
 use crate::wire::Subjects;
@@ -116,6 +116,13 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
         signal(stopped.clone()),
     ));
     let page = http_listener.map(|listener| {
+        let dashboard = Arc::new(dashboard::Dashboard::new(
+            streams.clone(),
+            config.verifier.consumer.clone(),
+            metrics.clone(),
+            format!("{role:?}").to_lowercase(),
+        ));
+        tokio::spawn(dashboard.clone().run(signal(stopped.clone())));
         let page = Arc::new(http::Page {
             metrics: metrics.clone(),
             lag: http::Lag {
@@ -127,6 +134,7 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
                 metrics: metrics.clone(),
                 verifies: role != Role::Gateway,
             },
+            dashboard: Some(dashboard),
         });
         tokio::spawn(http::serve(listener, page, signal(stopped.clone())))
     });

@@ -13,6 +13,7 @@ mod bidding;
 mod cli;
 mod cli_lifecycle;
 mod cluster;
+mod dashboard;
 mod decoder_schema;
 mod faults;
 mod lifecycle;

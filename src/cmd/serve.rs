@@ -52,8 +52,9 @@ pub struct Args {
     /// Existing streams keep theirs.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     pub replicas: u8,
-    /// Serve the HTTP page on <addr>: Prometheus metrics at /metrics,
-    /// /healthz and /readyz. A port alone binds 127.0.0.1 (for example
+    /// Serve the HTTP page on <addr>: the live dashboard at /, Prometheus
+    /// metrics at /metrics, /healthz and /readyz; all read-only. A port
+    /// alone binds 127.0.0.1 (for example
     /// 9464); give an address (0.0.0.0:9464) to serve other hosts. Off
     /// unless given. `--metrics-addr` is its older name.
     #[arg(long, alias = "metrics-addr", env = "ALLOT_HTTP_ADDR", value_parser = parse_http_addr)]

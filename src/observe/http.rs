@@ -10,6 +10,8 @@
 //!   process that runs a verifier) every partition has a verifier, this
 //!   one or another (owned, or standing by); 503 otherwise. The body says
 //!   which check failed.
+//! - `GET /`, `/dashboard/events`, `/dashboard/state`: the live dashboard
+//!   ([`super::dashboard`]).
 //!
 //! HTTP/1.1 by hyper, one request per connection: a scrape every few
 //! seconds and a dashboard's event stream need no more. Nothing here
@@ -37,7 +39,7 @@ use prometheus_client::registry::{Registry, Unit};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use super::{BidResult, Endpoint, HistogramCounts, Metrics};
+use super::{dashboard, BidResult, Endpoint, HistogramCounts, Metrics};
 use crate::streams::Streams;
 use crate::wire::{CancelReason, ErrorCode};
 
@@ -55,6 +57,8 @@ pub struct Page {
     pub metrics: Arc<Metrics>,
     pub lag: Lag,
     pub health: Health,
+    /// The dashboard's shared state; `None` serves no dashboard.
+    pub dashboard: Option<Arc<dashboard::Dashboard>>,
 }
 
 /// Where the verifier's lag is read: the log and its consumer.
@@ -282,7 +286,8 @@ async fn route(page: &Page, request: Request<Incoming>) -> Response<Body> {
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return response;
     }
-    match request.uri().path() {
+    let path = request.uri().path();
+    match path {
         "/metrics" => {
             let format = Format::accepted(&request);
             let body = render(&page.metrics, page.lag.pending().await, format);
@@ -305,10 +310,15 @@ async fn route(page: &Page, request: Request<Incoming>) -> Response<Body> {
             };
             json(status, &readiness)
         }
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "not here: this page serves /metrics, /healthz and /readyz\n",
-        ),
+        _ => match &page.dashboard {
+            Some(dashboard) if dashboard::serves(path) => {
+                dashboard::route(dashboard, &request).await
+            }
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not here: this page serves /metrics, /healthz, /readyz and the dashboard at /\n",
+            ),
+        },
     }
 }
 

@@ -2,12 +2,13 @@
 //! gateway and the verifier as they work, answered as NATS micro service
 //! stats (`$SRV.PING`, `$SRV.INFO`, `$SRV.STATS`, in [`micro`]) and on the
 //! HTTP page (`--http-addr`, in [`http`]): Prometheus metrics, health and
-//! readiness.
+//! readiness, and the live dashboard ([`dashboard`]).
 //!
 //! Counting is a few relaxed atomic adds per request or outcome, so that
 //! it costs the bid path next to nothing; everything else (the verifier's
 //! lag, the text formats) is computed when someone asks.
 
+pub mod dashboard;
 pub mod http;
 pub mod micro;
 pub mod status;
