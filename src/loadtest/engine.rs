@@ -44,6 +44,9 @@ impl Strategy {
 pub struct Failure {
     pub label: String,
     pub retry: Option<Duration>,
+    /// The error reply's message, or the client error (empty for a
+    /// timeout): kept in the client-side history.
+    pub message: String,
 }
 
 /// The pause before a resend when the failure does not say.
@@ -94,6 +97,7 @@ impl Engine {
         let strategy = |e: BidError| Failure {
             retry: matches!(e, BidError::Nats(_)).then_some(RESEND_PAUSE),
             label: e.label().to_string(),
+            message: String::new(),
         };
         match self {
             Engine::Tcc(client) => answered(client.bid(auction_id, bid).await),
@@ -132,6 +136,7 @@ impl Engine {
             _ => Err(Failure {
                 label: "unsupported".into(),
                 retry: None,
+                message: String::new(),
             }),
         }
     }
@@ -168,7 +173,8 @@ impl Engine {
 fn answered<T: Reply>(reply: Result<T>) -> std::result::Result<T, Failure> {
     match reply {
         Ok(reply) => match reply.error() {
-            Some((code, _)) => Err(Failure {
+            Some((code, message)) => Err(Failure {
+                message: message.to_string(),
                 label: label(&code),
                 retry: match code {
                     ErrorCode::Unavailable => Some(retry_after(&reply).unwrap_or(RESEND_PAUSE)),
@@ -194,6 +200,10 @@ fn answered<T: Reply>(reply: Result<T>) -> std::result::Result<T, Failure> {
                 _ => "nats".into(),
             },
             retry: Some(RESEND_PAUSE),
+            message: match e.kind() {
+                ErrorKind::Timeout => String::new(),
+                _ => e.to_string(),
+            },
         }),
     }
 }

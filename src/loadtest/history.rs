@@ -3,7 +3,8 @@
 //! told and when, and every outcome read for it and when. A checker
 //! outside the service (`scripts/campaign`) reads it against the streams.
 //!
-//! The first line is a header: `{"header": true, "started_at", "strategy",
+//! An attempt is `[sent_ms, answered_ms, answer]`, with the error's
+//! message as a fourth element when it has one. The first line is a header: `{"header": true, "started_at", "strategy",
 //! "send_secs"}`; times in the bid lines are milliseconds from
 //! `started_at` (the moment the first bid was due).
 
@@ -54,7 +55,10 @@ pub(super) fn write(shared: &Shared, report: &Report, path: &Path) -> Result<()>
         let attempts: Vec<_> = r
             .attempts
             .iter()
-            .map(|a| json!([ms(a.sent_us), ms(a.done_us), a.answer]))
+            .map(|a| match a.message.is_empty() {
+                true => json!([ms(a.sent_us), ms(a.done_us), a.answer]),
+                false => json!([ms(a.sent_us), ms(a.done_us), a.answer, a.message]),
+            })
             .collect();
         let line = json!({
             "bid_id": bid_id(i as u64),

@@ -165,6 +165,8 @@ pub(super) struct Attempt {
     pub(super) done_us: u64,
     /// `accepted`, `rejected:<reason>` or `error:<label>`.
     pub(super) answer: String,
+    /// An error's message, if it had one.
+    pub(super) message: String,
 }
 
 /// State shared by the senders, the outcome reader and the sampler.
@@ -466,17 +468,26 @@ async fn send(engine: &Engine, shared: &Shared, n: u64, due: Instant, attempts: 
         let result = retrying(attempts, || async move {
             let sent_us = micros(shared.start.elapsed());
             let reply = engine.bid(auction_id, bid).await;
-            let answer = match &reply {
-                Ok(BidReply::Accepted { .. }) => "accepted".to_string(),
-                Ok(BidReply::Rejected { reason, .. }) => format!("rejected:{}", label(reason)),
-                Ok(BidReply::Error { error, .. }) => format!("error:{}", label(error)),
-                Err(f) => format!("error:{}", f.label),
+            let (answer, message) = match &reply {
+                Ok(
+                    BidReply::Accepted { .. }
+                    | BidReply::Confirmed { .. }
+                    | BidReply::Cancelled { .. },
+                ) => ("accepted".to_string(), String::new()),
+                Ok(BidReply::Rejected { reason, .. }) => {
+                    (format!("rejected:{}", label(reason)), String::new())
+                }
+                Ok(BidReply::Error { error, message, .. }) => {
+                    (format!("error:{}", label(error)), message.clone())
+                }
+                Err(f) => (format!("error:{}", f.label), f.message.clone()),
             };
             let done_us = micros(shared.start.elapsed());
             sent_log.lock().expect("lock poisoned").push(Attempt {
                 sent_us,
                 done_us,
                 answer,
+                message,
             });
             reply
         })
@@ -515,7 +526,11 @@ fn record_reply(
     };
     record.attempts.extend(attempts);
     match result {
-        Ok(BidReply::Accepted { try_seq, .. }) => {
+        Ok(
+            BidReply::Accepted { try_seq, .. }
+            | BidReply::Confirmed { try_seq, .. }
+            | BidReply::Cancelled { try_seq, .. },
+        ) => {
             if !record.facts.accepted {
                 shared.accepted.fetch_add(1, Ordering::Relaxed);
             }
