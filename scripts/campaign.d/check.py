@@ -68,6 +68,7 @@ def main():
     answered = []  # done times (s) of requests answered accepted or rejected
     error_secs = Counter()  # error replies per second of the run (by send time)
     error_replies = Counter()
+    messages = Counter()  # error replies' messages, by code
     gave_up = Counter()
     c = Counter()
     cancelled = Counter()
@@ -79,12 +80,15 @@ def main():
         outcomes = b["outcomes"]
         c["bids"] += 1
         c["requests"] += len(answers)
-        for sent, done, answer in b["attempts"]:
+        for a in b["attempts"]:
+            sent, done, answer = a[0], a[1], a[2]
             if answer == "accepted" or answer.startswith("rejected"):
                 answered.append(done / 1e3)
             else:
                 error_replies[answer.split(":", 1)[1]] += 1
                 error_secs[int(sent / 1e3)] += 1
+                if len(a) > 3:
+                    messages[answer.split(":", 1)[1] + ": " + a[3][:160]] += 1
         if accepted:
             c["accepted"] += 1
         elif rejected:
@@ -115,6 +119,7 @@ def main():
     row["cancelled"] = dict(cancelled)
     row["error_replies"] = dict(error_replies.most_common())
     row["gave_up"] = dict(gave_up.most_common())
+    row["error_messages"] = dict(messages.most_common(6))
     row["examples"] = examples
     if header.get("closes_at"):
         row["skew"] = {k: c[k] for k in ("late_sent", "late_accepted", "late_confirmed",

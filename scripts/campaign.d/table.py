@@ -38,6 +38,8 @@ def main():
             r = json.load(f)
         print(f"- {name}: {r.get('what') or '-'}; fault at {r.get('fault_at')} s, healed at {r.get('heal_at')} s; "
               + "; ".join(r.get("notes") or []))
+        for m, n in (r.get("error_messages") or {}).items():
+            print(f"  - {n} x {m}")
         if r.get("skew"):
             print(f"  - skew: {json.dumps(r['skew'])}")
         for kind, ex in (r.get("examples") or {}).items():
