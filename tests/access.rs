@@ -38,6 +38,7 @@ fn bid(bid_id: &str, bidder_id: &str, amount: u64) -> BidRequest {
         bid_id: bid_id.into(),
         bidder_id: bidder_id.into(),
         amount,
+        wait: false,
     }
 }
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use allot::core::{Ledger, Step, Verdict};
 use allot::wire::{
-    AuctionSpec, BidReply, LogEvent, OpenEvent, OutcomeKind, RejectReason, ResultReply,
+    AuctionSpec, BidReply, BidRequest, CancelReason, LogEvent, OpenEvent, OutcomeKind, Policy,
+    RejectReason, ResultReply,
 };
 use chrono::Utc;
 use common::{assert_matches, bid, one_outcome_per_bid, Harness};
@@ -301,4 +302,80 @@ async fn a_bidder_asks_for_its_bids_result() {
     }
     let bad = common::raw(&h, h.client.subjects.result_request("one"), b"{}").await;
     assert_eq!(common::error_code(&bad), Some("400"));
+}
+
+/// A bid that asks to wait gets its decision in the reply: `confirmed`
+/// with its rank, or `cancelled` with its reason; a resend gets the same
+/// decision; in a ranked auction, where a held bid is decided at the
+/// close, the reply is `accepted`. Every reply matches the schema, and the
+/// outcome stream agrees with each.
+#[tokio::test]
+async fn a_bid_that_waits_gets_its_decision_in_the_reply() {
+    let h = Harness::start().await;
+    h.open("w", AuctionSpec::with_capacity(2)).await;
+    let waiting = |bid_id: &str, bidder: &str, amount: u64| BidRequest {
+        wait: true,
+        ..bid(bid_id, bidder, amount)
+    };
+    let check = |reply: &BidReply| {
+        assert_matches("bid-reply.schema.json", &serde_json::to_vec(reply).unwrap());
+    };
+
+    let first = h.client.bid("w", &waiting("b1", "u1", 5)).await.unwrap();
+    check(&first);
+    let BidReply::Confirmed { rank, try_seq, .. } = first else {
+        panic!("{first:?}");
+    };
+    assert_eq!(rank, 1);
+    // The same bidder again, past its one win.
+    let second = h.client.bid("w", &waiting("b2", "u1", 5)).await.unwrap();
+    check(&second);
+    assert!(
+        matches!(
+            second,
+            BidReply::Cancelled {
+                reason: CancelReason::BidderLimit,
+                ..
+            }
+        ),
+        "{second:?}"
+    );
+    let again = h.client.bid("w", &waiting("b1", "u1", 5)).await.unwrap();
+    check(&again);
+    assert_eq!(
+        again,
+        BidReply::Confirmed {
+            bid_id: "b1".into(),
+            auction_id: "w".into(),
+            try_seq,
+            duplicate: true,
+            rank: 1,
+        }
+    );
+    let outcomes = one_outcome_per_bid(&h.wait_for_outcomes("w", 2).await);
+    assert_eq!(outcomes["b1"].rank, Some(1));
+    assert_eq!(outcomes["b2"].reason, Some(CancelReason::BidderLimit));
+
+    h.open(
+        "r",
+        AuctionSpec {
+            policy: Policy::TopAmount,
+            ..AuctionSpec::with_capacity(1)
+        },
+    )
+    .await;
+    let held = h.client.bid("r", &waiting("h1", "u1", 5)).await.unwrap();
+    check(&held);
+    assert!(matches!(held, BidReply::Accepted { .. }), "{held:?}");
+    let outbid = h.client.bid("r", &waiting("h2", "u2", 4)).await.unwrap();
+    assert!(
+        matches!(
+            outbid,
+            BidReply::Cancelled {
+                reason: CancelReason::Outbid,
+                ..
+            }
+        ),
+        "{outbid:?}"
+    );
 }

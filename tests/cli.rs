@@ -49,11 +49,15 @@ async fn open_bid_wait_status_and_watch() {
         String::from_utf8_lossy(&out.stderr)
     );
     let lines = stdout_lines(&out);
-    assert_eq!(lines[0]["status"], "accepted");
-    assert_eq!(lines[1]["type"], "confirmed");
-    assert_eq!(lines[1]["rank"], 1);
+    assert_eq!(
+        lines[0]["status"], "confirmed",
+        "the reply carries the decision"
+    );
+    assert_eq!(lines[0]["rank"], 1);
+    assert_eq!(lines.len(), 1);
+    assert_matches("bid-reply.schema.json", lines[0].to_string().as_bytes());
 
-    // A resend waits on the stored outcome rather than a new one.
+    // A resend gets the stored decision rather than a new one.
     let out = allot(
         &h,
         &[
@@ -62,7 +66,10 @@ async fn open_bid_wait_status_and_watch() {
     );
     let lines = stdout_lines(&out);
     assert_eq!(lines[0]["duplicate"], true);
-    assert_eq!(lines[1]["bid_id"], "first");
+    assert_eq!(
+        (&lines[0]["status"], &lines[0]["bid_id"]),
+        (&"confirmed".into(), &"first".into())
+    );
 
     // A fast reject prints the reply and fails.
     let out = allot(&h, &["bid", "cli", "--bidder", "u2", "--amount", "4"]);

@@ -230,8 +230,9 @@ async fn bid_wait_in_a_ranked_auction_exits_0_when_accepted() {
     assert!(out.status.success());
     let printed = lines(&out);
     assert_eq!(
-        (&printed[1]["type"], &printed[1]["reason"]),
-        (&"cancelled".into(), &"outbid".into())
+        (&printed[0]["status"], &printed[0]["reason"]),
+        (&"cancelled".into(), &"outbid".into()),
+        "the reply carries the decision"
     );
 
     // The holder's resend: no notice comes again, and the wait ends in time.

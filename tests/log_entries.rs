@@ -41,6 +41,7 @@ async fn hand_written_garbage_in_the_log_never_blocks_an_auction() {
                 bid_id: "good".into(),
                 bidder_id: "u1".into(),
                 amount: 5,
+                wait: false,
             },
         )
         .await

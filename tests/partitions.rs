@@ -23,10 +23,10 @@ use common::{
 async fn answer(client: &AllotClient, auction: &str, request: &BidRequest) -> BidReply {
     for _ in 0..200 {
         match client.bid(auction, request).await {
-            Ok(reply @ (BidReply::Accepted { .. } | BidReply::Rejected { .. })) => return reply,
             Ok(BidReply::Error { .. }) | Err(_) => {
                 tokio::time::sleep(Duration::from_millis(50)).await
             }
+            Ok(reply) => return reply,
         }
     }
     panic!("no answer for {} in 200 attempts", request.bid_id);

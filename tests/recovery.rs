@@ -13,6 +13,7 @@ fn bid(bid_id: String, bidder: String) -> BidRequest {
         bid_id,
         bidder_id: bidder,
         amount: 10,
+        wait: false,
     }
 }
 

@@ -23,9 +23,10 @@ pub struct Args {
     /// Bid id; resending the same one is safe. Default: a new random id.
     #[arg(long, value_parser = parse_id)]
     pub bid_id: Option<String>,
-    /// Also wait for the outcome and print it. In a top_amount auction,
-    /// where a held bid's outcome comes at the close, print its held
-    /// notice instead.
+    /// Wait for the bid to be decided: the reply is then `confirmed` or
+    /// `cancelled`. In a top_amount auction, where a held bid's outcome
+    /// comes at the close, the reply is `accepted` and its held notice is
+    /// printed after it.
     #[arg(long)]
     pub wait: bool,
     /// Seconds to wait for the reply and the outcome.
@@ -46,11 +47,14 @@ pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
         bid_id: args.bid_id.unwrap_or_else(new_bid_id),
         bidder_id: args.bidder,
         amount: args.amount,
+        wait: args.wait,
     };
-    // Follow the auction's outcomes from the start of the stream, set up
-    // before bidding: a fast outcome is not missed, and a resent bid's
-    // earlier outcome is found. Held notices are not stored, so they are
-    // followed live, from before the bid too.
+    // The reply carries the decision. Should it come without one (a held
+    // bid, or a verifier too slow to answer the gateway in time), follow
+    // the auction's outcomes from the start of the stream, set up before
+    // bidding: a fast outcome is not missed, and a resent bid's earlier
+    // outcome is found. Held notices are not stored, so they are followed
+    // live, from before the bid too.
     let (mut outcomes, mut holds) = if args.wait {
         let outcomes = client.replay_outcomes(Some(&args.auction_id)).await?;
         let holds = client

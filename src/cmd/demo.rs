@@ -56,6 +56,7 @@ async fn burst(client: &AllotClient, args: &Args) -> anyhow::Result<String> {
                 bid_id: format!("bid-{i}"),
                 bidder_id: format!("bidder-{}", i % args.bidders),
                 amount: 100 + u64::from(i % 50),
+                wait: false,
             };
             async move { client.bid(AUCTION, &bid).await }
         })
@@ -69,7 +70,9 @@ async fn burst(client: &AllotClient, args: &Args) -> anyhow::Result<String> {
     let mut errors = 0u64;
     for reply in &replies {
         match reply {
-            Ok(BidReply::Accepted { .. }) => accepted += 1,
+            Ok(
+                BidReply::Accepted { .. } | BidReply::Confirmed { .. } | BidReply::Cancelled { .. },
+            ) => accepted += 1,
             Ok(BidReply::Rejected { reason, .. }) => {
                 *rejected.entry(label(reason)).or_default() += 1
             }

@@ -11,7 +11,7 @@ use super::{internal, Gateway};
 use crate::identity::unqualified;
 use crate::wire::{
     decode_bid, timestamp, AuctionSpec, BidReply, BidRequest, DecidedReply, DecidedRequest,
-    ErrorCode, LogEvent, RejectReason, RequestError, TryEvent,
+    ErrorCode, LogEvent, OutcomeEvent, OutcomeKind, RejectReason, RequestError, TryEvent,
 };
 
 impl Gateway {
@@ -23,26 +23,59 @@ impl Gateway {
         let request = decode_bid(&message.payload, auction_id)?;
         let (bid_id, bidder_id) = actor.log_ids(&request.bid_id, &request.bidder_id)?;
         let logged = BidRequest {
-            bid_id,
+            bid_id: bid_id.clone(),
             bidder_id,
             amount: request.amount,
+            wait: request.wait,
         };
         Ok(match self.bid_logged(auction_id, logged).await? {
             BidReply::Accepted {
                 try_seq, duplicate, ..
-            } => BidReply::Accepted {
-                bid_id: request.bid_id,
-                auction_id: auction_id.to_string(),
-                try_seq,
-                duplicate,
-            },
+            } => {
+                let outcome = match request.wait {
+                    true => self.outcome_of(auction_id, &bid_id, try_seq).await,
+                    false => None,
+                };
+                decided(request.bid_id, auction_id, try_seq, duplicate, outcome)
+            }
             BidReply::Rejected { reason, .. } => BidReply::Rejected {
                 bid_id: request.bid_id,
                 auction_id: auction_id.to_string(),
                 reason,
             },
-            error @ BidReply::Error { .. } => error,
+            other => other,
         })
+    }
+
+    /// The outcome of the bid whose try is at `try_seq`, once the verifier
+    /// has decided it; `None` if it does not answer in time, or decides
+    /// the bid only later (a held bid of a ranked auction).
+    async fn outcome_of(
+        &self,
+        auction_id: &str,
+        bid_id: &str,
+        try_seq: u64,
+    ) -> Option<OutcomeEvent> {
+        let subject = self.streams.subjects.decided(auction_id);
+        let body = serde_json::to_vec(&DecidedRequest {
+            bid_id: bid_id.to_string(),
+            outcome: true,
+            wait_for: Some(try_seq),
+        })
+        .expect("requests serialize");
+        let asked =
+            tokio::time::timeout(DECIDED_TIMEOUT, self.client.request(subject, body.into())).await;
+        match asked {
+            Ok(Ok(reply)) => serde_json::from_slice::<DecidedReply>(&reply.payload)
+                .ok()?
+                .outcome
+                .filter(|o| o.try_seq == try_seq),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cannot ask the verifier for a bid's outcome");
+                None
+            }
+            Err(_) => None,
+        }
     }
 
     /// A bid with its ids as the log keeps them: the resend gate's steps,
@@ -197,6 +230,7 @@ impl Gateway {
         let body = serde_json::to_vec(&DecidedRequest {
             bid_id: bid_id.to_string(),
             outcome: false,
+            wait_for: None,
         })
         .expect("requests serialize");
         let asked =
@@ -252,6 +286,48 @@ impl Gateway {
 /// How far past `closes_at` a gateway's own clock must be before it
 /// refuses a bid `auction_closed` without writing its try.
 const CLOCK_TOLERANCE: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
+
+/// The reply to an accepted bid, with its decision when there is one
+/// (a bid that asked to wait).
+fn decided(
+    bid_id: String,
+    auction_id: &str,
+    try_seq: u64,
+    duplicate: bool,
+    outcome: Option<OutcomeEvent>,
+) -> BidReply {
+    let auction_id = auction_id.to_string();
+    match outcome {
+        Some(OutcomeEvent {
+            kind: OutcomeKind::Confirmed,
+            rank: Some(rank),
+            ..
+        }) => BidReply::Confirmed {
+            bid_id,
+            auction_id,
+            try_seq,
+            duplicate,
+            rank,
+        },
+        Some(OutcomeEvent {
+            kind: OutcomeKind::Cancelled,
+            reason: Some(reason),
+            ..
+        }) => BidReply::Cancelled {
+            bid_id,
+            auction_id,
+            try_seq,
+            duplicate,
+            reason,
+        },
+        _ => BidReply::Accepted {
+            bid_id,
+            auction_id,
+            try_seq,
+            duplicate,
+        },
+    }
+}
 
 /// How long a gateway waits for the verifier to say whether it decided a bid.
 const DECIDED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);

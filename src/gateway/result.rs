@@ -27,6 +27,7 @@ impl Gateway {
         let body = serde_json::to_vec(&DecidedRequest {
             bid_id: logged,
             outcome: true,
+            wait_for: None,
         })
         .expect("requests serialize");
         // No verifier yet (restarting, rebuilding) or a slow one: expected.

@@ -213,6 +213,7 @@ impl Workload {
             bid_id: bid_id(p.bid),
             bidder_id: format!("u{}", p.bidder),
             amount: p.amount,
+            wait: false,
         }
     }
 

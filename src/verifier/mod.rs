@@ -520,6 +520,10 @@ impl Verifier<'_> {
                     self.answer_parked(&answers).await;
                     Vec::new()
                 }
+                Action::AnswerDecided(answers) => {
+                    self.answer_waiting(answers).await;
+                    Vec::new()
+                }
                 Action::Publish { batch, skip } => {
                     if !batch.decisions.is_empty() {
                         stop_point("before_publish");
@@ -600,7 +604,17 @@ impl Verifier<'_> {
                 tracing::warn!(subject, "unreadable decided-bid request ignored");
                 return;
             };
-            let (try_seq, through) = self.protocol.decided(auction_id, &asked.bid_id);
+            let decided = match (asked.wait_for, request.reply.as_ref()) {
+                (Some(seq), Some(reply_to)) => {
+                    self.protocol
+                        .decided_wait(auction_id, &asked.bid_id, seq, reply_to.to_string())
+                }
+                _ => Some(self.protocol.decided(auction_id, &asked.bid_id)),
+            };
+            // Not decided yet: answered when it is, rather than polled.
+            let Some((try_seq, through)) = decided else {
+                return;
+            };
             let outcome = match (asked.outcome, try_seq) {
                 (true, Some(seq)) => match self.with_snapshot(move |s| s.outcome(seq)).await {
                     Ok(outcome) => outcome,
@@ -665,6 +679,17 @@ impl Verifier<'_> {
             })
             .expect("replies serialize");
             if let Err(e) = client.publish(reply_to.clone(), body.into()).await {
+                tracing::warn!(error = %e, "cannot answer a gateway's request");
+            }
+        }
+    }
+
+    /// Answers the gateways waiting for bids that a committed batch decided.
+    async fn answer_waiting(&mut self, answers: Vec<(String, DecidedReply)>) {
+        let client = self.streams.js.client();
+        for (reply_to, reply) in answers {
+            let body = serde_json::to_vec(&reply).expect("replies serialize");
+            if let Err(e) = client.publish(reply_to, body.into()).await {
                 tracing::warn!(error = %e, "cannot answer a gateway's request");
             }
         }

@@ -26,8 +26,8 @@ use crate::core::{Decision, Ledger, Step, Verdict};
 use crate::error::{Error, ErrorKind, Result};
 use crate::snapshot::{Batch, Position, StoredOutcome};
 use crate::wire::{
-    timestamp, CloseEvent, ClosedBy, CommandResult, HeldEvent, HeldKind, LogEntry, LogEvent,
-    OutcomeEvent, OutcomeKind, Subjects,
+    timestamp, CloseEvent, ClosedBy, CommandResult, DecidedReply, HeldEvent, HeldKind, LogEntry,
+    LogEvent, OutcomeEvent, OutcomeKind, Subjects,
 };
 
 /// What the protocol needs of one delivery of the log.
@@ -69,6 +69,10 @@ pub enum Action<T> {
     /// Answer parked command requests: (reply subject, result, decided
     /// through).
     AnswerCommands(Vec<(String, Option<CommandResult>, u64)>),
+    /// Answer gateways waiting for bids to be decided: (reply subject, the
+    /// answer). Sent once the deciding batch is committed: the log holds
+    /// the try, so a replay decides the same whatever happens next.
+    AnswerDecided(Vec<(String, DecidedReply)>),
     /// Publish the batch's outcomes under the fence, except `skip` (already
     /// in the stream), without waiting: when every one is acked, call
     /// [`Protocol::outcomes_acked`] with the highest outcome-stream
@@ -127,6 +131,9 @@ pub struct Protocol<T> {
     /// Gateways' command requests for log sequences not decided yet, with
     /// where to answer: answered as the batches that decide them commit.
     parked: Vec<(u64, String)>,
+    /// Gateways waiting for a bid's decision: the try's log sequence, the
+    /// bid, and where to answer.
+    waiting: Vec<(u64, (String, String), String)>,
     /// Auctions whose deadline close this verifier is writing or wrote.
     closing: HashSet<String>,
 }
@@ -285,6 +292,7 @@ impl<T: Delivered + Clone> Protocol<T> {
             flights: VecDeque::new(),
             recording: None,
             parked: Vec::new(),
+            waiting: Vec::new(),
             closing: HashSet::new(),
         };
         protocol.flights.push_back(Flight {
@@ -493,6 +501,10 @@ impl<T: Delivered + Clone> Protocol<T> {
         if !answers.is_empty() {
             actions.push(Action::AnswerCommands(answers));
         }
+        let decided = self.answer_waiting(&pending.batch);
+        if !decided.is_empty() {
+            actions.push(Action::AnswerDecided(decided));
+        }
         let mut flight = Flight {
             batch: pending.batch.clone(),
             closed: pending.closed,
@@ -561,6 +573,57 @@ impl<T: Delivered + Clone> Protocol<T> {
             self.ledger.decided_try(auction_id, bid_id),
             self.position.last_seq,
         )
+    }
+
+    /// A gateway waits for the decision of the bid whose try is at log
+    /// sequence `try_seq`: parked (`None`) until a batch through it is
+    /// committed, or, when it is decided already or too many wait, the
+    /// answer to look up now, as for [`Self::decided`].
+    pub fn decided_wait(
+        &mut self,
+        auction_id: &str,
+        bid_id: &str,
+        try_seq: u64,
+        reply_to: String,
+    ) -> Option<(Option<u64>, u64)> {
+        if try_seq <= self.position.last_seq || self.waiting.len() >= MAX_PARKED {
+            return Some(self.decided(auction_id, bid_id));
+        }
+        let key = (auction_id.to_string(), bid_id.to_string());
+        self.waiting.push((try_seq, key, reply_to));
+        None
+    }
+
+    /// The waiting gateways that the batch just committed answers: with
+    /// the bid's outcome when this batch decided it (a held bid of a ranked
+    /// auction is decided only at its close, and a bid id decided earlier
+    /// keeps that decision, read from the snapshot by asking again).
+    fn answer_waiting(&mut self, batch: &Batch) -> Vec<(String, DecidedReply)> {
+        let through = self.position.last_seq;
+        if self.waiting.is_empty() {
+            return Vec::new();
+        }
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|(seq, _, _)| *seq <= through);
+        self.waiting = waiting;
+        ready
+            .into_iter()
+            .map(|(_, (auction_id, bid_id), reply_to)| {
+                let outcome = batch
+                    .decisions
+                    .iter()
+                    .map(|d| &d.outcome)
+                    .find(|o| o.auction_id == auction_id && o.bid_id == bid_id)
+                    .cloned();
+                let reply = DecidedReply {
+                    try_seq: self.ledger.decided_try(&auction_id, &bid_id),
+                    through,
+                    outcome,
+                };
+                (reply_to, reply)
+            })
+            .collect()
     }
 
     /// A gateway asks what the withdraw or raise at `seq` did.
@@ -807,7 +870,7 @@ mod tests {
                 Action::CheckGaps(_) => "check gaps",
                 Action::CheckLease => "check lease",
                 Action::Commit { .. } => "commit",
-                Action::AnswerCommands(_) => "answer",
+                Action::AnswerCommands(_) | Action::AnswerDecided(_) => "answer",
                 Action::Publish { .. } => "publish",
                 Action::SendHolds(_) => "holds",
                 Action::Announce { .. } => "announce",
@@ -855,6 +918,36 @@ mod tests {
             matches!(&actions[..], [Action::Ack(last)] if last.seq == 3),
             "{:?}",
             kinds(&actions)
+        );
+    }
+
+    /// A gateway waiting for a bid's decision is answered once the batch
+    /// that decides it is committed, with the outcome; one asking about a
+    /// try already committed is answered at once.
+    #[test]
+    fn a_waiting_gateway_is_answered_when_the_deciding_batch_commits() {
+        let subjects = Subjects::default();
+        let now = timestamp::parse("2030-01-01T00:00:01Z").unwrap();
+        let mut p = fresh();
+        assert_eq!(p.decided_wait("a", "b1", 2, "inbox.1".into()), None);
+        assert_eq!(p.decided_wait("a", "b2", 3, "inbox.2".into()), None);
+        p.deliveries(entries(&subjects));
+        p.gaps_clear(&subjects, now).unwrap();
+        let actions = p.committed();
+        assert_eq!(kinds(&actions), ["answer", "publish"]);
+        let Action::AnswerDecided(answers) = &actions[0] else {
+            unreachable!()
+        };
+        let answer = |inbox: &str| &answers.iter().find(|(to, _)| to == inbox).unwrap().1;
+        let first = answer("inbox.1");
+        assert_eq!((first.try_seq, first.through), (Some(2), 3));
+        assert_eq!(first.outcome.as_ref().unwrap().rank, Some(1));
+        let second = answer("inbox.2").outcome.as_ref().unwrap();
+        assert_eq!(second.reason, Some(crate::wire::CancelReason::CapacityFull));
+        // Decided already: looked up now, nothing parked.
+        assert_eq!(
+            p.decided_wait("a", "b1", 2, "inbox.3".into()),
+            Some((Some(2), 3))
         );
     }
 

@@ -165,6 +165,12 @@ pub struct BidRequest {
     pub bid_id: String,
     pub bidder_id: String,
     pub amount: u64,
+    /// Reply once the bid is decided, `confirmed` or `cancelled`, rather
+    /// than `accepted` once its try is in the log: one round trip instead
+    /// of a reply and a watch. A ranked auction decides at its close, so
+    /// its bids are answered `accepted` all the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wait: bool,
 }
 
 /// Why the gateway refused a bid without writing a try.
@@ -191,6 +197,26 @@ pub enum BidReply {
         /// the original one.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         duplicate: bool,
+    },
+    /// A bid that asked to wait: its try is in the log at `try_seq` and
+    /// confirmed, with its rank.
+    Confirmed {
+        bid_id: String,
+        auction_id: String,
+        try_seq: u64,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        duplicate: bool,
+        rank: u32,
+    },
+    /// A bid that asked to wait: its try is in the log at `try_seq` and
+    /// cancelled, with the reason.
+    Cancelled {
+        bid_id: String,
+        auction_id: String,
+        try_seq: u64,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        duplicate: bool,
+        reason: CancelReason,
     },
     /// Refused before any try was written.
     Rejected {
@@ -583,6 +609,10 @@ pub struct DecidedRequest {
     /// Also send the bid's outcome, if it has one.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub outcome: bool,
+    /// Answer only once the log is decided through this sequence (the
+    /// bid's own try, just appended), rather than at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_for: Option<u64>,
 }
 
 /// The verifier's answer to a [`DecidedRequest`].
@@ -654,6 +684,20 @@ mod tests {
                 auction_id: "a1".into(),
                 try_seq: 7,
                 duplicate: true,
+            },
+            BidReply::Confirmed {
+                bid_id: "b1".into(),
+                auction_id: "a1".into(),
+                try_seq: 7,
+                duplicate: false,
+                rank: 3,
+            },
+            BidReply::Cancelled {
+                bid_id: "b1".into(),
+                auction_id: "a1".into(),
+                try_seq: 7,
+                duplicate: true,
+                reason: CancelReason::CapacityFull,
             },
             BidReply::Rejected {
                 bid_id: "b1".into(),

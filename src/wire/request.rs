@@ -139,6 +139,8 @@ fn well_formed_bid(payload: &[u8], auction_id: &str) -> Option<BidRequest> {
         amount: u64,
         #[serde(default, borrow, deserialize_with = "present")]
         auction_id: Option<Cow<'a, str>>,
+        #[serde(default)]
+        wait: bool,
     }
 
     if payload.len() > MAX_REQUEST_BYTES {
@@ -153,17 +155,22 @@ fn well_formed_bid(payload: &[u8], auction_id: &str) -> Option<BidRequest> {
         bid_id: bid.bid_id.into_owned(),
         bidder_id: bid.bidder_id.into_owned(),
         amount: bid.amount,
+        wait: bid.wait,
     })
 }
 
 /// Decodes a bid request field by field, so that an error names the field.
 fn decode_bid_field_by_field(payload: &[u8], auction_id: &str) -> Result<BidRequest, RequestError> {
-    let mut body = object(payload, &["bid_id", "bidder_id", "amount", "auction_id"])?;
+    let mut body = object(
+        payload,
+        &["bid_id", "bidder_id", "amount", "auction_id", "wait"],
+    )?;
     check_auction_field(&mut body, auction_id)?;
     Ok(BidRequest {
         bid_id: required(id(&mut body, "bid_id")?, "bid_id")?,
         bidder_id: required(id(&mut body, "bidder_id")?, "bidder_id")?,
         amount: required(amount(&mut body, "amount")?, "amount")?,
+        wait: boolean(&mut body, "wait")?.unwrap_or(false),
     })
 }
 
@@ -440,6 +447,17 @@ fn id(body: &mut Map<String, Value>, field: &str) -> Result<Option<String>, Requ
     }
 }
 
+fn boolean(body: &mut Map<String, Value>, field: &str) -> Result<Option<bool>, RequestError> {
+    match body.remove(field) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(b)),
+        Some(other) => Err(RequestError::field(
+            field,
+            format!("must be true or false, not {}", kind(&other)),
+        )),
+    }
+}
+
 fn amount(body: &mut Map<String, Value>, field: &str) -> Result<Option<u64>, RequestError> {
     let Some(value) = body.remove(field) else {
         return Ok(None);
@@ -565,8 +583,17 @@ mod tests {
             BidRequest {
                 bid_id: "b1".into(),
                 bidder_id: "u-1".into(),
-                amount: 5
+                amount: 5,
+                wait: false,
             }
+        );
+        let waits = bid(r#"{"bid_id":"b1","bidder_id":"u-1","amount":5,"wait":true}"#).unwrap();
+        assert!(waits.wait);
+        let e = bid(r#"{"bid_id":"b1","bidder_id":"u-1","amount":5,"wait":1}"#).unwrap_err();
+        assert!(
+            e.message.contains("\"wait\" must be true or false"),
+            "{}",
+            e.message
         );
     }
 

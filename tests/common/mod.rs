@@ -97,6 +97,7 @@ impl Harness {
         let body = serde_json::to_vec(&allot::wire::DecidedRequest {
             bid_id: "probe".into(),
             outcome: false,
+            wait_for: None,
         })
         .unwrap();
         for _ in 0..200 {
@@ -450,6 +451,7 @@ pub fn bid(bid_id: &str, bidder: &str, amount: u64) -> allot::wire::BidRequest {
         bid_id: bid_id.into(),
         bidder_id: bidder.into(),
         amount,
+        wait: false,
     }
 }
 
@@ -545,7 +547,11 @@ impl Bidders {
                             let took = started.elapsed().as_millis() as u64;
                             slowest.fetch_max(took, Ordering::Relaxed);
                             match reply {
-                                Ok(allot::wire::BidReply::Accepted { .. }) => {
+                                Ok(
+                                    allot::wire::BidReply::Accepted { .. }
+                                    | allot::wire::BidReply::Confirmed { .. }
+                                    | allot::wire::BidReply::Cancelled { .. },
+                                ) => {
                                     mine.push(request.bid_id.clone());
                                     count.fetch_add(1, Ordering::Relaxed);
                                     break;

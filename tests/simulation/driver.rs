@@ -611,9 +611,10 @@ impl Sim {
                 self.note(format!("commit {}", batch.last_seq));
                 v.protocol.committed()
             }
-            Action::AnswerCommands(_) | Action::SendHolds(_) | Action::Announce { .. } => {
-                Vec::new()
-            }
+            Action::AnswerCommands(_)
+            | Action::AnswerDecided(_)
+            | Action::SendHolds(_)
+            | Action::Announce { .. } => Vec::new(),
             Action::Publish { batch, skip } => {
                 let mut high = 0;
                 let mut failed = None;

@@ -342,6 +342,7 @@ mod tests {
             bid_id: id.into(),
             bidder_id: bidder.into(),
             amount,
+            wait: false,
         }
     }
 
