@@ -100,6 +100,10 @@ pub struct Args {
     /// (and is resent, with --attempts).
     #[arg(long, default_value_t = 10.0, value_parser = positive)]
     pub timeout_secs: f64,
+    /// Stop resending a bid this many seconds after it was due (with a high
+    /// --attempts, a bound in time rather than in tries).
+    #[arg(long, value_parser = positive)]
+    pub give_up_secs: Option<f64>,
     /// Write a self-contained HTML page with charts.
     #[arg(long)]
     pub html: Option<PathBuf>,
@@ -173,6 +177,7 @@ pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
         attempts: args.attempts,
         progress: !args.quiet,
         history: args.history.clone(),
+        give_up: args.give_up_secs.map(Duration::from_secs_f64),
     };
     let outcome = if args.embedded {
         let embedded = Embedded::start(common.prefix).await?;

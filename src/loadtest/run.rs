@@ -36,6 +36,9 @@ pub struct Options {
     pub progress: bool,
     /// Write the client-side history here (see [`super::history`]).
     pub history: Option<std::path::PathBuf>,
+    /// Stop resending a bid this long after it was due (the attempts
+    /// still bound it too).
+    pub give_up: Option<Duration>,
 }
 
 impl Default for Options {
@@ -48,6 +51,7 @@ impl Default for Options {
             attempts: 3,
             progress: true,
             history: None,
+            give_up: None,
         }
     }
 }
@@ -194,6 +198,8 @@ pub(super) struct Shared {
     pub(super) last_outcome_us: AtomicU64,
     /// `held` notices received for this run's auctions.
     pub(super) held_notices: AtomicU64,
+    /// See [`Options::give_up`].
+    pub(super) give_up: Option<Duration>,
 }
 
 impl Shared {
@@ -278,6 +284,7 @@ async fn run_one(
         read_to: AtomicU64::new(0),
         last_outcome_us: AtomicU64::new(0),
         held_notices: AtomicU64::new(0),
+        give_up: options.give_up,
     });
 
     // Read outcomes from before the first bid, so none is missed.
@@ -465,7 +472,7 @@ async fn send(engine: &Engine, shared: &Shared, n: u64, due: Instant, attempts: 
         let bid = w.bid_request(&p);
         let log = Mutex::new(Vec::new());
         let (auction_id, bid, sent_log) = (&auction_id, &bid, &log);
-        let result = retrying(attempts, || async move {
+        let resending = retrying(attempts, || async move {
             let sent_us = micros(shared.start.elapsed());
             let reply = engine.bid(auction_id, bid).await;
             let (answer, message) = match &reply {
@@ -490,8 +497,23 @@ async fn send(engine: &Engine, shared: &Shared, n: u64, due: Instant, attempts: 
                 message,
             });
             reply
-        })
-        .await;
+        });
+        let result = match shared.give_up {
+            None => resending.await,
+            Some(limit) => match tokio::time::timeout_at((due + limit).into(), resending).await {
+                Ok(result) => result,
+                Err(_) => {
+                    let now = micros(shared.start.elapsed());
+                    log.lock().expect("lock poisoned").push(Attempt {
+                        sent_us: now,
+                        done_us: now,
+                        answer: "error:gave_up".into(),
+                        message: String::new(),
+                    });
+                    Err("gave_up".into())
+                }
+            },
+        };
         shared
             .reply_latency
             .lock()
