@@ -11,6 +11,8 @@ RUN_DIR holds what scripts/campaign left there:
   audit.txt, audit.rc   allot audit --all: the log decided again offline
                  and compared with the outcome stream
   events.log     "<unix seconds> <fault|heal|note> <text>" lines
+  outcomes.jsonl, watch.rc  allot watch --from-start after the run: the
+                 outcome stream as stored, read again by another client
 
 Writes RUN_DIR/row.json and prints a one-line summary. The verdict is
 PASS when no bid told `accepted` lacks its outcome (lost), no bid has two
@@ -49,7 +51,7 @@ def main():
     for line in slurp(os.path.join(run, "events.log")).splitlines():
         t, kind, text = (line.split(" ", 2) + ["", ""])[:3]
         events.append((float(t), kind, text))
-    row["what"] = "; ".join(text for _, kind, text in events if kind == "fault")
+    row["what"] = "; ".join(text for _, kind, text in events if kind == "fault") or "-"
     row["notes"] = [text for _, kind, text in events if kind == "note"]
     hist_path = os.path.join(run, "history.jsonl")
     if not os.path.exists(hist_path):
@@ -58,6 +60,16 @@ def main():
         return finish(run, row)
     lines = read_lines(hist_path)
     header, bids = lines[0], lines[1:]
+    # Outcomes per bid in the stream itself, read after the run.
+    stored = Counter()
+    stored_path = os.path.join(run, "outcomes.jsonl")
+    # The reader follows the stream until `timeout` stops it (124).
+    have_stored = os.path.exists(stored_path) and slurp(os.path.join(run, "watch.rc")) == "124"
+    if have_stored:
+        auctions = {b["auction_id"] for b in bids}
+        for o in read_lines(stored_path):
+            if o.get("auction_id") in auctions:
+                stored[o.get("bid_id")] += 1
     start = epoch(header["started_at"])
     send_secs = header["send_secs"]
     faults = [t - start for t, kind, _ in events if kind == "fault"]
@@ -99,13 +111,19 @@ def main():
         def note(kind):
             c[kind] += 1
             examples.setdefault(kind, b["bid_id"] + " " + json.dumps(b["attempts"][:6]) + " outcomes " + json.dumps([o["kind"] + "/" + str(o["reason"]) + "@" + str(o["try_seq"]) for o in outcomes]))
-        if accepted and not outcomes:
+        # Outcomes: as the load test read them while running, and as the
+        # stream holds them afterwards; a bid counts as lost or doubled by
+        # either reading.
+        n = max(len(outcomes), stored[b["bid_id"]]) if have_stored else len(outcomes)
+        if have_stored and len(outcomes) != stored[b["bid_id"]]:
+            note("readers_disagree")
+        if accepted and (not outcomes or (have_stored and not stored[b["bid_id"]])):
             note("lost")
-        if len(outcomes) > 1:
+        if n > 1:
             note("doubled")
         if accepted and rejected:
             note("told_both")
-        if rejected and not accepted and outcomes:
+        if rejected and not accepted and n:
             note("rejected_with_outcome")
         if outcomes:
             o = outcomes[0]
@@ -115,7 +133,9 @@ def main():
                 cancelled[o["reason"]] += 1
         skew_facts(header, start, b, c)
     row.update({k: c[k] for k in ("bids", "requests", "accepted", "rejected", "unanswered", "lost",
-                                  "doubled", "told_both", "rejected_with_outcome", "confirmed")})
+                                  "doubled", "told_both", "rejected_with_outcome", "confirmed",
+                                  "readers_disagree")})
+    row["stream_read"] = have_stored
     row["cancelled"] = dict(cancelled)
     row["error_replies"] = dict(error_replies.most_common())
     row["gave_up"] = dict(gave_up.most_common())
@@ -137,21 +157,24 @@ def main():
     # Degraded: seconds in which at least 1% of the offered rate got errors.
     row["error_secs"] = sum(1 for n in error_secs.values() if n >= max(1, 0.01 * rate))
     row["no_service_from_s"] = round(gap_at, 2) if gap_at is not None else None
-    # Recovery: from the (last) heal until a whole second answers at least
-    # half the offered rate; 0 if the rate never fell that low meanwhile.
+    # Recovery: from the (last) heal until service is whole again: a whole
+    # second answers at least half the offered rate, and no later second
+    # has errors (1% of the rate); 0 if both held at the heal already.
     row["recover_s"] = None
     if heals and answered:
-        heal = heals[-1]
-        step, need = 0.25, 0.5 * rate
-        t = heal
-        end = answered[-1]
         import bisect
+        heal = heals[-1]
+        rate_back, t, end = None, heal, answered[-1]
         while t < end:
             n = bisect.bisect_left(answered, t + 1.0) - bisect.bisect_left(answered, t)
-            if n >= need:
-                row["recover_s"] = round(max(0.0, t - heal), 2)
+            if n >= 0.5 * rate:
+                rate_back = max(0.0, t - heal)
                 break
-            t += step
+            t += 0.25
+        bad_secs = [sec for sec, n in error_secs.items() if n >= max(1, 0.01 * rate)]
+        errors_end = max([sec + 1 - heal for sec in bad_secs] + [0.0])
+        if rate_back is not None:
+            row["recover_s"] = round(max(rate_back, errors_end), 2)
     rep = {}
     try:
         with open(os.path.join(run, "report.json")) as f:
