@@ -258,31 +258,52 @@ async fn renew(
     }
 }
 
-/// After a failed compare-and-set: renews the lease if it is still ours
-/// (or lapsed, and nobody took it), returning the new revision; `None` if
-/// another verifier holds it.
+/// After a failed compare-and-set: renews the lease if it is still ours,
+/// returning the new revision; `None` if it is not ([`after_refusal`]).
 async fn reclaim(bucket: &kv::Store, key: &str, owner: &str) -> Result<Option<u64>> {
     let entry = bucket
         .entry(key)
         .await
         .map_err(Error::wrap(ErrorKind::Nats, "verifier lease"))?;
-    let written = match entry {
-        Some(entry) if entry.operation == kv::Operation::Put => {
-            if entry.value != owner.as_bytes() {
-                return Ok(None);
-            }
-            bucket
-                .update(key, owner.to_string().into(), entry.revision)
-                .await
-                .map_err(Error::wrap(ErrorKind::Nats, "verifier lease"))
-        }
-        // Aged out (or deleted): take it again, unless someone is faster.
-        _ => match bucket.create(key, owner.to_string().into()).await {
-            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => return Ok(None),
-            created => created.map_err(Error::wrap(ErrorKind::Nats, "verifier lease")),
-        },
-    };
-    written.map(Some)
+    let now = entry
+        .as_ref()
+        .filter(|e| e.operation == kv::Operation::Put)
+        .map(|e| (e.value.as_ref(), e.revision));
+    match after_refusal(now, owner.as_bytes()) {
+        Refused::Renew(revision) => bucket
+            .update(key, owner.to_string().into(), revision)
+            .await
+            .map(Some)
+            .map_err(Error::wrap(ErrorKind::Nats, "verifier lease")),
+        Refused::Lost => Ok(None),
+    }
+}
+
+/// What a holder does when its renewal was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Renew at this revision: the entry is still its own (a renewal whose
+    /// reply was lost moved the revision on).
+    Renew(u64),
+    /// Stand by: the lease is lost.
+    Lost,
+}
+
+/// The rule after a refused renewal, given the entry as it is now (its
+/// holder's name and revision; `None` when it aged out or was deleted).
+/// An entry that aged out is not the holder's any more: another verifier
+/// may have held it and decided meanwhile, and going on from this
+/// verifier's state would skip what that one decided. So the holder
+/// stands by, and takes the partition again from the start (lease,
+/// fence, snapshot, consumer) if it is still free. (Found by the
+/// simulator, seed 24494: a holder paused past its lease, whose successor
+/// was paused in turn, woke to a lapsed entry, took it again and decided
+/// on from where it had stopped.)
+pub fn after_refusal(now: Option<(&[u8], u64)>, owner: &[u8]) -> Refused {
+    match now {
+        Some((holder, revision)) if holder == owner => Refused::Renew(revision),
+        _ => Refused::Lost,
+    }
 }
 
 /// Names this verifier: host and data directory.
@@ -302,6 +323,15 @@ mod tests {
     use super::*;
     use crate::nats_server::NatsServer;
     use crate::wire::names::lease_key as key;
+
+    /// After a refused renewal only the holder's own entry is renewed: an
+    /// entry that aged out may have been another's meanwhile.
+    #[test]
+    fn a_refused_renewal_renews_only_the_holders_own_entry() {
+        assert_eq!(after_refusal(Some((b"me", 7)), b"me"), Refused::Renew(7));
+        assert_eq!(after_refusal(Some((b"other", 7)), b"me"), Refused::Lost);
+        assert_eq!(after_refusal(None, b"me"), Refused::Lost);
+    }
 
     #[tokio::test]
     async fn a_renewal_whose_reply_was_lost_keeps_the_lease_but_another_owner_takes_it() {

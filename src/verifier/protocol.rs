@@ -810,8 +810,11 @@ fn reuse(published: StoredOutcome, verdict: Verdict) -> Result<StoredOutcome> {
         return Err(Error::new(
             ErrorKind::Integrity,
             format!(
-                "bid {:?} in auction {:?} was published as {:?} but the log decides {verdict:?}",
-                o.bid_id, o.auction_id, o.kind
+                "bid {:?} in auction {:?} was published as {:?} (try {}) but the log decides {verdict:?}",
+                o.bid_id,
+                o.auction_id,
+                Verdict::of(o),
+                o.try_seq
             ),
         ));
     }

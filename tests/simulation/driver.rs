@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use allot::log::fence::Fence;
 use allot::snapshot::{Snapshot, StoredOutcome, Sync};
-use allot::verifier::lease::Term;
+use allot::verifier::lease::{after_refusal, Refused, Term};
 use allot::verifier::protocol::{Action, Protocol, Published};
 use allot::wire::OutcomeEvent;
 
@@ -421,19 +421,18 @@ impl Sim {
     }
 
     /// Renews the lease as `verifier/lease.rs` does: at the revision it
-    /// holds; after a refusal, again if the entry is still its own or
-    /// aged out with nobody else in it; superseded if someone else holds it.
+    /// holds; after a refusal, by `lease::after_refusal`'s rule.
     fn renew(&mut self, host: usize, v: &mut Verifier) -> Result<(), Failure> {
         let sent = self.now;
         v.renew_at = Millis(sent.0 + self.term.renew_every().as_millis() as u64);
         let mut renewed = self.lease.write(host, Some(v.lease_revision), sent);
         if renewed.is_none() {
-            renewed = match self.lease.get(sent) {
-                Some((holder, revision)) if holder == host => {
-                    self.lease.write(host, Some(revision), sent)
-                }
-                None => self.lease.write(host, None, sent),
-                Some(_) => None,
+            let name = |h: usize| format!("host-{h}");
+            let now = self.lease.get(sent).map(|(holder, r)| (name(holder), r));
+            let now = now.as_ref().map(|(holder, r)| (holder.as_bytes(), *r));
+            renewed = match after_refusal(now, name(host).as_bytes()) {
+                Refused::Renew(revision) => self.lease.write(host, Some(revision), sent),
+                Refused::Lost => None,
             };
         }
         let Some(revision) = renewed else {

@@ -127,3 +127,17 @@ fn the_simulator_finds_each_mutant() {
         }
     }
 }
+
+/// Seeds that once found a bug, run on every build: 24494 found a holder,
+/// paused past its lease while its successor was paused too, taking the
+/// lapsed lease again and deciding on from stale state (fixed in
+/// `lease::after_refusal`).
+#[test]
+fn seeds_that_found_bugs_pass() {
+    set_mutant(None);
+    for seed in [24494] {
+        if let Err(failure) = run(seed, Faults::default()) {
+            panic!("seed {seed} failed: {failure}");
+        }
+    }
+}
