@@ -366,7 +366,8 @@ async fn a_full_gateway_answers_unavailable_at_once_and_loses_nothing() {
         let _ = stopped.await;
     }));
     h.wait_until_serving().await;
-    h.open("busy", AuctionSpec::with_capacity(50)).await;
+    // More slots than bids: a resend is never refused as sold out.
+    h.open("busy", AuctionSpec::with_capacity(500)).await;
 
     let bids: Vec<_> = (0..200)
         .map(|i| bid(&format!("b{i}"), &format!("u{i}"), 5))
