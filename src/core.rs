@@ -511,6 +511,11 @@ impl Ledger {
     /// Applies a withdraw: cancels the bid if it is held, leaves a
     /// tombstone if its try has not arrived, and refuses otherwise.
     pub fn withdraw(&mut self, w: &WithdrawEvent) -> Step {
+        self.withdraw_at(w, w.withdrawn_at)
+    }
+
+    /// A withdraw that the log stored at `logged_at`: late by that time.
+    fn withdraw_at(&mut self, w: &WithdrawEvent, logged_at: DateTime<Utc>) -> Step {
         let unchanged = |reason| Step::Withdraw {
             result: refused(reason),
             cancelled: None,
@@ -536,7 +541,7 @@ impl Ledger {
             if auction.held[&key].bid.bidder_id != w.bidder_id {
                 return unchanged(RefuseReason::NotOwner);
             }
-            if auction.spec.is_closed_at(w.withdrawn_at) {
+            if auction.spec.is_closed_at(logged_at) {
                 return unchanged(RefuseReason::AuctionClosed);
             }
             let cancelled = auction.release(
@@ -576,6 +581,11 @@ impl Ledger {
     /// in the log applies and the other is refused as a conflict. Raises of
     /// different bids commute: ranks depend only on amounts and try order.
     pub fn raise(&mut self, r: &RaiseEvent) -> Step {
+        self.raise_at(r, r.raised_at)
+    }
+
+    /// A raise that the log stored at `logged_at`: late by that time.
+    fn raise_at(&mut self, r: &RaiseEvent, logged_at: DateTime<Utc>) -> Step {
         let unchanged = |result| Step::Raise { result, held: None };
         let Some(auction) = self.auctions.get_mut(&r.auction_id) else {
             return unchanged(refused(RefuseReason::UnknownAuction));
@@ -602,7 +612,7 @@ impl Ledger {
         if current.bidder_id != r.bidder_id {
             return unchanged(refused(RefuseReason::NotOwner));
         }
-        if auction.spec.is_closed_at(r.raised_at) {
+        if auction.spec.is_closed_at(logged_at) {
             return unchanged(refused(RefuseReason::AuctionClosed));
         }
         if current.amount != r.expected_amount {
@@ -669,8 +679,9 @@ impl Ledger {
 
     /// Applies a log entry at log sequence `seq`, stored at `stored_at`, as
     /// the verifier reads it; `None` for an entry with nothing to decide.
-    /// A try is late by the time the log stored it, not by its `tried_at`:
-    /// the clock of whichever gateway wrote it has no say in the close.
+    /// A try, a withdraw or a raise is late by the time the log stored it,
+    /// not by the time its gateway stamped on it: the clock of whichever
+    /// gateway wrote it has no say in the close.
     pub fn apply_entry(
         &mut self,
         entry: &LogEntry,
@@ -679,6 +690,8 @@ impl Ledger {
     ) -> Option<Step> {
         match entry {
             LogEntry::Event(LogEvent::Try(t)) => Some(self.decide_at(t, seq, stored_at)),
+            LogEntry::Event(LogEvent::Withdraw(w)) => Some(self.withdraw_at(w, stored_at)),
+            LogEntry::Event(LogEvent::Raise(r)) => Some(self.raise_at(r, stored_at)),
             LogEntry::Event(event) => Some(self.apply(event, seq)),
             LogEntry::InvalidTry(t) => Some(self.invalid(t, seq)),
             LogEntry::Unreadable(_) => None,
@@ -1502,6 +1515,43 @@ mod lifecycle_tests {
         );
         assert_eq!(verdicts["b1"], Verdict::Confirmed { rank: 1 });
         assert_eq!(verdicts["b3"], Verdict::Confirmed { rank: 2 });
+    }
+
+    /// A withdraw or a raise, like a try, is late by the time the log
+    /// stored it: stamped before `closes_at` by a slow gateway clock and
+    /// stored after it, each is refused `auction_closed`; stamped after it
+    /// by a fast clock and stored before it, each applies.
+    #[test]
+    fn withdraws_and_raises_are_late_by_the_logs_clock() {
+        let at = |secs| t0() + Duration::seconds(secs);
+        let entry = |e: LogEvent| LogEntry::Event(e);
+        let stamped = |mut e: LogEvent, secs| {
+            match &mut e {
+                LogEvent::Withdraw(w) => w.withdrawn_at = at(secs),
+                LogEvent::Raise(r) => r.raised_at = at(secs),
+                _ => unreachable!(),
+            }
+            entry(e)
+        };
+        let held = || {
+            let mut l = Ledger::new();
+            l.apply_entry(&entry(open(2, Policy::TopAmount)), 1, at(0));
+            l.apply_entry(&entry(try_("b1", "u1", 10)), 2, at(1));
+            l
+        };
+        let slow_withdraw = stamped(withdraw("b1", "u1"), 90);
+        let step = held().apply_entry(&slow_withdraw, 3, at(101)).unwrap();
+        assert_eq!(refusal(&step), Some(RefuseReason::AuctionClosed));
+        let slow_raise = stamped(raise("b1", "u1", 10, 20), 90);
+        let step = held().apply_entry(&slow_raise, 3, at(101)).unwrap();
+        assert_eq!(refusal(&step), Some(RefuseReason::AuctionClosed));
+
+        let fast_withdraw = stamped(withdraw("b1", "u1"), 110);
+        let step = held().apply_entry(&fast_withdraw, 3, at(99)).unwrap();
+        assert_eq!(refusal(&step), None, "{step:?}");
+        let fast_raise = stamped(raise("b1", "u1", 10, 20), 110);
+        let step = held().apply_entry(&fast_raise, 3, at(99)).unwrap();
+        assert_eq!(refusal(&step), None, "{step:?}");
     }
 
     #[test]
