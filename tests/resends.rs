@@ -33,6 +33,10 @@ async fn fast_rejects_write_nothing_and_resends_keep_their_reply() {
         BidReply::Rejected { reason, .. } => reason,
         other => panic!("expected a reject, got {other:?}"),
     };
+    // A gateway refuses a closed auction's bids once the verifier has
+    // decided its close (its deadline close, written within 250 ms), never
+    // by its own clock.
+    decided_closed(&h, "past").await;
     assert_eq!(
         reject(h.client.bid("nope", &bid("b1", "u1", 10)).await.unwrap()),
         RejectReason::UnknownAuction
@@ -407,4 +411,23 @@ async fn a_full_gateway_answers_unavailable_at_once_and_loses_nothing() {
     common::assert_replay_matches_outcomes(&h).await;
     let _ = stop.send(());
     service.await.unwrap().unwrap();
+}
+
+/// Waits until the verifier has decided `auction`'s close: its entry in the
+/// status bucket, which the gateways watch, says closed.
+async fn decided_closed(h: &Harness, auction: &str) {
+    let bucket =
+        h.js.get_key_value(h.client.subjects.status_bucket())
+            .await
+            .unwrap();
+    for _ in 0..200 {
+        if let Ok(Some(entry)) = bucket.get(auction).await {
+            let view: allot::wire::AuctionView = serde_json::from_slice(&entry).unwrap();
+            if view.closed {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the close of {auction} was not decided within 5 s");
 }

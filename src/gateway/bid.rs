@@ -1,17 +1,17 @@
 //! The bid path: validate, refuse early what can never win, else append
 //! the try; and give a resent bid its original reply.
 
+use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::Message;
-use chrono::{DateTime, Utc};
 
-use super::failure::unavailable;
+use super::failure::{unavailable, CATCH_UP_RETRY_MS};
 pub(super) use super::gate::Known;
 use super::gate::{Answer, BidGate, Fact, Step};
 use super::{internal, Gateway};
 use crate::identity::unqualified;
 use crate::wire::{
-    decode_bid, timestamp, AuctionSpec, BidReply, BidRequest, DecidedReply, DecidedRequest,
-    ErrorCode, LogEvent, OutcomeEvent, OutcomeKind, RejectReason, RequestError, TryEvent,
+    decode_bid, timestamp, BidReply, BidRequest, DecidedReply, DecidedRequest, ErrorCode, LogEvent,
+    OutcomeEvent, OutcomeKind, RejectReason, RequestError, TryEvent,
 };
 
 impl Gateway {
@@ -88,38 +88,30 @@ impl Gateway {
         let _handling = self.view.bids.handle(auction_id, &request.bid_id).await;
         let mut gate = BidGate::new(request.amount);
         // What the steps so far found, for the later ones.
-        let mut spec = None;
         let mut appending = None;
         let mut tried_at = None;
         loop {
             let fact = match gate.step() {
-                Step::LookUpSpec => {
-                    spec = self.spec(auction_id).await?;
-                    match &spec {
-                        Some(spec) => Fact::Auction {
-                            min_amount: spec.min_amount,
-                        },
-                        None => Fact::NoAuction,
-                    }
-                }
+                Step::LookUpSpec => match self.spec(auction_id).await? {
+                    Some(spec) => Fact::Auction {
+                        min_amount: spec.min_amount,
+                    },
+                    None => Fact::NoAuction,
+                },
                 Step::AskVerifier { through } => {
                     Fact::Verifier(self.decided(auction_id, &request.bid_id, through).await)
                 }
                 Step::BeginAppend => {
                     appending = Some(self.view.appends.start(auction_id));
-                    let now = timestamp::now();
-                    tried_at = Some(now);
-                    self.look(auction_id, spec.as_deref(), now)
+                    tried_at = Some(timestamp::now());
+                    self.look(auction_id)
                 }
                 Step::ReadStatus => {
                     let status = &self.streams.status;
                     self.view.read_status(status, auction_id).await?;
                     Fact::StatusRead
                 }
-                Step::CheckView => {
-                    let now = tried_at.expect("taken at the first look");
-                    self.look(auction_id, spec.as_deref(), now)
-                }
+                Step::CheckView => self.look(auction_id),
                 Step::Drain => {
                     let ticket = appending
                         .take()
@@ -149,16 +141,15 @@ impl Gateway {
         }
     }
 
-    /// What the view says of a bid to the auction of `spec` at `now`. The
-    /// log's clock decides the close (`Ledger::apply_entry`); this one only
-    /// refuses early, and only past [`CLOCK_TOLERANCE`], so that a clock a
-    /// little ahead never refuses a bid the log would still take.
-    fn look(&self, auction_id: &str, spec: Option<&AuctionSpec>, now: DateTime<Utc>) -> Fact {
-        let spec = spec.expect("the gate looks at the view once the spec is found");
+    /// What the view says of a bid to `auction_id`. A close counts once the
+    /// verifier has decided it, never by this gateway's clock: the log's
+    /// clock decides the close (`Ledger::apply_entry`), and a refusal is
+    /// final, so a gateway whose clock runs ahead must not refuse a bid that
+    /// another gateway's try would still win. Until the close is decided,
+    /// a late bid's try is written and cancelled `auction_closed`.
+    fn look(&self, auction_id: &str) -> Fact {
         Fact::View {
-            blocked: self
-                .view
-                .blocked(auction_id, spec.is_closed_at(now - CLOCK_TOLERANCE)),
+            blocked: self.view.blocked(auction_id),
             current: self.view.freshness.current(),
         }
     }
@@ -207,7 +198,21 @@ impl Gateway {
         request: &BidRequest,
         try_seq: u64,
     ) -> Result<BidReply, RequestError> {
-        let stored = self.streams.entry(try_seq).await.map_err(internal)?;
+        let stored = match self.streams.entry(try_seq).await {
+            Ok(stored) => stored,
+            // The append's ack names the entry, so it is stored: the replica
+            // that answered has not caught up with the leader yet.
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => {
+                return Err(unavailable(
+                    format!(
+                        "bid_id {:?} was accepted before, but the log's copy of its try is not readable here yet; send it again in {CATCH_UP_RETRY_MS} ms",
+                        unqualified(&request.bid_id)
+                    ),
+                    CATCH_UP_RETRY_MS,
+                ))
+            }
+            Err(e) => return Err(internal(e)),
+        };
         match serde_json::from_slice::<LogEvent>(&stored.payload) {
             Ok(LogEvent::Try(t)) => resend(auction_id, request, try_seq, &t.bidder_id, t.amount),
             _ => Err(RequestError::new(
@@ -282,10 +287,6 @@ impl Gateway {
         Ok(None)
     }
 }
-
-/// How far past `closes_at` a gateway's own clock must be before it
-/// refuses a bid `auction_closed` without writing its try.
-const CLOCK_TOLERANCE: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
 
 /// The reply to an accepted bid, with its decision when there is one
 /// (a bid that asked to wait).

@@ -145,12 +145,20 @@ fn verdict(e: &(dyn std::error::Error + 'static)) -> Verdict {
     Verdict::SeeCause
 }
 
+/// JetStream's "duplicate message id is in process" (409): an append with
+/// the same message id is still being stored, as when a resend overtakes
+/// its first copy while the stream's leader changes. The resend finds the
+/// first one stored in a moment.
+const DUPLICATE_IN_PROCESS: ApiCode = ApiCode(10158);
+
 /// A JetStream API error: passes when JetStream says it is temporarily
-/// unavailable (status 503) or its cluster cannot take the request now
-/// (no meta leader).
+/// unavailable (status 503), its cluster cannot take the request now (no
+/// meta leader), or the same message is still being stored.
 fn api(e: &async_nats::jetstream::Error) -> Verdict {
     match e.error_code() {
-        ApiCode::CLUSTER_NOT_AVAILABLE | ApiCode::CLUSTER_NOT_LEADER => Verdict::Passes,
+        ApiCode::CLUSTER_NOT_AVAILABLE | ApiCode::CLUSTER_NOT_LEADER | DUPLICATE_IN_PROCESS => {
+            Verdict::Passes
+        }
         _ if e.code() == 503 => Verdict::Passes,
         _ => Verdict::Fault,
     }
@@ -197,6 +205,8 @@ mod tests {
                 e.message
             );
         }
+        let in_process = jetstream_error(409, 10158, "duplicate message id is in process");
+        assert_eq!(code_of(&internal(in_process)), NOW_NOT);
         let no_leader = jetstream_error(503, 10008, "JetStream system temporarily unavailable");
         let e = internal(PublishError::with_source(
             PublishErrorKind::Other,

@@ -337,10 +337,9 @@ impl View {
 
 impl View {
     /// Why a bid to `auction_id` cannot win, as far as the view knows:
-    /// closed (past its closing time, `closed_by_time`, or by its close
-    /// event), or sold out.
-    pub(super) fn blocked(&self, auction_id: &str, closed_by_time: bool) -> Option<RejectReason> {
-        if closed_by_time || self.closed.read().unwrap().contains(auction_id) {
+    /// closed (its close decided by the verifier), or sold out.
+    pub(super) fn blocked(&self, auction_id: &str) -> Option<RejectReason> {
+        if self.closed.read().unwrap().contains(auction_id) {
             Some(RejectReason::AuctionClosed)
         } else if self.sold_out.read().unwrap().contains(auction_id) {
             Some(RejectReason::SoldOut)
