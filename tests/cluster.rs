@@ -380,8 +380,8 @@ async fn three_serves_share_the_partitions_and_survive_a_kill_9() {
     let report = dirs[0].path().join("report.json");
     // Never sold out: with one gateway killed mid-append, a resend that
     // another gateway rejects as sold out while the dead one's append
-    // still lands is the documented limit of several gateways (README,
-    // "Guarantees"), not what this test is about.
+    // still lands is the documented limit of several gateways
+    // (docs/guarantees.md, "Several gateways"), not what this test is about.
     let run = loadtest(&h, 12, 1_000_000, &report);
     tokio::time::sleep(Duration::from_secs(4)).await;
 

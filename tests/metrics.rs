@@ -1,7 +1,7 @@
 //! The HTTP page's standard parts, against a real `allot serve` process:
 //! the Grafana dashboard in `deploy/` asks only for metrics and labels the
 //! service exposes, `/metrics` speaks both text formats, and `/healthz`
-//! and `/readyz` mean what the README says.
+//! and `/readyz` mean what docs/operating.md says.
 
 use crate::common;
 

@@ -62,7 +62,8 @@ pub struct Args {
     /// Who bids: `open` takes the body's bidder_id as it is (demos, tests,
     /// trusted networks); `bound` takes the NATS user that the server
     /// stamps on requests crossing the bidders' service import, and
-    /// refuses requests without one (README, "Access control").
+    /// refuses requests without one (docs/integrating.md, "Identity and
+    /// access control").
     #[arg(long, env = "ALLOT_IDENTITY", value_enum, default_value_t = identity::Mode::Open)]
     pub identity: identity::Mode,
     /// Bound mode: an account whose users are backends bidding for many
