@@ -15,6 +15,7 @@ mod cli_lifecycle;
 mod cluster;
 mod dashboard;
 mod decoder_schema;
+mod doc_links;
 mod faults;
 mod lifecycle;
 mod loadtest;
