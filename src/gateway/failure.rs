@@ -10,7 +10,8 @@ use async_nats::jetstream::context::{
     RequestErrorKind as ApiRequestErrorKind,
 };
 use async_nats::jetstream::stream::{
-    ConsumerError, ConsumerErrorKind, DirectGetError, DirectGetErrorKind,
+    ConsumerError, ConsumerErrorKind, DirectGetError, DirectGetErrorKind, LastRawMessageError,
+    LastRawMessageErrorKind,
 };
 use async_nats::jetstream::ErrorCode as ApiCode;
 use async_nats::{RequestErrorKind, StatusCode};
@@ -105,6 +106,15 @@ fn verdict(e: &(dyn std::error::Error + 'static)) -> Verdict {
             | DirectGetErrorKind::NotFound
             | DirectGetErrorKind::InvalidSubject => Verdict::Fault,
             DirectGetErrorKind::Request | DirectGetErrorKind::Other => Verdict::SeeCause,
+        };
+    }
+    if let Some(e) = e.downcast_ref::<LastRawMessageError>() {
+        return match e.kind() {
+            LastRawMessageErrorKind::JetStream(e) => api(&e),
+            LastRawMessageErrorKind::NoMessageFound | LastRawMessageErrorKind::InvalidSubject => {
+                Verdict::Fault
+            }
+            LastRawMessageErrorKind::Other => Verdict::SeeCause,
         };
     }
     if let Some(e) = e.downcast_ref::<async_nats::RequestError>() {

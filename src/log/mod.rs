@@ -15,7 +15,7 @@
 use async_nats::jetstream::context::{PublishAckFuture, PublishError};
 use async_nats::jetstream::message::{PublishMessage, StreamMessage};
 use async_nats::jetstream::publish::PublishAck;
-use async_nats::jetstream::stream::{DirectGetError, DirectGetErrorKind};
+use async_nats::jetstream::stream::{DirectGetError, DirectGetErrorKind, LastRawMessageErrorKind};
 
 use async_nats::jetstream::stream::Stream;
 
@@ -62,12 +62,23 @@ impl Streams {
         self.log.direct_get(seq).await
     }
 
-    /// The first event of an auction (its `open`), if it has any.
+    /// The first event of an auction (its `open`), if it has any. Any
+    /// replica may answer a direct get, and one that has not caught up
+    /// with the stream's leader would make an auction just opened look
+    /// unknown, whose refusal is final: so "none" is asked of the leader.
     pub async fn first_event(
         &self,
         auction_id: &str,
-    ) -> Result<Option<StreamMessage>, DirectGetError> {
-        first_event(&self.log, &self.subjects, auction_id).await
+    ) -> Result<Option<StreamMessage>, async_nats::Error> {
+        if let Some(found) = first_event(&self.log, &self.subjects, auction_id).await? {
+            return Ok(Some(found));
+        }
+        let subject = self.subjects.auction_event(auction_id);
+        match self.log.get_first_raw_message_by_subject(subject, 1).await {
+            Ok(found) => Ok(Some(found)),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The log sequence of an auction's last try, if it has any.
