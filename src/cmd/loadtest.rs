@@ -56,6 +56,11 @@ pub struct Args {
     /// latency counts from each bid's due time.
     #[arg(long, value_parser = positive)]
     pub rate: Option<f64>,
+    /// Bids wait for their decision: each reply is `confirmed` or
+    /// `cancelled` (in a top_amount auction, `accepted` for a held bid),
+    /// and the reply latency is the decision's.
+    #[arg(long)]
+    pub wait: bool,
     /// Fraction of requests that resend an earlier bid with the same id.
     #[arg(long, default_value_t = 0.01, value_parser = fraction)]
     pub duplicates: f64,
@@ -149,6 +154,7 @@ pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
         seed: args.seed,
         // Unique per run, so runs on one server never share an auction.
         run_id: format!("lt{:x}", chrono::Utc::now().timestamp_millis()),
+        wait: args.wait,
         policy: args.policy,
         withdraws: args.withdraws,
         early_withdraws: args.early_withdraws,

@@ -38,6 +38,10 @@ pub struct Workload {
     pub seed: u64,
     /// Prefix of this run's auction ids, so runs never share an auction.
     pub run_id: String,
+    /// Bids ask to wait for their decision (`"wait": true`): a reply is
+    /// then `confirmed` or `cancelled`, and its latency the decision's.
+    #[serde(default)]
+    pub wait: bool,
     /// How each auction's slots are given out.
     #[serde(default)]
     pub policy: Policy,
@@ -75,6 +79,7 @@ impl Default for Workload {
             hot: 0.0,
             seed: 1,
             run_id: "lt".into(),
+            wait: false,
             policy: Policy::FirstN,
             withdraws: 0.0,
             early_withdraws: 0.0,
@@ -213,7 +218,7 @@ impl Workload {
             bid_id: bid_id(p.bid),
             bidder_id: format!("u{}", p.bidder),
             amount: p.amount,
-            wait: false,
+            wait: self.wait,
         }
     }
 
