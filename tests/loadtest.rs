@@ -279,3 +279,32 @@ async fn the_command_writes_its_reports_and_fails_on_bad_flags() {
         );
     }
 }
+
+/// A load test whose bids wait for their decisions: every reply carries
+/// one, and the invariant check, which reads the outcome stream on its own,
+/// agrees with the replies.
+#[tokio::test]
+async fn bids_that_wait_get_their_decisions_and_pass_the_invariant_check() {
+    let h = Harness::start().await;
+    let options = Options {
+        workload: Workload {
+            auctions: 2,
+            capacity: 30,
+            bidders: 300,
+            requests: Some(1000),
+            concurrency: 32,
+            duplicates: 0.05,
+            run_id: "wait".into(),
+            wait: true,
+            ..Workload::default()
+        },
+        strategies: vec![Strategy::Tcc],
+        progress: false,
+        settle: Duration::from_secs(20),
+        ..Options::default()
+    };
+    let outcome = loadtest::run(&h.client, &options).await.unwrap();
+    let r = &outcome.reports[0];
+    assert!(r.invariants.ok, "{:?}", r.invariants.violations);
+    assert_eq!(r.confirmed, 60, "both auctions fill");
+}
