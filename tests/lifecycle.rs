@@ -519,3 +519,60 @@ async fn a_try_stored_after_closes_at_is_late_whatever_its_tried_at() {
     );
     common::assert_replay_matches_outcomes(&h).await;
 }
+
+/// A gateway's clock decides nothing: past `closes_at` by its own clock,
+/// with the close not yet decided (no verifier runs), it writes a bid's try
+/// rather than refuse it, since a refusal is final and a gateway whose
+/// clock runs ahead would refuse bids that the log still takes. Once a
+/// verifier has written and decided the close, that try is cancelled
+/// `auction_closed` and new bids are refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_refuses_a_closed_auction_only_once_its_close_is_decided() {
+    let h = Harness::server_only().await;
+    let start = |role| {
+        let mut config = h.config();
+        config.role = role;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(allot::service::run(config, async {
+            let _ = stopped.await;
+        }));
+        (stop, task)
+    };
+    let (stop_gateway, gateway) = start(allot::service::Role::Gateway);
+    h.wait_until_serving().await;
+    let closes_at = Utc::now() + chrono::Duration::milliseconds(500);
+    h.open(
+        "deadline",
+        AuctionSpec {
+            closes_at: Some(closes_at),
+            ..AuctionSpec::with_capacity(5)
+        },
+    )
+    .await;
+    // Well past closes_at by every clock here, and no close decided.
+    let wait = (closes_at - Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_secs(2)).await;
+    let late = bid(&h, "deadline", "late", "u1", 10).await;
+    assert_eq!(late["status"], "accepted", "{late}");
+
+    let (stop_verifier, verifier) = start(allot::service::Role::Verifier);
+    let outcomes = h.wait_for_outcomes("deadline", 1).await;
+    assert_eq!(
+        verdict(outcome_of(&outcomes, "late")),
+        cancelled(CancelReason::AuctionClosed)
+    );
+    // Until the gateway's view has the close, a new bid is still written.
+    let mut refused = Value::Null;
+    for i in 0..100 {
+        refused = bid(&h, "deadline", &format!("later-{i}"), "u2", 10).await;
+        if refused["status"] == "rejected" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(refused["reason"], "auction_closed", "{refused}");
+    for (stop, task) in [(stop_verifier, verifier), (stop_gateway, gateway)] {
+        let _ = stop.send(());
+        task.await.unwrap().unwrap();
+    }
+}
