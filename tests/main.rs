@@ -8,6 +8,7 @@ mod access;
 mod alternatives;
 mod auctions;
 mod audit;
+mod backup;
 mod bad_input;
 mod bidding;
 mod cli;
