@@ -183,17 +183,6 @@ def main():
         pass
     inv = rep.get("invariants") or {}
     row["loadtest_check"] = "ok" if inv.get("ok") else f"FAIL {inv.get('violation_count')}: " + "; ".join((inv.get("violations") or [])[:3])
-    # The load test's check still judges lateness by the gateway's tried_at
-    # (src/loadtest/check/lifecycle.rs); since 5f14e3c the log's stored time
-    # decides. With a skewed gateway every one of its confirmed bids breaks
-    # that stale rule: noted, not counted (the audit replays the real rule,
-    # and the skew counts above say what the client saw).
-    shown = inv.get("violations") or []
-    stale = "was confirmed, but tried at or after its auction's close"
-    if name.startswith("skew") and shown and all(stale in v for v in shown):
-        row["notes"].append(f"load test check: {inv.get('violation_count')} bids 'confirmed, but tried at or after "
-                            "its auction's close' by the gateway's tried_at, a rule the log's stored time replaced (5f14e3c)")
-        row["loadtest_check"] = "ok"
     row["outcome_p99_s"] = round((rep.get("outcome_latency") or {}).get("p99_us", 0) / 1e6, 2)
     row["outcome_max_s"] = round((rep.get("outcome_latency") or {}).get("max_us", 0) / 1e6, 2)
     audit_rc = slurp(os.path.join(run, "audit.rc"), "?")
