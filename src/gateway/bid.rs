@@ -1,7 +1,7 @@
 //! The bid path: validate, refuse early what can never win, else append
 //! the try; and give a resent bid its original reply.
 
-use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::jetstream::stream::{DirectGetError, DirectGetErrorKind};
 use async_nats::Message;
 
 use super::failure::{unavailable, CATCH_UP_RETRY_MS};
@@ -198,21 +198,11 @@ impl Gateway {
         request: &BidRequest,
         try_seq: u64,
     ) -> Result<BidReply, RequestError> {
-        let stored = match self.streams.entry(try_seq).await {
-            Ok(stored) => stored,
-            // The append's ack names the entry, so it is stored: the replica
-            // that answered has not caught up with the leader yet.
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => {
-                return Err(unavailable(
-                    format!(
-                        "bid_id {:?} was accepted before, but the log's copy of its try is not readable here yet; send it again in {CATCH_UP_RETRY_MS} ms",
-                        unqualified(&request.bid_id)
-                    ),
-                    CATCH_UP_RETRY_MS,
-                ))
-            }
-            Err(e) => return Err(internal(e)),
-        };
+        let stored = self
+            .streams
+            .entry(try_seq)
+            .await
+            .map_err(|e| unreadable_try(e, &request.bid_id))?;
         match serde_json::from_slice::<LogEvent>(&stored.payload) {
             Ok(LogEvent::Try(t)) => resend(auction_id, request, try_seq, &t.bidder_id, t.amount),
             _ => Err(RequestError::new(
@@ -288,6 +278,23 @@ impl Gateway {
     }
 }
 
+/// The error for a resent bid whose first try cannot be read. The append's
+/// ack named the entry, so it is stored: "not found" means the replica
+/// that answered the direct get has not caught up with the leader yet,
+/// which passes.
+fn unreadable_try(e: DirectGetError, bid_id: &str) -> RequestError {
+    if e.kind() == DirectGetErrorKind::NotFound {
+        return unavailable(
+            format!(
+                "bid_id {:?} was accepted before, but the log's copy of its try is not readable here yet; send it again in {CATCH_UP_RETRY_MS} ms",
+                unqualified(bid_id)
+            ),
+            CATCH_UP_RETRY_MS,
+        );
+    }
+    internal(e)
+}
+
 /// The reply to an accepted bid, with its decision when there is one
 /// (a bid that asked to wait).
 fn decided(
@@ -359,4 +366,26 @@ fn resend(
         try_seq,
         duplicate: true,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A resend's first try not yet on the replica that answered is a
+    /// moment's wait, not a fault (seen in the fault campaign as 500s).
+    #[test]
+    fn a_try_not_yet_readable_is_unavailable_with_a_hint() {
+        let e = unreadable_try(DirectGetError::new(DirectGetErrorKind::NotFound), "b1@A/u");
+        assert_eq!(
+            (e.code, e.retry_after_ms),
+            (ErrorCode::Unavailable, Some(CATCH_UP_RETRY_MS))
+        );
+        assert!(e.message.contains("\"b1\""), "{}", e.message);
+        let e = unreadable_try(
+            DirectGetError::new(DirectGetErrorKind::InvalidSubject),
+            "b1",
+        );
+        assert_eq!(e.code, ErrorCode::Internal);
+    }
 }
