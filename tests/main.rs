@@ -17,6 +17,7 @@ mod cluster;
 mod dashboard;
 mod decoder_schema;
 mod doc_links;
+mod doc_names;
 mod faults;
 mod lifecycle;
 mod loadtest;
