@@ -71,7 +71,8 @@ impl Reader {
 }
 
 /// Message counts per subject matching `filter`.
-async fn per_subject(
+/// Message counts per subject of `stream` matching `filter`.
+pub async fn per_subject(
     stream: &stream::Stream,
     filter: &str,
 ) -> Result<BTreeMap<String, u64>, Error> {
@@ -92,21 +93,7 @@ async fn per_subject(
 /// by the server, as a consumer's pending count, so that a filter
 /// matching one subject per bid sends no list of subjects.
 pub async fn count(stream: &stream::Stream, filter: &str) -> Result<u64, Error> {
-    let counting = || Error::wrap(ErrorKind::Nats, format!("counting {filter}"));
-    let consumer: PullConsumer = stream
-        .create_consumer(pull::Config {
-            filter_subject: filter.to_string(),
-            inactive_threshold: Duration::from_secs(5),
-            memory_storage: true,
-            ..Default::default()
-        })
-        .await
-        .map_err(counting())?;
-    let info = consumer.cached_info();
-    let (pending, name) = (info.num_pending, info.name.clone());
-    // Left alone, the server removes it after `inactive_threshold`.
-    let _ = stream.delete_consumer(&name).await;
-    Ok(pending)
+    count_after(stream, filter, 0).await
 }
 
 /// Entries on `filter` after sequence `after`: a short-lived consumer's

@@ -25,7 +25,6 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::{pull, PullConsumer};
 use async_nats::jetstream::kv;
 use async_nats::jetstream::stream::Stream as JsStream;
 use bytes::Bytes;
@@ -477,21 +476,9 @@ impl Dashboard {
 
     /// Each partition's lag, where its consumer exists.
     async fn pending(&self) -> HashMap<u32, u64> {
-        let asks = (0..self.streams.subjects.partitions()).map(|p| async move {
-            let name = crate::wire::names::verifier_consumer(&self.consumer, p);
-            let mut consumer: PullConsumer = self
-                .streams
-                .log
-                .get_consumer::<pull::Config>(&name)
-                .await
-                .ok()?;
-            let info = consumer.info().await.ok()?;
-            Some((p, info.num_pending + info.num_ack_pending as u64))
-        });
-        futures::future::join_all(asks)
+        super::http::verifier_lag(&self.streams, &self.consumer)
             .await
             .into_iter()
-            .flatten()
             .collect()
     }
 
@@ -511,17 +498,11 @@ impl Dashboard {
 }
 
 /// Message counts per subject matching `filter`.
+/// Message counts per subject (`log::read::per_subject`), the error as text.
 async fn per_subject(stream: &JsStream, filter: String) -> Result<BTreeMap<String, u64>, String> {
-    let mut counts = BTreeMap::new();
-    let mut info = stream
-        .info_with_subjects(&filter)
+    crate::log::read::per_subject(stream, &filter)
         .await
-        .map_err(|e| format!("{filter}: {e}"))?;
-    while let Some(entry) = info.next().await {
-        let (subject, count) = entry.map_err(|e| format!("{filter}: {e}"))?;
-        counts.insert(subject, count as u64);
-    }
-    Ok(counts)
+        .map_err(|e| e.to_string())
 }
 
 /// Every `allot serve` that answers `$SRV.PING.allot` within [`PING_WAIT`].

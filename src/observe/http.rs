@@ -68,36 +68,37 @@ pub struct Lag {
 }
 
 impl Lag {
-    /// Per partition, log entries not yet decided and acked: undelivered
-    /// plus delivered but unacked. Partitions NATS cannot say about (no
-    /// verifier has decided them yet) are left out.
+    /// Per partition, log entries not yet decided and acked.
     pub async fn pending(&self) -> Vec<(u32, u64)> {
-        // Asked all at once, each for at most a second: a consumer still
-        // being set up on a cluster can leave its info request waiting for
-        // the client's whole timeout, and the page must not.
-        let asks = (0..self.streams.subjects.partitions()).map(|p| async move {
-            let name = crate::wire::names::verifier_consumer(&self.consumer, p);
-            let ask = async {
-                let mut consumer: PullConsumer = self
-                    .streams
-                    .log
-                    .get_consumer::<pull::Config>(&name)
-                    .await
-                    .ok()?;
-                let info = consumer.info().await.ok()?;
-                Some((p, info.num_pending + info.num_ack_pending as u64))
-            };
-            tokio::time::timeout(Duration::from_secs(1), ask)
-                .await
-                .ok()
-                .flatten()
-        });
-        futures::future::join_all(asks)
-            .await
-            .into_iter()
-            .flatten()
-            .collect()
+        verifier_lag(&self.streams, &self.consumer).await
     }
+}
+
+/// Per partition, log entries not yet decided and acked: undelivered plus
+/// delivered but unacked. Partitions NATS cannot say about (no verifier
+/// has decided them yet) are left out.
+pub(super) async fn verifier_lag(streams: &Streams, consumer: &str) -> Vec<(u32, u64)> {
+    // Asked all at once, each for at most a second: a consumer still being
+    // set up on a cluster can leave its info request waiting for the
+    // client's whole timeout, and the page must not.
+    let asks = (0..streams.subjects.partitions()).map(|p| async move {
+        let name = crate::wire::names::verifier_consumer(consumer, p);
+        let ask = async {
+            let mut consumer: PullConsumer =
+                streams.log.get_consumer::<pull::Config>(&name).await.ok()?;
+            let info = consumer.info().await.ok()?;
+            Some((p, info.num_pending + info.num_ack_pending as u64))
+        };
+        tokio::time::timeout(Duration::from_secs(1), ask)
+            .await
+            .ok()
+            .flatten()
+    });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// What `/readyz` checks.
