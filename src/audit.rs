@@ -15,9 +15,9 @@ use chrono::{DateTime, Utc};
 
 use crate::core::{Decision, Ledger, Verdict};
 use crate::error::{Error, ErrorKind, Result};
-use crate::log::read_all;
+use crate::log::{read_all, StoredMessage};
 use crate::snapshot::Snapshot;
-use crate::wire::{LogEntry, LogEvent, OutcomeEvent, Subjects};
+use crate::wire::{LogEntry, LogEvent, OutcomeEvent, Subjects, TryAt};
 
 /// What an audit found.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -46,11 +46,11 @@ pub struct SnapshotView {
     pub decisions: Vec<OutcomeEvent>,
 }
 
-/// Replays `log` (sequence, storage time and entry, in log order) and compares the
+/// Replays `log` (place, storage time and entry, in log order) and compares the
 /// decisions with the published `outcomes` and the `snapshots`' (one per
 /// partition; none when no data directory was given).
 pub fn compare(
-    log: &[(u64, DateTime<Utc>, LogEntry)],
+    log: &[(TryAt, DateTime<Utc>, LogEntry)],
     outcomes: &[OutcomeEvent],
     snapshots: Option<&[SnapshotView]>,
 ) -> Findings {
@@ -58,17 +58,25 @@ pub fn compare(
     // By (auction, bid): the decision, and the sequence of the log event
     // that made it (in a ranked auction, a close decides older tries).
     let mut decisions: BTreeMap<(String, String), (Decision, u64)> = BTreeMap::new();
-    for (seq, stored_at, entry) in log {
-        let Some(step) = ledger.apply_entry(entry, *seq, *stored_at) else {
+    let mut differences = Vec::new();
+    for (at, stored_at, entry) in log {
+        if let LogEntry::NewerFormat(v) = entry {
+            differences.push(format!(
+                "log entry {} is in format {v}, newer than this allot reads: the replay stops there",
+                at.seq
+            ));
+            break;
+        }
+        let Some(step) = ledger.apply_entry(entry, *at, *stored_at) else {
             continue;
         };
         let own = match entry {
             LogEntry::Event(LogEvent::Try(t)) | LogEntry::InvalidTry(t) => Some(t),
             _ => None,
         };
-        for d in step.decisions(own, *seq) {
+        for d in step.decisions(own, *at) {
             let key = (d.bid.auction_id.clone(), d.bid.bid_id.clone());
-            decisions.insert(key, (d, *seq));
+            decisions.insert(key, (d, at.seq));
         }
     }
     let replayed: BTreeMap<(&str, &str), (&Decision, u64)> = decisions
@@ -82,14 +90,13 @@ pub fn compare(
             .or_default()
             .push(o);
     }
-    let mut differences = Vec::new();
     for (&(auction, bid), &(d, _)) in &replayed {
         let what = format!("bid {bid:?} in auction {auction:?}");
         match published.get(&(auction, bid)).map(Vec::as_slice) {
             None | Some([]) => differences.push(format!(
                 "{what}: the log decides {} (try {}) but no outcome was published",
                 show(d.verdict),
-                d.try_seq
+                d.at
             )),
             Some([o]) => {
                 if let Some(problem) = disagrees(o, d) {
@@ -136,7 +143,7 @@ pub fn compare(
                     "bid {bid:?} in auction {auction:?}: the snapshot of partition {partition} has applied the log to {} but lacks the decision {} (try {})",
                     snapshot.last_seq,
                     show(d.verdict),
-                    d.try_seq
+                    d.at
                 ));
             }
         }
@@ -160,18 +167,44 @@ pub fn compare(
 /// How a recorded decision differs from the replay's, if it does.
 fn disagrees(o: &OutcomeEvent, d: &Decision) -> Option<String> {
     let recorded = Verdict::of(o);
-    if recorded == Some(d.verdict) && o.try_seq == d.try_seq && o.amount == d.bid.amount {
+    let at = TryAt::new(o.try_seq, o.try_index);
+    if recorded == Some(d.verdict) && at == d.at && o.amount == d.bid.amount {
         return None;
     }
     let recorded = recorded.map_or_else(|| format!("{:?} without a rank", o.kind), show);
     Some(format!(
-        "{recorded} (try {}, amount {}) where the log decides {} (try {}, amount {})",
-        o.try_seq,
+        "{recorded} (try {at}, amount {}) where the log decides {} (try {}, amount {})",
         o.amount,
         show(d.verdict),
-        d.try_seq,
+        d.at,
         d.bid.amount
     ))
+}
+
+/// The entries of the log's messages, each at its place, in log order;
+/// with `auction_id`, only that auction's (a tries entry holds those of
+/// every auction in its partition).
+fn entries(
+    subjects: &Subjects,
+    log: &[StoredMessage],
+    auction_id: Option<&str>,
+) -> Vec<(TryAt, DateTime<Utc>, LogEntry)> {
+    let mut out = Vec::with_capacity(log.len());
+    for m in log {
+        let read = LogEntry::read(subjects, &m.subject, &m.payload, m.time);
+        for (i, entry) in read.into_iter().enumerate() {
+            let theirs = match (&entry, auction_id) {
+                (LogEntry::Event(e), Some(a)) => e.auction_id() == a,
+                (LogEntry::InvalidTry(t), Some(a)) => t.auction_id == a,
+                _ => true,
+            };
+            if theirs {
+                let at = TryAt::new(m.seq, u32::try_from(i).unwrap_or(u32::MAX));
+                out.push((at, m.time, entry));
+            }
+        }
+    }
+    out
 }
 
 fn show(v: Verdict) -> String {
@@ -241,17 +274,15 @@ pub async fn run(
         }
     };
     let log_filters = match auction_id {
-        Some(a) => vec![subjects.auction_event(a), subjects.try_event(a)],
+        Some(a) => vec![
+            subjects.auction_event(a),
+            subjects.try_event(a),
+            subjects.tries_entry(subjects.partition(a)),
+        ],
         None => vec![">".to_string()],
     };
     let log = read_all(js, &subjects.tries_stream(), log_filters).await?;
-    let log: Vec<(u64, DateTime<Utc>, LogEntry)> = log
-        .iter()
-        .map(|m| {
-            let entry = LogEntry::read(subjects, &m.subject, &m.payload, m.time);
-            (m.seq, m.time, entry)
-        })
-        .collect();
+    let log = entries(subjects, &log, auction_id);
     let outcome_filter = vec![subjects.outcomes(auction_id)];
     let outcomes = read_all(js, &subjects.outcomes_stream(), outcome_filter).await?;
     let mut events = Vec::with_capacity(outcomes.len());
@@ -277,7 +308,7 @@ mod tests {
     use crate::wire::{AuctionSpec, CancelReason, OpenEvent, OutcomeKind, TryEvent};
     use chrono::Utc;
 
-    fn log() -> Vec<(u64, DateTime<Utc>, LogEntry)> {
+    fn log() -> Vec<(TryAt, DateTime<Utc>, LogEntry)> {
         let open = LogEvent::Open(OpenEvent {
             auction_id: "a".into(),
             spec: AuctionSpec::with_capacity(1),
@@ -294,10 +325,48 @@ mod tests {
         };
         let now = Utc::now();
         vec![
-            (1, now, LogEntry::Event(open)),
-            (2, now, try_("b1")),
-            (3, now, try_("b2")),
+            (1.into(), now, LogEntry::Event(open)),
+            (2.into(), now, try_("b1")),
+            (3.into(), now, try_("b2")),
         ]
+    }
+
+    /// A try's identity is its entry's sequence and its place in the
+    /// entry: an outcome naming the right entry but the wrong place is a
+    /// difference.
+    #[test]
+    fn tries_sharing_an_entry_are_told_apart_by_their_place() {
+        let subjects = Subjects::default().with_partitions(1).unwrap();
+        let now = Utc::now();
+        let t = |bid: &str| TryEvent {
+            bid_id: bid.into(),
+            auction_id: "a".into(),
+            bidder_id: format!("u-{bid}"),
+            amount: 5,
+            tried_at: now,
+        };
+        let entry = crate::wire::TriesEntry::new(vec![t("b1"), t("b2")]);
+        let mut log = log();
+        log.truncate(1);
+        let payload = serde_json::to_vec(&entry).unwrap();
+        for (i, e) in LogEntry::read(&subjects, &subjects.tries_entry(0), &payload, now)
+            .into_iter()
+            .enumerate()
+        {
+            log.push((TryAt::new(2, i as u32), now, e));
+        }
+        let mut second = outcome("b2", 2, None);
+        second.try_index = 1;
+        let right = [outcome("b1", 2, Some(1)), second.clone()];
+        assert_eq!(
+            compare(&log, &right, None).differences,
+            Vec::<String>::new()
+        );
+        second.try_index = 0;
+        let wrong = [outcome("b1", 2, Some(1)), second];
+        let f = compare(&log, &wrong, None);
+        assert_eq!(f.differences.len(), 1, "{:?}", f.differences);
+        assert!(f.differences[0].contains("try 2.0") && f.differences[0].contains("try 2.1"));
     }
 
     fn outcome(bid: &str, seq: u64, rank: Option<u32>) -> OutcomeEvent {
@@ -312,6 +381,7 @@ mod tests {
             bidder_id: format!("u-{bid}"),
             amount: 5,
             try_seq: seq,
+            try_index: 0,
             tried_at: Utc::now(),
             decided_at: Utc::now(),
             rank,

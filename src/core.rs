@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::wire::{
     AuctionSpec, CancelReason, CloseEvent, CommandResult, LogEntry, LogEvent, OpenEvent,
-    OutcomeEvent, OutcomeKind, Policy, RaiseEvent, RefuseReason, TryEvent, WithdrawEvent,
+    OutcomeEvent, OutcomeKind, Policy, RaiseEvent, RefuseReason, TryAt, TryEvent, WithdrawEvent,
 };
 
 /// What the core made of one try.
@@ -52,8 +52,8 @@ impl Verdict {
 /// The one final decision on one try: what its outcome event records.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
-    /// Log sequence of the try.
-    pub try_seq: u64,
+    /// Where the try is in the log.
+    pub at: TryAt,
     /// The try, with its amount as decided (a raised bid's last amount).
     pub bid: TryEvent,
     pub verdict: Verdict,
@@ -63,8 +63,18 @@ pub struct Decision {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hold {
     pub try_seq: u64,
+    /// The try's place in its log entry.
+    #[serde(default)]
+    pub try_index: u32,
     /// The try, with its current amount.
     pub bid: TryEvent,
+}
+
+impl Hold {
+    /// Where the held try is in the log.
+    pub fn at(&self) -> TryAt {
+        TryAt::new(self.try_seq, self.try_index)
+    }
 }
 
 /// What the core made of one log event.
@@ -103,11 +113,11 @@ pub enum Step {
 impl Step {
     /// Every try this step decided, `t` being the event's own try (if the
     /// event was a try, at `seq`).
-    pub fn decisions(&self, t: Option<&TryEvent>, seq: u64) -> Vec<Decision> {
+    pub fn decisions(&self, t: Option<&TryEvent>, at: TryAt) -> Vec<Decision> {
         match self {
             Step::Decided(verdict) => t
                 .map(|t| Decision {
-                    try_seq: seq,
+                    at,
                     bid: t.clone(),
                     verdict: *verdict,
                 })
@@ -121,10 +131,11 @@ impl Step {
     }
 
     /// The hold this step made, `t` being the event's own try at `seq`.
-    pub fn hold(&self, t: Option<&TryEvent>, seq: u64) -> Option<Hold> {
+    pub fn hold(&self, t: Option<&TryEvent>, at: TryAt) -> Option<Hold> {
         match self {
             Step::Held { .. } => t.map(|t| Hold {
-                try_seq: seq,
+                try_seq: at.seq,
+                try_index: at.index,
                 bid: t.clone(),
             }),
             Step::Raise { held, .. } => held.as_deref().cloned(),
@@ -143,18 +154,20 @@ impl Step {
 
 /// A bid decided in an auction: the try that decided it, a fingerprint of
 /// its bidder (for withdraws and raises by someone else), and the verdict.
-/// 16 bytes: a million decided bids stay cheap to keep in memory.
+/// 24 bytes: a million decided bids stay cheap to keep in memory.
 #[derive(Clone, Copy, Debug)]
 struct Settled {
     seq: u64,
+    index: u32,
     owner: u32,
     verdict: SettledAs,
 }
 
 impl Settled {
-    fn new(bidder_id: &str, verdict: Verdict, seq: u64) -> Settled {
+    fn new(bidder_id: &str, verdict: Verdict, at: TryAt) -> Settled {
         Settled {
-            seq,
+            seq: at.seq,
+            index: at.index,
             owner: owner(bidder_id),
             verdict: verdict.into(),
         }
@@ -192,7 +205,7 @@ type Set<K> = HashSet<K, foldhash::fast::RandomState>;
 type Decided = Map<Box<str>, Settled>;
 
 /// Rank order of held tries: highest amount first, then the earlier try.
-type HoldKey = (Reverse<u64>, u64);
+type HoldKey = (Reverse<u64>, TryAt);
 
 /// One auction's state: only what future decisions need.
 #[derive(Clone, Debug)]
@@ -241,6 +254,11 @@ pub struct Ledger {
     orphans: Map<String, Decided>,
     /// Auctions whose [`Life`] changed since [`Ledger::take_changed`].
     changed: Set<String>,
+    /// Tries in the log per auction id (opened or not), whatever was made
+    /// of them: what a status shows beside the outcomes.
+    tries: Map<String, u64>,
+    /// Auctions whose try count changed since [`Ledger::take_counted`].
+    counted: Set<String>,
 }
 
 /// A read-only view of one auction, for status and fast rejects.
@@ -293,9 +311,9 @@ impl Auction {
         }
     }
 
-    fn record(&mut self, bid_id: &str, bidder_id: &str, verdict: Verdict, seq: u64) {
+    fn record(&mut self, bid_id: &str, bidder_id: &str, verdict: Verdict, at: TryAt) {
         self.decided
-            .insert(bid_id.into(), Settled::new(bidder_id, verdict, seq));
+            .insert(bid_id.into(), Settled::new(bidder_id, verdict, at));
         if let Verdict::Confirmed { rank } = verdict {
             self.confirmed = self.confirmed.max(rank);
             *self.wins.entry(bidder_id.into()).or_insert(0) += 1;
@@ -305,16 +323,16 @@ impl Auction {
     /// Takes a held try out, decided with `verdict`.
     fn release(&mut self, key: HoldKey, verdict: Verdict) -> Decision {
         let hold = self.unhold(key);
-        self.record(&hold.bid.bid_id, &hold.bid.bidder_id, verdict, hold.try_seq);
+        self.record(&hold.bid.bid_id, &hold.bid.bidder_id, verdict, hold.at());
         Decision {
-            try_seq: hold.try_seq,
+            at: hold.at(),
             bid: hold.bid,
             verdict,
         }
     }
 
     fn hold(&mut self, hold: Hold) {
-        let key = (Reverse(hold.bid.amount), hold.try_seq);
+        let key = (Reverse(hold.bid.amount), hold.at());
         self.held_bids.insert(hold.bid.bid_id.as_str().into(), key);
         *self
             .held_per_bidder
@@ -358,11 +376,12 @@ impl Ledger {
         Ledger::default()
     }
 
-    /// Applies the next event of the log, at log sequence `seq`.
+    /// Applies the next event of the log, at log sequence `seq` (a try
+    /// alone in its entry).
     pub fn apply(&mut self, event: &LogEvent, seq: u64) -> Step {
         match event {
             LogEvent::Open(open) => self.open(open),
-            LogEvent::Try(t) => self.decide(t, seq),
+            LogEvent::Try(t) => self.decide(t, TryAt::new(seq, 0)),
             LogEvent::Withdraw(w) => self.withdraw(w),
             LogEvent::Raise(r) => self.raise(r),
             LogEvent::Close(c) => self.close(c),
@@ -388,17 +407,17 @@ impl Ledger {
     /// by its own `tried_at` (for tries with no storage time: the
     /// alternatives' aggregates, tests). The log's tries are decided by
     /// [`Ledger::apply_entry`], late by the time the log stored them.
-    pub fn decide(&mut self, t: &TryEvent, seq: u64) -> Step {
-        self.decide_at(t, seq, t.tried_at)
+    pub fn decide(&mut self, t: &TryEvent, at: TryAt) -> Step {
+        self.decide_at(t, at, t.tried_at)
     }
 
     /// Decides a try that the log stored at `logged_at`: at or past its
     /// auction's `closes_at` it is late, whatever clock stamped `tried_at`.
-    fn decide_at(&mut self, t: &TryEvent, seq: u64, logged_at: DateTime<Utc>) -> Step {
+    fn decide_at(&mut self, t: &TryEvent, at: TryAt, logged_at: DateTime<Utc>) -> Step {
         let step = self.judge_at(t, logged_at);
         let Some(auction) = self.auctions.get_mut(&t.auction_id) else {
             if let Step::Decided(verdict) = step {
-                self.record_orphan(&t.auction_id, &t.bid_id, &t.bidder_id, verdict, seq);
+                self.record_orphan(&t.auction_id, &t.bid_id, &t.bidder_id, verdict, at);
             }
             return step;
         };
@@ -408,7 +427,7 @@ impl Ledger {
             if auction.withdrawn_early.remove(t.bid_id.as_str()).is_some() {
                 self.changed.insert(t.auction_id.clone());
             }
-            auction.record(&t.bid_id, &t.bidder_id, verdict, seq);
+            auction.record(&t.bid_id, &t.bidder_id, verdict, at);
             return step;
         }
         if step == Step::Duplicate {
@@ -430,13 +449,14 @@ impl Ledger {
             let (&lowest, hold) = auction.held.last_key_value().expect("capacity >= 1");
             // Equal amounts: the earlier try (the holder) ranks higher.
             if t.amount <= hold.bid.amount {
-                auction.record(&t.bid_id, &t.bidder_id, outbid, seq);
+                auction.record(&t.bid_id, &t.bidder_id, outbid, at);
                 return Step::Decided(outbid);
             }
             displaced = Some(Box::new(auction.release(lowest, outbid)));
         }
         auction.hold(Hold {
-            try_seq: seq,
+            try_seq: at.seq,
+            try_index: at.index,
             bid: t.clone(),
         });
         Step::Held { displaced }
@@ -655,7 +675,7 @@ impl Ledger {
 
     /// Decides an unreadable try that names its bid: cancelled
     /// (`invalid_event`), once per bid like any try.
-    pub fn invalid(&mut self, t: &TryEvent, seq: u64) -> Step {
+    pub fn invalid(&mut self, t: &TryEvent, at: TryAt) -> Step {
         let invalid = Verdict::Cancelled {
             reason: CancelReason::InvalidEvent,
         };
@@ -665,40 +685,50 @@ impl Ledger {
                 if auction.decided.contains_key(bid) || auction.held_bids.contains_key(bid) {
                     return Step::Duplicate;
                 }
-                auction.record(&t.bid_id, &t.bidder_id, invalid, seq);
+                auction.record(&t.bid_id, &t.bidder_id, invalid, at);
             }
             None => {
                 if self.is_decided(&t.auction_id, &t.bid_id) {
                     return Step::Duplicate;
                 }
-                self.record_orphan(&t.auction_id, &t.bid_id, &t.bidder_id, invalid, seq);
+                self.record_orphan(&t.auction_id, &t.bid_id, &t.bidder_id, invalid, at);
             }
         }
         Step::Decided(invalid)
     }
 
-    /// Applies a log entry at log sequence `seq`, stored at `stored_at`, as
-    /// the verifier reads it; `None` for an entry with nothing to decide.
+    /// Applies a log entry at `at` (its message's sequence and its place
+    /// in it), stored at `stored_at`, as the verifier reads it; `None` for
+    /// an entry with nothing to decide.
+    ///
+    /// # Panics
+    ///
+    /// On [`LogEntry::NewerFormat`]: a reader must stop before it.
     /// A try, a withdraw or a raise is late by the time the log stored it,
     /// not by the time its gateway stamped on it: the clock of whichever
     /// gateway wrote it has no say in the close.
     pub fn apply_entry(
         &mut self,
         entry: &LogEntry,
-        seq: u64,
+        at: TryAt,
         stored_at: DateTime<Utc>,
     ) -> Option<Step> {
+        let seq = at.seq;
+        if let LogEntry::Event(LogEvent::Try(t)) | LogEntry::InvalidTry(t) = entry {
+            self.count_try(&t.auction_id);
+        }
         match entry {
-            LogEntry::Event(LogEvent::Try(t)) => Some(self.decide_at(t, seq, stored_at)),
+            LogEntry::Event(LogEvent::Try(t)) => Some(self.decide_at(t, at, stored_at)),
             LogEntry::Event(LogEvent::Withdraw(w)) => Some(self.withdraw_at(w, stored_at)),
             LogEntry::Event(LogEvent::Raise(r)) => Some(self.raise_at(r, stored_at)),
             LogEntry::Event(event) => Some(self.apply(event, seq)),
-            LogEntry::InvalidTry(t) => Some(self.invalid(t, seq)),
+            LogEntry::InvalidTry(t) => Some(self.invalid(t, at)),
             LogEntry::Unreadable(_) => None,
+            LogEntry::NewerFormat(v) => panic!("log entry {seq} is in format {v}, not read here"),
         }
     }
 
-    /// Re-enters a decision of the try at `seq`, read back from a snapshot
+    /// Re-enters a decision of the try at `at`, read back from a snapshot
     /// (or from an aggregate's events), without deciding again.
     pub fn restore(
         &mut self,
@@ -706,11 +736,11 @@ impl Ledger {
         bid_id: &str,
         bidder_id: &str,
         verdict: Verdict,
-        seq: u64,
+        at: TryAt,
     ) {
         match self.auctions.get_mut(auction_id) {
-            Some(auction) => auction.record(bid_id, bidder_id, verdict, seq),
-            None => self.record_orphan(auction_id, bid_id, bidder_id, verdict, seq),
+            Some(auction) => auction.record(bid_id, bidder_id, verdict, at),
+            None => self.record_orphan(auction_id, bid_id, bidder_id, verdict, at),
         }
     }
 
@@ -721,12 +751,12 @@ impl Ledger {
         bid_id: &str,
         bidder_id: &str,
         verdict: Verdict,
-        seq: u64,
+        at: TryAt,
     ) {
         self.orphans
             .entry(auction_id.to_string())
             .or_default()
-            .insert(bid_id.into(), Settled::new(bidder_id, verdict, seq));
+            .insert(bid_id.into(), Settled::new(bidder_id, verdict, at));
     }
 
     /// An auction's state besides its decisions; `None` for an auction
@@ -778,7 +808,7 @@ impl Ledger {
 
     /// The sequence of the try that decided a bid, or that holds a slot
     /// for it.
-    pub fn decided_try(&self, auction_id: &str, bid_id: &str) -> Option<u64> {
+    pub fn decided_try(&self, auction_id: &str, bid_id: &str) -> Option<TryAt> {
         let decided = match self.auctions.get(auction_id) {
             Some(auction) => {
                 if let Some(key) = auction.held_bids.get(bid_id) {
@@ -788,7 +818,7 @@ impl Ledger {
             }
             None => self.orphans.get(auction_id)?,
         };
-        decided.get(bid_id).map(|s| s.seq)
+        decided.get(bid_id).map(|s| TryAt::new(s.seq, s.index))
     }
 
     /// True when a bid has its one decision (not merely a held slot).
@@ -838,6 +868,48 @@ impl Ledger {
             .collect();
         due.sort();
         due
+    }
+
+    /// Counts one more try of `auction_id` in the log.
+    fn count_try(&mut self, auction_id: &str) {
+        match self.tries.get_mut(auction_id) {
+            Some(n) => *n += 1,
+            None => {
+                self.tries.insert(auction_id.to_string(), 1);
+            }
+        }
+        if !self.counted.contains(auction_id) {
+            self.counted.insert(auction_id.to_string());
+        }
+    }
+
+    /// Tries of `auction_id` in the log so far (0 if none).
+    pub fn tries(&self, auction_id: &str) -> u64 {
+        self.tries.get(auction_id).copied().unwrap_or(0)
+    }
+
+    /// Every auction id with tries, with its count.
+    pub fn all_tries(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.tries.iter().map(|(a, n)| (a.as_str(), *n))
+    }
+
+    /// The try counts that changed since the last call, for the snapshot.
+    pub fn take_counted(&mut self) -> Vec<(String, u64)> {
+        let mut counted: Vec<(String, u64)> = self
+            .counted
+            .drain()
+            .map(|a| {
+                let n = self.tries.get(&a).copied().unwrap_or(0);
+                (a, n)
+            })
+            .collect();
+        counted.sort();
+        counted
+    }
+
+    /// Re-enters an auction's try count, read back from a snapshot.
+    pub fn restore_tries(&mut self, auction_id: &str, tries: u64) {
+        self.tries.insert(auction_id.to_string(), tries);
     }
 
     /// How full an auction is.
@@ -936,18 +1008,18 @@ mod tests {
         let read = |event: LogEvent| LogEntry::Event(event);
         let at = |secs| t0() + Duration::seconds(secs);
         assert_eq!(
-            l.apply_entry(&read(open("a", spec)), 1, at(0)),
+            l.apply_entry(&read(open("a", spec)), 1.into(), at(0)),
             Some(Step::Opened)
         );
         // Stamped 10 s before the close by a slow clock, stored 1 s after it.
         let behind = read(try_("a", "b1", "u1", 5, 50));
         assert_eq!(
-            l.apply_entry(&behind, 2, at(61)),
+            l.apply_entry(&behind, 2.into(), at(61)),
             Some(cancelled(CancelReason::AuctionClosed))
         );
         // Stamped 10 s after the close by a fast clock, stored before it.
         let ahead = read(try_("a", "b2", "u2", 5, 70));
-        assert_eq!(l.apply_entry(&ahead, 3, at(59)), Some(confirmed(1)));
+        assert_eq!(l.apply_entry(&ahead, 3.into(), at(59)), Some(confirmed(1)));
     }
 
     #[test]
@@ -999,8 +1071,8 @@ mod tests {
         assert_eq!(l.apply(&try_("x", "b1", "u1", 1, 1), 6), Step::Duplicate);
         assert_eq!(l.spec("a").unwrap().capacity.get(), 1);
         // A bid is known by the try that decided it, not by later copies.
-        assert_eq!(l.decided_try("a", "b1"), Some(3));
-        assert_eq!(l.decided_try("x", "b1"), Some(5));
+        assert_eq!(l.decided_try("a", "b1"), Some(3.into()));
+        assert_eq!(l.decided_try("x", "b1"), Some(5.into()));
         assert_eq!(l.decided_try("a", "b2"), None);
     }
 
@@ -1153,7 +1225,7 @@ mod tests {
                 match (event, step) {
                     (LogEvent::Open(o), _) => { restored.open(o); }
                     (LogEvent::Try(t), Step::Decided(v)) => {
-                        restored.restore(&t.auction_id, &t.bid_id, &t.bidder_id, *v, seq)
+                        restored.restore(&t.auction_id, &t.bid_id, &t.bidder_id, *v, seq.into())
                     }
                     _ => {}
                 }
@@ -1253,7 +1325,7 @@ mod lifecycle_tests {
                 LogEvent::Try(t) => Some(t),
                 _ => None,
             };
-            for d in step.decisions(own, seq) {
+            for d in step.decisions(own, seq.into()) {
                 let earlier = verdicts.insert(d.bid.bid_id.clone(), d.verdict);
                 assert!(earlier.is_none(), "second outcome for {}", d.bid.bid_id);
             }
@@ -1428,7 +1500,7 @@ mod lifecycle_tests {
         let Step::Held { displaced: Some(d) } = &steps[4] else {
             panic!("{:?}", steps[4])
         };
-        assert_eq!((d.bid.bid_id.as_str(), d.try_seq), ("b1", 2));
+        assert_eq!((d.bid.bid_id.as_str(), d.at), ("b1", 2.into()));
         let outbid = Verdict::Cancelled {
             reason: CancelReason::Outbid,
         };
@@ -1535,22 +1607,26 @@ mod lifecycle_tests {
         };
         let held = || {
             let mut l = Ledger::new();
-            l.apply_entry(&entry(open(2, Policy::TopAmount)), 1, at(0));
-            l.apply_entry(&entry(try_("b1", "u1", 10)), 2, at(1));
+            l.apply_entry(&entry(open(2, Policy::TopAmount)), 1.into(), at(0));
+            l.apply_entry(&entry(try_("b1", "u1", 10)), 2.into(), at(1));
             l
         };
         let slow_withdraw = stamped(withdraw("b1", "u1"), 90);
-        let step = held().apply_entry(&slow_withdraw, 3, at(101)).unwrap();
+        let step = held()
+            .apply_entry(&slow_withdraw, 3.into(), at(101))
+            .unwrap();
         assert_eq!(refusal(&step), Some(RefuseReason::AuctionClosed));
         let slow_raise = stamped(raise("b1", "u1", 10, 20), 90);
-        let step = held().apply_entry(&slow_raise, 3, at(101)).unwrap();
+        let step = held().apply_entry(&slow_raise, 3.into(), at(101)).unwrap();
         assert_eq!(refusal(&step), Some(RefuseReason::AuctionClosed));
 
         let fast_withdraw = stamped(withdraw("b1", "u1"), 110);
-        let step = held().apply_entry(&fast_withdraw, 3, at(99)).unwrap();
+        let step = held()
+            .apply_entry(&fast_withdraw, 3.into(), at(99))
+            .unwrap();
         assert_eq!(refusal(&step), None, "{step:?}");
         let fast_raise = stamped(raise("b1", "u1", 10, 20), 110);
-        let step = held().apply_entry(&fast_raise, 3, at(99)).unwrap();
+        let step = held().apply_entry(&fast_raise, 3.into(), at(99)).unwrap();
         assert_eq!(refusal(&step), None, "{step:?}");
     }
 
@@ -1593,7 +1669,7 @@ mod lifecycle_tests {
             Verdict::Cancelled {
                 reason: CancelReason::Outbid,
             },
-            6,
+            6.into(),
         );
         restored.restore_life("a", original.life("a").unwrap());
         assert_eq!(restored.life("a"), original.life("a"));
@@ -1634,7 +1710,7 @@ mod lifecycle_tests {
             seq += 1;
         }
         let step = ledger.apply(&close(), seq);
-        for d in step.decisions(None, seq) {
+        for d in step.decisions(None, seq.into()) {
             verdicts.insert(d.bid.bid_id, d.verdict);
         }
         verdicts
@@ -1727,17 +1803,17 @@ mod lifecycle_tests {
                     opens.push((seq, o.clone()));
                 }
                 let own = match e { LogEvent::Try(t) => Some(t), _ => None };
-                decided.extend(step.decisions(own, seq).into_iter().map(|d| (d, seq)));
+                decided.extend(step.decisions(own, seq.into()).into_iter().map(|d| (d, seq)));
             }
             // As `Snapshot::load` does: opens, decisions by try, lives.
             let mut restored = Ledger::new();
-            decided.sort_by_key(|(d, _)| d.try_seq);
+            decided.sort_by_key(|(d, _)| d.at);
             let mut opens = opens.into_iter().peekable();
             for (d, _) in &decided {
-                while let Some((_, o)) = opens.next_if(|(open_seq, _)| *open_seq < d.try_seq) {
+                while let Some((_, o)) = opens.next_if(|(open_seq, _)| *open_seq < d.at.seq) {
                     restored.open(&o);
                 }
-                restored.restore(&d.bid.auction_id, &d.bid.bid_id, &d.bid.bidder_id, d.verdict, d.try_seq);
+                restored.restore(&d.bid.auction_id, &d.bid.bid_id, &d.bid.bidder_id, d.verdict, d.at);
             }
             for (_, o) in opens {
                 restored.open(&o);
@@ -1789,9 +1865,9 @@ mod lifecycle_tests {
                     _ => {}
                 }
                 let own = match e { LogEvent::Try(t) => Some(t), _ => None };
-                let decisions = step.decisions(own, seq);
+                let decisions = step.decisions(own, seq.into());
                 if let Step::Closed { confirmed } = &step {
-                    let amounts: Vec<(Reverse<u64>, u64)> = confirmed.iter().map(|d| (Reverse(d.bid.amount), d.try_seq)).collect();
+                    let amounts: Vec<(Reverse<u64>, TryAt)> = confirmed.iter().map(|d| (Reverse(d.bid.amount), d.at)).collect();
                     let mut sorted = amounts.clone();
                     sorted.sort();
                     prop_assert_eq!(amounts, sorted, "a close confirms in rank order");

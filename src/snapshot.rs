@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::core::{Ledger, Life, Verdict};
-use crate::wire::{CommandResult, OpenEvent, OutcomeEvent};
+use crate::wire::{CommandResult, OpenEvent, OutcomeEvent, TryAt};
 
 /// File name of the snapshot inside the data directory.
 pub const FILE_NAME: &str = "allot.sqlite";
@@ -73,6 +73,8 @@ pub struct Batch {
     pub lives: Vec<(String, Life)>,
     /// What each withdraw and raise did, by its log sequence.
     pub commands: Vec<(u64, String, CommandResult)>,
+    /// Tries in the log per auction, for those this batch added to.
+    pub tries: Vec<(String, u64)>,
     /// Last log sequence this batch covers.
     pub last_seq: u64,
 }
@@ -132,8 +134,10 @@ pub fn set_aside(dir: &Path) -> std::io::Result<PathBuf> {
     Ok(main)
 }
 
-/// The snapshot's table layout; a file with another is rebuilt.
-const SCHEMA_VERSION: i64 = 3;
+/// The snapshot's table layout; a file with another is rebuilt from the
+/// streams (4: decisions keyed by try sequence and index, for entries of
+/// several tries).
+const SCHEMA_VERSION: i64 = 4;
 
 impl Snapshot {
     /// Opens (or creates) the snapshot in `dir`.
@@ -169,7 +173,8 @@ impl Snapshot {
                  DROP TABLE IF EXISTS auctions;
                  DROP TABLE IF EXISTS decisions;
                  DROP TABLE IF EXISTS lives;
-                 DROP TABLE IF EXISTS commands;",
+                 DROP TABLE IF EXISTS commands;
+                 DROP TABLE IF EXISTS tries;",
             )
             .map_err(sql)?;
         }
@@ -192,15 +197,21 @@ impl Snapshot {
                  event TEXT NOT NULL
              );
              CREATE TABLE IF NOT EXISTS decisions (
-                 try_seq INTEGER PRIMARY KEY,
+                 try_seq INTEGER NOT NULL,
+                 try_index INTEGER NOT NULL,
                  auction_id TEXT NOT NULL,
                  bid_id TEXT NOT NULL,
                  decided_seq INTEGER NOT NULL,
-                 payload BLOB NOT NULL
+                 payload BLOB NOT NULL,
+                 PRIMARY KEY (try_seq, try_index)
              );
              CREATE TABLE IF NOT EXISTS lives (
                  auction_id TEXT PRIMARY KEY,
                  life TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS tries (
+                 auction_id TEXT PRIMARY KEY,
+                 count INTEGER NOT NULL
              );
              CREATE TABLE IF NOT EXISTS commands (
                  seq INTEGER PRIMARY KEY,
@@ -240,7 +251,7 @@ impl Snapshot {
             let tx = self.conn.transaction()?;
             tx.execute_batch(
                 "DELETE FROM meta; DELETE FROM auctions; DELETE FROM decisions;
-                 DELETE FROM lives; DELETE FROM commands;",
+                 DELETE FROM lives; DELETE FROM commands; DELETE FROM tries;",
             )?;
             tx.execute(
                 "INSERT INTO meta (key, value) VALUES ('log_identity', ?1)",
@@ -279,18 +290,24 @@ impl Snapshot {
         let mut opens = opens.into_iter().peekable();
         let mut stmt = self
             .conn
-            .prepare("SELECT try_seq, payload FROM decisions ORDER BY try_seq")
+            .prepare(
+                "SELECT try_seq, try_index, payload FROM decisions ORDER BY try_seq, try_index",
+            )
             .map_err(|e| self.sql(e))?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+            .query_map([], |r| {
+                let at = TryAt::new(r.get(0)?, r.get(1)?);
+                Ok((at, r.get::<_, Vec<u8>>(2)?))
+            })
             .map_err(|e| self.sql(e))?;
         for row in rows {
-            let (seq, payload) = row.map_err(|e| self.sql(e))?;
+            let (at, payload) = row.map_err(|e| self.sql(e))?;
+            let seq = at.seq;
             while let Some((_, open)) = opens.next_if(|(open_seq, _)| *open_seq < seq) {
                 ledger.open(&open);
             }
             let o: OutcomeEvent = serde_json::from_slice(&payload).map_err(|e| self.corrupt(e))?;
-            ledger.restore(&o.auction_id, &o.bid_id, &o.bidder_id, verdict(&o)?, seq);
+            ledger.restore(&o.auction_id, &o.bid_id, &o.bidder_id, verdict(&o)?, at);
         }
         for (_, open) in opens {
             ledger.open(&open);
@@ -306,6 +323,17 @@ impl Snapshot {
             let (auction_id, json) = row.map_err(|e| self.sql(e))?;
             let life: Life = serde_json::from_str(&json).map_err(|e| self.corrupt(e))?;
             ledger.restore_life(&auction_id, life);
+        }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT auction_id, count FROM tries")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))
+            .map_err(|e| self.sql(e))?;
+        for row in rows {
+            let (auction_id, count) = row.map_err(|e| self.sql(e))?;
+            ledger.restore_tries(&auction_id, count);
         }
         Ok(ledger)
     }
@@ -350,7 +378,7 @@ impl Snapshot {
                     open.execute(params![event.auction_id, seq, json])?;
                 }
                 let mut decide = tx.prepare_cached(
-                    "INSERT INTO decisions (auction_id, bid_id, try_seq, decided_seq, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO decisions (auction_id, bid_id, try_seq, try_index, decided_seq, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?;
                 for d in &batch.decisions {
                     let o = &d.outcome;
@@ -358,6 +386,7 @@ impl Snapshot {
                         o.auction_id,
                         o.bid_id,
                         o.try_seq,
+                        o.try_index,
                         batch.last_seq,
                         d.payload.as_ref()
                     ])?;
@@ -368,6 +397,12 @@ impl Snapshot {
                 for (auction_id, l) in &batch.lives {
                     let json = serde_json::to_string(l).expect("lives serialize");
                     life.execute(params![auction_id, json])?;
+                }
+                let mut tries = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO tries (auction_id, count) VALUES (?1, ?2)",
+                )?;
+                for (auction_id, count) in &batch.tries {
+                    tries.execute(params![auction_id, count])?;
                 }
                 let mut command = tx.prepare_cached(
                     "INSERT OR REPLACE INTO commands (seq, auction_id, result) VALUES (?1, ?2, ?3)",
@@ -421,13 +456,13 @@ impl Snapshot {
         Ok(Snapshot { conn, path })
     }
 
-    /// The outcome of the try at log sequence `try_seq`, once decided.
-    pub fn outcome(&self, try_seq: u64) -> Result<Option<OutcomeEvent>, SnapshotError> {
+    /// The outcome of the try at `at`, once decided.
+    pub fn outcome(&self, at: TryAt) -> Result<Option<OutcomeEvent>, SnapshotError> {
         let payload: Option<Vec<u8>> = self
             .conn
             .query_row(
-                "SELECT payload FROM decisions WHERE try_seq = ?1",
-                [try_seq],
+                "SELECT payload FROM decisions WHERE try_seq = ?1 AND try_index = ?2",
+                params![at.seq, at.index],
                 |r| r.get(0),
             )
             .optional()
@@ -442,7 +477,7 @@ impl Snapshot {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT payload FROM decisions WHERE ?1 IS NULL OR auction_id = ?1 ORDER BY try_seq",
+                "SELECT payload FROM decisions WHERE ?1 IS NULL OR auction_id = ?1 ORDER BY try_seq, try_index",
             )
             .map_err(|e| self.sql(e))?;
         let rows = stmt

@@ -134,7 +134,17 @@ impl Streams {
             .info()
             .await
             .map_err(Error::wrap(ErrorKind::Setup, name.clone()))?;
-        let subjects = partitioned(subjects, info)?;
+        let info = info.clone();
+        let subjects = partitioned(subjects, &info)?;
+        // A log made before entries of several tries gets their subject.
+        let wanted = subjects.log_subjects();
+        if wanted.iter().any(|s| !info.config.subjects.contains(s)) {
+            let mut config = info.config.clone();
+            config.subjects = wanted;
+            js.update_stream(config)
+                .await
+                .map_err(Error::wrap(ErrorKind::Setup, name.clone()))?;
+        }
         if subjects.partitions() != options.partitions {
             tracing::info!(
                 partitions = subjects.partitions(),

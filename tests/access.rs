@@ -402,7 +402,10 @@ async fn bidders_and_backends_act_only_as_themselves_under_the_example_config() 
             .unwrap(),
         0
     );
-    let tries = allot::log::count(&log, &s.try_event("a")).await.unwrap();
+    let counts = allot::log::try_counts(&service_js, s, s.partition("a"), Some("a"))
+        .await
+        .unwrap();
+    let tries = counts.tries.get("a").copied().unwrap_or(0);
     // b1 twice, b9, the burst's admitted bids and "late"; nothing forged.
     let admitted = burst
         .iter()

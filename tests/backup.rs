@@ -4,8 +4,8 @@
 //! the store (another directory, another port) and `allot serve` on a copy
 //! of the data directory. The restored log keeps every sequence number, so
 //! the outcomes (which name their tries by `try_seq`) still fit it: the
-//! audit is clean, the streams equal the original's, resent bids get their
-//! original reply, and bidding goes on.
+//! audit is clean, the streams equal the original's, resent bids that
+//! wait get their original reply, and bidding goes on.
 
 use crate::common;
 
@@ -74,14 +74,22 @@ async fn streams(h: &Harness) -> (Vec<(u64, String, Vec<u8>)>, Vec<OutcomeEvent>
     (log.into_iter().map(key).collect(), h.outcomes(None).await)
 }
 
-async fn accepted(h: &Harness, auction: &str, bid_id: &str, bidder: &str, amount: u64) -> u64 {
+async fn accepted(
+    h: &Harness,
+    auction: &str,
+    bid_id: &str,
+    bidder: &str,
+    amount: u64,
+) -> (u64, u32) {
     match h
         .client
         .bid(auction, &bid(bid_id, bidder, amount))
         .await
         .unwrap()
     {
-        BidReply::Accepted { try_seq, .. } => try_seq,
+        BidReply::Accepted {
+            try_seq, try_index, ..
+        } => (try_seq, try_index),
         other => panic!("{bid_id} on {auction}: {other:?}"),
     }
 }
@@ -177,26 +185,43 @@ async fn a_cold_backup_restores_into_a_fresh_server_and_bidding_goes_on() {
     assert_eq!(after.differences, Vec::<String>::new());
     assert_eq!(after, before, "the restored service decided nothing anew");
 
-    // Every resend gets its original try.
+    // Every resend that waits for its decision gets its original try,
+    // though this restored gateway never saw it: the verifier answers.
     for (auction, id, who, amount, seq) in &sent {
-        let reply = h.client.bid(auction, &bid(id, who, *amount)).await.unwrap();
-        assert_eq!(
-            reply,
+        let resend = allot::wire::BidRequest {
+            wait: true,
+            ..bid(id, who, *amount)
+        };
+        let reply = h.client.bid(auction, &resend).await.unwrap();
+        let original = match reply {
             BidReply::Accepted {
-                bid_id: id.clone(),
-                auction_id: auction.to_string(),
-                try_seq: *seq,
-                duplicate: true
-            },
-            "resend of {id}"
-        );
+                try_seq,
+                try_index,
+                duplicate,
+                ..
+            }
+            | BidReply::Confirmed {
+                try_seq,
+                try_index,
+                duplicate,
+                ..
+            }
+            | BidReply::Cancelled {
+                try_seq,
+                try_index,
+                duplicate,
+                ..
+            } => ((try_seq, try_index), duplicate),
+            other => panic!("resend of {id}: {other:?}"),
+        };
+        assert_eq!(original, (*seq, true), "resend of {id}");
     }
     // New bids are accepted after the restored log and decided; the
     // ranked auction closes and its best two win.
     let last = log.last().unwrap().0;
     for i in 6..9u64 {
         let (id, who) = (format!("f{i}"), format!("u{i}"));
-        assert!(accepted(&h, "fixed", &id, &who, 5).await > last);
+        assert!(accepted(&h, "fixed", &id, &who, 5).await.0 > last);
     }
     h.client.close("ranked").await.unwrap();
     h.wait_for_outcomes("fixed", 9).await;
@@ -219,22 +244,21 @@ async fn a_cold_backup_restores_into_a_fresh_server_and_bidding_goes_on() {
     assert!(started.elapsed() < Duration::from_secs(30));
 }
 
-/// What deleting one settled auction by subject purge does (the retention
-/// section of docs/operating.md): the audit of the streams stays clean,
-/// the verifier's snapshot still holds the auction until it is rebuilt,
-/// a resend of a purged bid is told to come back until the snapshot is
-/// rebuilt (serve stopped, snapshot deleted), and then that the auction is
-/// unknown.
+/// What removing a partition's settled history does (the retention
+/// section of docs/operating.md): its tries share entries with other
+/// auctions of the partition, so the log is cut by sequence, below the
+/// first event of an auction that is kept. The audit of the streams stays
+/// clean, the verifier's snapshot still holds the removed auction until
+/// it is rebuilt, a resend of a removed bid is told to come back until
+/// the snapshot is rebuilt (serve stopped, snapshot deleted), and then
+/// that the auction is unknown.
 #[tokio::test]
-async fn purging_a_settled_auction_leaves_the_rest_consistent() {
+async fn cutting_a_partitions_settled_history_leaves_the_rest_consistent() {
     let mut h = Harness::start().await;
     h.open("old", AuctionSpec::with_capacity(3)).await;
-    h.open("kept", AuctionSpec::with_capacity(5)).await;
     for i in 0..3u64 {
         let (id, who) = (format!("o{i}"), format!("u{i}"));
         accepted(&h, "old", &id, &who, 5).await;
-        let (id, who) = (format!("k{i}"), format!("u{i}"));
-        accepted(&h, "kept", &id, &who, 5).await;
     }
     h.client.close("old").await.unwrap();
     h.wait_for_outcomes("old", 3).await;
@@ -242,12 +266,27 @@ async fn purging_a_settled_auction_leaves_the_rest_consistent() {
     let s = allot::streams::log_subjects(&h.js, h.client.subjects.clone())
         .await
         .unwrap();
-
-    // The purge: the auction's log subjects, its outcomes, its status key.
-    let log = h.js.get_stream(s.tries_stream()).await.unwrap();
-    for subject in [s.try_event("old"), s.auction_event("old")] {
-        log.purge().filter(subject).await.unwrap();
+    let mut log = h.js.get_stream(s.tries_stream()).await.unwrap();
+    let cut = log.info().await.unwrap().state.last_sequence + 1;
+    // An auction kept, in the same partition, after the cut.
+    let kept = (0..)
+        .map(|i| format!("kept{i}"))
+        .find(|a| s.partition(a) == s.partition("old"))
+        .unwrap();
+    h.open(&kept, AuctionSpec::with_capacity(5)).await;
+    for i in 0..3u64 {
+        let (id, who) = (format!("k{i}"), format!("u{i}"));
+        accepted(&h, &kept, &id, &who, 5).await;
     }
+    h.wait_for_outcomes(&kept, 3).await;
+
+    // The cut: the partition's log below it, the removed auction's
+    // outcomes, its status key.
+    log.purge()
+        .filter(s.log_partition(s.partition("old")))
+        .sequence(cut)
+        .await
+        .unwrap();
     let outcomes = h.js.get_stream(s.outcomes_stream()).await.unwrap();
     outcomes
         .purge()
@@ -310,6 +349,6 @@ async fn purging_a_settled_auction_leaves_the_rest_consistent() {
         ),
         "{resend:?}"
     );
-    let kept = audit::run(&h.js, &s, Some("kept"), None).await.unwrap();
+    let kept = audit::run(&h.js, &s, Some(&kept), None).await.unwrap();
     assert_eq!((kept.decided, kept.differences.len()), (3, 0));
 }

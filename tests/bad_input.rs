@@ -131,7 +131,7 @@ async fn malformed_requests_get_clear_errors_and_the_service_keeps_serving() {
 
 #[test]
 fn schemas_reject_what_the_contract_forbids() {
-    let bad: [(&str, &str); 5] = [
+    let bad: [(&str, &str); 7] = [
         (
             "bid-request.schema.json",
             r#"{"bid_id":"b","bidder_id":"u","amount":-1}"#,
@@ -151,6 +151,14 @@ fn schemas_reject_what_the_contract_forbids() {
         (
             "try-event.schema.json",
             r#"{"type":"try","bid_id":"b","auction_id":"a.b","bidder_id":"u","amount":1,"tried_at":"2026-01-01T00:00:00.000000Z"}"#,
+        ),
+        (
+            "tries-entry.schema.json",
+            r#"{"type":"tries","v":2,"tries":[]}"#,
+        ),
+        (
+            "tries-entry.schema.json",
+            r#"{"type":"tries","v":3,"tries":[{"bid_id":"b","auction_id":"a","bidder_id":"u","amount":1,"tried_at":"2026-01-01T00:00:00.000000Z"}]}"#,
         ),
     ];
     for (schema, instance) in bad {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use allot::core::{Ledger, Step, Verdict};
 use allot::wire::{
     AuctionSpec, BidReply, BidRequest, CancelReason, LogEvent, OpenEvent, OutcomeKind, Policy,
-    RejectReason, ResultReply,
+    RejectReason, ResultReply, TryAt,
 };
 use chrono::Utc;
 use common::{assert_matches, bid, one_outcome_per_bid, Harness};
@@ -165,7 +165,7 @@ async fn five_slots_fifty_concurrent_bids() {
     assert_eq!(bidders.len(), 5, "five distinct winners");
     for o in &outcomes {
         let (seq, t) = tries.iter().find(|(_, t)| t.bid_id == o.bid_id).unwrap();
-        assert_eq!(o.try_seq, *seq);
+        assert_eq!(TryAt::new(o.try_seq, o.try_index), *seq);
         assert_eq!(o.tried_at, t.tried_at);
         if o.kind == OutcomeKind::Cancelled {
             assert!(o.reason.is_some());
@@ -181,7 +181,7 @@ async fn five_slots_fifty_concurrent_bids() {
     });
     ledger.apply(&open, 1);
     for (seq, t) in &tries {
-        let Step::Decided(verdict) = ledger.apply(&LogEvent::Try(t.clone()), *seq) else {
+        let Step::Decided(verdict) = ledger.decide(t, *seq) else {
             panic!("every try is decided once");
         };
         assert_eq!(
@@ -248,8 +248,12 @@ async fn outcome_subjects_carry_each_kind_live_and_in_the_stream() {
     live.sort_by(|a, b| a.bid_id.cmp(&b.bid_id));
     assert_eq!(replayed, live);
     let s = &h.client.subjects;
-    for m in h.read_stream(&s.tries_stream(), &s.try_event("w")).await {
-        assert_matches("try-event.schema.json", &m.payload);
+    let entries = h
+        .read_stream(&s.tries_stream(), &s.tries_entry(s.partition("w")))
+        .await;
+    assert!(!entries.is_empty(), "the tries are in entries of tries");
+    for m in entries {
+        assert_matches("tries-entry.schema.json", &m.payload);
     }
     assert_matches(
         "bid-request.schema.json",
@@ -323,7 +327,13 @@ async fn a_bid_that_waits_gets_its_decision_in_the_reply() {
 
     let first = h.client.bid("w", &waiting("b1", "u1", 5)).await.unwrap();
     check(&first);
-    let BidReply::Confirmed { rank, try_seq, .. } = first else {
+    let BidReply::Confirmed {
+        rank,
+        try_seq,
+        try_index,
+        ..
+    } = first
+    else {
         panic!("{first:?}");
     };
     assert_eq!(rank, 1);
@@ -348,6 +358,7 @@ async fn a_bid_that_waits_gets_its_decision_in_the_reply() {
             bid_id: "b1".into(),
             auction_id: "w".into(),
             try_seq,
+            try_index,
             duplicate: true,
             rank: 1,
         }

@@ -56,8 +56,9 @@ async fn fast_rejects_write_nothing_and_resends_keep_their_reply() {
     assert!(h.tries("one").await.is_empty(), "rejects write no try");
     assert!(h.tries("past").await.is_empty(), "rejects write no try");
 
-    let BidReply::Accepted { try_seq, .. } =
-        h.client.bid("one", &bid("win", "u1", 10)).await.unwrap()
+    let BidReply::Accepted {
+        try_seq, try_index, ..
+    } = h.client.bid("one", &bid("win", "u1", 10)).await.unwrap()
     else {
         panic!("first bid accepted");
     };
@@ -74,6 +75,7 @@ async fn fast_rejects_write_nothing_and_resends_keep_their_reply() {
             bid_id: "win".into(),
             auction_id: "one".into(),
             try_seq,
+            try_index,
             duplicate: true
         }
     );

@@ -242,6 +242,7 @@ fn close_messages_and_held_notices_match_their_schemas() {
         bidder_id: "alice".into(),
         amount: 200,
         try_seq: 2,
+        try_index: 1,
         held_seq: 9,
     };
     assert_matches("held-event.schema.json", &bytes(&held));
@@ -331,6 +332,7 @@ fn outcomes_carry_every_cancel_reason_and_ranks_by_amount() {
         bidder_id: "alice".into(),
         amount: 200,
         try_seq: 2,
+        try_index: 1,
         tried_at: at("2026-11-26T23:28:13.125815Z"),
         decided_at: at("2026-11-26T23:28:20.000000Z"),
         rank,
@@ -507,6 +509,7 @@ fn result_messages_match_their_schemas() {
             bid_id: "b-1".into(),
             auction_id: "a1".into(),
             try_seq: 2,
+            try_index: 1,
             amount: 150,
             rank: 1,
             decided_at,
@@ -521,6 +524,7 @@ fn result_messages_match_their_schemas() {
             bid_id: "b-1".into(),
             auction_id: "a1".into(),
             try_seq: 2,
+            try_index: 1,
             amount: 150,
             reason,
             decided_at,

@@ -85,7 +85,13 @@ impl Gateway {
         let count = |stream, subject: String| async move {
             crate::log::count(stream, &subject).await.map_err(internal)
         };
-        let tries = count(&self.streams.log, subjects.try_event(auction_id)).await?;
+        let partition = subjects.partition(auction_id);
+        let counts =
+            crate::log::try_counts(&self.streams.js, subjects, partition, Some(auction_id))
+                .await
+                .map_err(internal)?;
+        let tries = counts.tries.get(auction_id).copied().unwrap_or(0);
+        let undecided = counts.not_reached.get(auction_id).copied().unwrap_or(0);
         let confirmed = count(
             &self.streams.outcomes,
             subjects.outcome(auction_id, OutcomeKind::Confirmed),
@@ -96,7 +102,6 @@ impl Gateway {
             subjects.outcome(auction_id, OutcomeKind::Cancelled),
         )
         .await?;
-        let undecided = self.tries_not_reached(auction_id, tries).await?;
         let closed = spec.is_closed_at(timestamp::now())
             || self.view.closed.read().unwrap().contains(auction_id);
         Ok(StatusReply::Ok {
@@ -108,28 +113,6 @@ impl Gateway {
             cancelled,
             pending: pending(tries, confirmed + cancelled, undecided),
         })
-    }
-
-    /// The auction's tries that its verifier has not yet reached, counted
-    /// past its consumer's ack floor (the verifier acks a try once it has
-    /// decided it, held it, or skipped it); all `tries` when there is no
-    /// verifier consumer yet.
-    async fn tries_not_reached(&self, auction_id: &str, tries: u64) -> Result<u64, RequestError> {
-        let consumer = crate::wire::names::verifier_consumer(
-            &self.config.verifier_consumer,
-            self.streams.subjects.partition(auction_id),
-        );
-        let Some(floor) = self
-            .view
-            .decided_through(&self.streams.log, &consumer)
-            .await
-        else {
-            return Ok(tries);
-        };
-        let filter = self.streams.subjects.try_event(auction_id);
-        crate::log::count_after(&self.streams.log, &filter, floor)
-            .await
-            .map_err(internal)
     }
 }
 

@@ -10,8 +10,8 @@ use super::gate::{Answer, BidGate, Fact, Step};
 use super::{internal, Gateway};
 use crate::identity::unqualified;
 use crate::wire::{
-    decode_bid, timestamp, BidReply, BidRequest, DecidedReply, DecidedRequest, ErrorCode, LogEvent,
-    OutcomeEvent, OutcomeKind, RejectReason, RequestError, TryEvent,
+    decode_bid, timestamp, BidReply, BidRequest, DecidedReply, DecidedRequest, ErrorCode,
+    OutcomeEvent, OutcomeKind, RejectReason, RequestError, TryAt, TryEvent,
 };
 
 impl Gateway {
@@ -30,13 +30,23 @@ impl Gateway {
         };
         Ok(match self.bid_logged(auction_id, logged).await? {
             BidReply::Accepted {
-                try_seq, duplicate, ..
+                try_seq,
+                try_index,
+                duplicate,
+                ..
             } => {
-                let outcome = match request.wait {
-                    true => self.outcome_of(auction_id, &bid_id, try_seq).await,
-                    false => None,
+                let at = TryAt::new(try_seq, try_index);
+                let (at, duplicate, outcome) = match request.wait {
+                    true => match self.outcome_of(auction_id, &bid_id, at).await {
+                        // A resend this gateway did not know: the verifier
+                        // decided the bid by an earlier try, the original.
+                        Some((first, outcome)) if first != at => (first, true, outcome),
+                        Some((_, outcome)) => (at, duplicate, outcome),
+                        None => (at, duplicate, None),
+                    },
+                    false => (at, duplicate, None),
                 };
-                decided(request.bid_id, auction_id, try_seq, duplicate, outcome)
+                decided(request.bid_id, auction_id, at, duplicate, outcome)
             }
             BidReply::Rejected { reason, .. } => BidReply::Rejected {
                 bid_id: request.bid_id,
@@ -47,29 +57,35 @@ impl Gateway {
         })
     }
 
-    /// The outcome of the bid whose try is at `try_seq`, once the verifier
-    /// has decided it; `None` if it does not answer in time, or decides
-    /// the bid only later (a held bid of a ranked auction).
+    /// The try that decided the bid whose try is at `at` (that one, or
+    /// an earlier try of the same bid id), once the verifier has decided
+    /// it through `at`, with the bid's outcome (`None` for a held bid of a
+    /// ranked auction, decided only at its close); `None` if the verifier
+    /// does not answer in time.
     async fn outcome_of(
         &self,
         auction_id: &str,
         bid_id: &str,
-        try_seq: u64,
-    ) -> Option<OutcomeEvent> {
+        at: TryAt,
+    ) -> Option<(TryAt, Option<OutcomeEvent>)> {
         let subject = self.streams.subjects.decided(auction_id);
         let body = serde_json::to_vec(&DecidedRequest {
             bid_id: bid_id.to_string(),
             outcome: true,
-            wait_for: Some(try_seq),
+            wait_for: Some(at.seq),
         })
         .expect("requests serialize");
         let asked =
             tokio::time::timeout(DECIDED_TIMEOUT, self.client.request(subject, body.into())).await;
         match asked {
-            Ok(Ok(reply)) => serde_json::from_slice::<DecidedReply>(&reply.payload)
-                .ok()?
-                .outcome
-                .filter(|o| o.try_seq == try_seq),
+            Ok(Ok(reply)) => {
+                let reply = serde_json::from_slice::<DecidedReply>(&reply.payload).ok()?;
+                let first = TryAt::new(reply.try_seq?, reply.try_index);
+                let outcome = reply
+                    .outcome
+                    .filter(|o| TryAt::new(o.try_seq, o.try_index) == first);
+                Some((first, outcome))
+            }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "cannot ask the verifier for a bid's outcome");
                 None
@@ -121,18 +137,27 @@ impl Gateway {
                 }
                 Step::Settle => Fact::Settled(self.settled(auction_id).await?),
                 Step::Append => {
-                    let event = LogEvent::Try(TryEvent {
-                        bid_id: request.bid_id.clone(),
-                        auction_id: auction_id.to_string(),
-                        bidder_id: request.bidder_id.clone(),
-                        amount: request.amount,
-                        tried_at: tried_at.expect("taken when the append began"),
-                    });
-                    let ack = self.streams.append(&event).await.map_err(internal)?;
-                    appending = None;
-                    Fact::Appended {
-                        try_seq: ack.sequence,
-                        duplicate: ack.duplicate,
+                    if let Some(at) = self.recent.get(auction_id, &request.bid_id) {
+                        appending = None;
+                        Fact::Appended {
+                            at,
+                            duplicate: true,
+                        }
+                    } else {
+                        let t = TryEvent {
+                            bid_id: request.bid_id.clone(),
+                            auction_id: auction_id.to_string(),
+                            bidder_id: request.bidder_id.clone(),
+                            amount: request.amount,
+                            tried_at: tried_at.expect("taken when the append began"),
+                        };
+                        let at = self.tries.append(t).await.map_err(internal)?;
+                        appending = None;
+                        self.recent.insert(auction_id, &request.bid_id, at);
+                        Fact::Appended {
+                            at,
+                            duplicate: false,
+                        }
                     }
                 }
                 Step::Answer(answer) => return self.answer(auction_id, &request, answer).await,
@@ -162,13 +187,14 @@ impl Gateway {
         answer: Answer,
     ) -> Result<BidReply, RequestError> {
         match answer {
-            Answer::Accepted { try_seq } => Ok(BidReply::Accepted {
+            Answer::Accepted { at } => Ok(BidReply::Accepted {
                 bid_id: request.bid_id.clone(),
                 auction_id: auction_id.to_string(),
-                try_seq,
+                try_seq: at.seq,
+                try_index: at.index,
                 duplicate: false,
             }),
-            Answer::Duplicate { try_seq } => self.duplicate(auction_id, request, try_seq).await,
+            Answer::Duplicate { at } => self.duplicate(auction_id, request, at).await,
             Answer::Rejected(reason) => Ok(BidReply::Rejected {
                 bid_id: request.bid_id.clone(),
                 auction_id: auction_id.to_string(),
@@ -191,23 +217,23 @@ impl Gateway {
         }
     }
 
-    /// The reply to a bid id already in the log at `try_seq`.
+    /// The reply to a bid id already in the log at `at`.
     pub(super) async fn duplicate(
         &self,
         auction_id: &str,
         request: &BidRequest,
-        try_seq: u64,
+        at: TryAt,
     ) -> Result<BidReply, RequestError> {
-        let stored = self
+        let first = self
             .streams
-            .entry(try_seq)
+            .try_at(at)
             .await
             .map_err(|e| unreadable_try(e, &request.bid_id))?;
-        match serde_json::from_slice::<LogEvent>(&stored.payload) {
-            Ok(LogEvent::Try(t)) => resend(auction_id, request, try_seq, &t.bidder_id, t.amount),
-            _ => Err(RequestError::new(
+        match first {
+            Some(t) => resend(auction_id, request, at, &t.bidder_id, t.amount),
+            None => Err(RequestError::new(
                 ErrorCode::Internal,
-                format!("log entry {try_seq} is not a try"),
+                format!("log entry {at} is not a try"),
             )),
         }
     }
@@ -240,8 +266,10 @@ impl Gateway {
         };
         match reply {
             Ok(DecidedReply {
-                try_seq: Some(seq), ..
-            }) => Known::Decided(seq),
+                try_seq: Some(seq),
+                try_index,
+                ..
+            }) => Known::Decided(TryAt::new(seq, try_index)),
             Ok(DecidedReply { through, .. }) if through >= through_at_least => Known::New,
             Ok(_) => Known::Unknown,
             Err(e) => {
@@ -300,11 +328,12 @@ fn unreadable_try(e: DirectGetError, bid_id: &str) -> RequestError {
 fn decided(
     bid_id: String,
     auction_id: &str,
-    try_seq: u64,
+    at: TryAt,
     duplicate: bool,
     outcome: Option<OutcomeEvent>,
 ) -> BidReply {
     let auction_id = auction_id.to_string();
+    let (try_seq, try_index) = (at.seq, at.index);
     match outcome {
         Some(OutcomeEvent {
             kind: OutcomeKind::Confirmed,
@@ -314,6 +343,7 @@ fn decided(
             bid_id,
             auction_id,
             try_seq,
+            try_index,
             duplicate,
             rank,
         },
@@ -325,6 +355,7 @@ fn decided(
             bid_id,
             auction_id,
             try_seq,
+            try_index,
             duplicate,
             reason,
         },
@@ -332,6 +363,7 @@ fn decided(
             bid_id,
             auction_id,
             try_seq,
+            try_index,
             duplicate,
         },
     }
@@ -340,14 +372,14 @@ fn decided(
 /// How long a gateway waits for the verifier to say whether it decided a bid.
 const DECIDED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The reply to a resent bid id whose first try is at `try_seq`: the
+/// The reply to a resent bid id whose first try is at `at`: the
 /// original acceptance if the body is the same, a conflict if not. The
 /// conflict names neither the bidder nor the amount of the bid that holds
 /// the id: in the open mode anyone can send any bid id.
 fn resend(
     auction_id: &str,
     request: &BidRequest,
-    try_seq: u64,
+    at: TryAt,
     bidder_id: &str,
     amount: u64,
 ) -> Result<BidReply, RequestError> {
@@ -363,7 +395,8 @@ fn resend(
     Ok(BidReply::Accepted {
         bid_id: request.bid_id.clone(),
         auction_id: auction_id.to_string(),
-        try_seq,
+        try_seq: at.seq,
+        try_index: at.index,
         duplicate: true,
     })
 }

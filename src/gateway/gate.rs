@@ -15,13 +15,13 @@
 //! tests (`tests/resends.rs`, `tests/partitions.rs`), the gate here.
 
 use super::failure::CATCH_UP_RETRY_MS;
-use crate::wire::RejectReason;
+use crate::wire::{RejectReason, TryAt};
 
 /// What the verifier knows of a bid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Known {
     /// Decided by the try at this log sequence.
-    Decided(u64),
+    Decided(TryAt),
     /// Not decided, and the verifier has decided every try it needs to know.
     New,
     /// No answer, or the verifier is behind: the bid cannot be proven new.
@@ -59,11 +59,11 @@ pub(super) enum Step {
 /// The gate's answer to a bid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Answer {
-    /// Its try is in the log at `try_seq`, appended now.
-    Accepted { try_seq: u64 },
-    /// The bid id is already in the log at `try_seq`: the reply of that
+    /// Its try is in the log at `at`, appended now.
+    Accepted { at: TryAt },
+    /// The bid id is already in the log at `at`: the reply of that
     /// bid (its acceptance, or a conflict if the bodies differ).
-    Duplicate { try_seq: u64 },
+    Duplicate { at: TryAt },
     /// Refused without a try.
     Rejected(RejectReason),
     /// The auction is `blocked`, but the bid cannot be told yet from a
@@ -96,9 +96,9 @@ pub(super) enum Fact {
     Settled(Option<u64>),
     /// What the verifier said of the bid id.
     Verifier(Known),
-    /// The try is in the log at `try_seq`; `duplicate` when the log had
+    /// The try is in the log at `at`; `duplicate` when the log had
     /// it already (a resend within the de-duplication window).
-    Appended { try_seq: u64, duplicate: bool },
+    Appended { at: TryAt, duplicate: bool },
 }
 
 /// The resend gate for one bid.
@@ -175,8 +175,8 @@ impl BidGate {
                 State::BelowMinimum
             }
             (State::Spec, Fact::Auction { .. }) => State::View { read: false },
-            (State::BelowMinimum, Fact::Verifier(Known::Decided(try_seq))) => {
-                State::Done(Answer::Duplicate { try_seq })
+            (State::BelowMinimum, Fact::Verifier(Known::Decided(at))) => {
+                State::Done(Answer::Duplicate { at })
             }
             (State::BelowMinimum, Fact::Verifier(Known::New | Known::Unknown)) => {
                 State::Done(Answer::Rejected(RejectReason::BelowMinimum))
@@ -223,18 +223,16 @@ impl BidGate {
                 blocked,
                 through: last_try,
             },
-            (State::Verifier { .. }, Fact::Verifier(Known::Decided(try_seq))) => {
-                State::Done(Answer::Duplicate { try_seq })
+            (State::Verifier { .. }, Fact::Verifier(Known::Decided(at))) => {
+                State::Done(Answer::Duplicate { at })
             }
             (State::Verifier { blocked, .. }, Fact::Verifier(Known::New)) => {
                 State::Done(Answer::Rejected(blocked))
             }
-            (State::Append, Fact::Appended { try_seq, duplicate }) => {
-                State::Done(match duplicate {
-                    true => Answer::Duplicate { try_seq },
-                    false => Answer::Accepted { try_seq },
-                })
-            }
+            (State::Append, Fact::Appended { at, duplicate }) => State::Done(match duplicate {
+                true => Answer::Duplicate { at },
+                false => Answer::Accepted { at },
+            }),
             (state, fact) => panic!("{fact:?} does not answer the gate waiting in {state:?}"),
         };
     }
@@ -277,7 +275,7 @@ mod tests {
     fn every_path_of_the_table() {
         use Step::{Append, BeginAppend, CheckView, Drain, LookUpSpec, ReadStatus, Settle};
         let ask = |through| Step::AskVerifier { through };
-        let decided = |try_seq| Fact::Verifier(Known::Decided(try_seq));
+        let decided = |seq: u64| Fact::Verifier(Known::Decided(seq.into()));
         let new = Fact::Verifier(Known::New);
         let unknown = Fact::Verifier(Known::Unknown);
         let clear = |current| view(None, current);
@@ -285,10 +283,13 @@ mod tests {
         let closed = |current| view(Some(AuctionClosed), current);
         let settled = |last_try| Fact::Settled(Some(last_try));
         let (drained, status) = (Fact::Drained(true), Fact::StatusRead);
-        let appended = |try_seq, duplicate| Fact::Appended { try_seq, duplicate };
-        let dup = |try_seq| Step::Answer(Answer::Duplicate { try_seq });
+        let appended = |seq: u64, duplicate| Fact::Appended {
+            at: seq.into(),
+            duplicate,
+        };
+        let dup = |seq: u64| Step::Answer(Answer::Duplicate { at: seq.into() });
         let rejected = |reason| Step::Answer(Answer::Rejected(reason));
-        let accepted = Step::Answer(Answer::Accepted { try_seq: 9 });
+        let accepted = Step::Answer(Answer::Accepted { at: 9.into() });
         #[rustfmt::skip]
         let cases = [
             ("no such auction", 10,
@@ -345,7 +346,7 @@ mod tests {
             &[
                 open(1),
                 Fact::Appended {
-                    try_seq: 1,
+                    at: 1.into(),
                     duplicate: false,
                 },
             ],
@@ -375,7 +376,7 @@ mod tests {
         let blocked = prop_oneof![Just(None), Just(Some(SoldOut)), Just(Some(AuctionClosed))];
         let view = (blocked, any::<bool>());
         let known = prop_oneof![
-            (0..20u64).prop_map(Known::Decided),
+            (0..20u64).prop_map(|seq| Known::Decided(seq.into())),
             Just(Known::New),
             Just(Known::Unknown),
         ];
@@ -423,7 +424,7 @@ mod tests {
                 Step::Drain => Fact::Drained(world.drained),
                 Step::Settle => Fact::Settled(world.settled),
                 Step::Append => Fact::Appended {
-                    try_seq: world.appended.0,
+                    at: world.appended.0.into(),
                     duplicate: world.appended.1,
                 },
                 Step::Answer(answer) => return (trace, answer),
@@ -466,7 +467,7 @@ mod tests {
             if below_minimum {
                 prop_assert!(!appended && !asked(Step::BeginAppend));
                 let expected = match world.verifier {
-                    Known::Decided(try_seq) => Answer::Duplicate { try_seq },
+                    Known::Decided(at) => Answer::Duplicate { at },
                     Known::New | Known::Unknown => Answer::Rejected(BelowMinimum),
                 };
                 prop_assert_eq!(answer, expected);
@@ -496,14 +497,14 @@ mod tests {
                 }
                 Answer::Rejected(BelowMinimum) => prop_assert!(below_minimum),
                 // Accepted only by an append the log did not have.
-                Answer::Accepted { try_seq } => {
-                    prop_assert_eq!((try_seq, false), world.appended);
+                Answer::Accepted { at } => {
+                    prop_assert_eq!((at, false), (world.appended.0.into(), world.appended.1));
                     prop_assert!(appended);
                 }
-                Answer::Duplicate { try_seq } => prop_assert!(
-                    found(Fact::Verifier(Known::Decided(try_seq)))
-                        || found(Fact::Appended { try_seq, duplicate: true }),
-                    "a duplicate of {} that neither the verifier nor the log named", try_seq
+                Answer::Duplicate { at } => prop_assert!(
+                    found(Fact::Verifier(Known::Decided(at)))
+                        || found(Fact::Appended { at, duplicate: true }),
+                    "a duplicate of {} that neither the verifier nor the log named", at
                 ),
                 Answer::Unavailable { blocked, retry_after_ms } => {
                     prop_assert_eq!(retry_after_ms, CATCH_UP_RETRY_MS);
@@ -520,15 +521,16 @@ mod tests {
                         "the verifier could not tell, yet {:?}", answer
                     );
                 }
-                if let Known::Decided(try_seq) = world.verifier {
+                if let Known::Decided(at) = world.verifier {
                     if found(Fact::Verifier(world.verifier)) {
-                        prop_assert_eq!(answer, Answer::Duplicate { try_seq });
+                        prop_assert_eq!(answer, Answer::Duplicate { at });
                     }
                 }
             }
             // The log's word on a duplicate append is final.
-            if found(Fact::Appended { try_seq: world.appended.0, duplicate: true }) {
-                prop_assert_eq!(answer, Answer::Duplicate { try_seq: world.appended.0 });
+            let appended = world.appended.0.into();
+            if found(Fact::Appended { at: appended, duplicate: true }) {
+                prop_assert_eq!(answer, Answer::Duplicate { at: appended });
             }
         }
     }

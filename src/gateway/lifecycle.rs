@@ -157,14 +157,12 @@ impl Gateway {
         bidder_id: &str,
         result: CommandResult,
     ) -> CommandResult {
-        let Known::Decided(try_seq) = self.decided(auction_id, bid_id, 0).await else {
+        let Known::Decided(at) = self.decided(auction_id, bid_id, 0).await else {
             return result;
         };
-        let tried_by = match self.streams.entry(try_seq).await {
-            Ok(stored) => match serde_json::from_slice::<LogEvent>(&stored.payload) {
-                Ok(LogEvent::Try(TryEvent { bidder_id, .. })) => bidder_id,
-                _ => return result,
-            },
+        let tried_by = match self.streams.try_at(at).await {
+            Ok(Some(TryEvent { bidder_id, .. })) => bidder_id,
+            Ok(None) => return result,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read the try of a withdrawn bid");
                 return result;

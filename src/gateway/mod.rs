@@ -21,6 +21,7 @@ mod bid;
 mod failure;
 mod gate;
 mod lifecycle;
+mod recent;
 mod result;
 mod view;
 
@@ -34,6 +35,7 @@ use tokio::sync::Semaphore;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::{Gate, IdentityConfig};
+use crate::log::GroupCommit;
 use crate::observe::{BidResult, Endpoint, Metrics};
 use crate::streams::Streams;
 use crate::wire::names;
@@ -89,6 +91,10 @@ struct Gateway {
     metrics: Arc<Metrics>,
     /// Who sent a bid, withdraw or raise, and whether it may act now.
     gate: Gate,
+    /// Appends tries, several to an entry.
+    tries: GroupCommit,
+    /// The tries appended lately, for resends.
+    recent: recent::Recent,
 }
 
 /// Serves requests until `shutdown` completes, then stops taking new ones,
@@ -102,6 +108,8 @@ pub async fn run(
 ) -> Result<()> {
     let gateway = Arc::new(Gateway {
         client: client.clone(),
+        tries: GroupCommit::new(streams.clone()),
+        recent: recent::Recent::default(),
         streams,
         config: config.clone(),
         view: View::default(),

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::wire::{AuctionSpec, CancelReason, CommandResult, OutcomeKind, Policy};
+use crate::wire::{AuctionSpec, CancelReason, CommandResult, OutcomeKind, Policy, TryAt};
 
 /// What the client learned of one distinct bid.
 #[derive(Clone, Debug, Default)]
@@ -28,10 +28,11 @@ pub struct BidFacts {
     pub accepted: bool,
     /// Some request for this bid was answered `rejected`.
     pub rejected: bool,
-    /// Log sequence of the try, from an `accepted` reply: where the try
-    /// stands among the withdraws and raises, and which of two equal
-    /// amounts ranks first.
-    pub try_seq: Option<u64>,
+    /// Where the try is in the log, from an `accepted` reply (the earliest
+    /// one named, if resends named several): where the try stands among
+    /// the withdraws and raises, and which of two equal amounts ranks
+    /// first.
+    pub try_seq: Option<TryAt>,
     /// The outcomes seen for this bid, in stream order.
     pub outcomes: Vec<SeenOutcome>,
     /// The withdraws sent for this bid, each with its answer (`None`: no
@@ -70,7 +71,7 @@ pub struct SeenOutcome {
     /// The bid's amount as decided: after its raises.
     pub amount: u64,
     /// The try it decides.
-    pub try_seq: u64,
+    pub try_seq: TryAt,
     pub tried_at: DateTime<Utc>,
     /// The event's auction and bidder are the bid's.
     pub matches_bid: bool,
@@ -269,7 +270,7 @@ mod tests {
             rank: Some(rank),
             reason: None,
             amount: 100,
-            try_seq: 0,
+            try_seq: 0.into(),
             tried_at: at(),
             matches_bid: true,
         }
@@ -411,7 +412,7 @@ mod tests {
         ];
         bids[0].as_mut().unwrap().outcomes[0].tried_at = at() - chrono::Duration::seconds(1);
         // Its try (at seq 2) came after its withdraw (at seq 1).
-        bids[1].as_mut().unwrap().outcomes[0].try_seq = 2;
+        bids[1].as_mut().unwrap().outcomes[0].try_seq = 2.into();
         bids[1].as_mut().unwrap().withdraws = vec![Some(Answer {
             seq: 1,
             result: CommandResult::Withdrawn {

@@ -46,7 +46,7 @@ pub(super) fn write(shared: &Shared, report: &Report, path: &Path) -> Result<()>
                     "kind": label(&o.kind),
                     "rank": o.rank,
                     "reason": o.reason.as_ref().map(label),
-                    "try_seq": o.try_seq,
+                    "try": o.try_seq.to_string(),
                     "tried_at": timestamp::micros(o.tried_at),
                     "at_ms": ms(*at),
                 })
@@ -64,7 +64,7 @@ pub(super) fn write(shared: &Shared, report: &Report, path: &Path) -> Result<()>
             "bid_id": bid_id(i as u64),
             "auction_id": shared.workload.auction_id(r.facts.auction),
             "due_ms": ms(r.due.saturating_duration_since(shared.start).as_micros() as u64),
-            "try_seq": r.facts.try_seq,
+            "try": r.facts.try_seq.map(|t| t.to_string()),
             "attempts": attempts,
             "outcomes": outcomes,
         });

@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use crate::wire::{CancelReason, OutcomeKind};
+use crate::wire::{CancelReason, OutcomeKind, TryAt};
 
 use super::run::{micros, Shared};
 
@@ -74,7 +74,7 @@ async fn match_outcomes(shared: &Shared, mut messages: pull::Ordered) {
             rank: outcome.rank,
             reason: outcome.reason,
             amount: outcome.amount,
-            try_seq: outcome.try_seq,
+            try_seq: TryAt::new(outcome.try_seq, outcome.try_index),
             tried_at: outcome.tried_at,
             matches_bid: auction == facts.auction && is_bidder(&outcome.bidder_id, facts.bidder),
         });
@@ -107,6 +107,8 @@ struct Seen<'a> {
     bidder_id: Cow<'a, str>,
     amount: u64,
     try_seq: u64,
+    #[serde(default)]
+    try_index: u32,
     #[serde(with = "crate::wire::timestamp")]
     tried_at: DateTime<Utc>,
     #[serde(default)]

@@ -18,7 +18,7 @@ use super::workload::{Planned, WithdrawWhen, Workload};
 use super::{baseline, report::Baseline};
 use crate::client::AllotClient;
 use crate::error::{Error, ErrorKind, Result};
-use crate::wire::{label, timestamp, AuctionSpec, BidReply, RejectReason};
+use crate::wire::{label, timestamp, AuctionSpec, BidReply, RejectReason, TryAt};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -549,15 +549,27 @@ fn record_reply(
     record.attempts.extend(attempts);
     match result {
         Ok(
-            BidReply::Accepted { try_seq, .. }
-            | BidReply::Confirmed { try_seq, .. }
-            | BidReply::Cancelled { try_seq, .. },
+            BidReply::Accepted {
+                try_seq, try_index, ..
+            }
+            | BidReply::Confirmed {
+                try_seq, try_index, ..
+            }
+            | BidReply::Cancelled {
+                try_seq, try_index, ..
+            },
         ) => {
             if !record.facts.accepted {
                 shared.accepted.fetch_add(1, Ordering::Relaxed);
             }
             record.facts.accepted = true;
-            record.facts.try_seq = shared.log_seqs.then_some(try_seq);
+            // The earliest try named: a resend that a gateway wrote again
+            // names a later copy.
+            let named = TryAt::new(try_seq, try_index);
+            if shared.log_seqs {
+                let first = record.facts.try_seq.map_or(named, |t| t.min(named));
+                record.facts.try_seq = Some(first);
+            }
             record.error = None;
             true
         }

@@ -20,14 +20,18 @@ use async_nats::jetstream::stream::{DirectGetError, DirectGetErrorKind, LastRawM
 use async_nats::jetstream::stream::Stream;
 
 use crate::streams::Streams;
-use crate::wire::{LogEvent, Subjects};
+use crate::wire::{LogEntry, LogEvent, Subjects, TryAt, TryEvent};
 
+mod counts;
 pub mod fence;
+mod group;
 mod outcomes;
 pub mod read;
 
+pub use counts::{all_try_counts, try_counts, TryCounts};
+pub use group::{AppendError, GroupCommit, MAX_ENTRY_BYTES};
 pub use outcomes::{outcome_message, StoredSince};
-pub use read::{count, count_after, read_all, Reader, StoredMessage};
+pub use read::{count, count_after, read_after, read_all, Reader, StoredMessage};
 
 impl Streams {
     /// Appends `event` on its subject with its message id: a resend within
@@ -81,11 +85,33 @@ impl Streams {
         }
     }
 
-    /// The log sequence of an auction's last try, if it has any.
+    /// The try at `at`, as the log stored it (`None` if the entry there
+    /// holds no try at that place).
+    pub async fn try_at(&self, at: TryAt) -> Result<Option<TryEvent>, DirectGetError> {
+        let stored = self.entry(at.seq).await?;
+        let entries = LogEntry::read(
+            &self.subjects,
+            &stored.subject,
+            &stored.payload,
+            stored.time,
+        );
+        Ok(match entries.into_iter().nth(at.index as usize) {
+            Some(LogEntry::Event(LogEvent::Try(t)) | LogEntry::InvalidTry(t)) => Some(t),
+            _ => None,
+        })
+    }
+
+    /// The log sequence of the last entry that may hold a try of the
+    /// auction, if any: its last try alone in a message (format 1), or
+    /// its partition's last entry of tries.
     pub async fn last_try(&self, auction_id: &str) -> Result<Option<u64>, DirectGetError> {
-        let subject = self.subjects.try_event(auction_id);
-        let last = found(self.log.direct_get_last_for_subject(subject).await)?;
-        Ok(last.map(|m| m.sequence))
+        let alone = self.subjects.try_event(auction_id);
+        let alone = found(self.log.direct_get_last_for_subject(alone).await)?;
+        let entries = self
+            .subjects
+            .tries_entry(self.subjects.partition(auction_id));
+        let entries = found(self.log.direct_get_last_for_subject(entries).await)?;
+        Ok(alone.into_iter().chain(entries).map(|m| m.sequence).max())
     }
 
     /// The sequence of a partition's first entry at or after `from`, if any.

@@ -133,6 +133,17 @@ pub async fn read_all(
     name: &str,
     filters: Vec<String>,
 ) -> Result<Vec<StoredMessage>, Error> {
+    read_after(js, name, filters, 0).await
+}
+
+/// Every message on `filters` in the stream after sequence `after`, in
+/// order, as of now.
+pub async fn read_after(
+    js: &Context,
+    name: &str,
+    filters: Vec<String>,
+    after: u64,
+) -> Result<Vec<StoredMessage>, Error> {
     let reading = format!("reading stream {name}");
     let stream: stream::Stream = js
         .get_stream(name)
@@ -141,7 +152,9 @@ pub async fn read_all(
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
             filter_subjects: filters,
-            deliver_policy: DeliverPolicy::All,
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: after + 1,
+            },
             ..Default::default()
         })
         .await

@@ -351,14 +351,19 @@ impl Dashboard {
         let prefix = s.prefix();
         let client = self.streams.js.client();
         let (opened, tries, decided, partitions_pending, owners, instances) = tokio::join!(
-            per_subject(&self.streams.log, format!("{prefix}.auction.*.*")),
-            per_subject(&self.streams.log, format!("{prefix}.try.*.*")),
+            per_subject(&self.streams.log, format!("{prefix}.*.*.*")),
+            async {
+                crate::log::all_try_counts(&self.streams.js, s)
+                    .await
+                    .map_err(|e| e.to_string())
+            },
             per_subject(&self.streams.outcomes, format!("{prefix}.outcome.*.*")),
             self.pending(),
             self.owners(),
             instances(&client),
         );
-        let (opened, tries, decided) = (opened?, tries?, decided?);
+        let (logged, tries, decided) = (opened?, tries?, decided?);
+        let opened = super::status::opened(&logged);
 
         let ids: Vec<&str> = opened
             .keys()
@@ -400,7 +405,7 @@ impl Dashboard {
             .iter()
             .map(|&id| {
                 let count = |subject: String| decided.get(&subject).copied().unwrap_or(0);
-                let tries = tries.get(&s.try_event(id)).copied().unwrap_or(0);
+                let tries = tries.get(id).copied().unwrap_or(0);
                 let confirmed = count(format!("{prefix}.outcome.{id}.confirmed"));
                 let cancelled = count(format!("{prefix}.outcome.{id}.cancelled"));
                 let spec = specs.get(id).copied().unwrap_or(Spec {
@@ -444,15 +449,7 @@ impl Dashboard {
 
         let partitions = (0..s.partitions())
             .map(|p| {
-                let in_p =
-                    |subject: &&String| s.partition(subject.rsplit('.').next().unwrap_or("")) == p;
-                let auctions = opened.keys().filter(in_p).count() as u64;
-                let events: u64 = opened
-                    .iter()
-                    .chain(tries.iter())
-                    .filter(|(subject, _)| in_p(subject))
-                    .map(|(_, n)| n)
-                    .sum();
+                let (auctions, events) = super::status::partition_counts(&logged, p);
                 Partition {
                     partition: p,
                     owner: owners.get(&p).cloned(),

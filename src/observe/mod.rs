@@ -345,6 +345,7 @@ mod tests {
             bidder_id: "u".into(),
             amount: 1,
             try_seq: 1,
+            try_index: 0,
             tried_at: now,
             decided_at: now,
             rank,

@@ -3,6 +3,8 @@
 //! the running instances' `$SRV.PING` answers), so it works from any
 //! machine that can reach the cluster and changes nothing.
 
+use std::collections::BTreeMap;
+
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
@@ -64,6 +66,36 @@ pub struct AuctionFill {
     pub open: u64,
 }
 
+/// The `open` subjects among the log's message counts per subject.
+pub(crate) fn opened(logged: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    logged
+        .iter()
+        .filter(|(subject, _)| subject.split('.').nth(1) == Some("auction"))
+        .map(|(subject, n)| (subject.clone(), *n))
+        .collect()
+}
+
+/// Auctions opened and log entries in partition `p`, from the log's
+/// message counts per subject (`<prefix>.<kind>.<partition>.<...>`).
+pub(crate) fn partition_counts(logged: &BTreeMap<String, u64>, p: u32) -> (u64, u64) {
+    let in_p = |subject: &str| {
+        subject
+            .split('.')
+            .nth(2)
+            .and_then(|t| t.parse::<u32>().ok())
+            == Some(p)
+    };
+    let mut auctions = 0;
+    let mut events = 0;
+    for (subject, n) in logged.iter().filter(|(s, _)| in_p(s)) {
+        events += n;
+        if subject.split('.').nth(1) == Some("auction") {
+            auctions += 1;
+        }
+    }
+    (auctions, events)
+}
+
 /// Reads the status. `limit` bounds how many auctions are described.
 pub async fn read(
     client: &async_nats::Client,
@@ -77,20 +109,13 @@ pub async fn read(
     let instances = instances(client).await?;
 
     let prefix = subjects.prefix();
-    let opened = streams.log_counts(&format!("{prefix}.auction.*.*")).await?;
-    let tries = streams.log_counts(&format!("{prefix}.try.*.*")).await?;
+    let logged = streams.log_counts(&format!("{prefix}.*.*.*")).await?;
+    let opened = opened(&logged);
+    let tries = crate::log::all_try_counts(&js, subjects).await?;
     let leases = js.get_key_value(subjects.leases_bucket()).await.ok();
     let mut partitions = Vec::new();
     for p in 0..subjects.partitions() {
-        let in_p =
-            |subject: &&String| subjects.partition(subject.rsplit('.').next().unwrap_or("")) == p;
-        let auctions = opened.keys().filter(in_p).count() as u64;
-        let events: u64 = opened
-            .iter()
-            .chain(tries.iter())
-            .filter(|(s, _)| in_p(s))
-            .map(|(_, n)| n)
-            .sum();
+        let (auctions, events) = partition_counts(&logged, p);
         let name = crate::wire::names::verifier_consumer(consumer, p);
         let pending = match streams
             .log
@@ -126,10 +151,7 @@ pub async fn read(
         .filter_map(|subject| subject.rsplit('.').next())
         .map(|auction_id| {
             let count = |subject: String| decided.get(&subject).copied().unwrap_or(0);
-            let tries = tries
-                .get(&subjects.try_event(auction_id))
-                .copied()
-                .unwrap_or(0);
+            let tries = tries.get(auction_id).copied().unwrap_or(0);
             let confirmed = count(format!("{prefix}.outcome.{auction_id}.confirmed"));
             let cancelled = count(format!("{prefix}.outcome.{auction_id}.cancelled"));
             AuctionFill {

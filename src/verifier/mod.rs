@@ -612,11 +612,11 @@ impl Verifier<'_> {
                 _ => Some(self.protocol.decided(auction_id, &asked.bid_id)),
             };
             // Not decided yet: answered when it is, rather than polled.
-            let Some((try_seq, through)) = decided else {
+            let Some((decided, through)) = decided else {
                 return;
             };
-            let outcome = match (asked.outcome, try_seq) {
-                (true, Some(seq)) => match self.with_snapshot(move |s| s.outcome(seq)).await {
+            let outcome = match (asked.outcome, decided) {
+                (true, Some(at)) => match self.with_snapshot(move |s| s.outcome(at)).await {
                     Ok(outcome) => outcome,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read a bid's outcome");
@@ -626,7 +626,8 @@ impl Verifier<'_> {
                 _ => None,
             };
             serde_json::to_vec(&DecidedReply {
-                try_seq,
+                try_seq: decided.map(|at| at.seq),
+                try_index: decided.map_or(0, |at| at.index),
                 through,
                 outcome,
             })
@@ -651,6 +652,10 @@ impl Verifier<'_> {
                 }
             };
             serde_json::to_vec(&CommandReply { result, through })
+        } else if subject == subjects.tries_count(self.partition, None) {
+            serde_json::to_vec(&self.protocol.tries(None))
+        } else if subject == subjects.tries_count(self.partition, Some(auction_id)) {
+            serde_json::to_vec(&self.protocol.tries(Some(auction_id)))
         } else {
             return;
         };

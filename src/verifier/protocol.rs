@@ -27,7 +27,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::snapshot::{Batch, Position, StoredOutcome};
 use crate::wire::{
     timestamp, CloseEvent, ClosedBy, CommandResult, DecidedReply, HeldEvent, HeldKind, LogEntry,
-    LogEvent, OutcomeEvent, OutcomeKind, Subjects,
+    LogEvent, OutcomeEvent, OutcomeKind, Subjects, TriesReply, TryAt, TRIES_FORMAT,
 };
 
 /// What the protocol needs of one delivery of the log.
@@ -153,6 +153,17 @@ struct Pending<T> {
     poison: Vec<T>,
     /// The batch's last delivery: acking it acks the whole batch.
     last: T,
+}
+
+/// A batch being decided, entry by entry.
+struct Work {
+    batch: Batch,
+    /// Decisions taken from the outcome stream: not published again.
+    reused: HashSet<(String, String)>,
+    /// `held` notices, sent once the batch is committed.
+    holds: Vec<HeldEvent>,
+    /// Auctions this batch closed, to announce.
+    closed: HashSet<String>,
 }
 
 /// A batch committed and published.
@@ -369,16 +380,19 @@ impl<T: Delivered + Clone> Protocol<T> {
         now: DateTime<Utc>,
     ) -> Result<Vec<Action<T>>> {
         let chunk = self.checking.take().expect("a chunk is being checked");
-        let mut batch = Batch {
-            last_seq: self.position.last_seq,
-            ..Batch::default()
+        let mut work = Work {
+            batch: Batch {
+                last_seq: self.position.last_seq,
+                ..Batch::default()
+            },
+            reused: HashSet::new(),
+            holds: Vec::new(),
+            closed: HashSet::new(),
         };
-        let mut reused = HashSet::new();
-        let mut holds = Vec::new();
-        let mut closed = HashSet::new();
         let mut poison = Vec::new();
         for (index, d) in chunk.iter().map(Delivered::delivery).enumerate() {
             let seq = d.seq;
+            let batch = &mut work.batch;
             if seq <= batch.last_seq {
                 continue; // redelivered: already in the snapshot
             }
@@ -386,80 +400,30 @@ impl<T: Delivered + Clone> Protocol<T> {
                 self.next_delivery = d.consumer_seq + 1;
             }
             batch.last_seq = seq;
-            let entry = LogEntry::read(subjects, d.subject, d.payload, d.stored_at);
-            if matches!(entry, LogEntry::InvalidTry(_) | LogEntry::Unreadable(_)) {
+            let entries = LogEntry::read(subjects, d.subject, d.payload, d.stored_at);
+            if entries
+                .iter()
+                .any(|e| matches!(e, LogEntry::InvalidTry(_) | LogEntry::Unreadable(_)))
+            {
                 poison.push(index);
             }
-            let Some(step) = self.ledger.apply_entry(&entry, seq, d.stored_at) else {
-                if let LogEntry::Unreadable(problem) = &entry {
-                    tracing::warn!(
-                        seq,
-                        subject = d.subject,
-                        problem,
-                        "skipping a log entry with nothing to decide"
-                    );
-                }
-                continue;
-            };
-            let (own_try, entry) = match entry {
-                LogEntry::Event(LogEvent::Try(t)) | LogEntry::InvalidTry(t) => (Some(t), None),
-                other => (None, Some(other)),
-            };
-            if let Some(hold) = step.hold(own_try.as_ref(), seq) {
-                holds.push(HeldEvent {
-                    kind: HeldKind::Held,
-                    bid_id: hold.bid.bid_id,
-                    auction_id: hold.bid.auction_id,
-                    bidder_id: hold.bid.bidder_id,
-                    amount: hold.bid.amount,
-                    try_seq: hold.try_seq,
-                    held_seq: seq,
-                });
-            }
-            // The common case, a try decided at once, takes the try itself
-            // rather than a copy.
-            let decisions = match (&step, own_try) {
-                (Step::Decided(verdict), Some(bid)) => vec![Decision {
-                    try_seq: seq,
-                    bid,
-                    verdict: *verdict,
-                }],
-                _ => step.decisions(None, seq),
-            };
-            for d in decisions {
-                let key = (d.bid.auction_id.clone(), d.bid.bid_id.clone());
-                let decision = match self.published.take(&key) {
-                    Some(published) => {
-                        reused.insert(key);
-                        reuse(published, d.verdict)?
-                    }
-                    None => decide(d, now),
-                };
-                batch.decisions.push(decision);
-            }
-            if let (Some(result), Some(LogEntry::Event(e))) = (step.command_result(), &entry) {
-                batch
-                    .commands
-                    .push((seq, e.auction_id().to_string(), result));
-            }
-            match (entry, step) {
-                (Some(LogEntry::Event(LogEvent::Open(open))), Step::Opened) => {
-                    batch.opens.push((seq, open))
-                }
-                (Some(LogEntry::Event(LogEvent::Close(close))), Step::Closed { .. }) => {
-                    closed.insert(close.auction_id);
-                }
-                (_, Step::Duplicate) => {
-                    tracing::info!(seq, "try for an already decided bid; it keeps its outcome")
-                }
-                _ => {}
+            for (i, entry) in entries.into_iter().enumerate() {
+                let at = TryAt::new(seq, u32::try_from(i).unwrap_or(u32::MAX));
+                self.apply_one(entry, at, d, now, &mut work)?;
             }
         }
+        let Work {
+            mut batch,
+            reused,
+            holds,
+            closed,
+        } = work;
         for auction_id in self.ledger.take_changed() {
             if let Some(life) = self.ledger.life(&auction_id) {
                 batch.lives.push((auction_id, life));
             }
         }
+        batch.tries = self.ledger.take_counted();
         let mut chunk = chunk;
         let Some(last) = chunk.pop() else {
             return Ok(Vec::new());
@@ -490,6 +454,93 @@ impl<T: Delivered + Clone> Protocol<T> {
             last,
         }));
         Ok(vec![Action::CheckLease, Action::Commit { batch, closes }])
+    }
+
+    /// Decides one entry of delivery `d`, at `at`, into `work`.
+    fn apply_one(
+        &mut self,
+        entry: LogEntry,
+        at: TryAt,
+        d: Delivery<'_>,
+        now: DateTime<Utc>,
+        work: &mut Work,
+    ) -> Result<()> {
+        let seq = at.seq;
+        if let LogEntry::NewerFormat(v) = entry {
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                format!(
+                    "log entry {seq} on {:?} is in format {v}, and this allot reads formats up to {TRIES_FORMAT}: upgrade every allot serve to a version that reads it",
+                    d.subject
+                ),
+            ));
+        }
+        let Some(step) = self.ledger.apply_entry(&entry, at, d.stored_at) else {
+            if let LogEntry::Unreadable(problem) = &entry {
+                tracing::warn!(
+                    %at,
+                    subject = d.subject,
+                    problem,
+                    "skipping a log entry with nothing to decide"
+                );
+            }
+            return Ok(());
+        };
+        let (own_try, entry) = match entry {
+            LogEntry::Event(LogEvent::Try(t)) | LogEntry::InvalidTry(t) => (Some(t), None),
+            other => (None, Some(other)),
+        };
+        if let Some(hold) = step.hold(own_try.as_ref(), at) {
+            work.holds.push(HeldEvent {
+                kind: HeldKind::Held,
+                bid_id: hold.bid.bid_id,
+                auction_id: hold.bid.auction_id,
+                bidder_id: hold.bid.bidder_id,
+                amount: hold.bid.amount,
+                try_seq: hold.try_seq,
+                try_index: hold.try_index,
+                held_seq: seq,
+            });
+        }
+        // The common case, a try decided at once, takes the try itself
+        // rather than a copy.
+        let decisions = match (&step, own_try) {
+            (Step::Decided(verdict), Some(bid)) => vec![Decision {
+                at,
+                bid,
+                verdict: *verdict,
+            }],
+            _ => step.decisions(None, at),
+        };
+        for d in decisions {
+            let key = (d.bid.auction_id.clone(), d.bid.bid_id.clone());
+            let decision = match self.published.take(&key) {
+                Some(published) => {
+                    work.reused.insert(key);
+                    reuse(published, d.verdict)?
+                }
+                None => decide(d, now),
+            };
+            work.batch.decisions.push(decision);
+        }
+        if let (Some(result), Some(LogEntry::Event(e))) = (step.command_result(), &entry) {
+            work.batch
+                .commands
+                .push((seq, e.auction_id().to_string(), result));
+        }
+        match (entry, step) {
+            (Some(LogEntry::Event(LogEvent::Open(open))), Step::Opened) => {
+                work.batch.opens.push((seq, open))
+            }
+            (Some(LogEntry::Event(LogEvent::Close(close))), Step::Closed { .. }) => {
+                work.closed.insert(close.auction_id);
+            }
+            (_, Step::Duplicate) => {
+                tracing::info!(%at, "try for an already decided bid; it keeps its outcome")
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// The batch is committed: it is the snapshot's position now.
@@ -567,8 +618,30 @@ impl<T: Delivered + Clone> Protocol<T> {
         }
         actions
     }
+    /// How many tries each auction (or `auction_id`) has in the log, up to
+    /// the last entry applied to the ledger (committed or being
+    /// committed): what the status adds the later entries to.
+    pub fn tries(&self, auction_id: Option<&str>) -> TriesReply {
+        let through = self
+            .committing
+            .as_ref()
+            .map_or(self.position.last_seq, |p| p.batch.last_seq);
+        let tries = match auction_id {
+            Some(a) => [(a.to_string(), self.ledger.tries(a))]
+                .into_iter()
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            None => self
+                .ledger
+                .all_tries()
+                .map(|(a, n)| (a.to_string(), n))
+                .collect(),
+        };
+        TriesReply { through, tries }
+    }
+
     /// A gateway asks which try decided a bid: (that try, decided through).
-    pub fn decided(&self, auction_id: &str, bid_id: &str) -> (Option<u64>, u64) {
+    pub fn decided(&self, auction_id: &str, bid_id: &str) -> (Option<TryAt>, u64) {
         (
             self.ledger.decided_try(auction_id, bid_id),
             self.position.last_seq,
@@ -585,7 +658,7 @@ impl<T: Delivered + Clone> Protocol<T> {
         bid_id: &str,
         try_seq: u64,
         reply_to: String,
-    ) -> Option<(Option<u64>, u64)> {
+    ) -> Option<(Option<TryAt>, u64)> {
         if try_seq <= self.position.last_seq || self.waiting.len() >= MAX_PARKED {
             return Some(self.decided(auction_id, bid_id));
         }
@@ -616,8 +689,10 @@ impl<T: Delivered + Clone> Protocol<T> {
                     .map(|d| &d.outcome)
                     .find(|o| o.auction_id == auction_id && o.bid_id == bid_id)
                     .cloned();
+                let decided = self.ledger.decided_try(&auction_id, &bid_id);
                 let reply = DecidedReply {
-                    try_seq: self.ledger.decided_try(&auction_id, &bid_id),
+                    try_seq: decided.map(|at| at.seq),
+                    try_index: decided.map_or(0, |at| at.index),
                     through,
                     outcome,
                 };
@@ -789,7 +864,8 @@ fn decide(d: Decision, now: DateTime<Utc>) -> StoredOutcome {
         auction_id: t.auction_id,
         bidder_id: t.bidder_id,
         amount: t.amount,
-        try_seq: d.try_seq,
+        try_seq: d.at.seq,
+        try_index: d.at.index,
         tried_at: t.tried_at,
         decided_at: timestamp::micros(now),
         rank,
@@ -950,7 +1026,7 @@ mod tests {
         // Decided already: looked up now, nothing parked.
         assert_eq!(
             p.decided_wait("a", "b1", 2, "inbox.3".into()),
-            Some((Some(2), 3))
+            Some((Some(2.into()), 3))
         );
     }
 

@@ -95,6 +95,9 @@ pub struct HeldEvent {
     /// The amount held with (after a raise, the raised amount).
     pub amount: u64,
     pub try_seq: u64,
+    /// The try's place in its log entry.
+    #[serde(default)]
+    pub try_index: u32,
     /// Log sequence of the event that made this hold: the try, or a raise.
     pub held_seq: u64,
 }

@@ -193,6 +193,9 @@ pub enum BidReply {
         bid_id: String,
         auction_id: String,
         try_seq: u64,
+        /// The try's place in its log entry (see [`TryAt`]).
+        #[serde(default)]
+        try_index: u32,
         /// Set when this `bid_id` had already been accepted; the reply is
         /// the original one.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -204,6 +207,8 @@ pub enum BidReply {
         bid_id: String,
         auction_id: String,
         try_seq: u64,
+        #[serde(default)]
+        try_index: u32,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         duplicate: bool,
         rank: u32,
@@ -214,6 +219,8 @@ pub enum BidReply {
         bid_id: String,
         auction_id: String,
         try_seq: u64,
+        #[serde(default)]
+        try_index: u32,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         duplicate: bool,
         reason: CancelReason,
@@ -246,6 +253,8 @@ impl BidReply {
             auction_id: String,
             try_seq: u64,
             #[serde(default)]
+            try_index: u32,
+            #[serde(default)]
             duplicate: bool,
         }
         match serde_json::from_slice::<Accepted>(bytes) {
@@ -253,6 +262,7 @@ impl BidReply {
                 bid_id: a.bid_id,
                 auction_id: a.auction_id,
                 try_seq: a.try_seq,
+                try_index: a.try_index,
                 duplicate: a.duplicate,
             }),
             _ => serde_json::from_slice(bytes),
@@ -394,12 +404,30 @@ pub enum LogEntry {
     InvalidTry(TryEvent),
     /// Nothing to decide: no bid id to give an outcome to.
     Unreadable(String),
+    /// An entry in a format newer than this build reads: a reader must
+    /// stop there rather than skip tries it cannot see.
+    NewerFormat(u32),
 }
 
 impl LogEntry {
-    /// Reads a log entry from its subject, payload and storage time. Pure:
-    /// the verifier and any replay of the log read entries the same way.
+    /// Reads the entries of one log message from its subject, payload and
+    /// storage time: one for an event on its own subject (format 1), one
+    /// per try for a [`TriesEntry`] (format 2), in order. Pure: the
+    /// verifier and any replay of the log read messages the same way.
     pub fn read(
+        subjects: &Subjects,
+        subject: &str,
+        payload: &[u8],
+        stored_at: DateTime<Utc>,
+    ) -> Vec<LogEntry> {
+        match subjects.parse_tries_subject(subject) {
+            Some(partition) => read_tries(subjects, partition, payload, stored_at),
+            None => vec![LogEntry::read_event(subjects, subject, payload, stored_at)],
+        }
+    }
+
+    /// Reads a message holding one event, on its auction's subject.
+    fn read_event(
         subjects: &Subjects,
         subject: &str,
         payload: &[u8],
@@ -434,26 +462,173 @@ impl LogEntry {
             return LogEntry::Unreadable(problem);
         }
         let body: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
-        let field = |name: &str| {
-            body.get(name)
-                .and_then(|v| v.as_str())
-                .filter(|s| valid_logged_id(s))
-        };
-        let Some(bid_id) = field("bid_id") else {
-            return LogEntry::Unreadable(problem);
-        };
-        LogEntry::InvalidTry(TryEvent {
-            bid_id: bid_id.to_string(),
-            auction_id: auction_id.to_string(),
-            bidder_id: field("bidder_id").unwrap_or("unknown").to_string(),
-            amount: body
-                .get("amount")
-                .and_then(|v| v.as_u64())
-                .filter(|a| *a <= MAX_AMOUNT)
-                .unwrap_or(0),
-            tried_at: timestamp::micros(stored_at),
-        })
+        invalid_try(&body, auction_id, stored_at, problem)
     }
+}
+
+/// A try that is not valid but names a valid bid id: decided as
+/// [`LogEntry::InvalidTry`]; with no bid id, [`LogEntry::Unreadable`].
+fn invalid_try(
+    body: &serde_json::Value,
+    auction_id: &str,
+    stored_at: DateTime<Utc>,
+    problem: String,
+) -> LogEntry {
+    let field = |name: &str| {
+        body.get(name)
+            .and_then(|v| v.as_str())
+            .filter(|s| valid_logged_id(s))
+    };
+    let Some(bid_id) = field("bid_id") else {
+        return LogEntry::Unreadable(problem);
+    };
+    LogEntry::InvalidTry(TryEvent {
+        bid_id: bid_id.to_string(),
+        auction_id: auction_id.to_string(),
+        bidder_id: field("bidder_id").unwrap_or("unknown").to_string(),
+        amount: body
+            .get("amount")
+            .and_then(|v| v.as_u64())
+            .filter(|a| *a <= MAX_AMOUNT)
+            .unwrap_or(0),
+        tried_at: timestamp::micros(stored_at),
+    })
+}
+
+/// The entry format this build writes tries in, and the newest it reads.
+/// Format 1 is one try per message on `<prefix>.try.<partition>.<auction>`,
+/// still read (logs written before format 2); format 2 is [`TriesEntry`].
+pub const TRIES_FORMAT: u32 = 2;
+
+/// Most tries a gateway puts in one entry. A message of this many tries
+/// of the longest ids stays under nats-server's default 1 MiB payload.
+pub const MAX_TRIES_PER_ENTRY: usize = 2048;
+
+/// Where a try is in the log, and so its identity for the reply, the
+/// outcome and the audit: the stream sequence of the message holding it
+/// (`try_seq`) and its place in that message (`try_index`, from 0). Tries
+/// are decided in this order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TryAt {
+    pub seq: u64,
+    pub index: u32,
+}
+
+impl TryAt {
+    pub fn new(seq: u64, index: u32) -> TryAt {
+        TryAt { seq, index }
+    }
+}
+
+/// A try alone in its message (format 1).
+impl From<u64> for TryAt {
+    fn from(seq: u64) -> TryAt {
+        TryAt::new(seq, 0)
+    }
+}
+
+impl std::fmt::Display for TryAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.seq, self.index)
+    }
+}
+
+/// A gateway's group commit: the tries of one partition that reached it
+/// while its previous entry was being appended, in arrival order, as one
+/// message on `<prefix>.tries.<partition>.v2`. No lock and no sequence
+/// check, like a single try: the log's order is the order of entries, and
+/// inside one the order of its `tries`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriesEntry {
+    /// Always `tries`.
+    #[serde(rename = "type")]
+    pub kind: TriesKind,
+    /// The entry format, [`TRIES_FORMAT`].
+    pub v: u32,
+    pub tries: Vec<TryEvent>,
+}
+
+/// The one value of [`TriesEntry`]'s `type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TriesKind {
+    Tries,
+}
+
+impl TriesEntry {
+    pub fn new(tries: Vec<TryEvent>) -> TriesEntry {
+        TriesEntry {
+            kind: TriesKind::Tries,
+            v: TRIES_FORMAT,
+            tries,
+        }
+    }
+}
+
+/// Reads a [`TriesEntry`] of `partition`: one log entry per try, a try of
+/// an auction outside the partition being unreadable (its verifier never
+/// sees it). A format newer than this build's stops the reader rather
+/// than be skipped ([`LogEntry::NewerFormat`]).
+fn read_tries(
+    subjects: &Subjects,
+    partition: u32,
+    payload: &[u8],
+    stored_at: DateTime<Utc>,
+) -> Vec<LogEntry> {
+    let in_partition =
+        |auction_id: &str| valid_id(auction_id) && subjects.partition(auction_id) == partition;
+    if let Ok(entry) = serde_json::from_slice::<TriesEntry>(payload) {
+        if entry.v > TRIES_FORMAT {
+            return vec![LogEntry::NewerFormat(entry.v)];
+        }
+        if entry.v == TRIES_FORMAT {
+            return entry
+                .tries
+                .into_iter()
+                .map(|t| match (in_partition(&t.auction_id), t.well_formed()) {
+                    (true, true) => LogEntry::Event(LogEvent::Try(t)),
+                    (true, false) => {
+                        let body = serde_json::to_value(&t).unwrap_or_default();
+                        let problem = "try has invalid fields".to_string();
+                        invalid_try(&body, &t.auction_id, stored_at, problem)
+                    }
+                    (false, _) => LogEntry::Unreadable(format!(
+                        "try for auction {:?} outside partition {partition}",
+                        t.auction_id
+                    )),
+                })
+                .collect();
+        }
+    }
+    // Not plainly an entry of this format: each try is read on its own,
+    // and one that is not valid but names a valid bid id and an auction of
+    // the partition is still decided, cancelled.
+    let body: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+    if let Some(v) = body.get("v").and_then(|v| v.as_u64()) {
+        if v > u64::from(TRIES_FORMAT) {
+            return vec![LogEntry::NewerFormat(u32::try_from(v).unwrap_or(u32::MAX))];
+        }
+    }
+    let Some(tries) = body.get("tries").and_then(|t| t.as_array()) else {
+        return vec![LogEntry::Unreadable("not a tries entry".to_string())];
+    };
+    tries
+        .iter()
+        .map(|t| {
+            let auction_id = t.get("auction_id").and_then(|a| a.as_str());
+            let auction_id = match auction_id {
+                Some(a) if in_partition(a) => a,
+                _ => return LogEntry::Unreadable("try outside the partition".to_string()),
+            };
+            match serde_json::from_value::<TryEvent>(t.clone()) {
+                Ok(t) if t.well_formed() => LogEntry::Event(LogEvent::Try(t)),
+                _ => {
+                    let problem = "try has missing or invalid fields".to_string();
+                    invalid_try(t, auction_id, stored_at, problem)
+                }
+            }
+        })
+        .collect()
 }
 
 /// A try event read straight into its fields: most of the log is tries,
@@ -568,6 +743,10 @@ pub struct OutcomeEvent {
     pub bidder_id: String,
     pub amount: u64,
     pub try_seq: u64,
+    /// The try's place in its log entry (see [`TryAt`]); 0 in outcomes
+    /// written before entries held several tries.
+    #[serde(default)]
+    pub try_index: u32,
     #[serde(with = "timestamp")]
     pub tried_at: DateTime<Utc>,
     #[serde(with = "timestamp")]
@@ -618,15 +797,29 @@ pub struct DecidedRequest {
 /// The verifier's answer to a [`DecidedRequest`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecidedReply {
-    /// Log sequence of the try that decided the bid; `None` when no try
-    /// up to `through` did.
+    /// Log sequence of the entry holding the try that decided the bid;
+    /// `None` when no try up to `through` did.
     pub try_seq: Option<u64>,
+    /// That try's place in its entry.
+    #[serde(default)]
+    pub try_index: u32,
     /// The verifier has decided the log up to this sequence.
     pub through: u64,
     /// The bid's outcome, when asked for and decided (a held bid of a
     /// ranked auction has a try but no outcome until the close).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<OutcomeEvent>,
+}
+
+/// The verifier's answer on [`Subjects::tries_count`]: how many tries
+/// each auction of its partition (or the one asked about) has in the log
+/// up to `through`. Internal to the service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriesReply {
+    /// The verifier has applied the log up to this sequence.
+    pub through: u64,
+    /// Auction id -> tries; auctions with none are left out.
+    pub tries: std::collections::BTreeMap<String, u64>,
 }
 
 /// A request's reply: serializable, built from a [`RequestError`], and able
@@ -677,18 +870,21 @@ mod tests {
                 bid_id: "b1".into(),
                 auction_id: "a1".into(),
                 try_seq: 7,
+                try_index: 2,
                 duplicate: false,
             },
             BidReply::Accepted {
                 bid_id: "b1".into(),
                 auction_id: "a1".into(),
                 try_seq: 7,
+                try_index: 2,
                 duplicate: true,
             },
             BidReply::Confirmed {
                 bid_id: "b1".into(),
                 auction_id: "a1".into(),
                 try_seq: 7,
+                try_index: 2,
                 duplicate: false,
                 rank: 3,
             },
@@ -696,6 +892,7 @@ mod tests {
                 bid_id: "b1".into(),
                 auction_id: "a1".into(),
                 try_seq: 7,
+                try_index: 2,
                 duplicate: true,
                 reason: CancelReason::CapacityFull,
             },

@@ -23,6 +23,8 @@ pub enum ResultReply {
         bid_id: String,
         auction_id: String,
         try_seq: u64,
+        #[serde(default)]
+        try_index: u32,
         amount: u64,
         rank: u32,
         #[serde(with = "timestamp")]
@@ -33,6 +35,8 @@ pub enum ResultReply {
         bid_id: String,
         auction_id: String,
         try_seq: u64,
+        #[serde(default)]
+        try_index: u32,
         amount: u64,
         reason: CancelReason,
         #[serde(with = "timestamp")]

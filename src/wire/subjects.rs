@@ -162,11 +162,25 @@ impl Subjects {
         format!("{}.verifier.decided.{p}.{auction_id}", self.prefix)
     }
 
-    /// The decided-bid and command requests for one partition's auctions.
-    pub fn lookups(&self, partition: u32) -> [String; 2] {
+    /// Where the verifier of a partition says how many tries each of its
+    /// auctions has in the log (see [`crate::wire::TriesReply`]):
+    /// `<prefix>.verifier.tries.<partition>`, or with `.<auction_id>` for
+    /// one auction.
+    pub fn tries_count(&self, partition: u32, auction_id: Option<&str>) -> String {
+        match auction_id {
+            Some(a) => format!("{}.verifier.tries.{partition}.{a}", self.prefix),
+            None => format!("{}.verifier.tries.{partition}", self.prefix),
+        }
+    }
+
+    /// The decided-bid, command and try-count requests for one
+    /// partition's auctions.
+    pub fn lookups(&self, partition: u32) -> [String; 4] {
         [
             format!("{}.verifier.decided.{partition}.*", self.prefix),
             format!("{}.verifier.command.{partition}.*", self.prefix),
+            self.tries_count(partition, None),
+            self.tries_count(partition, Some("*")),
         ]
     }
 
@@ -239,10 +253,28 @@ impl Subjects {
         format!("{}_LEASES", self.prefix.to_uppercase())
     }
 
+    /// A gateway's entries of several tries (format 2) for one partition:
+    /// `<prefix>.tries.<partition>.v2`.
+    pub fn tries_entry(&self, partition: u32) -> String {
+        format!("{}.tries.{partition}.v2", self.prefix)
+    }
+
+    /// The partition of a tries entry's subject; `None` for any other
+    /// subject.
+    pub fn parse_tries_subject(&self, subject: &str) -> Option<u32> {
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".tries.")?;
+        let (partition, format) = rest.split_once('.')?;
+        let partition = partition.parse::<u32>().ok()?;
+        (format == "v2" && partition < self.partitions).then_some(partition)
+    }
+
     /// Every subject the log stream captures.
     pub fn log_subjects(&self) -> Vec<String> {
         vec![
             format!("{}.try.*.*", self.prefix),
+            format!("{}.tries.*.*", self.prefix),
             format!("{}.auction.*.*", self.prefix),
         ]
     }

@@ -12,7 +12,7 @@ use allot::client::{connect, AllotClient};
 use allot::nats_server::NatsServer;
 use allot::service::{self, Config, Role};
 use allot::verifier::VerifierConfig;
-use allot::wire::{AuctionSpec, LogEvent, OpenReply, OutcomeEvent, Subjects, TryEvent};
+use allot::wire::{AuctionSpec, LogEvent, OpenReply, OutcomeEvent, Subjects, TryAt, TryEvent};
 use async_nats::jetstream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -208,17 +208,30 @@ impl Harness {
         outcomes
     }
 
-    /// The tries of one auction, in log order.
-    pub async fn tries(&self, auction_id: &str) -> Vec<(u64, TryEvent)> {
+    /// The tries of one auction, each at its place in the log, in log
+    /// order: alone in a message, or in its partition's entries of tries.
+    pub async fn tries(&self, auction_id: &str) -> Vec<(TryAt, TryEvent)> {
         let s = &self.client.subjects;
-        self.read_stream(&s.tries_stream(), &s.try_event(auction_id))
-            .await
-            .into_iter()
-            .map(|m| match serde_json::from_slice(&m.payload).unwrap() {
-                LogEvent::Try(t) => (m.seq, t),
-                other => panic!("not a try: {other:?}"),
-            })
-            .collect()
+        let mut tries = Vec::new();
+        let entries = s.tries_entry(s.partition(auction_id));
+        for filter in [s.try_event(auction_id), entries] {
+            for m in self.read_stream(&s.tries_stream(), &filter).await {
+                let read = allot::wire::LogEntry::read(s, &m.subject, &m.payload, m.time);
+                for (i, entry) in read.into_iter().enumerate() {
+                    match entry {
+                        allot::wire::LogEntry::Event(LogEvent::Try(t))
+                            if t.auction_id == auction_id =>
+                        {
+                            tries.push((TryAt::new(m.seq, i as u32), t))
+                        }
+                        allot::wire::LogEntry::Event(LogEvent::Try(_)) => {}
+                        other => panic!("not a try: {other:?}"),
+                    }
+                }
+            }
+        }
+        tries.sort_by_key(|(at, _)| *at);
+        tries
     }
 
     /// The outcomes of one auction (or all), in stream order.

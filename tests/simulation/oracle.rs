@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use allot::core::{Ledger, Verdict};
-use allot::wire::{LogEntry, LogEvent, OutcomeEvent, OutcomeKind, Subjects};
+use allot::wire::{LogEntry, LogEvent, OutcomeEvent, OutcomeKind, Subjects, TryAt};
 
 use crate::world::{Log, Outcomes};
 
@@ -21,18 +21,21 @@ pub fn check(
     let mut expected: HashMap<(String, String), Verdict> = HashMap::new();
     for (i, stored) in log.entries.iter().enumerate().filter(|(_, e)| e.ours) {
         let seq = i as u64 + 1;
-        let entry = LogEntry::read(subjects, &stored.subject, &stored.payload, stored.stored_at);
-        let Some(step) = ledger.apply_entry(&entry, seq, stored.stored_at) else {
-            continue;
-        };
-        let own_try = match &entry {
-            LogEntry::Event(LogEvent::Try(t)) | LogEntry::InvalidTry(t) => Some(t),
-            _ => None,
-        };
-        for d in step.decisions(own_try, seq) {
-            let key = (d.bid.auction_id.clone(), d.bid.bid_id.clone());
-            if expected.insert(key.clone(), d.verdict).is_some() {
-                return Err(format!("the fold decided {key:?} twice"));
+        let entries = LogEntry::read(subjects, &stored.subject, &stored.payload, stored.stored_at);
+        for (index, entry) in entries.into_iter().enumerate() {
+            let at = TryAt::new(seq, index as u32);
+            let Some(step) = ledger.apply_entry(&entry, at, stored.stored_at) else {
+                continue;
+            };
+            let own_try = match &entry {
+                LogEntry::Event(LogEvent::Try(t)) | LogEntry::InvalidTry(t) => Some(t),
+                _ => None,
+            };
+            for d in step.decisions(own_try, at) {
+                let key = (d.bid.auction_id.clone(), d.bid.bid_id.clone());
+                if expected.insert(key.clone(), d.verdict).is_some() {
+                    return Err(format!("the fold decided {key:?} twice"));
+                }
             }
         }
     }

@@ -62,6 +62,11 @@ impl Workload {
             // Another partition's entry: a gap for ours.
             let id = &self.theirs[rng.below(self.theirs.len() as u64) as usize];
             let body = json!({"type": "try", "bid_id": "x", "auction_id": id, "bidder_id": "u0", "amount": 1, "tried_at": at});
+            if rng.chance(500) {
+                let p = self.subjects.partition(id);
+                let entry = json!({"type": "tries", "v": 2, "tries": [body]});
+                return (self.subjects.tries_entry(p), bytes(&entry), false);
+            }
             return (self.subjects.try_event(id), bytes(&body), false);
         }
         let i = rng.below(self.ours.len() as u64) as usize;
@@ -135,11 +140,49 @@ impl Workload {
                 json!({"type": "try", "bid_id": bid, "auction_id": id, "bidder_id": who, "amount": amount, "tried_at": at})
             }
         };
+        if body["type"] == "try" && rng.chance(600) {
+            return self.entry(body, rng, &at);
+        }
         let subject = match body["type"] == "try" {
             true => self.subjects.try_event(&id),
             false => self.subjects.auction_event(&id),
         };
         (subject, bytes(&body), true)
+    }
+
+    /// A gateway's entry of several tries (format 2), starting with
+    /// `first`: new bids and resends across the partition's auctions,
+    /// now and then one that is not valid.
+    fn entry(&mut self, first: Value, rng: &mut Rng, at: &str) -> (String, Vec<u8>, bool) {
+        let mut tries = vec![first];
+        for _ in 0..rng.below(8) {
+            let i = rng.below(self.ours.len() as u64) as usize;
+            let a = &mut self.ours[i];
+            let id = a.id.clone();
+            let t = if rng.chance(30) {
+                json!({"bid_id": format!("g{}", rng.below(5)), "auction_id": id, "amount": "x"})
+            } else if !a.bids.is_empty() && rng.chance(150) {
+                let (bid, who, amount) = a.bids[rng.below(a.bids.len() as u64) as usize].clone();
+                json!({"bid_id": bid, "auction_id": id, "bidder_id": who, "amount": amount, "tried_at": at})
+            } else {
+                self.next_bid += 1;
+                let bid = format!("b{}", self.next_bid);
+                let who = format!("u{}", rng.below(BIDDERS));
+                let amount = rng.below(60);
+                a.bids.push((bid.clone(), who.clone(), amount));
+                json!({"bid_id": bid, "auction_id": id, "bidder_id": who, "amount": amount, "tried_at": at})
+            };
+            tries.push(t);
+        }
+        if let Some(t) = tries[0].as_object_mut() {
+            t.remove("type");
+        }
+        let body = json!({"type": "tries", "v": 2, "tries": tries});
+        (
+            self.subjects.tries_entry(self.partition),
+            bytes(&body),
+            true,
+        )
     }
 
     /// A bid id tried in auction `i` with its bidder, or one not tried yet.

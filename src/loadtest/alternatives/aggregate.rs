@@ -160,6 +160,7 @@ impl Aggregates {
             bid_id: bid.bid_id.clone(),
             auction_id: auction_id.to_string(),
             try_seq: seq,
+            try_index: 0,
             duplicate: false,
         }))
     }
@@ -250,7 +251,7 @@ fn apply(known: &mut Known, seq: u64, payload: &[u8], auction_id: &str) -> Resul
                 &outcome.bid_id,
                 &outcome.bidder_id,
                 verdict,
-                seq,
+                seq.into(),
             );
             known.decided.insert(outcome.bid_id.as_str().into(), seq);
         }
@@ -275,6 +276,7 @@ fn handle(known: &Known, auction_id: &str, bid: &BidRequest, now: DateTime<Utc>)
             bid_id: bid.bid_id.clone(),
             auction_id: auction_id.to_string(),
             try_seq: seq,
+            try_index: 0,
             duplicate: true,
         });
     }
@@ -324,6 +326,7 @@ fn handle(known: &Known, auction_id: &str, bid: &BidRequest, now: DateTime<Utc>)
             amount: t.amount,
             // No separate try: the decided event is the bid's only record.
             try_seq: 0,
+            try_index: 0,
             tried_at: now,
             decided_at: now,
             rank,

@@ -6,18 +6,22 @@
 
 use super::{Answer, BidFacts, SeenOutcome, Verdict};
 use crate::wire::{
-    label, AuctionSpec, CancelReason, CommandResult, OutcomeKind, Policy, RefuseReason,
+    label, AuctionSpec, CancelReason, CommandResult, OutcomeKind, Policy, RefuseReason, TryAt,
 };
 
 /// Checks one bid's withdraws, raises, held notices and close against its
 /// outcome. `id` names the bid in messages.
 pub(super) fn check_bid(v: &mut Verdict, id: &str, b: &BidFacts, spec: &AuctionSpec) {
     let outcome = b.outcomes.first();
-    let try_seq = b.try_seq.or(outcome.map(|o| o.try_seq));
+    // The try that decided the bid: a resend that a gateway wrote again is
+    // named in its reply, but decides nothing.
+    let try_seq = outcome.map(|o| o.try_seq).or(b.try_seq);
     if let (Some(replied), Some(o)) = (b.try_seq, outcome) {
-        if o.try_seq != replied {
+        // A reply names the deciding try, or a later copy of it; never an
+        // earlier try.
+        if replied < o.try_seq {
             v.fail(format!(
-                "{id}: its outcome decides try {}, but its accepted reply named try {replied}",
+                "{id}: its outcome decides try {}, but its accepted reply named the earlier try {replied}",
                 o.try_seq
             ));
         }
@@ -56,7 +60,7 @@ fn withdraw(
     v: &mut Verdict,
     id: &str,
     answer: &Answer,
-    try_seq: Option<u64>,
+    try_seq: Option<TryAt>,
     outcome: Option<&SeenOutcome>,
     held: bool,
 ) {
@@ -70,10 +74,10 @@ fn withdraw(
                 ));
             }
             match (empty_rollback, try_seq) {
-                (true, Some(t)) if t < seq => v.fail(format!(
+                (true, Some(t)) if t.seq < seq => v.fail(format!(
                     "{id}: its withdraw at seq {seq} was an empty rollback, but its try was already in the log at seq {t}"
                 )),
-                (false, Some(t)) if t > seq => v.fail(format!(
+                (false, Some(t)) if t.seq > seq => v.fail(format!(
                     "{id}: its withdraw at seq {seq} was answered as withdrawing a try, but the try came later, at seq {t}"
                 )),
                 _ => {}
@@ -263,12 +267,12 @@ mod tests {
             ..AuctionSpec::with_capacity(1)
         }];
         let mut b0 = bid(0, vec![cancelled(CancelReason::Withdrawn)]).unwrap();
-        b0.try_seq = Some(11);
-        b0.outcomes[0].try_seq = 11;
+        b0.try_seq = Some(11.into());
+        b0.outcomes[0].try_seq = 11.into();
         b0.withdraws = vec![withdrawn(10, true)];
         let mut b1 = bid(1, vec![confirmed(1)]).unwrap();
-        b1.try_seq = Some(12);
-        b1.outcomes[0].try_seq = 12;
+        b1.try_seq = Some(12.into());
+        b1.outcomes[0].try_seq = 12.into();
         b1.withdraws = vec![refused(13, RefuseReason::AlreadyConfirmed)];
         let mut b2 = bid(2, vec![cancelled(CancelReason::AuctionClosed)]).unwrap();
         b2.outcomes[0].tried_at = at() + chrono::Duration::seconds(2);
@@ -299,9 +303,9 @@ mod tests {
     fn catches_a_try_that_took_a_slot_after_its_empty_rollback() {
         let (specs, mut bids) = first_n();
         bids[0].as_mut().unwrap().outcomes = vec![confirmed(1)];
-        bids[0].as_mut().unwrap().outcomes[0].try_seq = 11;
+        bids[0].as_mut().unwrap().outcomes[0].try_seq = 11.into();
         bids[1].as_mut().unwrap().outcomes = vec![cancelled(CancelReason::CapacityFull)];
-        bids[1].as_mut().unwrap().outcomes[0].try_seq = 12;
+        bids[1].as_mut().unwrap().outcomes[0].try_seq = 12.into();
         bids[1].as_mut().unwrap().withdraws.clear();
         broken(
             &specs,
@@ -369,21 +373,28 @@ mod tests {
     }
 
     #[test]
-    fn catches_a_try_seq_the_outcome_does_not_share() {
+    fn catches_a_reply_naming_a_try_before_the_deciding_one() {
         let (specs, mut bids) = first_n();
-        bids[1].as_mut().unwrap().outcomes[0].try_seq = 99;
+        bids[1].as_mut().unwrap().outcomes[0].try_seq = 99.into();
         broken(
             &specs,
             &bids,
-            "decides try 99, but its accepted reply named try 12",
+            "decides try 99.0, but its accepted reply named the earlier try 12.0",
         );
+        // A later copy of the deciding try (a resend a gateway wrote again)
+        // is no contradiction.
+        bids[1].as_mut().unwrap().outcomes[0].try_seq = 7.into();
+        let mut v = Verdict::default();
+        let b = bids[1].as_ref().unwrap();
+        check_bid(&mut v, "b1", b, &specs[0]);
+        assert!(v.violations.is_empty(), "{:?}", v.violations);
     }
 
     /// One held, raised bid in a ranked auction, confirmed at the close.
     fn raised_bid() -> (Vec<AuctionSpec>, Vec<Option<BidFacts>>) {
         let mut b = bid(0, vec![confirmed(1)]).unwrap();
-        b.try_seq = Some(5);
-        b.outcomes[0].try_seq = 5;
+        b.try_seq = Some(5.into());
+        b.outcomes[0].try_seq = 5.into();
         b.outcomes[0].amount = 130;
         b.held = vec![100, 120, 130];
         // A conflict, retried from the current amount.
@@ -455,7 +466,7 @@ mod tests {
         b.raises.clear();
         b.held = vec![100];
         b.outcomes = vec![cancelled(CancelReason::BidderLimit)];
-        b.outcomes[0].try_seq = 5;
+        b.outcomes[0].try_seq = 5.into();
         broken(&specs, &bids, "held a slot, but is cancelled bidder_limit");
     }
 

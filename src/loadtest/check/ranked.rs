@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::lifecycle::describe;
 use super::{Answer, BidFacts, Verdict};
-use crate::wire::{AuctionSpec, CancelReason, CommandResult, OutcomeKind};
+use crate::wire::{AuctionSpec, CancelReason, CommandResult, OutcomeKind, TryAt};
 
 /// A log event of one bid, as the client saw it answered.
 #[derive(Clone, Copy, Debug)]
@@ -36,7 +36,7 @@ enum Expected {
 }
 
 /// Rank order of holders: highest amount first, then the earlier try.
-type Key = (Reverse<u64>, u64);
+type Key = (Reverse<u64>, TryAt);
 
 /// Replays auction `a` from its bids (by bid number) and fails every
 /// outcome the replay does not give. False when it cannot: a withdraw or a
@@ -53,14 +53,15 @@ pub(super) fn replay(
     if unanswered {
         return false;
     }
-    let mut events: Vec<(u64, usize, Event)> = Vec::new();
+    let mut events: Vec<(TryAt, usize, Event)> = Vec::new();
     for (k, (_, b)) in bids.iter().enumerate() {
-        if let Some(t) = b.try_seq.or(b.outcomes.first().map(|o| o.try_seq)) {
+        // The deciding try: a reply may name a later copy of it.
+        if let Some(t) = b.outcomes.first().map(|o| o.try_seq).or(b.try_seq) {
             events.push((t, k, Event::Try));
         }
         for w in b.withdraws.iter().flatten() {
             if let CommandResult::Withdrawn { empty_rollback } = w.result {
-                events.push((w.seq, k, Event::Withdraw { empty_rollback }));
+                events.push((w.seq.into(), k, Event::Withdraw { empty_rollback }));
             }
         }
         for r in &b.raises {
@@ -69,7 +70,7 @@ pub(super) fn replay(
                 result: CommandResult::Raised { amount },
             }) = r.answer
             {
-                events.push((seq, k, Event::Raise { amount }));
+                events.push((seq.into(), k, Event::Raise { amount }));
             }
         }
     }
@@ -159,8 +160,9 @@ pub(super) fn replay(
                     );
                 }
                 None => v.fail(format!(
-                    "{}: its raise at seq {seq} was answered raised, but it held no slot then",
-                    name(k)
+                    "{}: its raise at seq {} was answered raised, but it held no slot then",
+                    name(k),
+                    seq.seq
                 )),
             },
         }
@@ -240,9 +242,9 @@ mod tests {
     ) -> Option<BidFacts> {
         let mut b = bid(bidder, vec![outcome]).unwrap();
         b.amount = amount;
-        b.try_seq = Some(seq);
+        b.try_seq = Some(seq.into());
         b.outcomes[0].amount = amount;
-        b.outcomes[0].try_seq = seq;
+        b.outcomes[0].try_seq = seq.into();
         b.held = vec![amount];
         Some(b)
     }
@@ -311,9 +313,9 @@ mod tests {
         // b4 bid before b2's withdraw freed a slot: it could not win.
         let (specs, mut bids) = history();
         let b4 = bids[4].as_mut().unwrap();
-        b4.try_seq = Some(5);
-        b4.outcomes[0].try_seq = 5;
-        broken(&specs, &bids, "b4 (amount 10, try 5) is confirmed rank 2, but replaying its auction's tries, withdraws and raises in log order makes it cancelled outbid");
+        b4.try_seq = Some(5.into());
+        b4.outcomes[0].try_seq = 5.into();
+        broken(&specs, &bids, "b4 (amount 10, try 5.0) is confirmed rank 2, but replaying its auction's tries, withdraws and raises in log order makes it cancelled outbid");
     }
 
     #[test]
@@ -340,7 +342,7 @@ mod tests {
         broken(
             &ranked(1),
             &swapped,
-            "b0 (amount 60, try 1) is cancelled outbid, but replaying its auction's tries, withdraws and raises in log order makes it confirmed rank 1",
+            "b0 (amount 60, try 1.0) is cancelled outbid, but replaying its auction's tries, withdraws and raises in log order makes it confirmed rank 1",
         );
     }
 

@@ -1,0 +1,112 @@
+//! How many tries each auction has in the log. Tries share entries with
+//! the other auctions of their partition, so no subject counts them: the
+//! partition's verifier keeps a count per auction up to the last entry it
+//! applied, and the entries after that are read and counted here.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_nats::jetstream::Context;
+
+use super::read::read_after;
+use async_nats::jetstream::stream::DirectGetErrorKind;
+
+use crate::error::{Error, ErrorKind};
+use crate::wire::{LogEntry, LogEvent, Subjects, TriesReply};
+
+/// How long the verifier has to answer; without an answer the partition's
+/// whole log is counted here.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Tries per auction of one partition.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TryCounts {
+    /// Tries in the log, per auction.
+    pub tries: BTreeMap<String, u64>,
+    /// Of those, the tries past the last entry the verifier applied.
+    pub not_reached: BTreeMap<String, u64>,
+}
+
+/// Counts the tries of partition `partition`'s auctions, or of
+/// `auction_id` alone.
+pub async fn try_counts(
+    js: &Context,
+    subjects: &Subjects,
+    partition: u32,
+    auction_id: Option<&str>,
+) -> Result<TryCounts, Error> {
+    let asked = tokio::time::timeout(
+        ASK_TIMEOUT,
+        js.client().request(
+            subjects.tries_count(partition, auction_id),
+            bytes::Bytes::new(),
+        ),
+    )
+    .await;
+    let known = match asked {
+        Ok(Ok(reply)) => serde_json::from_slice::<TriesReply>(&reply.payload).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, partition, "unreadable try counts from the verifier");
+            TriesReply::default()
+        }),
+        _ => TriesReply::default(),
+    };
+    let mut counts = TryCounts {
+        tries: known.tries,
+        not_reached: BTreeMap::new(),
+    };
+    let filters = match auction_id {
+        Some(a) => vec![subjects.try_event(a), subjects.tries_entry(partition)],
+        None => vec![
+            format!("{}.try.{partition}.*", subjects.prefix()),
+            subjects.tries_entry(partition),
+        ],
+    };
+    // Most often the verifier has counted everything: one direct get each
+    // says so, with no consumer to create.
+    let stream = js
+        .get_stream(subjects.tries_stream())
+        .await
+        .map_err(Error::wrap(ErrorKind::Nats, subjects.tries_stream()))?;
+    let mut last = 0;
+    for filter in &filters {
+        match stream.direct_get_last_for_subject(filter.as_str()).await {
+            Ok(m) => last = last.max(m.sequence),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => {}
+            Err(e) => return Err(Error::with_source(ErrorKind::Nats, e).context(filter.clone())),
+        }
+    }
+    if last <= known.through {
+        return Ok(counts);
+    }
+    let tail = read_after(js, &subjects.tries_stream(), filters, known.through).await?;
+    for m in &tail {
+        for entry in LogEntry::read(subjects, &m.subject, &m.payload, m.time) {
+            let auction = match &entry {
+                LogEntry::Event(LogEvent::Try(t)) | LogEntry::InvalidTry(t) => &t.auction_id,
+                _ => continue,
+            };
+            if auction_id.is_some_and(|a| a != auction) {
+                continue;
+            }
+            *counts.tries.entry(auction.clone()).or_default() += 1;
+            *counts.not_reached.entry(auction.clone()).or_default() += 1;
+        }
+    }
+    Ok(counts)
+}
+
+/// Tries per auction of every partition.
+pub async fn all_try_counts(
+    js: &Context,
+    subjects: &Subjects,
+) -> Result<BTreeMap<String, u64>, Error> {
+    let counted = futures::future::join_all(
+        (0..subjects.partitions()).map(|p| try_counts(js, subjects, p, None)),
+    )
+    .await;
+    let mut all = BTreeMap::new();
+    for counts in counted {
+        all.extend(counts?.tries);
+    }
+    Ok(all)
+}
