@@ -4,7 +4,7 @@
 //! The flow, and who owns each step:
 //!
 //! ```text
-//! bidder ──allot.bid.<a>──► gateway ──allot.try.<p>.<a>──► ALLOT_TRIES ──► verifier ──► ALLOT_OUTCOMES
+//! bidder ──allot.bid.<a>──► gateway ──allot.tries.<p>.v2─► ALLOT_TRIES ──► verifier ──► ALLOT_OUTCOMES
 //!                           gateway/                   (the log)       verifier/    allot.outcome.<a>.confirmed
 //!                           fast rejects                               core.rs      allot.outcome.<a>.cancelled
 //!                             ▲                                        snapshot.rs
@@ -22,7 +22,8 @@
 //! - [`verifier`]: folds the log through the core, keeps the SQLite
 //!   [`snapshot`], publishes one outcome per try, recovers after a crash.
 //! - [`log`]: the one writer of the log (append an event: subject, message
-//!   id and expectations follow from it) and reader of its single entries;
+//!   id and expectations follow from it; tries by group commit, several
+//!   to an entry) and reader of its entries;
 //!   [`wire::names`] names every consumer, key and group.
 //! - [`streams`]: the JetStream streams and buckets; [`service`] runs the
 //!   gateway and the verifier until shutdown.

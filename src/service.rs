@@ -107,6 +107,10 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
         metadata: HashMap::from([
             ("role".to_string(), format!("{role:?}").to_lowercase()),
             ("prefix".to_string(), config.subjects.prefix().to_string()),
+            (
+                micro::LOG_FORMAT.to_string(),
+                crate::wire::TRIES_FORMAT.to_string(),
+            ),
         ]),
     };
     let micro = tokio::spawn(micro::serve(

@@ -43,6 +43,8 @@ fn subjects() -> Vec<String> {
         s.result_request(a),
         s.status_request(a),
         s.try_event(a),
+        s.tries_entry(0),
+        s.tries_count(0, Some(a)),
         s.auction_event(a),
         s.log_partition(0),
         s.outcome(a, OutcomeKind::Confirmed),

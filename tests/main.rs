@@ -28,3 +28,4 @@ mod partitions;
 mod recovery;
 mod resends;
 mod schemas;
+mod upgrade;

@@ -151,13 +151,10 @@ impl Gateway {
                             amount: request.amount,
                             tried_at: tried_at.expect("taken when the append began"),
                         };
-                        let at = self.tries.append(t).await.map_err(internal)?;
+                        let (at, duplicate) = self.tries.append(t).await.map_err(internal)?;
                         appending = None;
                         self.recent.insert(auction_id, &request.bid_id, at);
-                        Fact::Appended {
-                            at,
-                            duplicate: false,
-                        }
+                        Fact::Appended { at, duplicate }
                     }
                 }
                 Step::Answer(answer) => return self.answer(auction_id, &request, answer).await,

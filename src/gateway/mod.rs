@@ -123,6 +123,18 @@ pub async fn run(
     // status entry instead (as after a watch is lost, later), which is
     // slower, not wrong.
     let watcher = tokio::spawn(view::watch_fill(gateway.clone()));
+    // Entries of several tries only once no older allot runs beside this
+    // one; checked before serving, then every few seconds.
+    check_formats(&gateway).await;
+    let formats = AbortOnDrop(tokio::spawn({
+        let gateway = gateway.clone();
+        async move {
+            loop {
+                tokio::time::sleep(FORMAT_CHECK_EVERY).await;
+                check_formats(&gateway).await;
+            }
+        }
+    }));
     if !gateway.view.freshness.wait_current(VIEW_WAIT).await {
         tracing::warn!("the auction view did not catch up in time; serving anyway");
     }
@@ -167,12 +179,37 @@ pub async fn run(
             drop(permit);
         });
     }
+    drop(formats);
     let _ = permits.acquire_many(config.max_in_flight as u32).await;
     watcher.abort();
     // The last replies are flushed by the owner of the connection
     // (`service::run`), once, rather than here and there again.
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// A task that ends with its owner, on every way out.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How often a gateway asks which log formats the running allot
+/// instances read.
+const FORMAT_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Sets the gateway's entry format to the oldest any running allot reads
+/// (see [`crate::observe::micro::LOG_FORMAT`]). No answer changes nothing.
+async fn check_formats(gateway: &Gateway) {
+    let wait = std::time::Duration::from_millis(150);
+    match crate::observe::micro::oldest_log_format(&gateway.client, wait).await {
+        Ok(Some(format)) => gateway.tries.set_format(format),
+        Ok(None) => {}
+        Err(e) => tracing::debug!(error = %e, "cannot ask which log formats run"),
+    }
 }
 
 impl Gateway {

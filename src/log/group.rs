@@ -9,13 +9,14 @@
 //! cost per try (a stored message, a delivery, in the durable profile an
 //! fsync) falls as the load rises.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use async_nats::jetstream::context::PublishError;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::streams::Streams;
-use crate::wire::{TriesEntry, TryAt, TryEvent, MAX_TRIES_PER_ENTRY};
+use crate::wire::{LogEvent, TriesEntry, TryAt, TryEvent, MAX_TRIES_PER_ENTRY, TRIES_FORMAT};
 
 /// Most bytes of tries in one entry: well under nats-server's default
 /// 1 MiB payload limit.
@@ -31,6 +32,10 @@ const QUEUE: usize = 4 * MAX_TRIES_PER_ENTRY;
 pub struct GroupCommit {
     streams: Streams,
     lanes: Arc<Vec<OnceLock<mpsc::Sender<Queued>>>>,
+    /// The entry format to write: [`TRIES_FORMAT`], or 1 while an older
+    /// allot that reads only one try per message runs beside this one
+    /// (its verifier would skip entries of several).
+    format: Arc<AtomicU32>,
 }
 
 /// A try waiting to be appended, and who waits for its place.
@@ -68,12 +73,35 @@ impl GroupCommit {
         GroupCommit {
             streams,
             lanes: Arc::new((0..partitions).map(|_| OnceLock::new()).collect()),
+            format: Arc::new(AtomicU32::new(TRIES_FORMAT)),
         }
     }
 
-    /// Appends `t` in its partition's next entry; its place in the log
-    /// once that entry is stored.
-    pub async fn append(&self, t: TryEvent) -> Result<TryAt, AppendError> {
+    /// Writes entries in `format` from now on: 1 (one try per message,
+    /// with JetStream's de-duplication) or [`TRIES_FORMAT`].
+    pub fn set_format(&self, format: u32) {
+        let format = format.clamp(1, TRIES_FORMAT);
+        if self.format.swap(format, Ordering::Relaxed) != format {
+            tracing::warn!(format, "writing tries in log entry format {format}");
+        }
+    }
+
+    /// Appends `t`; its place in the log once stored, and whether the log
+    /// had it already (format 1 only: a resend JetStream de-duplicated).
+    pub async fn append(&self, t: TryEvent) -> Result<(TryAt, bool), AppendError> {
+        if self.format.load(Ordering::Relaxed) < TRIES_FORMAT {
+            let ack = self
+                .streams
+                .append(&LogEvent::Try(t))
+                .await
+                .map_err(AppendError::new)?;
+            return Ok((TryAt::new(ack.sequence, 0), ack.duplicate));
+        }
+        self.append_grouped(t).await.map(|at| (at, false))
+    }
+
+    /// Appends `t` in its partition's next entry of several.
+    async fn append_grouped(&self, t: TryEvent) -> Result<TryAt, AppendError> {
         let partition = self.streams.subjects.partition(&t.auction_id);
         let lane = self.lanes[partition as usize].get_or_init(|| {
             let (tx, rx) = mpsc::channel(QUEUE);

@@ -83,6 +83,40 @@ pub async fn serve(
     Ok(())
 }
 
+/// The metadata key naming the newest log entry format an instance reads
+/// and writes ([`crate::wire::TRIES_FORMAT`]); instances of versions
+/// before entries of several tries do not set it, and read format 1 only.
+pub const LOG_FORMAT: &str = "log_format";
+
+/// The oldest log entry format that any allot instance answering a ping
+/// within `wait` reads; `None` when none answers.
+pub async fn oldest_log_format(client: &Client, wait: Duration) -> Result<Option<u32>> {
+    let inbox = client.new_inbox();
+    let mut answers = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::Nats, e).context(inbox.clone()))?;
+    let subject = format!("$SRV.PING.{NAME}");
+    client
+        .publish_with_reply(subject.clone(), inbox, bytes::Bytes::new())
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::Nats, e).context(subject))?;
+    let mut oldest = None;
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Some(answer)) = tokio::time::timeout_at(deadline, answers.next()).await {
+        let Ok(ping) = serde_json::from_slice::<PingResponse>(&answer.payload) else {
+            continue;
+        };
+        let format = ping
+            .metadata
+            .get(LOG_FORMAT)
+            .and_then(|f| f.parse::<u32>().ok())
+            .unwrap_or(1);
+        oldest = Some(oldest.map_or(format, |o: u32| o.min(format)));
+    }
+    Ok(oldest)
+}
+
 fn version() -> String {
     env!("CARGO_PKG_VERSION").to_string()
 }

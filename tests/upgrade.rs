@@ -1,0 +1,96 @@
+//! Old and new side by side: an allot of a version that reads one try per
+//! log message (format 1) has a verifier that would skip entries of
+//! several tries. While any allot instance that does not say it reads
+//! format 2 answers the micro service ping, a gateway writes format 1,
+//! one try per message with JetStream's de-duplication, and goes back to
+//! entries of several once none is left. Here the older instance is a
+//! responder that answers `$SRV.PING.allot` as such a version does, with
+//! no `log_format` in its metadata.
+
+use crate::common;
+
+use std::time::Duration;
+
+use allot::wire::{AuctionSpec, BidReply};
+use common::{bid, Harness};
+use futures::StreamExt;
+
+#[tokio::test]
+async fn a_gateway_writes_one_try_per_message_while_an_older_allot_runs() {
+    let mut h = Harness::server_only().await;
+    let nats = async_nats::connect(h.server.url()).await.unwrap();
+    let mut pings = nats.subscribe("$SRV.PING.allot").await.unwrap();
+    let old = tokio::spawn({
+        let nats = nats.clone();
+        async move {
+            while let Some(ping) = pings.next().await {
+                let answer = serde_json::json!({
+                    "type": "io.nats.micro.v1.ping_response",
+                    "name": "allot",
+                    "id": "an-older-allot",
+                    "version": "0.1.0",
+                    "metadata": {"role": "all", "prefix": "allot"},
+                });
+                if let Some(reply) = ping.reply {
+                    let body = serde_json::to_vec(&answer).unwrap();
+                    let _ = nats.publish(reply, body.into()).await;
+                }
+            }
+        }
+    });
+    h.start_service().await;
+    h.open("up", AuctionSpec::with_capacity(5)).await;
+    let s = h.client.subjects.clone();
+    for i in 0..3 {
+        let reply = h
+            .client
+            .bid("up", &bid(&format!("b{i}"), &format!("u{i}"), 5))
+            .await
+            .unwrap();
+        assert!(matches!(reply, BidReply::Accepted { .. }), "{reply:?}");
+    }
+    // A resend is de-duplicated by JetStream, as the older version expects.
+    let again = h.client.bid("up", &bid("b0", "u0", 5)).await.unwrap();
+    assert!(
+        matches!(
+            again,
+            BidReply::Accepted {
+                duplicate: true,
+                try_index: 0,
+                ..
+            }
+        ),
+        "{again:?}"
+    );
+    let single = h.read_stream("ALLOT_TRIES", &s.try_event("up")).await;
+    let grouped = h
+        .read_stream("ALLOT_TRIES", &s.tries_entry(s.partition("up")))
+        .await;
+    assert_eq!((single.len(), grouped.len()), (3, 0), "one try per message");
+
+    // The older instance is gone: within a check or two, entries of
+    // several tries again.
+    old.abort();
+    drop(nats);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    for i in 3..5 {
+        let reply = h
+            .client
+            .bid("up", &bid(&format!("b{i}"), &format!("u{i}"), 5))
+            .await
+            .unwrap();
+        assert!(matches!(reply, BidReply::Accepted { .. }), "{reply:?}");
+    }
+    let single = h.read_stream("ALLOT_TRIES", &s.try_event("up")).await;
+    let grouped = h
+        .read_stream("ALLOT_TRIES", &s.tries_entry(s.partition("up")))
+        .await;
+    assert_eq!(single.len(), 3, "no try alone in a message since");
+    assert!(!grouped.is_empty(), "entries of tries again");
+
+    // Both formats are decided alike: five bids, five outcomes, and the
+    // replay agrees.
+    let accepted = (0..5).map(|i| format!("b{i}")).collect();
+    let outcomes = h.settled_outcomes("up", &accepted).await;
+    assert_eq!(outcomes.len(), 5);
+}
