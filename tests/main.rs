@@ -18,6 +18,7 @@ mod dashboard;
 mod decoder_schema;
 mod doc_links;
 mod doc_names;
+mod examples;
 mod faults;
 mod lifecycle;
 mod loadtest;
