@@ -40,15 +40,7 @@ async fn a_gateway_writes_one_try_per_message_while_an_older_allot_runs() {
     });
     h.start_service().await;
     h.open("up", AuctionSpec::with_capacity(5)).await;
-    let s = h.client.subjects.clone();
-    for i in 0..3 {
-        let reply = h
-            .client
-            .bid("up", &bid(&format!("b{i}"), &format!("u{i}"), 5))
-            .await
-            .unwrap();
-        assert!(matches!(reply, BidReply::Accepted { .. }), "{reply:?}");
-    }
+    bid_all(&h, 0..3).await;
     // A resend is de-duplicated by JetStream, as the older version expects.
     let again = h.client.bid("up", &bid("b0", "u0", 5)).await.unwrap();
     assert!(
@@ -62,18 +54,29 @@ async fn a_gateway_writes_one_try_per_message_while_an_older_allot_runs() {
         ),
         "{again:?}"
     );
-    let single = h.read_stream("ALLOT_TRIES", &s.try_event("up")).await;
-    let grouped = h
-        .read_stream("ALLOT_TRIES", &s.tries_entry(s.partition("up")))
-        .await;
-    assert_eq!((single.len(), grouped.len()), (3, 0), "one try per message");
+    let (single, grouped) = in_log(&h).await;
+    assert_eq!((single, grouped), (3, 0), "one try per message");
 
     // The older instance is gone: within a check or two, entries of
     // several tries again.
     old.abort();
     drop(nats);
     tokio::time::sleep(Duration::from_secs(11)).await;
-    for i in 3..5 {
+    bid_all(&h, 3..5).await;
+    let (single, grouped) = in_log(&h).await;
+    assert_eq!(single, 3, "no try alone in a message since");
+    assert!(grouped > 0, "entries of tries again");
+
+    // Both formats are decided alike: five bids, five outcomes, and the
+    // replay agrees.
+    let accepted = (0..5).map(|i| format!("b{i}")).collect();
+    let outcomes = h.settled_outcomes("up", &accepted).await;
+    assert_eq!(outcomes.len(), 5);
+}
+
+/// Bids `b<i>` from bidders `u<i>`, each accepted.
+async fn bid_all(h: &Harness, ids: std::ops::Range<u32>) {
+    for i in ids {
         let reply = h
             .client
             .bid("up", &bid(&format!("b{i}"), &format!("u{i}"), 5))
@@ -81,16 +84,14 @@ async fn a_gateway_writes_one_try_per_message_while_an_older_allot_runs() {
             .unwrap();
         assert!(matches!(reply, BidReply::Accepted { .. }), "{reply:?}");
     }
+}
+
+/// Messages of auction `up` in the log: tries alone, entries of several.
+async fn in_log(h: &Harness) -> (usize, usize) {
+    let s = &h.client.subjects;
     let single = h.read_stream("ALLOT_TRIES", &s.try_event("up")).await;
     let grouped = h
         .read_stream("ALLOT_TRIES", &s.tries_entry(s.partition("up")))
         .await;
-    assert_eq!(single.len(), 3, "no try alone in a message since");
-    assert!(!grouped.is_empty(), "entries of tries again");
-
-    // Both formats are decided alike: five bids, five outcomes, and the
-    // replay agrees.
-    let accepted = (0..5).map(|i| format!("b{i}")).collect();
-    let outcomes = h.settled_outcomes("up", &accepted).await;
-    assert_eq!(outcomes.len(), 5);
+    (single.len(), grouped.len())
 }
