@@ -154,12 +154,14 @@ impl Step {
 
 /// A bid decided in an auction: the try that decided it, a fingerprint of
 /// its bidder (for withdraws and raises by someone else), and the verdict.
-/// 24 bytes: a million decided bids stay cheap to keep in memory.
+/// 16 bytes: a million decided bids stay cheap to keep in memory.
 #[derive(Clone, Copy, Debug)]
 struct Settled {
     seq: u64,
-    index: u32,
     owner: u32,
+    /// The try's place in its entry: entries are read up to
+    /// [`crate::wire::MAX_TRIES_READ`] tries.
+    index: u16,
     verdict: SettledAs,
 }
 
@@ -167,7 +169,7 @@ impl Settled {
     fn new(bidder_id: &str, verdict: Verdict, at: TryAt) -> Settled {
         Settled {
             seq: at.seq,
-            index: at.index,
+            index: u16::try_from(at.index).expect("entries are read up to 65,536 tries"),
             owner: owner(bidder_id),
             verdict: verdict.into(),
         }
@@ -818,7 +820,9 @@ impl Ledger {
             }
             None => self.orphans.get(auction_id)?,
         };
-        decided.get(bid_id).map(|s| TryAt::new(s.seq, s.index))
+        decided
+            .get(bid_id)
+            .map(|s| TryAt::new(s.seq, u32::from(s.index)))
     }
 
     /// True when a bid has its one decision (not merely a held slot).

@@ -137,7 +137,7 @@ impl Gateway {
                 }
                 Step::Settle => Fact::Settled(self.settled(auction_id).await?),
                 Step::Append => {
-                    if let Some(at) = self.recent.get(auction_id, &request.bid_id) {
+                    if let Some(at) = self.remembered(auction_id, &request.bid_id).await {
                         appending = None;
                         Fact::Appended {
                             at,
@@ -160,6 +160,22 @@ impl Gateway {
                 Step::Answer(answer) => return self.answer(auction_id, &request, answer).await,
             };
             gate.handle(fact);
+        }
+    }
+
+    /// Where this gateway appended the bid's try before, if it remembers
+    /// and the log confirms it: the try there is this bid's.
+    async fn remembered(&self, auction_id: &str, bid_id: &str) -> Option<TryAt> {
+        let at = self.recent.get(auction_id, bid_id)?;
+        match self.streams.try_at(at).await {
+            Ok(Some(t)) if t.auction_id == auction_id && t.bid_id == bid_id => Some(at),
+            Ok(_) => None,
+            // Not readable yet from the replica asked: append again; the
+            // verifier gives the second try no outcome.
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read a remembered try");
+                None
+            }
         }
     }
 

@@ -4,43 +4,53 @@
 //! longer applies; a resend this gateway does not remember (sent through
 //! another gateway, or long after) is written again, and the verifier
 //! decides it as a duplicate, with no second outcome.
+//!
+//! A bid is remembered by a keyed 64-bit hash of its auction and id (about
+//! 40 bytes a bid rather than 150): what it finds is only a candidate,
+//! which the caller confirms against the log before taking it as the bid.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 
 use crate::wire::TryAt;
 
-/// Bids remembered; the oldest are forgotten first. About 100 bytes each.
+/// Bids remembered; the oldest are forgotten first.
 const REMEMBERED: usize = 65_536;
 
 #[derive(Default)]
 pub(super) struct Recent {
+    /// Seeded per process: hashes that collide cannot be prepared.
+    keys: RandomState,
     inner: Mutex<Inner>,
 }
 
 #[derive(Default)]
 struct Inner {
-    /// (auction, bid id as logged) -> the try's place.
-    placed: HashMap<(Box<str>, Box<str>), TryAt>,
+    /// Hash of (auction, bid id as logged) -> the try's place.
+    placed: HashMap<u64, TryAt>,
     /// Insertion order, for forgetting.
-    order: VecDeque<(Box<str>, Box<str>)>,
+    order: VecDeque<u64>,
 }
 
 impl Recent {
-    /// Where this gateway appended the bid's try, if it remembers.
+    fn key(&self, auction_id: &str, bid_id: &str) -> u64 {
+        self.keys.hash_one((auction_id, bid_id))
+    }
+
+    /// Where this gateway appended the bid's try, if it remembers: a
+    /// candidate, to be confirmed against the log.
     pub(super) fn get(&self, auction_id: &str, bid_id: &str) -> Option<TryAt> {
+        let key = self.key(auction_id, bid_id);
         let inner = self.inner.lock().expect("no panics under this lock");
-        inner
-            .placed
-            .get(&(auction_id.into(), bid_id.into()))
-            .copied()
+        inner.placed.get(&key).copied()
     }
 
     /// Remembers the bid's try at `at`.
     pub(super) fn insert(&self, auction_id: &str, bid_id: &str, at: TryAt) {
-        let key: (Box<str>, Box<str>) = (auction_id.into(), bid_id.into());
+        let key = self.key(auction_id, bid_id);
         let mut inner = self.inner.lock().expect("no panics under this lock");
-        if inner.placed.insert(key.clone(), at).is_none() {
+        if inner.placed.insert(key, at).is_none() {
             inner.order.push_back(key);
         }
         while inner.order.len() > REMEMBERED {

@@ -504,6 +504,11 @@ pub const TRIES_FORMAT: u32 = 2;
 /// of the longest ids stays under nats-server's default 1 MiB payload.
 pub const MAX_TRIES_PER_ENTRY: usize = 2048;
 
+/// Most tries read from one entry; any after them (no gateway writes so
+/// many) are unreadable, with no outcome. Keeps a try's place in 16 bits
+/// in the verifier's memory.
+pub const MAX_TRIES_READ: usize = 1 << 16;
+
 /// Where a try is in the log, and so its identity for the reply, the
 /// outcome and the audit: the stream sequence of the message holding it
 /// (`try_seq`) and its place in that message (`try_index`, from 0). Tries
@@ -581,7 +586,7 @@ fn read_tries(
         if entry.v > TRIES_FORMAT {
             return vec![LogEntry::NewerFormat(entry.v)];
         }
-        if entry.v == TRIES_FORMAT {
+        if entry.v == TRIES_FORMAT && entry.tries.len() <= MAX_TRIES_READ {
             return entry
                 .tries
                 .into_iter()
@@ -614,7 +619,13 @@ fn read_tries(
     };
     tries
         .iter()
-        .map(|t| {
+        .enumerate()
+        .map(|(i, t)| {
+            if i >= MAX_TRIES_READ {
+                return LogEntry::Unreadable(format!(
+                    "more than {MAX_TRIES_READ} tries in one entry"
+                ));
+            }
             let auction_id = t.get("auction_id").and_then(|a| a.as_str());
             let auction_id = match auction_id {
                 Some(a) if in_partition(a) => a,
