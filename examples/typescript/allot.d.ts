@@ -1,7 +1,7 @@
-// The messages of allot's wire contract that bidding.mjs sends and reads,
+// The messages of allot's wire contract that bidding.ts sends and reads,
 // as TypeScript types: docs/integrating.md says what they mean, and
-// schemas/ holds their JSON Schemas. `npm run check` type-checks the
-// example against them.
+// schemas/ holds their JSON Schemas. Types only: bidding.ts imports them
+// with `import type`, so nothing of this file is left in dist/.
 
 /** Open request on `allot.admin.open.<auction_id>`. */
 export interface AuctionSpec {

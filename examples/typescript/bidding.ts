@@ -1,4 +1,3 @@
-// @ts-check
 // Bidding on allot from Node.js, with nats.js (the npm package `nats`).
 //
 // Against a running `allot serve` (NATS_URL, default nats://127.0.0.1:4222):
@@ -8,22 +7,25 @@
 // printed as it comes; the last line is a JSON summary. A reply the contract
 // does not allow exits with status 1.
 //
-//     node bidding.mjs
+//     npm run build        # tsc: bidding.ts -> dist/bidding.js
+//     node dist/bidding.js
 
 import { randomBytes } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
-import { connect } from "nats";
+import { connect, type NatsConnection } from "nats";
 
-// The wire types, from allot.d.ts (no allot.js exists: types only).
-/** @typedef {import("./allot.js").AuctionSpec} AuctionSpec */
-/** @typedef {import("./allot.js").OpenReply} OpenReply */
-/** @typedef {import("./allot.js").BidRequest} BidRequest */
-/** @typedef {import("./allot.js").BidReply} BidReply */
-/** @typedef {import("./allot.js").WithdrawRequest} WithdrawRequest */
-/** @typedef {import("./allot.js").WithdrawReply} WithdrawReply */
-/** @typedef {import("./allot.js").Reply} Reply */
-/** @typedef {import("./allot.js").Outcome} Outcome */
-/** @typedef {import("./allot.js").Try} Try */
+// The wire types (allot.d.ts declares types only: nothing is imported at run time).
+import type {
+  AuctionSpec,
+  BidReply,
+  BidRequest,
+  OpenReply,
+  Outcome,
+  Reply,
+  Try,
+  WithdrawReply,
+  WithdrawRequest,
+} from "./allot.js";
 
 const NATS_URL = process.env.NATS_URL || "nats://127.0.0.1:4222";
 const PREFIX = process.env.ALLOT_PREFIX || "allot"; // as `allot serve --prefix`
@@ -39,12 +41,13 @@ class Unexpected extends Error {}
 
 /** allot's requests, each sent again while it is answered `unavailable`. */
 class Allot {
-  /** @param {import("nats").NatsConnection} nc */
-  constructor(nc, prefix = PREFIX) {
-    this.nc = nc;
-    this.prefix = prefix;
-    this.retries = 0;
-  }
+  /** Requests sent again after an `unavailable` reply. */
+  retries = 0;
+
+  constructor(
+    readonly nc: NatsConnection,
+    readonly prefix = PREFIX,
+  ) {}
 
   /**
    * Sends `body` on `<prefix>.<subject>` and returns the JSON reply.
@@ -52,22 +55,16 @@ class Allot {
    * `unavailable` means "not now": wait `retry_after_ms` and send the same
    * request again. That is safe even when the first one was carried out: a
    * bid id never gets a second outcome. (So is resending after a timeout.)
-   *
-   * @template {Reply} R
-   * @param {string} subject
-   * @param {object} body
-   * @returns {Promise<R>}
    */
-  async request(subject, body) {
+  async request<R extends Reply>(subject: string, body: object): Promise<R> {
     const data = JSON.stringify(body);
     for (let attempt = 1; ; attempt++) {
       const msg = await this.nc.request(`${this.prefix}.${subject}`, data, {
         timeout: REQUEST_TIMEOUT_MS,
       });
-      /** @type {Reply} */
-      const reply = msg.json();
+      const reply = msg.json<R>();
       if (reply.status !== "error" || reply.error !== "unavailable") {
-        return /** @type {R} */ (reply);
+        return reply;
       }
       if (attempt === ATTEMPTS) {
         throw new Unexpected(`${subject}: still unavailable after ${ATTEMPTS} attempts: ${JSON.stringify(reply)}`);
@@ -77,94 +74,60 @@ class Allot {
     }
   }
 
-  /**
-   * @param {string} auctionId
-   * @param {AuctionSpec} spec
-   * @returns {Promise<OpenReply>}
-   */
-  open(auctionId, spec) {
+  open(auctionId: string, spec: AuctionSpec): Promise<OpenReply> {
     return this.request(`admin.open.${auctionId}`, spec);
   }
 
-  /**
-   * @param {string} auctionId
-   * @param {BidRequest} bid
-   * @returns {Promise<BidReply>}
-   */
-  bid(auctionId, bid) {
+  bid(auctionId: string, bid: BidRequest): Promise<BidReply> {
     return this.request(`bid.${auctionId}`, bid);
   }
 
-  /**
-   * @param {string} auctionId
-   * @param {WithdrawRequest} withdraw
-   * @returns {Promise<WithdrawReply>}
-   */
-  withdraw(auctionId, withdraw) {
+  withdraw(auctionId: string, withdraw: WithdrawRequest): Promise<WithdrawReply> {
     return this.request(`withdraw.${auctionId}`, withdraw);
   }
 }
 
-/**
- * Prints the reply; throws Unexpected unless its status is one of these.
- *
- * @template {Reply} R
- * @template {R["status"]} S
- * @param {string} what
- * @param {R} reply
- * @param {S[]} statuses
- * @returns {Extract<R, { status: S }>}
- */
-function expect(what, reply, ...statuses) {
+/** Prints the reply; throws Unexpected unless its status is one of these. */
+function expect<R extends Reply, S extends R["status"]>(
+  what: string,
+  reply: R,
+  ...statuses: S[]
+): Extract<R, { status: S }> {
   console.log(`${what}: ${JSON.stringify(reply)}`);
-  if (!statuses.includes(/** @type {S} */ (reply.status))) {
+  if (!statuses.includes(reply.status as S)) {
     throw new Unexpected(`${what}: expected ${statuses.join(" or ")}, got ${JSON.stringify(reply)}`);
   }
-  return /** @type {Extract<R, { status: S }>} */ (reply);
+  return reply as Extract<R, { status: S }>;
 }
 
-/**
- * A try's identity: its log entry's sequence and its index in the entry.
- *
- * @param {Try} message
- */
-const tryOf = (message) => `${message.try_seq}/${message.try_index}`;
+/** A try's identity: its log entry's sequence and its index in the entry. */
+const tryOf = (message: Try) => `${message.try_seq}/${message.try_index}`;
 
 /**
  * A reply's or an outcome's decision: `confirmed #2`, `cancelled: outbid`;
  * undefined for a reply without one.
- *
- * @param {BidReply | Outcome} message
  */
-function decision(message) {
+function decision(message: BidReply | Outcome): string | undefined {
   const status = "type" in message ? message.type : message.status;
   if (status === "confirmed" && "rank" in message) return `confirmed #${message.rank}`;
   if (status === "cancelled" && "reason" in message) return `cancelled: ${message.reason}`;
   return undefined;
 }
 
-/**
- * The steps, each checked against the contract; returns the summary.
- *
- * @param {Allot} allot
- */
-async function walkThrough(allot) {
+/** The steps, each checked against the contract; returns the summary. */
+async function walkThrough(allot: Allot) {
   const nc = allot.nc;
 
   // Follow the outcomes live, one per bid whose try is in the log, matched
   // to bids by bid_id. A core subscription sees only what is published
   // while it exists, so it is in place (flushed) before the first bid.
-  /** @type {Map<string, Outcome>} */
-  const outcomes = new Map();
-  /** @type {Outcome[]} */
-  const twice = [];
-  /** @type {() => void} */
+  const outcomes = new Map<string, Outcome>();
+  const twice: Outcome[] = [];
   let arrived = () => {};
   nc.subscribe(`${PREFIX}.outcome.${AUCTION}.>`, {
     callback: (err, msg) => {
       if (err) throw err;
-      /** @type {Outcome} */
-      const outcome = msg.json();
+      const outcome = msg.json<Outcome>();
       if (outcomes.has(outcome.bid_id)) twice.push(outcome);
       outcomes.set(outcome.bid_id, outcome);
       arrived();
@@ -205,19 +168,18 @@ async function walkThrough(allot) {
   // rank) or cancelled (with its reason). `accepted` means the decision
   // comes later, on the feed; `rejected` means nothing was written (the
   // auction is sold out, say), and the bid gets no outcome.
-  /** @type {Map<string, BidReply>} */
-  const waited = new Map();
-  for (const [bid_id, bidder_id, amount] of /** @type {const} */ ([
+  const waited = new Map<string, BidReply>();
+  for (const [bid_id, bidder_id, amount] of [
     ["b-dave", "dave", 130],
     ["b-bob", "bob", 120],
     ["b-carol", "carol", 300],
-  ])) {
+  ] as const) {
     const reply = await allot.bid(AUCTION, { bid_id, bidder_id, amount, wait: true });
     waited.set(bid_id, expect("bid, wait", reply, "confirmed", "cancelled", "accepted", "rejected"));
   }
 
   // A resend that waits always gets the original try and its decision.
-  const bob = /** @type {Extract<BidReply, Try>} */ (waited.get("b-bob"));
+  const bob = waited.get("b-bob") as Extract<BidReply, Try>;
   const bobAgain = expect(
     "resend, wait",
     await allot.bid(AUCTION, { bid_id: "b-bob", bidder_id: "bob", amount: 120, wait: true }),
@@ -238,17 +200,19 @@ async function walkThrough(allot) {
   );
 
   // Every bid whose try is in the log gets exactly one outcome.
-  /** @type {Map<string, string>} */
   const tries = new Map([["b-alice", tryOf(alice)]]);
   for (const [bidId, reply] of waited) {
     if (reply.status !== "rejected" && reply.status !== "error") tries.set(bidId, tryOf(reply));
   }
   const bids = () =>
     `outcomes of ${JSON.stringify([...outcomes.keys()])}, tries of ${JSON.stringify([...tries.keys()])}`;
-  await new Promise((resolve, reject) => {
+  await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Unexpected(`after 10 s: ${bids()}`)), 10_000);
     arrived = () => {
-      if ([...tries.keys()].every((b) => outcomes.has(b))) resolve(clearTimeout(timer));
+      if ([...tries.keys()].every((b) => outcomes.has(b))) {
+        clearTimeout(timer);
+        resolve();
+      }
     };
     arrived();
   });
