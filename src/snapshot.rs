@@ -274,15 +274,9 @@ impl Snapshot {
     /// that the state equals the one the verifier had.
     pub fn load(&self) -> Result<Ledger, SnapshotError> {
         let mut opens: Vec<(u64, OpenEvent)> = Vec::new();
-        let mut stmt = self
-            .conn
-            .prepare("SELECT open_seq, event FROM auctions ORDER BY open_seq")
-            .map_err(|e| self.sql(e))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?)))
-            .map_err(|e| self.sql(e))?;
-        for row in rows {
-            let (seq, json) = row.map_err(|e| self.sql(e))?;
+        for (seq, json) in
+            self.pairs::<u64, String>("SELECT open_seq, event FROM auctions ORDER BY open_seq")?
+        {
             let event = serde_json::from_str(&json).map_err(|e| self.corrupt(e))?;
             opens.push((seq, event));
         }
@@ -312,30 +306,30 @@ impl Snapshot {
         for (_, open) in opens {
             ledger.open(&open);
         }
-        let mut stmt = self
-            .conn
-            .prepare("SELECT auction_id, life FROM lives")
-            .map_err(|e| self.sql(e))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-            .map_err(|e| self.sql(e))?;
-        for row in rows {
-            let (auction_id, json) = row.map_err(|e| self.sql(e))?;
+        for (auction_id, json) in
+            self.pairs::<String, String>("SELECT auction_id, life FROM lives")?
+        {
             let life: Life = serde_json::from_str(&json).map_err(|e| self.corrupt(e))?;
             ledger.restore_life(&auction_id, life);
         }
-        let mut stmt = self
-            .conn
-            .prepare("SELECT auction_id, count FROM tries")
-            .map_err(|e| self.sql(e))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))
-            .map_err(|e| self.sql(e))?;
-        for row in rows {
-            let (auction_id, count) = row.map_err(|e| self.sql(e))?;
+        for (auction_id, count) in
+            self.pairs::<String, u64>("SELECT auction_id, count FROM tries")?
+        {
             ledger.restore_tries(&auction_id, count);
         }
         Ok(ledger)
+    }
+
+    /// Every row of a query of two columns.
+    fn pairs<A: rusqlite::types::FromSql, B: rusqlite::types::FromSql>(
+        &self,
+        sql: &str,
+    ) -> Result<Vec<(A, B)>, SnapshotError> {
+        let mut stmt = self.conn.prepare(sql).map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, A>(0)?, r.get::<_, B>(1)?)))
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.sql(e))
     }
 
     /// What the withdraw or raise at log sequence `seq` did, once decided.
