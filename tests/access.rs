@@ -433,3 +433,92 @@ async fn bidders_and_backends_act_only_as_themselves_under_the_example_config() 
         .unwrap()
         .expect("the service ran and stopped cleanly");
 }
+
+/// Under the example configuration too, the service sees an older allot
+/// (one that reads a single try per log message) and writes format 1
+/// beside it: its user may ping `$SRV.PING.allot` (docs/operating.md,
+/// "Upgrading"). The older instance is a stand-in answering the ping as
+/// such a version does, under the service's own user.
+#[tokio::test]
+async fn the_service_sees_an_older_allot_under_the_example_config() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nats-server.conf");
+    let server = NatsServer::start_with_config(&config).expect("nats-server starts");
+    let data = tempfile::tempdir().unwrap();
+    let service_url = as_user(&server, "allot-service");
+    let older = connect(&service_url).await.unwrap();
+    let mut pings = older.subscribe("$SRV.PING.allot").await.unwrap();
+    let answering = tokio::spawn({
+        let older = older.clone();
+        async move {
+            while let Some(ping) = pings.next().await {
+                let answer = serde_json::json!({
+                    "type": "io.nats.micro.v1.ping_response",
+                    "name": "allot",
+                    "id": "an-older-allot",
+                    "version": "0.1.0",
+                    "metadata": {"role": "all", "prefix": "allot"},
+                });
+                if let Some(reply) = ping.reply {
+                    let body = serde_json::to_vec(&answer).unwrap();
+                    let _ = older.publish(reply, body.into()).await;
+                }
+            }
+        }
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut service_config = Config {
+        nats_url: service_url.clone(),
+        verifier: VerifierConfig {
+            data_dir: data.path().to_path_buf(),
+            ..VerifierConfig::default()
+        },
+        ..Config::default()
+    };
+    service_config.gateway.identity = IdentityConfig {
+        mode: Mode::Bound,
+        backend_accounts: vec!["BACKENDS".into()],
+        bidder_rate: Some(5),
+    };
+    let running = tokio::spawn(service::run(service_config, async {
+        let _ = stopped.await;
+    }));
+    let admin = client(&as_user(&server, "admin")).await;
+    let mut opened = None;
+    for _ in 0..100 {
+        match admin.open("a", &AuctionSpec::with_capacity(5)).await {
+            Ok(reply) => {
+                opened = Some(reply);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert!(
+        matches!(opened, Some(OpenReply::Opened { .. })),
+        "{opened:?}"
+    );
+
+    let alice = client(&as_user(&server, "alice")).await;
+    let reply = alice.bid("a", &bid("b1", "alice", 10)).await.unwrap();
+    assert!(matches!(reply, BidReply::Accepted { .. }), "{reply:?}");
+    let s = Subjects::default();
+    let service_js = async_nats::jetstream::new(connect(&service_url).await.unwrap());
+    let log = service_js.get_stream("ALLOT_TRIES").await.unwrap();
+    let alone = allot::log::count(&log, &s.try_event("a")).await.unwrap();
+    let entries = s.tries_entry(s.partition("a"));
+    assert_eq!(
+        (alone, allot::log::count(&log, &entries).await.unwrap()),
+        (1, 0),
+        "one try per message beside the older allot"
+    );
+
+    // Once it is gone, entries of several tries again.
+    answering.abort();
+    drop(older);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let reply = alice.bid("a", &bid("b2", "alice", 10)).await.unwrap();
+    assert!(matches!(reply, BidReply::Accepted { .. }), "{reply:?}");
+    assert_eq!(allot::log::count(&log, &entries).await.unwrap(), 1);
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+}
