@@ -4,6 +4,8 @@
 //! id, or reads another's bidder or amount through a reply; the service
 //! and the admin keep working.
 
+use crate::common;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -31,6 +33,53 @@ fn as_user(server: &NatsServer, user: &str) -> String {
 
 async fn client(url: &str) -> AllotClient {
     AllotClient::new(connect(url).await.expect("connects"), Subjects::default())
+}
+
+/// `allot serve --identity bound --backend-account BACKENDS` in-process,
+/// as `allot-service` at `url`: a way to stop it, and its task.
+fn bound_service(
+    url: &str,
+    data: &Path,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<allot::Result<()>>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut config = Config {
+        nats_url: url.to_string(),
+        verifier: VerifierConfig {
+            data_dir: data.to_path_buf(),
+            ..VerifierConfig::default()
+        },
+        ..Config::default()
+    };
+    config.gateway.identity = IdentityConfig {
+        mode: Mode::Bound,
+        backend_accounts: vec!["BACKENDS".into()],
+        bidder_rate: Some(5),
+    };
+    let running = tokio::spawn(service::run(config, async {
+        let _ = stopped.await;
+    }));
+    (stop, running)
+}
+
+/// The admin opens auction `a` (5 slots) once the service answers.
+async fn first_open(admin: &AllotClient) {
+    let mut opened = None;
+    for _ in 0..100 {
+        match admin.open("a", &AuctionSpec::with_capacity(5)).await {
+            Ok(reply) => {
+                opened = Some(reply);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert!(
+        matches!(opened, Some(OpenReply::Opened { .. })),
+        "admin opens: {opened:?}"
+    );
 }
 
 fn bid(bid_id: &str, bidder_id: &str, amount: u64) -> BidRequest {
@@ -79,42 +128,13 @@ async fn bidders_and_backends_act_only_as_themselves_under_the_example_config() 
     let server = NatsServer::start_with_config(&config).expect("nats-server starts");
     let data = tempfile::tempdir().unwrap();
     let service_url = as_user(&server, "allot-service");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut service_config = Config {
-        nats_url: service_url.clone(),
-        verifier: VerifierConfig {
-            data_dir: data.path().to_path_buf(),
-            ..VerifierConfig::default()
-        },
-        ..Config::default()
-    };
-    service_config.gateway.identity = IdentityConfig {
-        mode: Mode::Bound,
-        backend_accounts: vec!["BACKENDS".into()],
-        bidder_rate: Some(5),
-    };
-    let running = tokio::spawn(service::run(service_config, async {
-        let _ = stopped.await;
-    }));
+    let (stop, running) = bound_service(&service_url, data.path());
 
     // The admin opens two auctions, once the service answers, and watches
     // the outcomes (bidders cannot: see below).
     let admin = client(&as_user(&server, "admin")).await;
     let mut outcomes = admin.live_outcomes(None).await.unwrap();
-    let mut opened = None;
-    for _ in 0..100 {
-        match admin.open("a", &AuctionSpec::with_capacity(5)).await {
-            Ok(reply) => {
-                opened = Some(reply);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    assert!(
-        matches!(opened, Some(OpenReply::Opened { .. })),
-        "admin opens: {opened:?}"
-    );
+    first_open(&admin).await;
     let ranked = AuctionSpec {
         policy: Policy::TopAmount,
         ..AuctionSpec::with_capacity(2)
@@ -446,57 +466,10 @@ async fn the_service_sees_an_older_allot_under_the_example_config() {
     let data = tempfile::tempdir().unwrap();
     let service_url = as_user(&server, "allot-service");
     let older = connect(&service_url).await.unwrap();
-    let mut pings = older.subscribe("$SRV.PING.allot").await.unwrap();
-    let answering = tokio::spawn({
-        let older = older.clone();
-        async move {
-            while let Some(ping) = pings.next().await {
-                let answer = serde_json::json!({
-                    "type": "io.nats.micro.v1.ping_response",
-                    "name": "allot",
-                    "id": "an-older-allot",
-                    "version": "0.1.0",
-                    "metadata": {"role": "all", "prefix": "allot"},
-                });
-                if let Some(reply) = ping.reply {
-                    let body = serde_json::to_vec(&answer).unwrap();
-                    let _ = older.publish(reply, body.into()).await;
-                }
-            }
-        }
-    });
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut service_config = Config {
-        nats_url: service_url.clone(),
-        verifier: VerifierConfig {
-            data_dir: data.path().to_path_buf(),
-            ..VerifierConfig::default()
-        },
-        ..Config::default()
-    };
-    service_config.gateway.identity = IdentityConfig {
-        mode: Mode::Bound,
-        backend_accounts: vec!["BACKENDS".into()],
-        bidder_rate: Some(5),
-    };
-    let running = tokio::spawn(service::run(service_config, async {
-        let _ = stopped.await;
-    }));
+    let answering = common::older_allot(older.clone()).await;
+    let (stop, running) = bound_service(&service_url, data.path());
     let admin = client(&as_user(&server, "admin")).await;
-    let mut opened = None;
-    for _ in 0..100 {
-        match admin.open("a", &AuctionSpec::with_capacity(5)).await {
-            Ok(reply) => {
-                opened = Some(reply);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    assert!(
-        matches!(opened, Some(OpenReply::Opened { .. })),
-        "{opened:?}"
-    );
+    first_open(&admin).await;
 
     let alice = client(&as_user(&server, "alice")).await;
     let reply = alice.bid("a", &bid("b1", "alice", 10)).await.unwrap();

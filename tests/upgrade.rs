@@ -13,31 +13,12 @@ use std::time::Duration;
 
 use allot::wire::{AuctionSpec, BidReply};
 use common::{bid, Harness};
-use futures::StreamExt;
 
 #[tokio::test]
 async fn a_gateway_writes_one_try_per_message_while_an_older_allot_runs() {
     let mut h = Harness::server_only().await;
     let nats = async_nats::connect(h.server.url()).await.unwrap();
-    let mut pings = nats.subscribe("$SRV.PING.allot").await.unwrap();
-    let old = tokio::spawn({
-        let nats = nats.clone();
-        async move {
-            while let Some(ping) = pings.next().await {
-                let answer = serde_json::json!({
-                    "type": "io.nats.micro.v1.ping_response",
-                    "name": "allot",
-                    "id": "an-older-allot",
-                    "version": "0.1.0",
-                    "metadata": {"role": "all", "prefix": "allot"},
-                });
-                if let Some(reply) = ping.reply {
-                    let body = serde_json::to_vec(&answer).unwrap();
-                    let _ = nats.publish(reply, body.into()).await;
-                }
-            }
-        }
-    });
+    let old = common::older_allot(nats.clone()).await;
     h.start_service().await;
     h.open("up", AuctionSpec::with_capacity(5)).await;
     bid_all(&h, 0..3).await;

@@ -887,3 +887,26 @@ fn signal(pid: u32, signal: &str) {
         .expect("kill runs");
     assert!(sent.success(), "kill {signal} {pid}");
 }
+
+/// A stand-in for an older allot (one that reads a single try per log
+/// message): answers `$SRV.PING.allot` as such a version does, with no
+/// `log_format` in its metadata, until the task is aborted.
+pub async fn older_allot(nats: async_nats::Client) -> JoinHandle<()> {
+    use futures::StreamExt;
+    let mut pings = nats.subscribe("$SRV.PING.allot").await.unwrap();
+    tokio::spawn(async move {
+        while let Some(ping) = pings.next().await {
+            let answer = serde_json::json!({
+                "type": "io.nats.micro.v1.ping_response",
+                "name": "allot",
+                "id": "an-older-allot",
+                "version": "0.1.0",
+                "metadata": {"role": "all", "prefix": "allot"},
+            });
+            if let Some(reply) = ping.reply {
+                let body = serde_json::to_vec(&answer).unwrap();
+                let _ = nats.publish(reply, body.into()).await;
+            }
+        }
+    })
+}
