@@ -300,6 +300,19 @@ async fn bidders_and_backends_act_only_as_themselves_under_the_example_config() 
             ),
         ]
     );
+    // And replays them from the outcome stream (`allot watch --from-start`).
+    let mut replayed = admin.replay_outcomes(Some("a")).await.expect("admin replays");
+    let mut again = Vec::new();
+    while again.len() < 3 {
+        let outcome = tokio::time::timeout(Duration::from_secs(10), replayed.next())
+            .await
+            .expect("replayed in time")
+            .expect("the replay goes on")
+            .expect("an outcome");
+        again.push((outcome.bid_id, outcome.bidder_id, outcome.rank));
+    }
+    again.sort();
+    assert_eq!(again, seen);
 
     // Each asks for the outcome of its own bids, and gets its own: bob's
     // b1 is not alice's, and shop-b has no b9.

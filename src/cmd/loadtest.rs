@@ -122,6 +122,12 @@ pub struct Args {
     /// No progress display.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Send bids, withdraws and raises over a connection of their own to
+    /// this URL, for example as a backend's user against `serve --identity
+    /// bound`; --nats-url then needs a user that may open auctions and
+    /// read the outcome stream (the example config's `admin`).
+    #[arg(long, env = "ALLOT_BID_URL")]
+    pub bid_url: Option<String>,
 }
 
 fn positive(s: &str) -> Result<f64, String> {
@@ -184,6 +190,7 @@ pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
         progress: !args.quiet,
         history: args.history.clone(),
         give_up: args.give_up_secs.map(Duration::from_secs_f64),
+        bid_url: args.bid_url.clone(),
     };
     let outcome = if args.embedded {
         let embedded = Embedded::start(common.prefix).await?;

@@ -53,19 +53,33 @@ pub struct Failure {
 const RESEND_PAUSE: Duration = Duration::from_millis(100);
 
 pub enum Engine {
-    /// Requests to a running allot gateway.
-    Tcc(AllotClient),
+    /// Requests to a running allot gateway: bids, withdraws and raises on
+    /// the second client (the first, unless told otherwise).
+    Tcc(AllotClient, AllotClient),
     /// Handlers in this process, on this process's NATS connection.
     Occ(Box<Optimistic>),
     Lock(Box<Locking>),
 }
 
 impl Engine {
-    pub async fn new(strategy: Strategy, client: &AllotClient) -> Result<Engine> {
+    pub async fn new(
+        strategy: Strategy,
+        client: &AllotClient,
+        bid_url: Option<&str>,
+    ) -> Result<Engine> {
         let nats: Client = client.client.clone();
         let subjects = &client.subjects;
         Ok(match strategy {
-            Strategy::Tcc => Engine::Tcc(client.clone()),
+            Strategy::Tcc => {
+                let bidder = match bid_url {
+                    Some(url) => AllotClient {
+                        client: crate::client::connect(url).await?,
+                        ..client.clone()
+                    },
+                    None => client.clone(),
+                };
+                Engine::Tcc(client.clone(), bidder)
+            }
             Strategy::Occ => Engine::Occ(Box::new(
                 Optimistic::new(nats, subjects, Default::default()).await?,
             )),
@@ -77,7 +91,7 @@ impl Engine {
 
     pub async fn open(&self, auction_id: &str, spec: &AuctionSpec) -> Result<()> {
         match self {
-            Engine::Tcc(client) => match client.open(auction_id, spec).await? {
+            Engine::Tcc(client, _) => match client.open(auction_id, spec).await? {
                 OpenReply::Opened { .. } => Ok(()),
                 OpenReply::Error { message, .. } => Err(crate::error::Error::new(
                     ErrorKind::Config,
@@ -100,7 +114,7 @@ impl Engine {
             message: String::new(),
         };
         match self {
-            Engine::Tcc(client) => answered(client.bid(auction_id, bid).await),
+            Engine::Tcc(_, bidder) => answered(bidder.bid(auction_id, bid).await),
             Engine::Occ(occ) => occ.bid(auction_id, bid).await.map_err(strategy),
             Engine::Lock(lock) => lock.bid(auction_id, bid).await.map_err(strategy),
         }
@@ -113,7 +127,7 @@ impl Engine {
         auction_id: &str,
         withdraw: &WithdrawRequest,
     ) -> std::result::Result<WithdrawReply, Failure> {
-        answered(self.allot()?.withdraw(auction_id, withdraw).await)
+        answered(self.bidder()?.withdraw(auction_id, withdraw).await)
     }
 
     /// Raises a held bid (`tcc` only).
@@ -122,7 +136,7 @@ impl Engine {
         auction_id: &str,
         raise: &RaiseRequest,
     ) -> std::result::Result<RaiseReply, Failure> {
-        answered(self.allot()?.raise(auction_id, raise).await)
+        answered(self.bidder()?.raise(auction_id, raise).await)
     }
 
     /// Closes an auction now (`tcc` only); closing twice is harmless.
@@ -131,8 +145,16 @@ impl Engine {
     }
 
     fn allot(&self) -> std::result::Result<&AllotClient, Failure> {
+        self.tcc().map(|(client, _)| client)
+    }
+
+    fn bidder(&self) -> std::result::Result<&AllotClient, Failure> {
+        self.tcc().map(|(_, bidder)| bidder)
+    }
+
+    fn tcc(&self) -> std::result::Result<(&AllotClient, &AllotClient), Failure> {
         match self {
-            Engine::Tcc(client) => Ok(client),
+            Engine::Tcc(client, bidder) => Ok((client, bidder)),
             _ => Err(Failure {
                 label: "unsupported".into(),
                 retry: None,
@@ -145,7 +167,7 @@ impl Engine {
     /// events, so reading it to its last sequence sees every outcome.
     pub fn outcome_stream(&self, subjects: &Subjects) -> String {
         match self {
-            Engine::Tcc(_) => subjects.outcomes_stream(),
+            Engine::Tcc(..) => subjects.outcomes_stream(),
             Engine::Occ(occ) => occ.aggregates.stream_name(),
             Engine::Lock(lock) => lock.aggregates.stream_name(),
         }
@@ -153,7 +175,7 @@ impl Engine {
 
     pub fn contention(&self) -> Contention {
         let c = match self {
-            Engine::Tcc(_) => return Contention::default(),
+            Engine::Tcc(..) => return Contention::default(),
             Engine::Occ(occ) => &occ.counters,
             Engine::Lock(lock) => &lock.counters,
         };

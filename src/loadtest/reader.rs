@@ -58,7 +58,9 @@ async fn match_outcomes(shared: &Shared, mut messages: pull::Ordered) {
         };
         let now = Instant::now();
         let mut records = shared.records.lock().expect("lock poisoned");
-        let record = bid_index(&outcome.bid_id)
+        // Under `serve --identity bound` the outcome names the ids as the
+        // log keeps them, qualified with the sender's scope.
+        let record = bid_index(crate::identity::unqualified(&outcome.bid_id))
             .and_then(|i| records.get_mut(i as usize))
             .and_then(Option::as_mut);
         let Some(record) = record else {
@@ -76,7 +78,7 @@ async fn match_outcomes(shared: &Shared, mut messages: pull::Ordered) {
             amount: outcome.amount,
             try_seq: TryAt::new(outcome.try_seq, outcome.try_index),
             tried_at: outcome.tried_at,
-            matches_bid: auction == facts.auction && is_bidder(&outcome.bidder_id, facts.bidder),
+            matches_bid: auction == facts.auction && is_bidder(crate::identity::unqualified(&outcome.bidder_id), facts.bidder),
         });
         if facts.outcomes.len() == 1 {
             shared.decided.fetch_add(1, Ordering::Relaxed);

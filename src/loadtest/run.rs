@@ -39,6 +39,10 @@ pub struct Options {
     /// Stop resending a bid this long after it was due (the attempts
     /// still bound it too).
     pub give_up: Option<Duration>,
+    /// `tcc`: send bids, withdraws and raises over a connection of their
+    /// own to this URL (a backend's user under `serve --identity bound`,
+    /// say); opens, closes and reads use the run's client.
+    pub bid_url: Option<String>,
 }
 
 impl Default for Options {
@@ -52,6 +56,7 @@ impl Default for Options {
             progress: true,
             history: None,
             give_up: None,
+            bid_url: None,
         }
     }
 }
@@ -134,7 +139,7 @@ pub async fn run(client: &AllotClient, options: &Options) -> Result<Outcome> {
     for &strategy in &options.strategies {
         let mut workload = options.workload.clone();
         workload.run_id = format!("{}-{}", workload.run_id, strategy.name());
-        let engine = Engine::new(strategy, client).await?;
+        let engine = Engine::new(strategy, client, options.bid_url.as_deref()).await?;
         let mut report = run_one(client, &engine, strategy, &workload, options).await?;
         report.baseline_ratio = baseline
             .as_ref()
