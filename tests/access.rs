@@ -301,7 +301,10 @@ async fn bidders_and_backends_act_only_as_themselves_under_the_example_config() 
         ]
     );
     // And replays them from the outcome stream (`allot watch --from-start`).
-    let mut replayed = admin.replay_outcomes(Some("a")).await.expect("admin replays");
+    let mut replayed = admin
+        .replay_outcomes(Some("a"))
+        .await
+        .expect("admin replays");
     let mut again = Vec::new();
     while again.len() < 3 {
         let outcome = tokio::time::timeout(Duration::from_secs(10), replayed.next())

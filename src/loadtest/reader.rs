@@ -78,7 +78,11 @@ async fn match_outcomes(shared: &Shared, mut messages: pull::Ordered) {
             amount: outcome.amount,
             try_seq: TryAt::new(outcome.try_seq, outcome.try_index),
             tried_at: outcome.tried_at,
-            matches_bid: auction == facts.auction && is_bidder(crate::identity::unqualified(&outcome.bidder_id), facts.bidder),
+            matches_bid: auction == facts.auction
+                && is_bidder(
+                    crate::identity::unqualified(&outcome.bidder_id),
+                    facts.bidder,
+                ),
         });
         if facts.outcomes.len() == 1 {
             shared.decided.fetch_add(1, Ordering::Relaxed);
