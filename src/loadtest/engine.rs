@@ -55,7 +55,7 @@ const RESEND_PAUSE: Duration = Duration::from_millis(100);
 pub enum Engine {
     /// Requests to a running allot gateway: bids, withdraws and raises on
     /// the second client (the first, unless told otherwise).
-    Tcc(AllotClient, AllotClient),
+    Tcc(Box<(AllotClient, AllotClient)>),
     /// Handlers in this process, on this process's NATS connection.
     Occ(Box<Optimistic>),
     Lock(Box<Locking>),
@@ -78,7 +78,7 @@ impl Engine {
                     },
                     None => client.clone(),
                 };
-                Engine::Tcc(client.clone(), bidder)
+                Engine::Tcc(Box::new((client.clone(), bidder)))
             }
             Strategy::Occ => Engine::Occ(Box::new(
                 Optimistic::new(nats, subjects, Default::default()).await?,
@@ -91,7 +91,7 @@ impl Engine {
 
     pub async fn open(&self, auction_id: &str, spec: &AuctionSpec) -> Result<()> {
         match self {
-            Engine::Tcc(client, _) => match client.open(auction_id, spec).await? {
+            Engine::Tcc(tcc) => match tcc.0.open(auction_id, spec).await? {
                 OpenReply::Opened { .. } => Ok(()),
                 OpenReply::Error { message, .. } => Err(crate::error::Error::new(
                     ErrorKind::Config,
@@ -114,7 +114,7 @@ impl Engine {
             message: String::new(),
         };
         match self {
-            Engine::Tcc(_, bidder) => answered(bidder.bid(auction_id, bid).await),
+            Engine::Tcc(tcc) => answered(tcc.1.bid(auction_id, bid).await),
             Engine::Occ(occ) => occ.bid(auction_id, bid).await.map_err(strategy),
             Engine::Lock(lock) => lock.bid(auction_id, bid).await.map_err(strategy),
         }
@@ -154,7 +154,7 @@ impl Engine {
 
     fn tcc(&self) -> std::result::Result<(&AllotClient, &AllotClient), Failure> {
         match self {
-            Engine::Tcc(client, bidder) => Ok((client, bidder)),
+            Engine::Tcc(tcc) => Ok((&tcc.0, &tcc.1)),
             _ => Err(Failure {
                 label: "unsupported".into(),
                 retry: None,
