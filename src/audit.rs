@@ -17,7 +17,7 @@ use crate::core::{Decision, Ledger, Verdict};
 use crate::error::{Error, ErrorKind, Result};
 use crate::log::{read_all, StoredMessage};
 use crate::snapshot::Snapshot;
-use crate::wire::{LogEntry, LogEvent, OutcomeEvent, Subjects, TryAt};
+use crate::wire::{outcomes_in, LogEntry, LogEvent, OutcomeEvent, Subjects, TryAt};
 
 /// What an audit found.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -283,21 +283,25 @@ pub async fn run(
     };
     let log = read_all(js, &subjects.tries_stream(), log_filters).await?;
     let log = entries(subjects, &log, auction_id);
-    let outcome_filter = vec![subjects.outcomes(auction_id)];
-    let outcomes = read_all(js, &subjects.outcomes_stream(), outcome_filter).await?;
+    let outcome_filters = subjects.outcome_filters(auction_id);
+    let outcomes = read_all(js, &subjects.outcomes_stream(), outcome_filters).await?;
     let mut events = Vec::with_capacity(outcomes.len());
     let mut unreadable = Vec::new();
     for m in &outcomes {
-        match serde_json::from_slice::<OutcomeEvent>(&m.payload) {
-            Ok(o) => events.push(o),
+        match outcomes_in(subjects, &m.subject, &m.payload) {
+            Ok(found) => events.extend(
+                found
+                    .into_iter()
+                    .filter(|o| auction_id.is_none_or(|a| a == o.auction_id)),
+            ),
             Err(e) => unreadable.push(format!(
-                "outcome stream entry {} on {:?} is not an outcome event: {e}",
+                "outcome stream entry {} on {:?}: {e}",
                 m.seq, m.subject
             )),
         }
     }
     let mut findings = compare(&log, &events, snapshots.as_deref());
-    findings.outcomes = outcomes.len();
+    findings.outcomes = events.len();
     findings.differences.extend(unreadable);
     Ok(findings)
 }

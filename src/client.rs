@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, ErrorKind, Result};
 use crate::nats_server::{parse_version, MIN_VERSION};
 use crate::wire::{
-    AuctionSpec, BidReply, BidRequest, CloseReply, OpenReply, OutcomeEvent, RaiseReply,
-    RaiseRequest, ResultReply, ResultRequest, StatusReply, Subjects, WithdrawReply,
+    outcomes_in, AuctionSpec, BidReply, BidRequest, CloseReply, OpenReply, OutcomeEvent,
+    RaiseReply, RaiseRequest, ResultReply, ResultRequest, StatusReply, Subjects, WithdrawReply,
     WithdrawRequest,
 };
 
@@ -309,7 +309,8 @@ impl AllotClient {
         &self,
         auction_id: Option<&str>,
     ) -> Result<BoxStream<'static, OutcomeEvent>> {
-        let subject = self.subjects.outcomes(auction_id);
+        // Outcomes stored alone by earlier versions, and sent live.
+        let subject = self.subjects.outcomes_followed(auction_id);
         let sub = self
             .client
             .subscribe(subject.clone())
@@ -333,7 +334,7 @@ impl AllotClient {
             .map_err(Error::wrap(ErrorKind::Nats, "outcome stream"))?;
         let consumer = stream
             .create_consumer(pull::OrderedConfig {
-                filter_subject: self.subjects.outcomes(auction_id),
+                filter_subjects: self.subjects.outcome_filters(auction_id),
                 deliver_policy: DeliverPolicy::All,
                 ..Default::default()
             })
@@ -343,11 +344,25 @@ impl AllotClient {
             .messages()
             .await
             .map_err(Error::wrap(ErrorKind::Nats, "outcome stream"))?;
+        let subjects = self.subjects.clone();
+        let auction = auction_id.map(str::to_string);
         Ok(messages
-            .map(|m| {
-                let m = m.map_err(Error::wrap(ErrorKind::Nats, "outcome stream"))?;
-                serde_json::from_slice(&m.payload)
-                    .map_err(Error::wrap(ErrorKind::Protocol, "outcome event"))
+            .flat_map(move |m| {
+                let found = m
+                    .map_err(Error::wrap(ErrorKind::Nats, "outcome stream"))
+                    .and_then(|m| {
+                        outcomes_in(&subjects, &m.subject, &m.payload)
+                            .map_err(Error::wrap(ErrorKind::Protocol, "outcome event"))
+                    });
+                let found: Vec<Result<OutcomeEvent>> = match found {
+                    Ok(outcomes) => outcomes
+                        .into_iter()
+                        .filter(|o| auction.as_ref().is_none_or(|a| *a == o.auction_id))
+                        .map(Ok)
+                        .collect(),
+                    Err(e) => vec![Err(e)],
+                };
+                futures::stream::iter(found)
             })
             .boxed())
     }

@@ -109,7 +109,7 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
             ("prefix".to_string(), config.subjects.prefix().to_string()),
             (
                 micro::LOG_FORMAT.to_string(),
-                crate::wire::TRIES_FORMAT.to_string(),
+                crate::wire::RECORD_FORMAT.to_string(),
             ),
         ]),
     };

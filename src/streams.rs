@@ -61,7 +61,8 @@ pub struct Streams {
     pub subjects: Subjects,
     /// The ordered log: `<prefix>.try.*` and `<prefix>.auction.*`.
     pub log: stream::Stream,
-    /// Outcome events: `<prefix>.outcome.<auction_id>.<kind>`.
+    /// Outcomes: entries `<prefix>.outcomes.<partition>`, outcomes stored
+    /// alone `<prefix>.outcome.<auction_id>.<kind>`, and the fences.
     pub outcomes: stream::Stream,
     /// Auction id -> [`crate::wire::AuctionView`], written by the verifier.
     pub status: kv::Store,
@@ -69,6 +70,11 @@ pub struct Streams {
     pub leases: kv::Store,
     /// How long an unrenewed lease lasts.
     pub lease_ttl: Duration,
+    /// The oldest record format that every running allot reads
+    /// ([`crate::wire::RECORD_FORMAT`]); a verifier stores outcomes in
+    /// entries only while it is 3. Shared by every clone, set by the
+    /// verifiers' check (`verifier::assign`).
+    pub record_format: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Streams {
@@ -206,6 +212,7 @@ impl Streams {
             status,
             leases,
             lease_ttl: options.lease_ttl,
+            record_format: std::sync::Arc::new(crate::wire::RECORD_FORMAT.into()),
         })
     }
 }

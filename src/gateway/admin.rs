@@ -8,7 +8,7 @@ use async_nats::Message;
 use super::{internal, Gateway};
 use crate::wire::{
     decode_close, decode_open, timestamp, AuctionState, ErrorCode, LogEvent, OpenEvent, OpenReply,
-    OutcomeKind, RequestError, StatusReply,
+    RequestError, StatusReply,
 };
 
 impl Gateway {
@@ -82,9 +82,6 @@ impl Gateway {
                 format!("no auction {auction_id:?} has been opened"),
             ));
         };
-        let count = |stream, subject: String| async move {
-            crate::log::count(stream, &subject).await.map_err(internal)
-        };
         let partition = subjects.partition(auction_id);
         let counts =
             crate::log::try_counts(&self.streams.js, subjects, partition, Some(auction_id))
@@ -92,16 +89,12 @@ impl Gateway {
                 .map_err(internal)?;
         let tries = counts.tries.get(auction_id).copied().unwrap_or(0);
         let undecided = counts.not_reached.get(auction_id).copied().unwrap_or(0);
-        let confirmed = count(
-            &self.streams.outcomes,
-            subjects.outcome(auction_id, OutcomeKind::Confirmed),
-        )
-        .await?;
-        let cancelled = count(
-            &self.streams.outcomes,
-            subjects.outcome(auction_id, OutcomeKind::Cancelled),
-        )
-        .await?;
+        let decided = crate::log::outcome_counts(&self.streams.js, subjects, Some(auction_id))
+            .await
+            .map_err(internal)?
+            .remove(auction_id)
+            .unwrap_or_default();
+        let (confirmed, cancelled) = (decided.confirmed, decided.cancelled);
         let closed = spec.is_closed_at(timestamp::now())
             || self.view.closed.read().unwrap().contains(auction_id);
         Ok(StatusReply::Ok {

@@ -1,18 +1,20 @@
-//! How many tries each auction has in the log. Tries share entries with
+//! How many tries and outcomes each auction has. Tries share entries with
 //! the other auctions of their partition, so no subject counts them: the
 //! partition's verifier keeps a count per auction up to the last entry it
 //! applied, and the entries after that are read and counted here.
+//! Outcomes stored alone (before entries of outcomes) are counted per
+//! subject by the server; entries of outcomes are read and counted here.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream::Context;
 
-use super::read::read_after;
+use super::read::{for_each_after, per_subject, read_after};
 use async_nats::jetstream::stream::DirectGetErrorKind;
 
 use crate::error::{Error, ErrorKind};
-use crate::wire::{LogEntry, LogEvent, Subjects, TriesReply};
+use crate::wire::{outcomes_in, LogEntry, LogEvent, OutcomeKind, Subjects, TriesReply};
 
 /// How long the verifier has to answer; without an answer the partition's
 /// whole log is counted here.
@@ -109,4 +111,61 @@ pub async fn all_try_counts(
         all.extend(counts?.tries);
     }
     Ok(all)
+}
+
+/// One auction's outcomes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Decided {
+    pub confirmed: u64,
+    pub cancelled: u64,
+}
+
+impl Decided {
+    fn add(&mut self, kind: OutcomeKind, n: u64) {
+        match kind {
+            OutcomeKind::Confirmed => self.confirmed += n,
+            OutcomeKind::Cancelled => self.cancelled += n,
+        }
+    }
+}
+
+/// Outcomes per auction in the outcome stream, of `auction_id` alone or of
+/// every auction. Reading the entries costs a pass over them (over the
+/// auction's partition's, for one auction): slower as the stream grows,
+/// not wrong.
+pub async fn outcome_counts(
+    js: &Context,
+    subjects: &Subjects,
+    auction_id: Option<&str>,
+) -> Result<BTreeMap<String, Decided>, Error> {
+    let name = subjects.outcomes_stream();
+    let stream = js
+        .get_stream(&name)
+        .await
+        .map_err(Error::wrap(ErrorKind::Nats, name.clone()))?;
+    let [alone, entries] = <[String; 2]>::try_from(subjects.outcome_filters(auction_id))
+        .expect("two outcome filters");
+    let mut counts: BTreeMap<String, Decided> = BTreeMap::new();
+    let prefix = format!("{}.outcome.", subjects.prefix());
+    for (subject, n) in per_subject(&stream, &alone).await? {
+        let Some((auction, kind)) = subject.strip_prefix(&prefix).and_then(|r| r.split_once('.'))
+        else {
+            continue;
+        };
+        let kind = match kind {
+            "confirmed" => OutcomeKind::Confirmed,
+            "cancelled" => OutcomeKind::Cancelled,
+            _ => continue,
+        };
+        counts.entry(auction.to_string()).or_default().add(kind, n);
+    }
+    for_each_after(js, &name, vec![entries], 0, |m| {
+        for o in outcomes_in(subjects, &m.subject, &m.payload).unwrap_or_default() {
+            if auction_id.is_none_or(|a| a == o.auction_id) {
+                counts.entry(o.auction_id).or_default().add(o.kind, 1);
+            }
+        }
+    })
+    .await?;
+    Ok(counts)
 }

@@ -1,6 +1,7 @@
-//! The outcome stream's side of the log's owner: an outcome is published
-//! here, under its verifier's fence and with its message id, and read back
-//! here when a verifier starts.
+//! The outcome stream's side of the log's owner: outcomes are stored here,
+//! under their verifier's fence, as entries of several (or each alone,
+//! with its message id, beside an allot that reads no entries), sent live
+//! once stored, and read back here when a verifier starts.
 
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use super::fence::Fence;
 use crate::error::{Error, ErrorKind, Result};
 use crate::snapshot::StoredOutcome;
 use crate::streams::Streams;
-use crate::wire::{OutcomeEvent, Subjects};
+use crate::wire::{outcomes_in, OutcomeEvent, Subjects, UnreadableOutcomes};
 
 /// A partition's outcomes stored after some outcome-stream sequence.
 pub struct StoredSince {
@@ -40,7 +41,44 @@ pub fn outcome_message(
     (subjects.outcome(&o.auction_id, o.kind), message)
 }
 
+/// An entry of outcomes as it is stored: on its partition's entry
+/// subject, under `fence`, with no message id (one outcome per bid rests
+/// on the verifier and the fence). (The simulator stores through this too.)
+pub fn outcomes_entry_message(
+    subjects: &Subjects,
+    fence: &Fence,
+    partition: u32,
+    payload: bytes::Bytes,
+) -> (String, PublishMessage) {
+    let message = fence.stamp(PublishMessage::build().payload(payload));
+    (subjects.outcomes_entry(partition), message)
+}
+
+/// Sends stored outcomes live, one message each on its auction's subject
+/// ([`Subjects::outcome_live`]): at most once, for followers; the entry is
+/// the record.
+pub async fn send_live(client: &async_nats::Client, outcomes: &[(String, bytes::Bytes)]) {
+    for (subject, payload) in outcomes {
+        if let Err(e) = client.publish(subject.clone(), payload.clone()).await {
+            tracing::debug!(error = %e, subject, "cannot send an outcome live");
+        }
+    }
+}
+
 impl Streams {
+    /// Stores an entry of `partition`'s outcomes under `fence`, without
+    /// waiting for the ack. A refused ack means another verifier took over
+    /// ([`super::fence::refused`]).
+    pub async fn send_outcomes_entry(
+        &self,
+        fence: &Fence,
+        partition: u32,
+        payload: bytes::Bytes,
+    ) -> std::result::Result<PublishAckFuture, PublishError> {
+        let (subject, message) = outcomes_entry_message(&self.subjects, fence, partition, payload);
+        self.js.send_publish(subject, message).await
+    }
+
     /// Sends a decided outcome on its auction's subject, with its message id
     /// and under `fence`, without waiting for the ack. A refused ack means
     /// another verifier took over ([`super::fence::refused`]).
@@ -75,7 +113,10 @@ impl Streams {
         let consumer = self
             .outcomes
             .create_consumer(pull::OrderedConfig {
-                filter_subject: self.subjects.outcomes(None),
+                filter_subjects: vec![
+                    self.subjects.outcomes(None),
+                    self.subjects.outcomes_entry(partition),
+                ],
                 deliver_policy: DeliverPolicy::ByStartSequence {
                     start_sequence: after + 1,
                 },
@@ -108,11 +149,30 @@ impl Streams {
                 .info()
                 .map_err(Error::wrap(ErrorKind::Nats, READING))?;
             let (seq, pending) = (info.stream_sequence, info.pending);
-            let outcome = serde_json::from_slice::<OutcomeEvent>(&message.payload)
-                .ok()
-                .filter(|o| self.subjects.partition(&o.auction_id) == partition);
-            if let Some(outcome) = outcome {
-                let payload = message.payload.clone();
+            let outcomes = match outcomes_in(&self.subjects, &message.subject, &message.payload) {
+                Ok(outcomes) => outcomes,
+                Err(e @ UnreadableOutcomes::NewerFormat(_)) => {
+                    return Err(Error::new(
+                        ErrorKind::Integrity,
+                        format!("outcome stream entry {seq}: {e}"),
+                    ))
+                }
+                // Not an outcome of this allot's: nothing to reuse.
+                Err(UnreadableOutcomes::Invalid(_)) => Vec::new(),
+            };
+            let alone = outcomes.len() == 1 && !self.subjects.is_outcomes_entry(&message.subject);
+            for outcome in outcomes {
+                if self.subjects.partition(&outcome.auction_id) != partition {
+                    continue;
+                }
+                // Republished as it was stored: the same bytes, alone or
+                // taken out of its entry.
+                let payload = match alone {
+                    true => message.payload.clone(),
+                    false => serde_json::to_vec(&outcome)
+                        .expect("outcomes serialize")
+                        .into(),
+                };
                 found
                     .outcomes
                     .push((seq, StoredOutcome { outcome, payload }));
@@ -136,16 +196,20 @@ impl Streams {
             .clone();
         // The first outcome, not the first message: fence markers come and
         // go (a new owner purges the old ones) and are never older than the log.
-        let first = match self
-            .outcomes
-            .direct_get_first_for_subject(self.subjects.outcomes(None))
-            .await
-        {
-            Ok(first) => first,
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(Error::with_source(ErrorKind::Setup, e).context("outcome stream")),
+        let mut first = None;
+        for filter in self.subjects.outcome_filters(None) {
+            match self.outcomes.direct_get_first_for_subject(filter).await {
+                Ok(m) => first = Some(first.map_or(m.time, |f| std::cmp::min(f, m.time))),
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(Error::with_source(ErrorKind::Setup, e).context("outcome stream"))
+                }
+            }
+        }
+        let Some(first) = first else {
+            return Ok(());
         };
-        if first.time < log.created {
+        if first < log.created {
             return Err(Error::new(
                 ErrorKind::Integrity,
                 format!(

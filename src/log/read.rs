@@ -63,11 +63,6 @@ impl Reader {
     pub async fn log_counts(&self, filter: &str) -> Result<BTreeMap<String, u64>, Error> {
         per_subject(&self.log, filter).await
     }
-
-    /// Message counts per outcome-stream subject matching `filter`.
-    pub async fn outcome_counts(&self, filter: &str) -> Result<BTreeMap<String, u64>, Error> {
-        per_subject(&self.outcomes, filter).await
-    }
 }
 
 /// Message counts per subject matching `filter`.
@@ -144,6 +139,20 @@ pub async fn read_after(
     filters: Vec<String>,
     after: u64,
 ) -> Result<Vec<StoredMessage>, Error> {
+    let mut out = Vec::new();
+    for_each_after(js, name, filters, after, |m| out.push(m)).await?;
+    Ok(out)
+}
+
+/// [`read_after`], handing each message to `f` as it comes instead of
+/// keeping them all.
+pub async fn for_each_after(
+    js: &Context,
+    name: &str,
+    filters: Vec<String>,
+    after: u64,
+    mut f: impl FnMut(StoredMessage),
+) -> Result<(), Error> {
     let reading = format!("reading stream {name}");
     let stream: stream::Stream = js
         .get_stream(name)
@@ -165,7 +174,6 @@ pub async fn read_after(
         .messages()
         .await
         .map_err(Error::wrap(ErrorKind::Nats, reading.as_str()))?;
-    let mut out = Vec::with_capacity(remaining as usize);
     while remaining > 0 {
         let next = tokio::time::timeout(Duration::from_secs(10), messages.next()).await;
         let message = match next {
@@ -181,7 +189,7 @@ pub async fn read_after(
         let info = message
             .info()
             .map_err(Error::wrap(ErrorKind::Nats, reading.as_str()))?;
-        out.push(StoredMessage {
+        f(StoredMessage {
             seq: info.stream_sequence,
             subject: message.subject.to_string(),
             payload: message.payload.clone(),
@@ -189,5 +197,5 @@ pub async fn read_after(
         });
         remaining -= 1;
     }
-    Ok(out)
+    Ok(())
 }

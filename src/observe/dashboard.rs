@@ -357,7 +357,11 @@ impl Dashboard {
                     .await
                     .map_err(|e| e.to_string())
             },
-            per_subject(&self.streams.outcomes, format!("{prefix}.outcome.*.*")),
+            async {
+                crate::log::outcome_counts(&self.streams.js, s, None)
+                    .await
+                    .map_err(|e| e.to_string())
+            },
             self.pending(),
             self.owners(),
             instances(&client),
@@ -404,10 +408,9 @@ impl Dashboard {
         let mut auctions: Vec<Auction> = ids
             .iter()
             .map(|&id| {
-                let count = |subject: String| decided.get(&subject).copied().unwrap_or(0);
                 let tries = tries.get(id).copied().unwrap_or(0);
-                let confirmed = count(format!("{prefix}.outcome.{id}.confirmed"));
-                let cancelled = count(format!("{prefix}.outcome.{id}.cancelled"));
+                let d = decided.get(id).copied().unwrap_or_default();
+                let (confirmed, cancelled) = (d.confirmed, d.cancelled);
                 let spec = specs.get(id).copied().unwrap_or(Spec {
                     capacity: 0,
                     policy: Policy::default(),

@@ -83,9 +83,10 @@ pub async fn serve(
     Ok(())
 }
 
-/// The metadata key naming the newest log entry format an instance reads
-/// and writes ([`crate::wire::TRIES_FORMAT`]); instances of versions
-/// before entries of several tries do not set it, and read format 1 only.
+/// The metadata key naming the newest record format an instance reads
+/// and writes ([`crate::wire::RECORD_FORMAT`]: 2, entries of several
+/// tries; 3, entries of outcomes too); instances of versions before
+/// entries of several tries do not set it, and read format 1 only.
 pub const LOG_FORMAT: &str = "log_format";
 
 /// The oldest log entry format that any allot instance answering a ping

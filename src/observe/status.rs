@@ -143,17 +143,14 @@ pub async fn read(
             pending,
         });
     }
-    let decided = streams
-        .outcome_counts(&format!("{prefix}.outcome.*.*"))
-        .await?;
+    let decided = crate::log::outcome_counts(&js, subjects, None).await?;
     let mut fills: Vec<AuctionFill> = opened
         .keys()
         .filter_map(|subject| subject.rsplit('.').next())
         .map(|auction_id| {
-            let count = |subject: String| decided.get(&subject).copied().unwrap_or(0);
             let tries = tries.get(auction_id).copied().unwrap_or(0);
-            let confirmed = count(format!("{prefix}.outcome.{auction_id}.confirmed"));
-            let cancelled = count(format!("{prefix}.outcome.{auction_id}.cancelled"));
+            let d = decided.get(auction_id).copied().unwrap_or_default();
+            let (confirmed, cancelled) = (d.confirmed, d.cancelled);
             AuctionFill {
                 auction_id: auction_id.to_string(),
                 capacity: 0,

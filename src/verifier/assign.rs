@@ -46,6 +46,19 @@ pub(super) async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     tokio::pin!(shutdown);
+    // Outcomes in entries only once no older allot runs beside this one;
+    // checked before deciding, then every few seconds.
+    check_formats(&streams).await;
+    let formats = tokio::spawn({
+        let streams = streams.clone();
+        async move {
+            loop {
+                tokio::time::sleep(FORMAT_CHECK_EVERY).await;
+                check_formats(&streams).await;
+            }
+        }
+    });
+    let _formats = AbortOnDrop(formats);
     let owner = lease::owner(&config.data_dir);
     let me = member_key(&owner);
     let partitions = streams.subjects.partitions();
@@ -264,4 +277,37 @@ async fn members(streams: &Streams, me: &str, owner: &str) -> Result<(u32, u32)>
     members.sort();
     let rank = members.iter().position(|k| k == me).unwrap_or(0);
     Ok((members.len().max(1) as u32, rank as u32))
+}
+
+/// How often a verifier asks which record formats the running allot
+/// instances read.
+const FORMAT_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// Sets the outcome format to the oldest any running allot reads (see
+/// [`crate::observe::micro::LOG_FORMAT`]). No answer changes nothing.
+async fn check_formats(streams: &Streams) {
+    let wait = Duration::from_millis(150);
+    let client = streams.js.client();
+    match crate::observe::micro::oldest_log_format(&client, wait).await {
+        Ok(Some(format)) => {
+            let format = format.min(crate::wire::RECORD_FORMAT);
+            let was = streams
+                .record_format
+                .swap(format, std::sync::atomic::Ordering::Relaxed);
+            if was != format {
+                tracing::warn!(format, "storing outcomes for record format {format}");
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::debug!(error = %e, "cannot ask which record formats run"),
+    }
+}
+
+/// A task that ends with its owner, on every way out.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -12,7 +12,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::log::fence::{refused, Fence};
 use crate::snapshot::StoredOutcome;
 use crate::streams::Streams;
-use crate::wire::{AuctionView, OutcomeEvent};
+use crate::wire::{outcome_entries, AuctionView, OutcomeEvent, RECORD_FORMAT};
+use std::sync::atomic::Ordering;
 
 /// The acks of a batch of outcomes: the highest outcome-stream sequence
 /// acked once all are in.
@@ -29,11 +30,61 @@ pub(super) type Acks = Pin<Box<dyn Future<Output = Result<u64>> + Send>>;
 /// partitions deciding at once there are still thousands in flight.
 pub(super) const MAX_UNACKED: usize = 256;
 
-/// Sends outcomes in order, waiting for acks only to keep at most
-/// [`MAX_UNACKED`] outstanding; the returned future waits for the rest.
+/// Stores outcomes in order, as entries of several (or each alone beside
+/// an allot that reads no entries, [`Streams::record_format`]); the
+/// returned future waits for the acks, then sends the outcomes live.
 /// Outcomes in `published` are already in the outcome stream and are
 /// skipped.
 pub(super) async fn send(
+    streams: &Streams,
+    fence: &Fence,
+    outcomes: &[StoredOutcome],
+    published: &HashSet<(String, String)>,
+) -> Result<Acks> {
+    if streams.record_format.load(Ordering::Relaxed) < RECORD_FORMAT {
+        return send_alone(streams, fence, outcomes, published).await;
+    }
+    let fresh: Vec<&StoredOutcome> = outcomes
+        .iter()
+        .filter(|d| {
+            let o = &d.outcome;
+            published.is_empty() || !published.contains(&(o.auction_id.clone(), o.bid_id.clone()))
+        })
+        .collect();
+    let Some(first) = fresh.first() else {
+        return Ok(Box::pin(async { Ok(0) }));
+    };
+    let partition = streams.subjects.partition(&first.outcome.auction_id);
+    let mut acks = Vec::new();
+    for entry in outcome_entries(fresh.iter().map(|d| d.payload.as_ref())) {
+        let ack = streams.send_outcomes_entry(fence, partition, entry).await;
+        acks.push(ack.map_err(Error::wrap(ErrorKind::Nats, "store outcomes"))?);
+    }
+    let live: Vec<(String, bytes::Bytes)> = fresh
+        .iter()
+        .map(|d| {
+            let o = &d.outcome;
+            (
+                streams.subjects.outcome_live(&o.auction_id, o.kind),
+                d.payload.clone(),
+            )
+        })
+        .collect();
+    let client = streams.js.client();
+    Ok(Box::pin(async move {
+        let mut last = 0;
+        for ack in futures::future::join_all(acks.into_iter().map(IntoFuture::into_future)).await {
+            last = last.max(ack.map_err(refused)?.sequence);
+        }
+        crate::log::send_live(&client, &live).await;
+        Ok(last)
+    }))
+}
+
+/// [`send`] for an allot beside one that reads no entries of outcomes:
+/// each outcome stored alone with its message id, waiting for acks only
+/// to keep at most [`MAX_UNACKED`] outstanding.
+async fn send_alone(
     streams: &Streams,
     fence: &Fence,
     outcomes: &[StoredOutcome],

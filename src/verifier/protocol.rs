@@ -17,7 +17,7 @@
 //! Batches finish in log order, so what is recorded as published only
 //! moves forward, and nothing is acked that is not durably decided.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -768,8 +768,9 @@ impl<T: Delivered + Clone> Protocol<T> {
 pub struct Published {
     /// By bid: the outcome and its outcome-stream sequence.
     by_bid: HashMap<(String, String), (u64, StoredOutcome)>,
-    /// Outcome-stream sequences of the outcomes not matched to a try yet.
-    unmatched: BTreeSet<u64>,
+    /// Outcome-stream sequences of the outcomes not matched to a try yet,
+    /// with how many there are at each (an entry holds several).
+    unmatched: BTreeMap<u64, usize>,
     /// Highest outcome-stream sequence known to be stored.
     high: u64,
 }
@@ -786,16 +787,16 @@ impl Published {
     /// An outcome found at outcome-stream sequence `seq`; a later one for
     /// the same bid replaces it.
     pub fn found(&mut self, seq: u64, stored: StoredOutcome) {
-        self.unmatched.insert(seq);
+        *self.unmatched.entry(seq).or_default() += 1;
         if let Some((earlier, _)) = self.by_bid.insert(key(&stored.outcome), (seq, stored)) {
-            self.unmatched.remove(&earlier);
+            matched(&mut self.unmatched, earlier);
         }
     }
 
     /// The published outcome of a bid, if one was found; it is then matched.
     pub fn take(&mut self, key: &(String, String)) -> Option<StoredOutcome> {
         let (seq, stored) = self.by_bid.remove(key)?;
-        self.unmatched.remove(&seq);
+        matched(&mut self.unmatched, seq);
         Some(stored)
     }
 
@@ -808,7 +809,7 @@ impl Published {
             let o = &stored.outcome;
             let keep = !ledger.is_decided(&o.auction_id, &o.bid_id);
             if !keep {
-                unmatched.remove(seq);
+                matched(unmatched, *seq);
             }
             keep
         });
@@ -821,7 +822,7 @@ impl Published {
 
     /// The first found outcome not yet matched to its try.
     pub fn first_unmatched(&self) -> Option<u64> {
-        self.unmatched.first().copied()
+        self.unmatched.keys().next().copied()
     }
 
     /// The outcome-stream position that may be recorded: below every found
@@ -843,6 +844,16 @@ impl Published {
 
     pub fn is_empty(&self) -> bool {
         self.by_bid.is_empty()
+    }
+}
+
+/// One found outcome at `seq` is matched (or replaced).
+fn matched(unmatched: &mut BTreeMap<u64, usize>, seq: u64) {
+    if let Some(left) = unmatched.get_mut(&seq) {
+        *left -= 1;
+        if *left == 0 {
+            unmatched.remove(&seq);
+        }
     }
 }
 

@@ -11,12 +11,17 @@ use serde::{Deserialize, Serialize};
 
 mod lifecycle;
 pub mod names;
+mod outcome_entry;
 mod request;
 mod result;
 mod subjects;
 pub mod timestamp;
 
 pub use lifecycle::*;
+pub use outcome_entry::{
+    outcome_entries, outcomes_in, OutcomesEntry, OutcomesKind, UnreadableOutcomes,
+    MAX_OUTCOMES_PER_ENTRY, MAX_OUTCOME_ENTRY_BYTES, OUTCOMES_FORMAT, RECORD_FORMAT,
+};
 pub use request::{
     decode_bid, decode_close, decode_open, decode_raise, decode_result, decode_withdraw, ErrorCode,
     RequestError,

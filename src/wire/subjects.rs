@@ -154,6 +154,52 @@ impl Subjects {
         join(&[&self.prefix, ".outcome.", auction_id, ".", kind.as_str()])
     }
 
+    /// Where an outcome is sent live once the entry holding it is stored
+    /// (format 3): `<prefix>.outcome.<auction_id>.confirmed|cancelled.live`.
+    /// Not captured by the outcome stream, which stores the entry; under
+    /// `<prefix>.outcome.<auction_id>.>` with the stored outcomes of
+    /// earlier versions, so one subscription follows both.
+    pub fn outcome_live(&self, auction_id: &str, kind: OutcomeKind) -> String {
+        join(&[
+            &self.prefix,
+            ".outcome.",
+            auction_id,
+            ".",
+            kind.as_str(),
+            ".live",
+        ])
+    }
+
+    /// A live follower's subscription: one auction's outcomes, or every
+    /// auction's, as stored by earlier versions and as sent live.
+    pub fn outcomes_followed(&self, auction_id: Option<&str>) -> String {
+        format!("{}.outcome.{}.>", self.prefix, auction_id.unwrap_or("*"))
+    }
+
+    /// A partition's entries of outcomes in the outcome stream (format 3):
+    /// `<prefix>.outcomes.<partition>`.
+    pub fn outcomes_entry(&self, partition: u32) -> String {
+        format!("{}.outcomes.{partition}", self.prefix)
+    }
+
+    /// Whether `subject` is an entry of outcomes.
+    pub fn is_outcomes_entry(&self, subject: &str) -> bool {
+        subject
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix(".outcomes."))
+            .is_some_and(|p| p.parse::<u32>().is_ok())
+    }
+
+    /// What a reader of the outcome stream filters on for one auction's
+    /// outcomes (stored alone, or in its partition's entries), or for all.
+    pub fn outcome_filters(&self, auction_id: Option<&str>) -> Vec<String> {
+        let entries = match auction_id {
+            Some(a) => self.outcomes_entry(self.partition(a)),
+            None => format!("{}.outcomes.*", self.prefix),
+        };
+        vec![self.outcomes(auction_id), entries]
+    }
+
     /// Where the verifier answers which try decided a bid (see
     /// [`crate::wire::DecidedRequest`]):
     /// `<prefix>.verifier.decided.<partition>.<auction_id>`.
@@ -200,9 +246,15 @@ impl Subjects {
         format!("{}.fence.{partition}.*", self.prefix)
     }
 
-    /// Every subject the outcome stream captures: outcomes and fences.
+    /// Every subject the outcome stream captures: outcomes stored alone
+    /// (format 1 and 2, still written beside an older allot), entries of
+    /// outcomes (format 3), and fences.
     pub fn outcome_stream_subjects(&self) -> Vec<String> {
-        vec![self.outcomes(None), format!("{}.fence.*.*", self.prefix)]
+        vec![
+            self.outcomes(None),
+            format!("{}.fence.*.*", self.prefix),
+            format!("{}.outcomes.*", self.prefix),
+        ]
     }
 
     /// The wildcard a request handler listens on, for one request kind
