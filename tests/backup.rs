@@ -287,7 +287,34 @@ async fn cutting_a_partitions_settled_history_leaves_the_rest_consistent() {
         .sequence(cut)
         .await
         .unwrap();
+    // The outcomes: the partition's entries below the first that holds an
+    // outcome of a try at or above the cut (and any stored alone by an
+    // earlier version, by subject).
+    let p = s.partition("old");
+    let entries = h
+        .read_stream(&s.outcomes_stream(), &s.outcomes_entry(p))
+        .await;
+    let outcome_cut = entries
+        .iter()
+        .find(|m| {
+            allot::wire::outcomes_in(&s, &m.subject, &m.payload)
+                .unwrap()
+                .iter()
+                .any(|o| o.try_seq >= cut)
+        })
+        .expect("the kept auction's outcomes")
+        .seq;
+    assert!(
+        outcome_cut > entries[0].seq,
+        "the old auction's are before it"
+    );
     let outcomes = h.js.get_stream(s.outcomes_stream()).await.unwrap();
+    outcomes
+        .purge()
+        .filter(s.outcomes_entry(p))
+        .sequence(outcome_cut)
+        .await
+        .unwrap();
     outcomes
         .purge()
         .filter(s.outcomes(Some("old")))

@@ -374,7 +374,7 @@ async fn three_serves_share_the_partitions_and_survive_a_kill_9() {
     let mut outcomes = h
         .client
         .client
-        .subscribe("allot.outcome.*.*")
+        .subscribe("allot.outcome.*.>")
         .await
         .unwrap();
     let report = dirs[0].path().join("report.json");

@@ -50,53 +50,77 @@ async fn match_outcomes(shared: &Shared, mut messages: pull::Ordered) {
                 .read_to
                 .store(info.stream_sequence, Ordering::Relaxed);
         }
-        let Ok(outcome) = serde_json::from_slice::<Seen>(&message.payload) else {
-            continue; // an aggregate's open event
+        // An entry of outcomes, or one stored alone (or an aggregate's
+        // open event, of the other strategies, which is none).
+        let seen: Vec<Seen> = if shared.subjects.is_outcomes_entry(&message.subject) {
+            match serde_json::from_slice::<SeenEntry>(&message.payload) {
+                Ok(entry) => entry.outcomes,
+                Err(_) => continue,
+            }
+        } else {
+            match serde_json::from_slice::<Seen>(&message.payload) {
+                Ok(one) => vec![one],
+                Err(_) => continue,
+            }
         };
-        let Some(auction) = shared.workload.auction_index(&outcome.auction_id) else {
-            continue; // another run's
-        };
-        let now = Instant::now();
-        let mut records = shared.records.lock().expect("lock poisoned");
-        // Under `serve --identity bound` the outcome names the ids as the
-        // log keeps them, qualified with the sender's scope.
-        let record = bid_index(crate::identity::unqualified(&outcome.bid_id))
-            .and_then(|i| records.get_mut(i as usize))
-            .and_then(Option::as_mut);
-        let Some(record) = record else {
-            shared.stray.fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
-        record
-            .outcomes_at
-            .push(micros(now.duration_since(shared.start)));
-        let facts = &mut record.facts;
-        facts.outcomes.push(SeenOutcome {
-            kind: outcome.kind,
-            rank: outcome.rank,
-            reason: outcome.reason,
-            amount: outcome.amount,
-            try_seq: TryAt::new(outcome.try_seq, outcome.try_index),
-            tried_at: outcome.tried_at,
-            matches_bid: auction == facts.auction
-                && is_bidder(
-                    crate::identity::unqualified(&outcome.bidder_id),
-                    facts.bidder,
-                ),
-        });
-        if facts.outcomes.len() == 1 {
-            shared.decided.fetch_add(1, Ordering::Relaxed);
-            let since_due = now.duration_since(record.due);
-            shared
-                .outcome_latency
-                .lock()
-                .expect("lock poisoned")
-                .saturating_record(micros(since_due));
-            shared
-                .last_outcome_us
-                .fetch_max(micros(now.duration_since(shared.start)), Ordering::Relaxed);
+        for outcome in seen {
+            matched(shared, outcome);
         }
     }
+}
+
+/// Matches one outcome event to the run's bid.
+fn matched(shared: &Shared, outcome: Seen) {
+    let Some(auction) = shared.workload.auction_index(&outcome.auction_id) else {
+        return; // another run's
+    };
+    let now = Instant::now();
+    let mut records = shared.records.lock().expect("lock poisoned");
+    // Under `serve --identity bound` the outcome names the ids as the
+    // log keeps them, qualified with the sender's scope.
+    let record = bid_index(crate::identity::unqualified(&outcome.bid_id))
+        .and_then(|i| records.get_mut(i as usize))
+        .and_then(Option::as_mut);
+    let Some(record) = record else {
+        shared.stray.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    record
+        .outcomes_at
+        .push(micros(now.duration_since(shared.start)));
+    let facts = &mut record.facts;
+    facts.outcomes.push(SeenOutcome {
+        kind: outcome.kind,
+        rank: outcome.rank,
+        reason: outcome.reason,
+        amount: outcome.amount,
+        try_seq: TryAt::new(outcome.try_seq, outcome.try_index),
+        tried_at: outcome.tried_at,
+        matches_bid: auction == facts.auction
+            && is_bidder(
+                crate::identity::unqualified(&outcome.bidder_id),
+                facts.bidder,
+            ),
+    });
+    if facts.outcomes.len() == 1 {
+        shared.decided.fetch_add(1, Ordering::Relaxed);
+        let since_due = now.duration_since(record.due);
+        shared
+            .outcome_latency
+            .lock()
+            .expect("lock poisoned")
+            .saturating_record(micros(since_due));
+        shared
+            .last_outcome_us
+            .fetch_max(micros(now.duration_since(shared.start)), Ordering::Relaxed);
+    }
+}
+
+/// An entry of outcomes, read as [`Seen`]s.
+#[derive(Deserialize)]
+struct SeenEntry<'a> {
+    #[serde(borrow)]
+    outcomes: Vec<Seen<'a>>,
 }
 
 /// The parts of an outcome event the check needs, borrowed where they can

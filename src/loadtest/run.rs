@@ -181,6 +181,8 @@ pub(super) struct Attempt {
 /// State shared by the senders, the outcome reader and the sampler.
 pub(super) struct Shared {
     pub(super) workload: Workload,
+    /// allot's subjects: which outcome-stream messages are entries.
+    pub(super) subjects: crate::wire::Subjects,
     /// Every auction as opened, with its `closes_at`.
     pub(super) specs: Vec<AuctionSpec>,
     /// Accepted replies name the try's place in allot's log (`tcc`); the
@@ -274,6 +276,7 @@ async fn run_one(
     let started_at = timestamp::now();
     let shared = Arc::new(Shared {
         workload: w.clone(),
+        subjects: client.subjects.clone(),
         specs: vec![spec.clone(); w.auctions as usize],
         log_seqs: strategy.is_allot(),
         start: Instant::now(),

@@ -143,12 +143,14 @@ pub async fn outcome_counts(
         .get_stream(&name)
         .await
         .map_err(Error::wrap(ErrorKind::Nats, name.clone()))?;
-    let [alone, entries] = <[String; 2]>::try_from(subjects.outcome_filters(auction_id))
-        .expect("two outcome filters");
+    let [alone, entries] =
+        <[String; 2]>::try_from(subjects.outcome_filters(auction_id)).expect("two outcome filters");
     let mut counts: BTreeMap<String, Decided> = BTreeMap::new();
     let prefix = format!("{}.outcome.", subjects.prefix());
     for (subject, n) in per_subject(&stream, &alone).await? {
-        let Some((auction, kind)) = subject.strip_prefix(&prefix).and_then(|r| r.split_once('.'))
+        let Some((auction, kind)) = subject
+            .strip_prefix(&prefix)
+            .and_then(|r| r.split_once('.'))
         else {
             continue;
         };

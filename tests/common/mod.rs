@@ -175,9 +175,14 @@ impl Harness {
     /// Asked again a few times: on a cluster that just lost a node, the
     /// JetStream API can time out while its groups elect leaders.
     pub async fn read_stream(&self, stream: &str, filter: &str) -> Vec<Stored> {
+        self.read_stream_on(stream, vec![filter.to_string()]).await
+    }
+
+    /// [`Self::read_stream`], on several filters at once.
+    pub async fn read_stream_on(&self, stream: &str, filters: Vec<String>) -> Vec<Stored> {
         let mut tries = 0;
         loop {
-            match allot::log::read_all(&self.js, stream, vec![filter.to_string()]).await {
+            match allot::log::read_all(&self.js, stream, filters.clone()).await {
                 Ok(messages) => return messages,
                 Err(e) if tries < 5 && e.kind() != allot::ErrorKind::Integrity => {
                     eprintln!("reading {stream} failed ({e}); asking again");
@@ -237,10 +242,11 @@ impl Harness {
     /// The outcomes of one auction (or all), in stream order.
     pub async fn outcomes(&self, auction_id: Option<&str>) -> Vec<OutcomeEvent> {
         let s = &self.client.subjects;
-        self.read_stream(&s.outcomes_stream(), &s.outcomes(auction_id))
+        self.read_stream_on(&s.outcomes_stream(), s.outcome_filters(auction_id))
             .await
             .into_iter()
-            .map(|m| serde_json::from_slice(&m.payload).unwrap())
+            .flat_map(|m| allot::wire::outcomes_in(s, &m.subject, &m.payload).unwrap())
+            .filter(|o| auction_id.is_none_or(|a| a == o.auction_id))
             .collect()
     }
 
@@ -248,11 +254,13 @@ impl Harness {
     /// auction, then returns them all.
     pub async fn wait_for_outcomes(&self, auction_id: &str, n: usize) -> Vec<OutcomeEvent> {
         let s = &self.client.subjects;
-        let stream = self.js.get_stream(s.outcomes_stream()).await.unwrap();
         for _ in 0..600 {
-            let count = allot::log::count(&stream, &s.outcomes(Some(auction_id)))
+            let counts = allot::log::outcome_counts(&self.js, s, Some(auction_id))
                 .await
                 .unwrap();
+            let count = counts
+                .get(auction_id)
+                .map_or(0, |d| d.confirmed + d.cancelled);
             if count as usize >= n {
                 return self.outcomes(Some(auction_id)).await;
             }

@@ -20,7 +20,6 @@ use allot::log::fence::Fence;
 use allot::snapshot::{Snapshot, StoredOutcome, Sync};
 use allot::verifier::lease::{after_refusal, Refused, Term};
 use allot::verifier::protocol::{Action, Protocol, Published};
-use allot::wire::OutcomeEvent;
 
 use crate::oracle;
 use crate::workload::Workload;
@@ -488,14 +487,13 @@ impl Sim {
         let mut found = Published::through(position.outcomes_seq);
         found.stored_through(self.outcomes.last_seq());
         for m in &self.outcomes.messages {
-            let Ok(outcome) = serde_json::from_slice::<OutcomeEvent>(&m.payload) else {
-                continue;
-            };
-            let ours =
-                self.workload.subjects.partition(&outcome.auction_id) == self.workload.partition;
-            if m.seq > position.outcomes_seq && ours {
-                let payload = m.payload.clone().into();
-                found.found(m.seq, StoredOutcome { outcome, payload });
+            for outcome in crate::world::outcomes_of(&m.payload) {
+                let ours = self.workload.subjects.partition(&outcome.auction_id)
+                    == self.workload.partition;
+                if m.seq > position.outcomes_seq && ours {
+                    let payload = serde_json::to_vec(&outcome).unwrap().into();
+                    found.found(m.seq, StoredOutcome { outcome, payload });
+                }
             }
         }
         let (protocol, actions) = Protocol::recover(ledger, position, unpublished, found);
@@ -617,27 +615,34 @@ impl Sim {
             Action::Publish { batch, skip } => {
                 let mut high = 0;
                 let mut failed = None;
-                for d in &batch.decisions {
+                // As `verifier::outcomes::send` stores them: entries of
+                // several, each under the fence.
+                let fresh = batch.decisions.iter().filter(|d| {
                     let o = &d.outcome;
-                    if skip.contains(&(o.auction_id.clone(), o.bid_id.clone())) {
-                        continue;
-                    }
+                    !skip.contains(&(o.auction_id.clone(), o.bid_id.clone()))
+                });
+                let entries = allot::wire::outcome_entries(fresh.map(|d| d.payload.as_ref()));
+                for entry in entries {
                     if self.rng.chance(faults.publish_lost) {
-                        failed = Some("an outcome publish was lost".to_string());
+                        failed = Some("an entry of outcomes was lost".to_string());
                         continue;
                     }
-                    let (subject, message) =
-                        allot::log::outcome_message(&self.workload.subjects, &v.fence, d);
+                    let (subject, message) = allot::log::outcomes_entry_message(
+                        &self.workload.subjects,
+                        &v.fence,
+                        self.workload.partition,
+                        entry,
+                    );
                     match self.outcomes.publish(subject, message, self.now) {
                         Ok(seq) => high = high.max(seq),
                         Err(_fenced) => {
-                            self.note("an outcome refused by the fence".into());
-                            failed = Some("an outcome was refused by the fence".to_string());
+                            self.note("an entry of outcomes refused by the fence".into());
+                            failed = Some("an entry was refused by the fence".to_string());
                             continue;
                         }
                     }
                     if self.rng.chance(faults.publish_ack_lost) {
-                        failed = Some("an outcome ack was lost".to_string());
+                        failed = Some("an entry's ack was lost".to_string());
                     }
                 }
                 let ready_at = Millis(self.now.0 + self.rng.below(60));

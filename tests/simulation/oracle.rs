@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use allot::core::{Ledger, Verdict};
-use allot::wire::{LogEntry, LogEvent, OutcomeEvent, OutcomeKind, Subjects, TryAt};
+use allot::wire::{LogEntry, LogEvent, OutcomeKind, Subjects, TryAt};
 
 use crate::world::{Log, Outcomes};
 
@@ -43,38 +43,42 @@ pub fn check(
     let mut seen: HashMap<(String, String), usize> = HashMap::new();
     let mut confirmed: HashMap<String, Vec<u32>> = HashMap::new();
     for m in outcomes.messages.iter().filter(|m| m.outcome) {
-        let o: OutcomeEvent = serde_json::from_slice(&m.payload)
-            .map_err(|e| format!("outcome {} unreadable: {e}", m.seq))?;
-        if subjects.partition(&o.auction_id) != partition {
-            continue;
+        let found = crate::world::outcomes_of(&m.payload);
+        if found.is_empty() {
+            return Err(format!("outcome message {} unreadable", m.seq));
         }
-        let key = (o.auction_id.clone(), o.bid_id.clone());
-        *seen.entry(key.clone()).or_default() += 1;
-        if seen[&key] > 1 {
-            return Err(format!(
-                "a second outcome for {key:?} (stream sequence {})",
-                m.seq
-            ));
-        }
-        match expected.get(&key) {
-            None => {
-                return Err(format!(
-                    "an outcome for {key:?}, which the log does not decide"
-                ))
+        for o in found {
+            if subjects.partition(&o.auction_id) != partition {
+                continue;
             }
-            Some(v) if Verdict::of(&o) != Some(*v) => {
+            let key = (o.auction_id.clone(), o.bid_id.clone());
+            *seen.entry(key.clone()).or_default() += 1;
+            if seen[&key] > 1 {
                 return Err(format!(
-                    "{key:?} published as {:?} {:?} {:?}, the log decides {v:?}",
-                    o.kind, o.rank, o.reason
-                ))
+                    "a second outcome for {key:?} (stream sequence {})",
+                    m.seq
+                ));
             }
-            Some(_) => {}
-        }
-        if o.kind == OutcomeKind::Confirmed {
-            confirmed
-                .entry(o.auction_id.clone())
-                .or_default()
-                .extend(o.rank);
+            match expected.get(&key) {
+                None => {
+                    return Err(format!(
+                        "an outcome for {key:?}, which the log does not decide"
+                    ))
+                }
+                Some(v) if Verdict::of(&o) != Some(*v) => {
+                    return Err(format!(
+                        "{key:?} published as {:?} {:?} {:?}, the log decides {v:?}",
+                        o.kind, o.rank, o.reason
+                    ))
+                }
+                Some(_) => {}
+            }
+            if o.kind == OutcomeKind::Confirmed {
+                confirmed
+                    .entry(o.auction_id.clone())
+                    .or_default()
+                    .extend(o.rank);
+            }
         }
     }
     if let Some(missing) = expected.keys().find(|k| !seen.contains_key(*k)) {

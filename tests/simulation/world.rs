@@ -294,7 +294,7 @@ impl Outcomes {
     pub fn store(&mut self, subject: String, payload: Vec<u8>) -> u64 {
         let seq = self.messages.len() as u64 + 1;
         let outcome = !subject.contains(".fence.");
-        if let Ok(o) = serde_json::from_slice::<allot::wire::OutcomeEvent>(&payload) {
+        for o in outcomes_of(&payload) {
             self.keys.insert((o.auction_id, o.bid_id));
         }
         self.last_on.insert(subject, seq);
@@ -309,6 +309,15 @@ impl Outcomes {
     pub fn last_seq(&self) -> u64 {
         self.messages.len() as u64
     }
+}
+
+/// The outcomes in a stored message: an entry's, one stored alone, or
+/// none (a fence marker).
+pub fn outcomes_of(payload: &[u8]) -> Vec<allot::wire::OutcomeEvent> {
+    if let Ok(entry) = serde_json::from_slice::<allot::wire::OutcomesEntry>(payload) {
+        return entry.outcomes;
+    }
+    serde_json::from_slice(payload).map_or_else(|_| Vec::new(), |o| vec![o])
 }
 
 /// The leases bucket's entry for the simulated partition, with the KV
