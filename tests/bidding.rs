@@ -205,8 +205,8 @@ async fn outcome_subjects_carry_each_kind_live_and_in_the_stream() {
     )
     .await;
     let nats = &h.client.client;
-    let mut confirmed = nats.subscribe("allot.outcome.w.confirmed").await.unwrap();
-    let mut cancelled = nats.subscribe("allot.outcome.w.cancelled").await.unwrap();
+    let mut confirmed = nats.subscribe("allot.outcome.w.confirmed.>").await.unwrap();
+    let mut cancelled = nats.subscribe("allot.outcome.w.cancelled.>").await.unwrap();
     nats.flush().await.unwrap();
 
     for (i, bidder) in ["u1", "u1", "u2", "u3"].iter().enumerate() {
@@ -254,6 +254,23 @@ async fn outcome_subjects_carry_each_kind_live_and_in_the_stream() {
     assert!(!entries.is_empty(), "the tries are in entries of tries");
     for m in entries {
         assert_matches("tries-entry.schema.json", &m.payload);
+    }
+    // The outcomes are stored in entries of outcomes, none alone.
+    let stored = h
+        .read_stream_on(&s.outcomes_stream(), s.outcome_filters(Some("w")))
+        .await;
+    assert!(!stored.is_empty());
+    for m in stored {
+        assert!(
+            s.is_outcomes_entry(&m.subject),
+            "{} stored alone",
+            m.subject
+        );
+        assert_matches("outcomes-entry.schema.json", &m.payload);
+        let entry: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        for o in entry["outcomes"].as_array().unwrap() {
+            assert_matches("outcome-event.schema.json", &serde_json::to_vec(o).unwrap());
+        }
     }
     assert_matches(
         "bid-request.schema.json",

@@ -258,7 +258,7 @@ async fn relay(h: &Harness, auction: &str) -> Relay {
         nats.subscribe(flaky.bid(auction)).await.unwrap(),
         nats.subscribe(flaky.withdraw(auction)).await.unwrap(),
     ]);
-    let real_outcomes = h.client.subjects.outcomes(Some(auction));
+    let real_outcomes = h.client.subjects.outcomes_followed(Some(auction));
     let mut outcomes = nats.subscribe(real_outcomes).await.unwrap();
     nats.flush().await.unwrap();
     let refused = Arc::new(AtomicUsize::new(0));

@@ -108,7 +108,7 @@ export type WithdrawReply =
 
 export type Reply = OpenReply | BidReply | WithdrawReply;
 
-/** Outcome event on `allot.outcome.<auction_id>.confirmed|cancelled`: one per bid whose try is in the log. */
+/** Outcome event, live on `allot.outcome.<auction_id>.confirmed|cancelled.live` (or stored alone on `allot.outcome.<auction_id>.confirmed|cancelled` by earlier versions): one per bid whose try is in the log. */
 export interface Outcome extends Try {
   type: "confirmed" | "cancelled";
   bid_id: string;

@@ -352,17 +352,21 @@ fn drive(sim: &mut Sim, hosts: &mut [Host]) -> Result<Report, String> {
         .filter(|l| l.contains(" restart: "))
         .count() as u64;
     let count = |what: &str| sim.trace.iter().filter(|l| l.contains(what)).count() as u64;
+    let stored: Vec<_> = sim
+        .outcomes
+        .messages
+        .iter()
+        .flat_map(|m| crate::world::outcomes_of(&m.payload))
+        .collect();
     Ok(Report {
         steps,
         restarts,
         takeovers: count(" takes over"),
         fenced: count("refused by the fence"),
-        outcomes: sim.outcomes.last_seq(),
-        confirmed: sim
-            .outcomes
-            .messages
+        outcomes: stored.len() as u64,
+        confirmed: stored
             .iter()
-            .filter(|m| m.payload.starts_with(br#"{"type":"confirmed""#))
+            .filter(|o| o.kind == allot::wire::OutcomeKind::Confirmed)
             .count() as u64,
         trace: sim.trace.clone(),
     })

@@ -85,7 +85,7 @@ fn the_protocol_survives_the_campaign() {
         }
     }
     eprintln!(
-        "{count} seeds from {first}: {steps} steps, {restarts} restarts, {takeovers} takeovers, {fenced} outcomes fenced off, {outcomes} outcomes ({confirmed} confirmed), in {:.1} s",
+        "{count} seeds from {first}: {steps} steps, {restarts} restarts, {takeovers} takeovers, {fenced} entries of outcomes fenced off, {outcomes} outcomes ({confirmed} confirmed), in {:.1} s",
         started.elapsed().as_secs_f64()
     );
     // A campaign, not a replay of one seed, must have exercised it all.
