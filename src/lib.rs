@@ -5,8 +5,8 @@
 //!
 //! ```text
 //! bidder ──allot.bid.<a>──► gateway ──allot.tries.<p>.v2─► ALLOT_TRIES ──► verifier ──► ALLOT_OUTCOMES
-//!                           gateway/                   (the log)       verifier/    allot.outcome.<a>.confirmed
-//!                           fast rejects                               core.rs      allot.outcome.<a>.cancelled
+//!                           gateway/                   (the log)       verifier/    allot.outcomes.<p>, then live
+//!                           fast rejects                               core.rs      allot.outcome.<a>.<kind>.live
 //!                             ▲                                        snapshot.rs
 //!                             ├── ALLOT_STATUS (fill) ◄────────────────────┤
 //!                             └── allot.verifier.decided.<p>.<a> (resends) ◄─┘
@@ -23,7 +23,8 @@
 //!   [`snapshot`], publishes one outcome per try, recovers after a crash.
 //! - [`log`]: the one writer of the log (append an event: subject, message
 //!   id and expectations follow from it; tries by group commit, several
-//!   to an entry) and reader of its entries;
+//!   to an entry) and of the outcome stream (an entry of outcomes per
+//!   batch, under the fence), and reader of both;
 //!   [`wire::names`] names every consumer, key and group.
 //! - [`streams`]: the JetStream streams and buckets; [`service`] runs the
 //!   gateway and the verifier until shutdown.

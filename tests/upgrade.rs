@@ -1,9 +1,11 @@
 //! Old and new side by side: an allot of a version that reads one try per
 //! log message (format 1) has a verifier that would skip entries of
-//! several tries. While any allot instance that does not say it reads
-//! format 2 answers the micro service ping, a gateway writes format 1,
-//! one try per message with JetStream's de-duplication, and goes back to
-//! entries of several once none is left. Here the older instance is a
+//! several tries, and would not find outcomes stored in entries. While any
+//! allot instance that does not say it reads format 2 (3) answers the
+//! micro service ping, a gateway writes one try per message with
+//! JetStream's de-duplication (a verifier stores each outcome alone, with
+//! its message id), and both go back to entries of several once none is
+//! left. Here the older instance is a
 //! responder that answers `$SRV.PING.allot` as such a version does, with
 //! no `log_format` in its metadata.
 
@@ -37,6 +39,8 @@ async fn a_gateway_writes_one_try_per_message_while_an_older_allot_runs() {
     );
     let (single, grouped) = in_log(&h).await;
     assert_eq!((single, grouped), (3, 0), "one try per message");
+    h.wait_for_outcomes("up", 3).await;
+    assert_eq!(outcomes_stored(&h).await, (3, 0), "each outcome alone");
 
     // The older instance is gone: within a check or two, entries of
     // several tries again.
@@ -53,6 +57,18 @@ async fn a_gateway_writes_one_try_per_message_while_an_older_allot_runs() {
     let accepted = (0..5).map(|i| format!("b{i}")).collect();
     let outcomes = h.settled_outcomes("up", &accepted).await;
     assert_eq!(outcomes.len(), 5);
+    let (alone, entries) = outcomes_stored(&h).await;
+    assert_eq!(alone, 3, "no outcome alone since");
+    assert!(entries > 0, "entries of outcomes again");
+}
+
+/// Messages holding the auction's outcomes: (each alone, entries).
+async fn outcomes_stored(h: &Harness) -> (usize, usize) {
+    let s = &h.client.subjects;
+    let [alone, entries] = <[String; 2]>::try_from(s.outcome_filters(Some("up"))).unwrap();
+    let alone = h.read_stream("ALLOT_OUTCOMES", &alone).await;
+    let entries = h.read_stream("ALLOT_OUTCOMES", &entries).await;
+    (alone.len(), entries.len())
 }
 
 /// Bids `b<i>` from bidders `u<i>`, each accepted.
