@@ -332,9 +332,15 @@ impl AllotClient {
             .get_stream(self.subjects.outcomes_stream())
             .await
             .map_err(Error::wrap(ErrorKind::Nats, "outcome stream"))?;
+        // An auction's entries are on its partition's subject, by the
+        // partitions the log was created with.
+        let subjects = match auction_id {
+            Some(_) => crate::streams::log_subjects(&js, self.subjects.clone()).await?,
+            None => self.subjects.clone(),
+        };
         let consumer = stream
             .create_consumer(pull::OrderedConfig {
-                filter_subjects: self.subjects.outcome_filters(auction_id),
+                filter_subjects: subjects.outcome_filters(auction_id),
                 deliver_policy: DeliverPolicy::All,
                 ..Default::default()
             })
@@ -344,7 +350,6 @@ impl AllotClient {
             .messages()
             .await
             .map_err(Error::wrap(ErrorKind::Nats, "outcome stream"))?;
-        let subjects = self.subjects.clone();
         let auction = auction_id.map(str::to_string);
         Ok(messages
             .flat_map(move |m| {

@@ -239,9 +239,16 @@ impl Harness {
         tries
     }
 
+    /// The subjects with the partitions the log was created with.
+    pub async fn log_subjects(&self) -> allot::wire::Subjects {
+        allot::streams::log_subjects(&self.js, self.client.subjects.clone())
+            .await
+            .unwrap()
+    }
+
     /// The outcomes of one auction (or all), in stream order.
     pub async fn outcomes(&self, auction_id: Option<&str>) -> Vec<OutcomeEvent> {
-        let s = &self.client.subjects;
+        let s = &self.log_subjects().await;
         self.read_stream_on(&s.outcomes_stream(), s.outcome_filters(auction_id))
             .await
             .into_iter()
@@ -253,7 +260,7 @@ impl Harness {
     /// Waits until the outcome stream holds at least `n` outcomes for the
     /// auction, then returns them all.
     pub async fn wait_for_outcomes(&self, auction_id: &str, n: usize) -> Vec<OutcomeEvent> {
-        let s = &self.client.subjects;
+        let s = &self.log_subjects().await;
         for _ in 0..600 {
             let counts = allot::log::outcome_counts(&self.js, s, Some(auction_id))
                 .await
