@@ -56,7 +56,8 @@ pub(super) async fn send(
     };
     let partition = streams.subjects.partition(&first.outcome.auction_id);
     let mut acks = Vec::new();
-    for entry in outcome_entries(fresh.iter().map(|d| d.payload.as_ref())) {
+    let payloads: Vec<&[u8]> = fresh.iter().map(|d| d.payload.as_ref()).collect();
+    for entry in outcome_entries(&payloads) {
         let ack = streams.send_outcomes_entry(fence, partition, entry).await;
         acks.push(ack.map_err(Error::wrap(ErrorKind::Nats, "store outcomes"))?);
     }

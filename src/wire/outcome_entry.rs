@@ -47,31 +47,35 @@ pub enum OutcomesKind {
 /// [`OutcomeEvent`]), in order, within [`MAX_OUTCOMES_PER_ENTRY`] and
 /// [`MAX_OUTCOME_ENTRY_BYTES`] each. Written from the serialized bytes, so
 /// that an outcome reads back exactly as it was decided.
-pub fn outcome_entries<'a>(outcomes: impl IntoIterator<Item = &'a [u8]>) -> Vec<Bytes> {
+pub fn outcome_entries(outcomes: &[&[u8]]) -> Vec<Bytes> {
     const HEAD: &[u8] = b"{\"type\":\"outcomes\",\"v\":1,\"outcomes\":[";
     const TAIL: &[u8] = b"]}";
     let mut entries = Vec::new();
-    let mut body: Vec<u8> = Vec::new();
-    let mut count = 0;
-    for outcome in outcomes {
-        let full = count == MAX_OUTCOMES_PER_ENTRY
-            || body.len() + outcome.len() + TAIL.len() + 1 > MAX_OUTCOME_ENTRY_BYTES;
-        if count > 0 && full {
-            body.extend_from_slice(TAIL);
-            entries.push(Bytes::from(std::mem::take(&mut body)));
-            count = 0;
+    let mut rest = outcomes;
+    while !rest.is_empty() {
+        // As many as fit, at least one; the buffer sized exactly, since
+        // it is kept as it is until the entry is sent.
+        let mut size = HEAD.len() + rest[0].len() + TAIL.len();
+        let mut count = 1;
+        while count < rest.len().min(MAX_OUTCOMES_PER_ENTRY) {
+            let next = size + 1 + rest[count].len();
+            if next > MAX_OUTCOME_ENTRY_BYTES {
+                break;
+            }
+            size = next;
+            count += 1;
         }
-        if count == 0 {
-            body.extend_from_slice(HEAD);
-        } else {
-            body.push(b',');
+        let mut body = Vec::with_capacity(size);
+        body.extend_from_slice(HEAD);
+        for (i, outcome) in rest[..count].iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(outcome);
         }
-        body.extend_from_slice(outcome);
-        count += 1;
-    }
-    if count > 0 {
         body.extend_from_slice(TAIL);
         entries.push(Bytes::from(body));
+        rest = &rest[count..];
     }
     entries
 }
@@ -139,7 +143,8 @@ mod tests {
             .iter()
             .map(|o| serde_json::to_vec(o).unwrap())
             .collect();
-        let entries = outcome_entries(payloads.iter().map(Vec::as_slice));
+        let slices: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        let entries = outcome_entries(&slices);
         assert_eq!(entries.len(), 1);
         let subject = subjects.outcomes_entry(subjects.partition("a1"));
         let read = outcomes_in(&subjects, &subject, &entries[0]).unwrap();
@@ -158,7 +163,7 @@ mod tests {
     fn entries_keep_to_their_limits() {
         let one = serde_json::to_vec(&outcome("b")).unwrap();
         let many = vec![one.as_slice(); MAX_OUTCOMES_PER_ENTRY + 1];
-        let entries = outcome_entries(many);
+        let entries = outcome_entries(&many);
         assert!(entries.len() >= 2);
         let subjects = Subjects::default();
         let subject = subjects.outcomes_entry(0);
@@ -168,7 +173,19 @@ mod tests {
             total += outcomes_in(&subjects, &subject, e).unwrap().len();
         }
         assert_eq!(total, MAX_OUTCOMES_PER_ENTRY + 1);
-        assert!(outcome_entries(Vec::<&[u8]>::new()).is_empty());
+        assert!(outcome_entries(&[]).is_empty());
+        // And by bytes: long ids make fewer outcomes fit.
+        let mut long = outcome("b");
+        long.bidder_id = "u".repeat(400);
+        let long = serde_json::to_vec(&long).unwrap();
+        let entries = outcome_entries(&vec![long.as_slice(); 2000]);
+        assert!(entries.len() >= 2);
+        let mut total = 0;
+        for e in &entries {
+            assert!(e.len() <= MAX_OUTCOME_ENTRY_BYTES);
+            total += outcomes_in(&subjects, &subject, e).unwrap().len();
+        }
+        assert_eq!(total, 2000);
     }
 
     #[test]

@@ -621,11 +621,16 @@ impl Sim {
                 let mut failed = None;
                 // As `verifier::outcomes::send` stores them: entries of
                 // several, each under the fence.
-                let fresh = batch.decisions.iter().filter(|d| {
-                    let o = &d.outcome;
-                    !skip.contains(&(o.auction_id.clone(), o.bid_id.clone()))
-                });
-                let entries = allot::wire::outcome_entries(fresh.map(|d| d.payload.as_ref()));
+                let fresh: Vec<&[u8]> = batch
+                    .decisions
+                    .iter()
+                    .filter(|d| {
+                        let o = &d.outcome;
+                        !skip.contains(&(o.auction_id.clone(), o.bid_id.clone()))
+                    })
+                    .map(|d| d.payload.as_ref())
+                    .collect();
+                let entries = allot::wire::outcome_entries(&fresh);
                 for entry in entries {
                     if self.rng.chance(faults.publish_lost) {
                         failed = Some("an entry of outcomes was lost".to_string());
