@@ -278,6 +278,50 @@ async fn outcome_subjects_carry_each_kind_live_and_in_the_stream() {
     );
 }
 
+/// The status counts outcomes from the entries: a counter kept by a
+/// process reads only the entries stored since its last count, and agrees
+/// with a count from the start, outcomes stored alone included.
+#[tokio::test]
+async fn outcome_counts_read_only_new_entries_and_agree_with_a_full_count() {
+    let h = Harness::start().await;
+    h.open("c", AuctionSpec::with_capacity(10)).await;
+    // A bidder's second bid is cancelled (one win per bidder).
+    let place = |bids: &'static [(&'static str, &'static str)]| {
+        let h = &h;
+        async move {
+            for (id, who) in bids {
+                let reply = h.client.bid("c", &bid(id, who, 5)).await.unwrap();
+                assert!(matches!(reply, BidReply::Accepted { .. }), "{reply:?}");
+            }
+        }
+    };
+    place(&[("b0", "u0"), ("b1", "u0"), ("b2", "u1")]).await;
+    h.wait_for_outcomes("c", 3).await;
+    let s = h.log_subjects().await;
+    let mut counter = allot::log::OutcomeCounter::default();
+    let first = counter.count(&h.js, &s, None).await.unwrap();
+    assert_eq!((first["c"].confirmed, first["c"].cancelled), (2, 1));
+
+    place(&[("b3", "u1"), ("b4", "u2")]).await;
+    h.wait_for_outcomes("c", 5).await;
+    // One stored alone, as an older allot would, for an auction of its own.
+    let mut alone = h.outcomes(Some("c")).await.pop().unwrap();
+    alone.auction_id = "d".into();
+    h.js.publish(
+        s.outcome("d", alone.kind),
+        serde_json::to_vec(&alone).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let second = counter.count(&h.js, &s, None).await.unwrap();
+    assert_eq!((second["c"].confirmed, second["c"].cancelled), (3, 2));
+    assert_eq!(second["d"].confirmed + second["d"].cancelled, 1);
+    let full = allot::log::outcome_counts(&h.js, &s, None).await.unwrap();
+    assert_eq!(second, full);
+}
+
 async fn next(sub: &mut async_nats::Subscriber) -> async_nats::Message {
     tokio::time::timeout(Duration::from_secs(10), sub.next())
         .await

@@ -89,7 +89,11 @@ impl Gateway {
                 .map_err(internal)?;
         let tries = counts.tries.get(auction_id).copied().unwrap_or(0);
         let undecided = counts.not_reached.get(auction_id).copied().unwrap_or(0);
-        let decided = crate::log::outcome_counts(&self.streams.js, subjects, Some(auction_id))
+        let decided = self
+            .outcomes
+            .lock()
+            .await
+            .count(&self.streams.js, subjects, Some(auction_id))
             .await
             .map_err(internal)?
             .remove(auction_id)

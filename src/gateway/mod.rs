@@ -95,6 +95,9 @@ struct Gateway {
     tries: GroupCommit,
     /// The tries appended lately, for resends.
     recent: recent::Recent,
+    /// Outcomes per auction for the status: each request reads only the
+    /// entries stored since the last. A tokio lock: held while it reads.
+    outcomes: tokio::sync::Mutex<crate::log::OutcomeCounter>,
 }
 
 /// Serves requests until `shutdown` completes, then stops taking new ones,
@@ -110,6 +113,7 @@ pub async fn run(
         client: client.clone(),
         tries: GroupCommit::new(streams.clone()),
         recent: recent::Recent::default(),
+        outcomes: Default::default(),
         streams,
         config: config.clone(),
         view: View::default(),

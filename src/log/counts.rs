@@ -132,22 +132,88 @@ impl Decided {
 /// Outcomes per auction in the outcome stream, of `auction_id` alone or of
 /// every auction. Reading the entries costs a pass over them (over the
 /// auction's partition's, for one auction): slower as the stream grows,
-/// not wrong.
+/// not wrong. A process that counts again and again keeps an
+/// [`OutcomeCounter`] instead.
 pub async fn outcome_counts(
     js: &Context,
     subjects: &Subjects,
     auction_id: Option<&str>,
+) -> Result<BTreeMap<String, Decided>, Error> {
+    let [alone, entries] =
+        <[String; 2]>::try_from(subjects.outcome_filters(auction_id)).expect("two outcome filters");
+    let mut counts = counted_alone(js, subjects, &alone).await?;
+    let name = subjects.outcomes_stream();
+    for_each_after(js, &name, vec![entries], 0, |m| {
+        for o in outcomes_in(subjects, &m.subject, &m.payload).unwrap_or_default() {
+            if auction_id.is_none_or(|a| a == o.auction_id) {
+                counts.entry(o.auction_id).or_default().add(o.kind, 1);
+            }
+        }
+    })
+    .await?;
+    Ok(counts)
+}
+
+/// Every auction's outcomes, kept up to date by reading only the entries
+/// stored since the last count (outcomes stored alone are counted by the
+/// server, afresh each time). It counts what it has read: entries purged
+/// below its position (a retention cut, docs/operating.md) stay counted
+/// until the process starts again, as the cut's procedure has it do.
+#[derive(Debug, Default)]
+pub struct OutcomeCounter {
+    /// The last outcome-stream sequence read.
+    through: u64,
+    /// Outcomes in the entries read, per auction.
+    in_entries: BTreeMap<String, Decided>,
+}
+
+impl OutcomeCounter {
+    /// Reads the entries stored since the last count; then the outcomes of
+    /// `auction_id` (with those of the other auctions in the entries read)
+    /// or of every auction.
+    pub async fn count(
+        &mut self,
+        js: &Context,
+        subjects: &Subjects,
+        auction_id: Option<&str>,
+    ) -> Result<BTreeMap<String, Decided>, Error> {
+        let [_, entries] =
+            <[String; 2]>::try_from(subjects.outcome_filters(None)).expect("two outcome filters");
+        let alone = subjects.outcomes(auction_id);
+        let name = subjects.outcomes_stream();
+        let (through, in_entries) = (&mut self.through, &mut self.in_entries);
+        for_each_after(js, &name, vec![entries], *through, |m| {
+            *through = (*through).max(m.seq);
+            for o in outcomes_in(subjects, &m.subject, &m.payload).unwrap_or_default() {
+                in_entries.entry(o.auction_id).or_default().add(o.kind, 1);
+            }
+        })
+        .await?;
+        let mut counts = counted_alone(js, subjects, &alone).await?;
+        for (auction, d) in &self.in_entries {
+            let c = counts.entry(auction.clone()).or_default();
+            c.confirmed += d.confirmed;
+            c.cancelled += d.cancelled;
+        }
+        Ok(counts)
+    }
+}
+
+/// Outcomes stored alone on `filter`, per auction, as the server counts
+/// them per subject.
+async fn counted_alone(
+    js: &Context,
+    subjects: &Subjects,
+    filter: &str,
 ) -> Result<BTreeMap<String, Decided>, Error> {
     let name = subjects.outcomes_stream();
     let stream = js
         .get_stream(&name)
         .await
         .map_err(Error::wrap(ErrorKind::Nats, name.clone()))?;
-    let [alone, entries] =
-        <[String; 2]>::try_from(subjects.outcome_filters(auction_id)).expect("two outcome filters");
     let mut counts: BTreeMap<String, Decided> = BTreeMap::new();
     let prefix = format!("{}.outcome.", subjects.prefix());
-    for (subject, n) in per_subject(&stream, &alone).await? {
+    for (subject, n) in per_subject(&stream, filter).await? {
         let Some((auction, kind)) = subject
             .strip_prefix(&prefix)
             .and_then(|r| r.split_once('.'))
@@ -161,13 +227,5 @@ pub async fn outcome_counts(
         };
         counts.entry(auction.to_string()).or_default().add(kind, n);
     }
-    for_each_after(js, &name, vec![entries], 0, |m| {
-        for o in outcomes_in(subjects, &m.subject, &m.payload).unwrap_or_default() {
-            if auction_id.is_none_or(|a| a == o.auction_id) {
-                counts.entry(o.auction_id).or_default().add(o.kind, 1);
-            }
-        }
-    })
-    .await?;
     Ok(counts)
 }

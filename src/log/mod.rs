@@ -28,7 +28,7 @@ mod group;
 mod outcomes;
 pub mod read;
 
-pub use counts::{all_try_counts, outcome_counts, try_counts, Decided, TryCounts};
+pub use counts::{all_try_counts, outcome_counts, try_counts, Decided, OutcomeCounter, TryCounts};
 pub use group::{AppendError, GroupCommit, MAX_ENTRY_BYTES};
 pub use outcomes::{outcome_message, outcomes_entry_message, send_live, StoredSince};
 pub use read::{count, count_after, read_after, read_all, Reader, StoredMessage};

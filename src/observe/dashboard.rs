@@ -257,6 +257,8 @@ impl Dashboard {
         tokio::pin!(shutdown);
         let watcher = tokio::spawn(self.clone().follow_views());
         let mut specs: HashMap<String, Spec> = HashMap::new();
+        // Each read counts only the entries of outcomes stored since the last.
+        let mut outcomes = crate::log::OutcomeCounter::default();
         let mut history: VecDeque<Sample> = VecDeque::with_capacity(HISTORY + 1);
         let mut before = Local::read(&self.metrics);
         let mut cluster_before: Option<(Instant, u64, u64)> = None;
@@ -273,7 +275,11 @@ impl Dashboard {
             let mut sample = now.since(&before);
             before = now;
             if self.latest.receiver_count() > 0 {
-                let read = tokio::time::timeout(READ_TIMEOUT, self.read_cluster(&mut specs)).await;
+                let read = tokio::time::timeout(
+                    READ_TIMEOUT,
+                    self.read_cluster(&mut specs, &mut outcomes),
+                )
+                .await;
                 match read {
                     Ok(Ok(mut snapshot)) => {
                         let (tries, decided) = (
@@ -346,7 +352,11 @@ impl Dashboard {
     }
 
     /// Reads what `allot status` reads, for every auction.
-    async fn read_cluster(&self, specs: &mut HashMap<String, Spec>) -> Result<Snapshot, String> {
+    async fn read_cluster(
+        &self,
+        specs: &mut HashMap<String, Spec>,
+        outcomes: &mut crate::log::OutcomeCounter,
+    ) -> Result<Snapshot, String> {
         let s = &self.streams.subjects;
         let prefix = s.prefix();
         let client = self.streams.js.client();
@@ -358,7 +368,8 @@ impl Dashboard {
                     .map_err(|e| e.to_string())
             },
             async {
-                crate::log::outcome_counts(&self.streams.js, s, None)
+                outcomes
+                    .count(&self.streams.js, s, None)
                     .await
                     .map_err(|e| e.to_string())
             },
