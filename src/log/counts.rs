@@ -142,16 +142,31 @@ pub async fn outcome_counts(
     let [alone, entries] =
         <[String; 2]>::try_from(subjects.outcome_filters(auction_id)).expect("two outcome filters");
     let mut counts = counted_alone(js, subjects, &alone).await?;
+    count_entries(js, subjects, entries, &mut 0, auction_id, &mut counts).await?;
+    Ok(counts)
+}
+
+/// Adds the outcomes (of `auction_id` alone, if given) in the entries on
+/// `filter` stored after `*through` to `counts`, moving `*through` along
+/// with each entry read, so that a read cut short counts none twice.
+async fn count_entries(
+    js: &Context,
+    subjects: &Subjects,
+    filter: String,
+    through: &mut u64,
+    auction_id: Option<&str>,
+    counts: &mut BTreeMap<String, Decided>,
+) -> Result<(), Error> {
     let name = subjects.outcomes_stream();
-    for_each_after(js, &name, vec![entries], 0, |m| {
+    for_each_after(js, &name, vec![filter], *through, |m| {
+        *through = (*through).max(m.seq);
         for o in outcomes_in(subjects, &m.subject, &m.payload).unwrap_or_default() {
             if auction_id.is_none_or(|a| a == o.auction_id) {
                 counts.entry(o.auction_id).or_default().add(o.kind, 1);
             }
         }
     })
-    .await?;
-    Ok(counts)
+    .await
 }
 
 /// Every auction's outcomes, kept up to date by reading only the entries
@@ -180,15 +195,8 @@ impl OutcomeCounter {
         let [_, entries] =
             <[String; 2]>::try_from(subjects.outcome_filters(None)).expect("two outcome filters");
         let alone = subjects.outcomes(auction_id);
-        let name = subjects.outcomes_stream();
         let (through, in_entries) = (&mut self.through, &mut self.in_entries);
-        for_each_after(js, &name, vec![entries], *through, |m| {
-            *through = (*through).max(m.seq);
-            for o in outcomes_in(subjects, &m.subject, &m.payload).unwrap_or_default() {
-                in_entries.entry(o.auction_id).or_default().add(o.kind, 1);
-            }
-        })
-        .await?;
+        count_entries(js, subjects, entries, through, None, in_entries).await?;
         let mut counts = counted_alone(js, subjects, &alone).await?;
         for (auction, d) in &self.in_entries {
             let c = counts.entry(auction.clone()).or_default();
