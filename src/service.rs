@@ -147,14 +147,21 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
     // the verifier's deliveries and acks then use both cores.
     let gateway = {
         let (client, streams, metrics) = (client.clone(), streams.clone(), metrics.clone());
+        let (stop, url) = (stop.clone(), config.nats_url.clone());
         let (config, stopped) = (config.gateway.clone(), stopped.clone());
-        let stop = stop.clone();
         tokio::spawn(async move {
             if role == Role::Verifier {
                 return Ok(());
             }
-            let result =
-                gateway::run(client.clone(), streams, config, metrics, signal(stopped)).await;
+            let result = gateway::run(
+                &url,
+                client.clone(),
+                streams,
+                config,
+                metrics,
+                signal(stopped),
+            )
+            .await;
             // The last replies; in this task, so that it overlaps the
             // verifier's own stopping.
             let flushed = flush(&client).await;

@@ -75,6 +75,15 @@ async fn all_three_strategies_pass_the_invariant_check_on_the_same_workload() {
         );
         assert_eq!(r.reply_latency.count, 3000);
         assert_eq!(r.outcome_latency.count, r.accepted, "{}", r.strategy);
+        // Once per accepted request: a duplicate bid id is sent, and
+        // accepted, twice.
+        assert!(
+            (r.accepted..=r.requests).contains(&r.admitted_latency.count),
+            "{}: {} admitted, {} accepted",
+            r.strategy,
+            r.admitted_latency.count,
+            r.accepted
+        );
     }
     let tcc = &outcome.reports[0];
     assert_eq!(

@@ -413,6 +413,65 @@ async fn a_full_gateway_answers_unavailable_at_once_and_loses_nothing() {
     service.await.unwrap().unwrap();
 }
 
+/// A request that waits for a worker thread longer than the gateway's
+/// `max_queued` is answered `unavailable` with a hint before any work is
+/// done for it: nothing written, and sent again to a gateway that keeps up,
+/// it is accepted and decided once. (`max_queued` of zero: every request
+/// has waited too long.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_waited_too_long_is_refused_before_any_work() {
+    let h = Harness::server_only().await;
+    let run = |config: allot::service::Config| {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let service = tokio::spawn(allot::service::run(config, async {
+            let _ = stopped.await;
+        }));
+        (stop, service)
+    };
+    let (stop, service) = run(h.config());
+    h.wait_until_serving().await;
+    h.open("late", AuctionSpec::with_capacity(50)).await;
+    let _ = stop.send(());
+    service.await.unwrap().unwrap();
+
+    let mut behind = h.config();
+    behind.gateway.max_queued = Duration::ZERO;
+    let (stop, service) = run(behind);
+    h.wait_until_serving().await;
+    let bids: Vec<_> = (0..20)
+        .map(|i| bid(&format!("b{i}"), &format!("u{i}"), 5))
+        .collect();
+    for b in &bids {
+        match h.client.bid("late", b).await.unwrap() {
+            BidReply::Error {
+                error: allot::wire::ErrorCode::Unavailable,
+                retry_after_ms: Some(_),
+                message,
+            } => assert!(message.contains("send the same request again"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    let _ = stop.send(());
+    service.await.unwrap().unwrap();
+    assert_eq!(
+        h.tries("late").await.len(),
+        0,
+        "a refused bid writes nothing"
+    );
+
+    let (stop, service) = run(h.config());
+    h.wait_until_serving().await;
+    for b in &bids {
+        let reply = common::bid_resent_while_unavailable(&h, "late", b).await;
+        assert!(matches!(reply, BidReply::Accepted { .. }), "{reply:?}");
+    }
+    let outcomes = h.wait_for_outcomes("late", 20).await;
+    assert_eq!(common::one_outcome_per_bid(&outcomes).len(), 20);
+    common::assert_replay_matches_outcomes(&h).await;
+    let _ = stop.send(());
+    service.await.unwrap().unwrap();
+}
+
 /// Waits until the verifier has decided `auction`'s close: its entry in the
 /// status bucket, which the gateways watch, says closed.
 async fn decided_closed(h: &Harness, auction: &str) {

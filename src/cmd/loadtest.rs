@@ -308,6 +308,10 @@ fn table(outcome: &Outcome) -> String {
             Box::new(|r| lat(&r.outcome_latency)),
         ),
         (
+            "admitted p50/p99/p99.9/max",
+            Box::new(|r| lat(&r.admitted_latency)),
+        ),
+        (
             "conflicts / retries",
             Box::new(|r| format!("{} / {}", r.contention.conflicts, r.contention.retries)),
         ),

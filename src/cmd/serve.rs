@@ -79,6 +79,15 @@ pub struct Args {
     /// `rate_limited` with a retry hint. 0: no limit. Backends are not limited.
     #[arg(long, env = "ALLOT_BIDDER_RATE", default_value_t = identity::DEFAULT_BIDDER_RATE)]
     pub bidder_rate: u32,
+    /// Requests a gateway serves at once; one more is answered
+    /// `unavailable` at once with a retry hint. Fewer keep admitted bids
+    /// quick under overload; more ride out bursts.
+    #[arg(long, env = "ALLOT_MAX_IN_FLIGHT", default_value_t = GatewayConfig::default().max_in_flight as u32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_in_flight: u32,
+    /// Milliseconds a request taken in may wait for a worker thread; past
+    /// that it is answered `unavailable` with a retry hint, not served late.
+    #[arg(long, env = "ALLOT_MAX_QUEUED_MS", default_value_t = GatewayConfig::default().max_queued.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub max_queued_ms: u64,
 }
 
 pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
@@ -111,6 +120,8 @@ pub async fn run(common: Common, args: Args) -> anyhow::Result<()> {
                 bidder_rate: (args.identity == identity::Mode::Bound && args.bidder_rate > 0)
                     .then_some(args.bidder_rate),
             },
+            max_in_flight: args.max_in_flight as usize,
+            max_queued: Duration::from_millis(args.max_queued_ms),
             ..GatewayConfig::default()
         },
     };

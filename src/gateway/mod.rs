@@ -12,6 +12,8 @@
 //! - `admin.rs`: opening auctions and reporting their status;
 //! - `lifecycle.rs`: withdrawals, raises and closes;
 //! - `result.rs`: a bidder asking for the outcome of its own bid;
+//! - `intake.rs`: takes requests off NATS on a thread of its own, and
+//!   refuses at once what the gateway cannot serve in time;
 //! - `failure.rs`: which failures are `unavailable` (resend in a moment)
 //!   and which are `internal`;
 //! - `view.rs`: what the gateway knows of each auction.
@@ -20,6 +22,7 @@ mod admin;
 mod bid;
 mod failure;
 mod gate;
+mod intake;
 mod lifecycle;
 mod recent;
 mod result;
@@ -27,13 +30,12 @@ mod view;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_nats::{Client, HeaderMap, Message, Subject};
-use futures::StreamExt;
 use tokio::sync::Semaphore;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Result;
 use crate::identity::{Gate, IdentityConfig};
 use crate::log::GroupCommit;
 use crate::observe::{BidResult, Endpoint, Metrics};
@@ -45,13 +47,14 @@ use view::View;
 
 /// How long a stopping gateway waits for its subscriptions to drain, and
 /// then for the requests already buffered.
-const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
-/// The hint of a request refused because every slot was taken.
+/// The hint of a request refused because the gateway cannot serve it in
+/// time.
 const OVERLOAD_RETRY_MS: u64 = 50;
 
 /// How long a starting gateway waits for its view of the auctions.
-const VIEW_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+const VIEW_WAIT: Duration = Duration::from_secs(5);
 
 /// Gateway settings.
 #[derive(Clone, Debug)]
@@ -60,6 +63,11 @@ pub struct GatewayConfig {
     /// with a hint to send it again shortly, rather than left to wait
     /// until its client times out.
     pub max_in_flight: usize,
+    /// Longest a request taken in may wait for a worker thread before its
+    /// work starts. Past it, it is answered `unavailable` with a retry
+    /// hint instead: under overload, a quick refusal that the client
+    /// resends beats an answer that comes when the client has given up.
+    pub max_queued: Duration,
     /// The verifier's durable consumer, whose ack floor tells how far the
     /// log is decided.
     pub verifier_consumer: String,
@@ -71,6 +79,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             max_in_flight: 4096,
+            max_queued: Duration::from_millis(10),
             verifier_consumer: names::VERIFIER_CONSUMER.into(),
             identity: IdentityConfig::default(),
         }
@@ -101,8 +110,10 @@ struct Gateway {
 }
 
 /// Serves requests until `shutdown` completes, then stops taking new ones,
-/// answers those already received, and returns.
+/// answers those already received, and returns. `client` sends replies and
+/// appends; the intake takes requests on a connection of its own to `url`.
 pub async fn run(
+    url: &str,
     client: Client,
     streams: Streams,
     config: GatewayConfig,
@@ -126,7 +137,7 @@ pub async fn run(
     // view is current, each bid it does not refuse reads its auction's
     // status entry instead (as after a watch is lost, later), which is
     // slower, not wrong.
-    let watcher = tokio::spawn(view::watch_fill(gateway.clone()));
+    let watcher = AbortOnDrop(tokio::spawn(view::watch_fill(gateway.clone())));
     // Entries of several tries only once no older allot runs beside this
     // one; checked before serving, then every few seconds.
     check_formats(&gateway).await;
@@ -142,50 +153,13 @@ pub async fn run(
     if !gateway.view.freshness.wait_current(VIEW_WAIT).await {
         tracing::warn!("the auction view did not catch up in time; serving anyway");
     }
-    let subjects = gateway.streams.subjects.clone();
-    let mut requests = futures::stream::SelectAll::new();
-    for endpoint in Endpoint::ALL {
-        let subject = subjects.request_wildcard(endpoint.kind());
-        let sub = client
-            .queue_subscribe(subject.clone(), names::GATEWAY_QUEUE.into())
-            .await
-            .map_err(|e| Error::with_source(ErrorKind::Nats, e).context(subject))?;
-        requests.push(sub);
-    }
-    tracing::info!(prefix = subjects.prefix(), "gateway serving requests");
-
     let permits = Arc::new(Semaphore::new(config.max_in_flight));
-    tokio::pin!(shutdown);
-    // Once shutting down: until when buffered requests are still served.
-    let mut draining: Option<tokio::time::Instant> = None;
-    loop {
-        let message = tokio::select! {
-            _ = &mut shutdown, if draining.is_none() => {
-                // Stop new deliveries; what is already buffered is still
-                // served. Bounded: with NATS gone, a drain never completes
-                // and the subscriptions never end.
-                let drains = futures::future::join_all(requests.iter_mut().map(|s| s.drain()));
-                let _ = tokio::time::timeout(DRAIN_LIMIT, drains).await;
-                draining = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
-                continue;
-            }
-            _ = tokio::time::sleep_until(draining.unwrap_or_else(tokio::time::Instant::now)), if draining.is_some() => break,
-            message = requests.next() => message,
-        };
-        let Some(message) = message else { break };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            gateway.overloaded(message).await;
-            continue;
-        };
-        let gateway = gateway.clone();
-        tokio::spawn(async move {
-            gateway.handle(message).await;
-            drop(permit);
-        });
-    }
+    let intake = intake::Intake::start(url.to_string(), gateway.clone(), permits.clone()).await?;
+    shutdown.await;
+    intake.stop().await;
     drop(formats);
     let _ = permits.acquire_many(config.max_in_flight as u32).await;
-    watcher.abort();
+    drop(watcher);
     // The last replies are flushed by the owner of the connection
     // (`service::run`), once, rather than here and there again.
     tracing::info!("gateway stopped");
@@ -229,46 +203,44 @@ impl Gateway {
         Endpoint::of(kind).unwrap_or(Endpoint::Status)
     }
 
-    /// Answers a request that finds every slot taken: `unavailable` with a
-    /// hint, at once, and nothing written.
-    async fn overloaded(&self, message: Message) {
+    /// Answers a request that cannot be served in time, on `client`:
+    /// `unavailable` with a hint, at once, and nothing written. Either
+    /// every slot is taken, or it has waited too long for a worker.
+    async fn overloaded(&self, client: &Client, message: Message, received: Instant) {
         let Some(reply_to) = message.reply.clone() else {
             return;
         };
-        let received = Instant::now();
         let endpoint = self.endpoint(&message);
         let busy = failure::unavailable(
-            format!(
-                "this gateway has {} requests in hand; send the same request again in {OVERLOAD_RETRY_MS} ms",
-                self.config.max_in_flight
-            ),
+            format!("this gateway is at capacity; send the same request again in {OVERLOAD_RETRY_MS} ms"),
             OVERLOAD_RETRY_MS,
         );
         let error = match endpoint {
             Endpoint::Bid => {
                 self.metrics.bid(BidResult::Error);
-                self.respond::<BidReply>(reply_to, Err(busy)).await
+                respond::<BidReply>(client, reply_to, Err(busy)).await
             }
-            Endpoint::Withdraw => {
-                self.respond::<wire::WithdrawReply>(reply_to, Err(busy))
-                    .await
-            }
-            Endpoint::Raise => self.respond::<wire::RaiseReply>(reply_to, Err(busy)).await,
-            Endpoint::Close => self.respond::<wire::CloseReply>(reply_to, Err(busy)).await,
-            Endpoint::Open => self.respond::<wire::OpenReply>(reply_to, Err(busy)).await,
-            Endpoint::Status => self.respond::<wire::StatusReply>(reply_to, Err(busy)).await,
-            Endpoint::Result => self.respond::<wire::ResultReply>(reply_to, Err(busy)).await,
+            Endpoint::Withdraw => respond::<wire::WithdrawReply>(client, reply_to, Err(busy)).await,
+            Endpoint::Raise => respond::<wire::RaiseReply>(client, reply_to, Err(busy)).await,
+            Endpoint::Close => respond::<wire::CloseReply>(client, reply_to, Err(busy)).await,
+            Endpoint::Open => respond::<wire::OpenReply>(client, reply_to, Err(busy)).await,
+            Endpoint::Status => respond::<wire::StatusReply>(client, reply_to, Err(busy)).await,
+            Endpoint::Result => respond::<wire::ResultReply>(client, reply_to, Err(busy)).await,
         };
         let error = error.as_ref().map(|(code, text)| (*code, text.as_str()));
         self.metrics.request(endpoint, received.elapsed(), error);
     }
 
-    async fn handle(&self, message: Message) {
+    /// Serves a request taken in at `received`, unless it has waited too
+    /// long for a worker thread.
+    async fn handle(&self, message: Message, received: Instant) {
+        if received.elapsed() > self.config.max_queued {
+            return self.overloaded(&self.client, message, received).await;
+        }
         let Some(reply_to) = message.reply.clone() else {
             tracing::debug!(subject = %message.subject, "request without a reply subject ignored");
             return;
         };
-        let received = Instant::now();
         let endpoint = self.endpoint(&message);
         let error = match endpoint {
             Endpoint::Bid => {
@@ -291,33 +263,13 @@ impl Gateway {
         self.metrics.request(endpoint, received.elapsed(), error);
     }
 
-    /// Sends a reply; error replies also carry the NATS micro error headers.
-    /// Returns an error reply's code and text, for the stats.
+    /// Sends a reply on the gateway's connection.
     async fn respond<R: Reply>(
         &self,
         reply_to: Subject,
         result: Result<R, RequestError>,
     ) -> Option<(ErrorCode, String)> {
-        let reply = result.unwrap_or_else(R::from);
-        let body = serde_json::to_vec(&reply)
-            .expect("replies serialize")
-            .into();
-        let error = reply.error().map(|(code, text)| (code, one_line(text)));
-        let sent = match &error {
-            None => self.client.publish(reply_to, body).await,
-            Some((code, text)) => {
-                let mut headers = HeaderMap::new();
-                headers.insert(wire::SERVICE_ERROR, text.as_str());
-                headers.insert(wire::SERVICE_ERROR_CODE, code.status().to_string().as_str());
-                self.client
-                    .publish_with_headers(reply_to, headers, body)
-                    .await
-            }
-        };
-        if let Err(e) = sent {
-            tracing::warn!(error = %e, "cannot send reply");
-        }
-        error
+        respond(&self.client, reply_to, result).await
     }
 
     /// An auction's spec: from the cache, else from its `open` event (the
@@ -349,6 +301,33 @@ impl Gateway {
             .insert(auction_id.to_string(), spec.clone());
         Ok(Some(spec))
     }
+}
+
+/// Sends a reply; error replies also carry the NATS micro error headers.
+/// Returns an error reply's code and text, for the stats.
+async fn respond<R: Reply>(
+    client: &Client,
+    reply_to: Subject,
+    result: Result<R, RequestError>,
+) -> Option<(ErrorCode, String)> {
+    let reply = result.unwrap_or_else(R::from);
+    let body = serde_json::to_vec(&reply)
+        .expect("replies serialize")
+        .into();
+    let error = reply.error().map(|(code, text)| (code, one_line(text)));
+    let sent = match &error {
+        None => client.publish(reply_to, body).await,
+        Some((code, text)) => {
+            let mut headers = HeaderMap::new();
+            headers.insert(wire::SERVICE_ERROR, text.as_str());
+            headers.insert(wire::SERVICE_ERROR_CODE, code.status().to_string().as_str());
+            client.publish_with_headers(reply_to, headers, body).await
+        }
+    };
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot send reply");
+    }
+    error
 }
 
 /// Header values cannot hold line breaks.

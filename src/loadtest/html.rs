@@ -321,6 +321,7 @@ pub(crate) mod tests {
             cancelled: BTreeMap::from([("capacity_full".to_string(), 18_000)]),
             reply_latency: Latency::of(&h),
             outcome_latency: Latency::of(&h),
+            admitted_latency: Latency::of(&h),
             timeline: vec![tick(0.5, 4_000), tick(1.5, 9_000), tick(2.5, 7_000)],
             trend: Some(Trend {
                 first_tenth_per_sec: 8_000.0,

@@ -44,6 +44,12 @@ pub struct Report {
     pub reply_latency: Latency,
     /// Bid sent (or due) to its outcome.
     pub outcome_latency: Latency,
+    /// Each accepted request's last attempt (a duplicate bid id is a
+    /// request of its own), from its send to its reply: how long
+    /// the service took with what it admitted, apart from the load
+    /// generator's own lag and the pauses after earlier refusals.
+    #[serde(default)]
+    pub admitted_latency: Latency,
     /// Throughput over time.
     pub timeline: Vec<Tick>,
     /// The first tenth of the run against the last.

@@ -193,6 +193,8 @@ pub(super) struct Shared {
     pub(super) records: Mutex<Vec<Option<Record>>>,
     pub(super) reply_latency: Mutex<Histogram<u64>>,
     pub(super) outcome_latency: Mutex<Histogram<u64>>,
+    /// An accepted bid's last attempt, sent to replied.
+    pub(super) admitted_latency: Mutex<Histogram<u64>>,
     pub(super) sent: AtomicU64,
     pub(super) replied: AtomicU64,
     pub(super) accepted: AtomicU64,
@@ -283,6 +285,7 @@ async fn run_one(
         records: Mutex::new(Vec::with_capacity(w.requests.unwrap_or(0) as usize)),
         reply_latency: Mutex::new(histogram()),
         outcome_latency: Mutex::new(histogram()),
+        admitted_latency: Mutex::new(histogram()),
         sent: AtomicU64::new(0),
         replied: AtomicU64::new(0),
         accepted: AtomicU64::new(0),
@@ -528,7 +531,15 @@ async fn send(engine: &Engine, shared: &Shared, n: u64, due: Instant, attempts: 
             .expect("lock poisoned")
             .saturating_record(micros(due.elapsed()));
         shared.replied.fetch_add(1, Ordering::Relaxed);
-        record_reply(shared, &p, result, log.into_inner().expect("lock poisoned"))
+        let log = log.into_inner().expect("lock poisoned");
+        if let Some(last) = log.last().filter(|a| a.answer == "accepted") {
+            shared
+                .admitted_latency
+                .lock()
+                .expect("lock poisoned")
+                .saturating_record(last.done_us.saturating_sub(last.sent_us));
+        }
+        record_reply(shared, &p, result, log)
     };
     let accepted = match p.withdraw {
         // The withdraw goes first and the bid right behind it, unanswered:

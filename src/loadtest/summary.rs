@@ -120,6 +120,7 @@ pub(super) fn summarize(
         cancelled,
         reply_latency: Latency::of(&shared.reply_latency.lock().expect("lock poisoned")),
         outcome_latency: Latency::of(&shared.outcome_latency.lock().expect("lock poisoned")),
+        admitted_latency: Latency::of(&shared.admitted_latency.lock().expect("lock poisoned")),
         trend: trend(&timeline, decide_secs),
         timeline,
         contention: engine.contention(),
