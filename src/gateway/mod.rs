@@ -88,7 +88,9 @@ impl Default for GatewayConfig {
 
 /// One gateway: shared by every request task.
 struct Gateway {
-    /// For replies.
+    /// For replies, and requests to the verifier. Not the intake's
+    /// connection: with every reply written by the intake's thread, that
+    /// thread fell behind under overload (fewer bids decided).
     client: Client,
     /// For appends and lookups.
     streams: Streams,
@@ -110,8 +112,8 @@ struct Gateway {
 }
 
 /// Serves requests until `shutdown` completes, then stops taking new ones,
-/// answers those already received, and returns. `client` sends replies and
-/// appends; the intake takes requests on a connection of its own to `url`.
+/// answers those already received, and returns. Requests come in on a
+/// connection of the intake's own to `url`; replies go out on `client`.
 pub async fn run(
     url: &str,
     client: Client,
@@ -121,7 +123,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let gateway = Arc::new(Gateway {
-        client: client.clone(),
+        client,
         tries: GroupCommit::new(streams.clone()),
         recent: recent::Recent::default(),
         outcomes: Default::default(),
