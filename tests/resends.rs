@@ -413,10 +413,10 @@ async fn a_full_gateway_answers_unavailable_at_once_and_loses_nothing() {
     service.await.unwrap().unwrap();
 }
 
-/// A request that waits for a worker thread longer than the gateway's
+/// A bid that waits for a worker thread longer than the gateway's
 /// `max_queued` is answered `unavailable` with a hint before any work is
 /// done for it: nothing written, and sent again to a gateway that keeps up,
-/// it is accepted and decided once. (`max_queued` of zero: every request
+/// it is accepted and decided once. (`max_queued` of zero: every bid
 /// has waited too long.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_waited_too_long_is_refused_before_any_work() {

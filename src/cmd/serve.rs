@@ -84,8 +84,8 @@ pub struct Args {
     /// quick under overload; more ride out bursts.
     #[arg(long, env = "ALLOT_MAX_IN_FLIGHT", default_value_t = GatewayConfig::default().max_in_flight as u32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_in_flight: u32,
-    /// Milliseconds a request taken in may wait for a worker thread; past
-    /// that it is answered `unavailable` with a retry hint, not served late.
+    /// Milliseconds a bid taken in may wait for a worker thread; past that
+    /// it is answered `unavailable` with a retry hint, not served late.
     #[arg(long, env = "ALLOT_MAX_QUEUED_MS", default_value_t = GatewayConfig::default().max_queued.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub max_queued_ms: u64,
 }

@@ -63,7 +63,7 @@ pub struct GatewayConfig {
     /// with a hint to send it again shortly, rather than left to wait
     /// until its client times out.
     pub max_in_flight: usize,
-    /// Longest a request taken in may wait for a worker thread before its
+    /// Longest a bid taken in may wait for a worker thread before its
     /// work starts. Past it, it is answered `unavailable` with a retry
     /// hint instead: under overload, a quick refusal that the client
     /// resends beats an answer that comes when the client has given up.
@@ -79,7 +79,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             max_in_flight: 4096,
-            max_queued: Duration::from_millis(10),
+            max_queued: Duration::from_millis(100),
             verifier_consumer: names::VERIFIER_CONSUMER.into(),
             identity: IdentityConfig::default(),
         }
@@ -233,17 +233,17 @@ impl Gateway {
         self.metrics.request(endpoint, received.elapsed(), error);
     }
 
-    /// Serves a request taken in at `received`, unless it has waited too
-    /// long for a worker thread.
+    /// Serves a request taken in at `received`, unless it is a bid that
+    /// has waited too long for a worker thread.
     async fn handle(&self, message: Message, received: Instant) {
-        if received.elapsed() > self.config.max_queued {
+        let endpoint = self.endpoint(&message);
+        if refused_when_late(endpoint) && received.elapsed() > self.config.max_queued {
             return self.overloaded(&self.client, message, received).await;
         }
         let Some(reply_to) = message.reply.clone() else {
             tracing::debug!(subject = %message.subject, "request without a reply subject ignored");
             return;
         };
-        let endpoint = self.endpoint(&message);
         let error = match endpoint {
             Endpoint::Bid => {
                 let result = self.bid(&message).await;
@@ -330,6 +330,20 @@ async fn respond<R: Reply>(
         tracing::warn!(error = %e, "cannot send reply");
     }
     error
+}
+
+/// Whether a request to `endpoint` that waited too long for a worker is
+/// refused: bids are the flood; the rare rest is served, however late.
+fn refused_when_late(endpoint: Endpoint) -> bool {
+    match endpoint {
+        Endpoint::Bid => true,
+        Endpoint::Withdraw
+        | Endpoint::Raise
+        | Endpoint::Close
+        | Endpoint::Open
+        | Endpoint::Status
+        | Endpoint::Result => false,
+    }
 }
 
 /// Header values cannot hold line breaks.
