@@ -14,6 +14,8 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use crate::id_map::IdMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -204,7 +206,7 @@ type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type Set<K> = HashSet<K, foldhash::fast::RandomState>;
 
 /// Bid ids decided in an auction.
-type Decided = Map<Box<str>, Settled>;
+type Decided = IdMap<Settled>;
 
 /// Rank order of held tries: highest amount first, then the earlier try.
 type HoldKey = (Reverse<u64>, TryAt);
@@ -217,7 +219,7 @@ struct Auction {
     /// Confirmed slots so far; the next confirmation gets rank `confirmed + 1`.
     confirmed: u32,
     /// Confirmed slots per bidder. At most `capacity` entries.
-    wins: Map<Box<str>, u32>,
+    wins: IdMap<u32>,
     /// Every bid id decided in this auction, so that a late duplicate try
     /// never gets a second outcome.
     decided: Decided,
@@ -303,7 +305,7 @@ impl Auction {
         Auction {
             spec,
             confirmed: 0,
-            wins: Map::default(),
+            wins: IdMap::default(),
             decided,
             closed: false,
             withdrawn_early: Map::default(),
@@ -315,10 +317,10 @@ impl Auction {
 
     fn record(&mut self, bid_id: &str, bidder_id: &str, verdict: Verdict, at: TryAt) {
         self.decided
-            .insert(bid_id.into(), Settled::new(bidder_id, verdict, at));
+            .insert(bid_id, Settled::new(bidder_id, verdict, at));
         if let Verdict::Confirmed { rank } = verdict {
             self.confirmed = self.confirmed.max(rank);
-            *self.wins.entry(bidder_id.into()).or_insert(0) += 1;
+            *self.wins.get_or_insert_with(bidder_id, || 0) += 1;
         }
     }
 
@@ -758,7 +760,7 @@ impl Ledger {
         self.orphans
             .entry(auction_id.to_string())
             .or_default()
-            .insert(bid_id.into(), Settled::new(bidder_id, verdict, at));
+            .insert(bid_id, Settled::new(bidder_id, verdict, at));
     }
 
     /// An auction's state besides its decisions; `None` for an auction

@@ -48,6 +48,7 @@ pub mod core;
 pub mod error;
 pub mod faults;
 pub mod gateway;
+mod id_map;
 pub mod identity;
 pub mod loadtest;
 pub mod log;
