@@ -144,10 +144,13 @@ async fn serve(
             continue;
         };
         let gateway = gateway.clone();
-        runtime.spawn(async move {
+        // Boxed: the task then holds a pointer, where tokio would copy the
+        // whole future (10 kB in a release build) into the task and over it again
+        // as the task finishes, a measurable share of serve's CPU per bid.
+        runtime.spawn(Box::pin(async move {
             gateway.handle(message, received).await;
             drop(permit);
-        });
+        }));
     }
     if let Err(e) = crate::client::flush(&client).await {
         tracing::warn!(error = %e, "cannot flush the intake's last refusals");
