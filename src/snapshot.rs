@@ -414,10 +414,10 @@ impl Snapshot {
                     let json = serde_json::to_string(result).expect("results serialize");
                     command.execute(params![seq, auction_id, json])?;
                 }
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?1)",
-                    [batch.last_seq.to_string()],
-                )?;
+                )?
+                .execute([batch.last_seq.to_string()])?;
             }
             tx.commit()
         })();
