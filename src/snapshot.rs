@@ -136,7 +136,8 @@ pub fn set_aside(dir: &Path) -> std::io::Result<PathBuf> {
 
 /// The snapshot's table layout; a file with another is rebuilt from the
 /// streams (4: decisions keyed by try sequence and index, for entries of
-/// several tries).
+/// several tries; 5: tables keyed by text `WITHOUT ROWID`, and each
+/// decision's place in its batch).
 const SCHEMA_VERSION: i64 = 5;
 
 impl Snapshot {
