@@ -46,9 +46,18 @@ enum Command {
     Status(cmd::status::Args),
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match cli.common.threads.runtime() {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("allot: cannot start the runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> std::process::ExitCode {
     // The demo prints its own summary; the service's logs would drown it.
     let default_filter = match cli.command {
         Command::Demo(_) | Command::Loadtest(_) => "allot=warn,async_nats=error",

@@ -14,6 +14,8 @@ pub mod status;
 pub mod watch;
 pub mod withdraw;
 
+use std::num::NonZeroUsize;
+
 use crate::client::{connect, AllotClient};
 use crate::wire::Subjects;
 
@@ -31,6 +33,53 @@ pub struct Common {
     /// First token of every allot subject (and, upper-cased, of the stream names).
     #[arg(long, global = true, default_value = "allot", value_parser = parse_prefix)]
     pub prefix: Subjects,
+    /// Threads that run the process's tasks: a number, or `auto` (one on a
+    /// machine of two cores or fewer, else one per core). Snapshot
+    /// commits and the gateway's intake have threads of their own.
+    #[arg(long, global = true, env = "ALLOT_THREADS", default_value = "auto", value_parser = parse_threads)]
+    pub threads: Threads,
+}
+
+/// How many threads run a process's tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Threads {
+    Auto,
+    Exactly(NonZeroUsize),
+}
+
+fn parse_threads(s: &str) -> Result<Threads, String> {
+    match s {
+        "auto" => Ok(Threads::Auto),
+        _ => s
+            .parse()
+            .map(Threads::Exactly)
+            .map_err(|_| "must be `auto` or a whole number of at least 1".to_string()),
+    }
+}
+
+impl Threads {
+    /// The runtime that runs a command. One thread is a current-thread
+    /// runtime: on two cores shared with nats-server, handing each message
+    /// between two worker threads cost serve 10 to 17% more CPU a bid
+    /// (BENCHMARKS.md, "One thread on two cores").
+    pub fn runtime(self) -> std::io::Result<tokio::runtime::Runtime> {
+        let n = match self {
+            Threads::Exactly(n) => n.get(),
+            Threads::Auto => match std::thread::available_parallelism().map_or(1, |n| n.get()) {
+                n if n <= 2 => 1,
+                n => n,
+            },
+        };
+        let mut builder = match n {
+            1 => tokio::runtime::Builder::new_current_thread(),
+            n => {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(n);
+                b
+            }
+        };
+        builder.enable_all().build()
+    }
 }
 
 fn parse_prefix(s: &str) -> Result<Subjects, String> {
