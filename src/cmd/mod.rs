@@ -60,8 +60,8 @@ fn parse_threads(s: &str) -> Result<Threads, String> {
 impl Threads {
     /// The runtime that runs a command. One thread is a current-thread
     /// runtime: on two cores shared with nats-server, handing each message
-    /// between two worker threads cost serve 10 to 17% more CPU a bid
-    /// (BENCHMARKS.md, "One thread on two cores").
+    /// between two worker threads cost serve a third more CPU a bid on one
+    /// hot auction (BENCHMARKS.md, "One thread on two cores").
     pub fn runtime(self) -> std::io::Result<tokio::runtime::Runtime> {
         let n = match self {
             Threads::Exactly(n) => n.get(),
