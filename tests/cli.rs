@@ -141,30 +141,37 @@ fn bad_arguments_are_refused_before_connecting() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("capacity"));
 }
 
+/// On one thread (a current-thread runtime) and on two worker threads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_stops_cleanly_on_sigterm() {
     let h = Harness::server_only().await;
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_allot"))
-        .args(["serve", "--nats-url", h.server.url(), "--data-dir"])
-        .arg(h.data_dir())
-        .env("RUST_LOG", "allot=info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    h.wait_until_serving().await;
-    let term = Command::new("kill")
-        .args(["-TERM", &serve.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let status = common::wait_exit(&mut serve, 20).await;
-    assert!(status.success(), "exit status {status}");
-    let mut log = String::new();
-    std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut log).unwrap();
-    assert!(
-        log.contains("verifier stopped") && log.contains("gateway stopped"),
-        "{log}"
-    );
+    for threads in ["1", "2"] {
+        let mut serve = Command::new(env!("CARGO_BIN_EXE_allot"))
+            .args(["serve", "--threads", threads, "--nats-url", h.server.url()])
+            .arg("--data-dir")
+            .arg(h.data_dir())
+            .env("RUST_LOG", "allot=info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        h.wait_until_serving().await;
+        let term = Command::new("kill")
+            .args(["-TERM", &serve.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(term.success());
+        let status = common::wait_exit(&mut serve, 20).await;
+        assert!(
+            status.success(),
+            "--threads {threads}: exit status {status}"
+        );
+        let mut log = String::new();
+        std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut log).unwrap();
+        assert!(
+            log.contains("verifier stopped") && log.contains("gateway stopped"),
+            "--threads {threads}: {log}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,6 +237,19 @@ fn a_closes_at_in_the_past_is_refused() {
         assert!(!ok);
         assert!(
             stderr.contains("--closes-at") && stderr.contains("is not in the future"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_thread_count_that_is_not_one_or_more_is_refused() {
+    for bad in ["0", "-1", "two", ""] {
+        let (ok, stderr) = offline(&[&format!("--threads={bad}"), "status"]);
+        assert!(!ok, "--threads {bad:?} was taken");
+        assert!(
+            stderr.contains("--threads")
+                && stderr.contains("must be `auto` or a whole number of at least 1"),
             "{stderr}"
         );
     }

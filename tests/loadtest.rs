@@ -166,8 +166,11 @@ async fn the_command_writes_its_reports_and_fails_on_bad_flags() {
     let h = Harness::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (json, html) = (dir.path().join("r.json"), dir.path().join("r.html"));
+    // Two worker threads: the default on a machine of two cores is one.
     let out = Command::new(env!("CARGO_BIN_EXE_allot"))
         .args([
+            "--threads",
+            "2",
             "--nats-url",
             h.server.url(),
             "loadtest",
