@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::{Client, ConnectOptions, ReconnectToServer, Server, ServerAddr, ServerInfo};
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -339,11 +339,10 @@ impl AllotClient {
             None => self.subjects.clone(),
         };
         let consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subjects: subjects.outcome_filters(auction_id),
-                deliver_policy: DeliverPolicy::All,
-                ..Default::default()
-            })
+            .create_consumer(crate::log::read::ordered(
+                subjects.outcome_filters(auction_id),
+                DeliverPolicy::All,
+            ))
             .await
             .map_err(Error::wrap(ErrorKind::Nats, "outcome stream"))?;
         let messages = consumer

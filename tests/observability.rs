@@ -156,3 +156,50 @@ async fn a_metrics_address_in_use_stops_the_start_with_its_name() {
     let log = serve_failure(&h, h.data_dir(), &["--metrics-addr", &addr]).await;
     assert!(log.contains(&format!("--metrics-addr {addr}")), "{log}");
 }
+
+/// Full entries of outcomes, as a verifier writes them when it catches up
+/// on a backlog: `allot status` reads them all. The client library asked
+/// for 500 messages at a time, up to 250 MiB of these; nats-server dropped
+/// status as a slow consumer and its read timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reads_a_stream_of_full_entries() {
+    let mut h = Harness::start().await;
+    h.open("full", AuctionSpec::with_capacity(1)).await;
+    h.stop_service().await;
+    let outcomes: Vec<Vec<u8>> = (0..allot::wire::MAX_OUTCOMES_PER_ENTRY)
+        .map(|i| {
+            serde_json::to_vec(&serde_json::json!({
+                "type": "cancelled", "bid_id": format!("b{i}"), "auction_id": "full",
+                "bidder_id": format!("u{i}"), "amount": 5, "try_seq": 3, "try_index": i,
+                "tried_at": "2026-12-05T00:00:00Z", "decided_at": "2026-12-05T00:00:01Z",
+                "reason": "capacity_full"
+            }))
+            .unwrap()
+        })
+        .collect();
+    let refs: Vec<&[u8]> = outcomes.iter().map(Vec::as_slice).collect();
+    let entry = allot::wire::outcome_entries(&refs).swap_remove(0);
+    assert!(
+        entry.len() > 500 * 1024,
+        "a full entry: {} bytes",
+        entry.len()
+    );
+    let per_entry = serde_json::from_slice::<allot::wire::OutcomesEntry>(&entry)
+        .unwrap()
+        .outcomes
+        .len() as u64;
+    let subject = h.client.subjects.outcomes_entry(0);
+    let entries = 300;
+    for _ in 0..entries {
+        h.js.publish(subject.clone(), entry.clone())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(allot_status(&h, &["--json"]).trim()).unwrap();
+    let fill = &status["auctions"][0];
+    assert_eq!(fill["auction_id"], "full");
+    assert_eq!(fill["cancelled"], entries * per_entry, "{fill}");
+}

@@ -25,12 +25,12 @@ pub(super) async fn read_outcomes(shared: Arc<Shared>, stream: jetstream::stream
     loop {
         let from = shared.read_to.load(Ordering::Relaxed) + 1;
         let consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                deliver_policy: DeliverPolicy::ByStartSequence {
+            .create_consumer(crate::log::read::ordered(
+                Vec::new(),
+                DeliverPolicy::ByStartSequence {
                     start_sequence: from,
                 },
-                ..Default::default()
-            })
+            ))
             .await;
         if let Ok(consumer) = consumer {
             if let Ok(messages) = consumer.messages().await {

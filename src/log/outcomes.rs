@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::context::{PublishAckFuture, PublishError};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, DirectGetErrorKind};
@@ -112,16 +112,15 @@ impl Streams {
         // Outcomes only: the fence markers in between are many and no use.
         let consumer = self
             .outcomes
-            .create_consumer(pull::OrderedConfig {
-                filter_subjects: vec![
+            .create_consumer(super::read::ordered(
+                vec![
                     self.subjects.outcomes(None),
                     self.subjects.outcomes_entry(partition),
                 ],
-                deliver_policy: DeliverPolicy::ByStartSequence {
+                DeliverPolicy::ByStartSequence {
                     start_sequence: after + 1,
                 },
-                ..Default::default()
-            })
+            ))
             .await
             .map_err(Error::wrap(ErrorKind::Nats, READING))?;
         if consumer.cached_info().num_pending == 0 {

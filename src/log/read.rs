@@ -14,6 +14,26 @@ use futures::StreamExt;
 use crate::error::{Error, ErrorKind};
 use crate::wire::Subjects;
 
+/// Most messages an ordered read asks nats-server for at a time. Entries
+/// are up to 512 KiB ([`MAX_ENTRY_BYTES`](super::MAX_ENTRY_BYTES), and as
+/// much for outcomes); the client library asks for 500 at once, up to 250
+/// MiB, and nats-server drops a client with more than 64 MiB pending to it
+/// as a slow consumer. After a verifier caught up on a million bids, whose
+/// entries were full, `allot status` failed so every time.
+pub const READ_BATCH: i64 = 64;
+
+/// An ordered consumer's configuration for reading `filters` (all of the
+/// stream if empty) from `from`, asking for at most [`READ_BATCH`]
+/// messages at a time.
+pub fn ordered(filters: Vec<String>, from: DeliverPolicy) -> pull::OrderedConfig {
+    pull::OrderedConfig {
+        filter_subjects: filters,
+        deliver_policy: from,
+        max_batch: READ_BATCH,
+        ..Default::default()
+    }
+}
+
 /// The log and the outcome stream of a running service, opened for
 /// reading by a tool that may not create them (`allot status`,
 /// `allot audit`, under an operator's read-only rights).
@@ -159,13 +179,12 @@ pub async fn for_each_after(
         .await
         .map_err(Error::wrap(ErrorKind::Nats, reading.as_str()))?;
     let consumer = stream
-        .create_consumer(pull::OrderedConfig {
-            filter_subjects: filters,
-            deliver_policy: DeliverPolicy::ByStartSequence {
+        .create_consumer(ordered(
+            filters,
+            DeliverPolicy::ByStartSequence {
                 start_sequence: after + 1,
             },
-            ..Default::default()
-        })
+        ))
         .await
         .map_err(Error::wrap(ErrorKind::Nats, reading.as_str()))?;
     // The count when the read starts: later messages are not audited.
