@@ -340,7 +340,6 @@ async fn run_once(
         .stream()
         .group(PULL_GROUP)
         .max_messages_per_batch(config.batch_size)
-        .max_bytes_per_batch(PULL_BYTES)
         .heartbeat(Duration::from_secs(5))
         .messages()
         .await
@@ -766,11 +765,6 @@ async fn check_gap(streams: &Streams, partition: u32, from: u64, delivered: u64)
         )),
     }
 }
-
-/// Most bytes of the log the verifier asks for at a time: 512 entries of
-/// up to 512 KiB each would be 256 MiB, and nats-server drops a client with
-/// more than 64 MiB pending to it as a slow consumer.
-const PULL_BYTES: usize = 32 << 20;
 
 /// Snapshot work of all the partitions a process decides, at most two at a
 /// time: each blocking thread keeps an allocator heap of its own, and
